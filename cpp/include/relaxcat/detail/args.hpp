@@ -1,0 +1,111 @@
+#pragma once
+// Plain argument records shared by every instruction-set copy of the kernels.
+//
+// Nothing here depends on the instruction set: these are passive structs, so the
+// per-ISA translation units of the Python module can hand them to one another
+// without the one-definition trap described in kernels.hpp.
+
+#include <cstdint>
+
+namespace relaxcat {
+namespace detail {
+
+// NumPy allows 64 dimensions; the batch part of a relaxcat array (everything but
+// the category axis) is limited to 31, which leaves room for the category axis.
+constexpr int kMaxBatchDims = 31;
+
+// The batch (row) shape shared by every array of one call. Row r is the
+// row-major flattening of a batch index; the category axis has length k.
+struct RowShape {
+    int ndim = 0;
+    int64_t shape[kMaxBatchDims] = {};
+    int64_t rows = 1;
+    int64_t k = 1;
+};
+
+// A strided view of an input or output laid out over RowShape. Strides count
+// elements, not bytes; a broadcast dimension has stride 0. For per-row arrays
+// (temperature, log-density) kstride is unused.
+template <class T>
+struct RowArg {
+    T* data = nullptr;
+    int64_t stride[kMaxBatchDims] = {};
+    int64_t kstride = 1;
+};
+
+// Where the Gumbel noise of a call comes from: Philox4x32-10 under (key, stream),
+// element i of the output drawing from block (offset + i) / 2, or explicit noise.
+template <class Real>
+struct NoiseSource {
+    uint64_t key = 0;
+    uint64_t stream = 0;
+    uint64_t offset = 0;
+    RowArg<const Real> gumbels;  // used when gumbels.data is not null
+};
+
+template <class Real>
+struct RsampleArgs {
+    RowShape shape;
+    RowArg<const Real> logits;
+    RowArg<const Real> temperature;
+    NoiseSource<Real> noise;
+    Real* x = nullptr;      // C-contiguous (rows, k) output, or null
+    Real* log_x = nullptr;  // C-contiguous (rows, k) output, or null
+};
+
+// The value space of a log-density: the simplex (x) or its logarithm (y = log x).
+enum class Space { simplex, log };
+
+template <class Real>
+struct LogProbArgs {
+    RowShape shape;
+    Space space = Space::simplex;
+    RowArg<const Real> logits;
+    RowArg<const Real> temperature;
+    RowArg<const Real> value;
+    RowArg<const Real> grad;  // upstream gradient per row; only read by the VJP
+    Real* log_prob = nullptr;     // (rows,) output, or null
+    Real* grad_value = nullptr;   // (rows, k) outputs of the VJP, each may be null
+    Real* grad_logits = nullptr;
+    Real* grad_temperature = nullptr;  // (rows,)
+};
+
+template <class Real>
+struct RsampleVjpArgs {
+    RowShape shape;
+    Space space = Space::simplex;
+    RowArg<const Real> value;        // the sample x (or y = log x)
+    RowArg<const Real> grad;         // upstream gradient on the sample, (rows, k)
+    RowArg<const Real> temperature;
+    Real* grad_logits = nullptr;       // (rows, k), or null
+    Real* grad_temperature = nullptr;  // (rows,), or null
+};
+
+// Row-wise transforms of the parameters (no temperature involved).
+enum class ParamOp {
+    log_probs,           // out = log(probs), exact zeros give -inf
+    normalize_logits,    // out = logits - logsumexp(logits)
+    probs_from_logits,   // out = softmax(logits)
+    normalize_probs,     // out = probs / sum(probs)
+};
+
+template <class Real>
+struct ParamArgs {
+    RowShape shape;
+    ParamOp op = ParamOp::log_probs;
+    RowArg<const Real> in;
+    Real* out = nullptr;  // C-contiguous (rows, k)
+};
+
+// Gradient through the normalisation l = log(q / sum(q)): given dL/dl and q,
+// writes dL/dq. A zero probability gets a zero gradient by convention.
+template <class Real>
+struct ProbsVjpArgs {
+    RowShape shape;
+    RowArg<const Real> probs;
+    RowArg<const Real> grad_logits;
+    Real* grad_probs = nullptr;  // C-contiguous (rows, k)
+};
+
+}  // namespace detail
+}  // namespace relaxcat

@@ -1,0 +1,427 @@
+#pragma once
+// The kernels: every formula of relaxcat lives here, once. Each kernel handles
+// rows [r0, r1) of a call and never throws; arguments were validated at the
+// boundary (the Python layer or the public C++ classes).
+//
+// Precision: whatever the storage type Real (float or double), every
+// intermediate is a double and row sums are accumulated in double. For float32
+// data this keeps the results within a few float32 ulps of the exact value; for
+// float64 data it is the natural precision.
+//
+// Note [shift before scaling]: s = (a + g) / T is formed as ((a - max a) + g) / T.
+// The density and the sample do not change when a constant is added to the
+// logits, and with logits near 5e3 and T = 1e-3 the unshifted s is near 5e6,
+// where one rounding moves it by 1e-9 -- far more than the 1e-10 the samples
+// must meet. After the shift the competing entries are small and exact.
+//
+// Note [stable log-sum-exp]: a sum of exponentials is taken after subtracting the
+// largest exponent, so the largest term is exactly 1, the sum lies in [1, K], and
+// nothing overflows; the log of the sum is then added back.
+//
+// Note [masked categories]: a logit of -inf marks an impossible category. It
+// takes no part in maxima, sums or the count K; its sample is exactly 0 (its log
+// -inf) and every gradient entry for it is exactly 0.
+//
+// Note [zeros in a value]: when a value x has exact zeros on m of the K live
+// categories (a low-temperature sample that underflowed), the density is its
+// limit as those coordinates shrink together, x_k = eps for each of them.
+// Writing y_k = log eps there, log p = const + (T (K - m) - m) log eps + O(1),
+// so the limit is +inf when T (K - m) < m, -inf when T (K - m) > m, and when they
+// are equal the finite value
+//   lgamma(K) + (K - 1) log T + sum_live a - (T + 1) sum_nonzero y - K lse_zero(a).
+// The gradients are the limits of the gradients: the softmax weights of
+// a - T y concentrate on the zero set, where they become softmax(a) over it; the
+// temperature gradient tends to -inf, and d/dx_k at a zero to an infinity of
+// the sign of its numerator (0 when that is 0). In log space (y = -inf on a live
+// category) the density always tends to -inf.
+
+#include <cstdint>
+#include <limits>
+
+#include "args.hpp"
+#include "isa.hpp"
+#include "math.hpp"
+#include "noise.hpp"
+
+namespace relaxcat {
+namespace detail {
+namespace RELAXCAT_ISA_NAMESPACE {
+
+constexpr double kInf = std::numeric_limits<double>::infinity();
+
+// Walks rows r0, r0 + 1, ... of a RowShape, keeping the element offset of the
+// current row in N strided arrays. One division per dimension at the start,
+// then additions only.
+template <int N>
+class RowWalker {
+public:
+    RowWalker(const RowShape& shape, int64_t r0, const int64_t* const (&strides)[N])
+        : shape_(shape) {
+        for (int j = 0; j < N; ++j) {
+            stride_[j] = strides[j];
+            offset[j] = 0;
+        }
+        int64_t rest = r0;
+        for (int d = shape.ndim - 1; d >= 0; --d) {
+            const int64_t n = shape.shape[d];
+            idx_[d] = n > 0 ? rest % n : 0;
+            rest = n > 0 ? rest / n : 0;
+            for (int j = 0; j < N; ++j) offset[j] += idx_[d] * stride_[j][d];
+        }
+    }
+
+    void advance() {
+        for (int d = shape_.ndim - 1; d >= 0; --d) {
+            ++idx_[d];
+            for (int j = 0; j < N; ++j) offset[j] += stride_[j][d];
+            if (idx_[d] < shape_.shape[d]) return;
+            for (int j = 0; j < N; ++j) offset[j] -= stride_[j][d] * shape_.shape[d];
+            idx_[d] = 0;
+        }
+    }
+
+    int64_t offset[N];
+
+private:
+    const RowShape& shape_;
+    const int64_t* stride_[N];
+    int64_t idx_[kMaxBatchDims] = {};
+};
+
+inline double max_d(double a, double b) { return a > b ? a : b; }
+
+// The largest finite-or-+inf entry of a strided row; -inf when all are -inf.
+template <class Real>
+inline double row_max(const Real* p, int64_t ks, int64_t k) {
+    double m = -kInf;
+    for (int64_t j = 0; j < k; ++j) m = max_d(m, static_cast<double>(p[j * ks]));
+    return m;
+}
+
+// Scratch a kernel needs per thread, in doubles.
+inline int64_t scratch_size(int64_t k) { return 2 * k + 16; }
+
+// rsample: x = softmax((a + g) / T) and log x, one row at a time.
+template <class Real>
+void rsample_rows(const RsampleArgs<Real>& a, int64_t r0, int64_t r1, double* scratch) {
+    const int64_t k = a.shape.k;
+    const int64_t* const strides[3] = {a.logits.stride, a.temperature.stride,
+                                       a.noise.gumbels.stride};
+    RowWalker<3> walk(a.shape, r0, strides);
+    double* s = scratch;
+    double* e = scratch + k;
+
+    for (int64_t r = r0; r < r1; ++r, walk.advance()) {
+        const Real* lg = a.logits.data + walk.offset[0];
+        const int64_t ks = a.logits.kstride;
+        const double t = static_cast<double>(a.temperature.data[walk.offset[1]]);
+
+        // The noise of this row, from the stream or as given.
+        if (a.noise.gumbels.data != nullptr) {
+            const Real* g = a.noise.gumbels.data + walk.offset[2];
+            for (int64_t j = 0; j < k; ++j)
+                s[j] = static_cast<double>(g[j * a.noise.gumbels.kstride]);
+        } else {
+            const uint64_t first = a.noise.offset + static_cast<uint64_t>(r * k);
+            fill_gumbels(a.noise.key, a.noise.stream, first, k, s);
+        }
+
+        // s = ((a - max a) + g) / T; see Note [shift before scaling].
+        const double amax = row_max(lg, ks, k);
+        double smax = -kInf;
+        for (int64_t j = 0; j < k; ++j) {
+            const double v = ((static_cast<double>(lg[j * ks]) - amax) + s[j]) / t;
+            s[j] = v;
+            smax = max_d(smax, v);
+        }
+
+        // Normalise; see Note [stable log-sum-exp].
+        double sum = 0.0;
+        for (int64_t j = 0; j < k; ++j) {
+            s[j] -= smax;
+            e[j] = exp_d(s[j]);
+            sum += e[j];
+        }
+        if (a.x != nullptr) {
+            Real* x = a.x + r * k;
+            for (int64_t j = 0; j < k; ++j) x[j] = static_cast<Real>(e[j] / sum);
+        }
+        if (a.log_x != nullptr) {
+            const double lse = log_d(sum);
+            Real* y = a.log_x + r * k;
+            for (int64_t j = 0; j < k; ++j) y[j] = static_cast<Real>(s[j] - lse);
+        }
+    }
+}
+
+// The log-density of a value (x on the simplex, or y = log x) and its
+// vector-Jacobian product, one row at a time. The formulas are those of
+// tests/data/README.md:
+//   simplex: lgamma(K) + (K-1) log T + sum(a - (T+1) y) - K lse(a - T y)
+//   log:     lgamma(K) + (K-1) log T + sum(a - T y)     - K lse(a - T y)
+// evaluated as sum(z - max z) [- sum y] - K log(sum exp(z - max z)) with
+// z = (a - max a) - T y; see Note [stable log-sum-exp].
+template <class Real>
+void log_prob_rows(const LogProbArgs<Real>& a, int64_t r0, int64_t r1, double* scratch) {
+    const int64_t k = a.shape.k;
+    const int64_t* const strides[4] = {a.logits.stride, a.temperature.stride, a.value.stride,
+                                       a.grad.stride};
+    RowWalker<4> walk(a.shape, r0, strides);
+    const bool simplex = a.space == Space::simplex;
+    const bool want_grad = a.grad_value != nullptr || a.grad_logits != nullptr ||
+                           a.grad_temperature != nullptr;
+    double* y = scratch;
+    double* w = scratch + k;
+    int64_t cached_k = -1;
+    double cached_lgamma = 0.0;
+
+    for (int64_t r = r0; r < r1; ++r, walk.advance()) {
+        const Real* lg = a.logits.data + walk.offset[0];
+        const int64_t ks = a.logits.kstride;
+        const Real* v = a.value.data + walk.offset[2];
+        const int64_t vs = a.value.kstride;
+        const double t = static_cast<double>(a.temperature.data[walk.offset[1]]);
+        const double g = want_grad ? static_cast<double>(a.grad.data[walk.offset[3]]) : 0.0;
+
+        // Read the value as y = log x; count live categories, zeros among them,
+        // and weight on masked ones (Notes [masked categories], [zeros in a value]).
+        const double amax = row_max(lg, ks, k);
+        int64_t live = 0, zeros = 0;
+        bool off_face = false;
+        for (int64_t j = 0; j < k; ++j) {
+            const double vj = static_cast<double>(v[j * vs]);
+            const double yj = simplex ? log_d(vj) : vj;
+            const bool is_live = static_cast<double>(lg[j * ks]) > -kInf;
+            y[j] = yj;
+            live += is_live;
+            zeros += is_live && yj == -kInf;
+            off_face = off_face || (!is_live && yj > -kInf);
+        }
+        if (live != cached_k) {
+            cached_k = live;
+            cached_lgamma = lgamma_int(live);
+        }
+        const double kd = static_cast<double>(live);
+        const double log_t = log_d(t);
+        double lp, grad_t = 0.0;
+
+        if (off_face) {
+            // Weight on an impossible category: density zero, gradients zero.
+            lp = -kInf;
+            for (int64_t j = 0; j < k; ++j) w[j] = 0.0;
+            for (int64_t j = 0; j < k; ++j) y[j] = 0.0;
+        } else if (zeros == 0) {
+            // The ordinary case.
+            double zmax = -kInf;
+            for (int64_t j = 0; j < k; ++j) {
+                const double aj = static_cast<double>(lg[j * ks]) - amax;
+                const double zj = aj > -kInf ? aj - t * y[j] : -kInf;
+                w[j] = zj;
+                zmax = max_d(zmax, zj);
+            }
+            double sum = 0.0, lin = 0.0;
+            for (int64_t j = 0; j < k; ++j) {
+                const bool is_live = w[j] > -kInf;
+                const double d = w[j] - zmax;
+                lin += is_live ? (simplex ? d - y[j] : d) : 0.0;
+                w[j] = exp_d(d);
+                sum += w[j];
+            }
+            lp = cached_lgamma + (kd - 1.0) * log_t + lin - kd * log_d(sum);
+            if (want_grad) {
+                const double inv = 1.0 / sum;
+                double acc = 0.0;
+                for (int64_t j = 0; j < k; ++j) {
+                    const bool is_live = static_cast<double>(lg[j * ks]) > -kInf;
+                    w[j] *= inv;
+                    acc += is_live ? (kd * w[j] - 1.0) * y[j] : 0.0;
+                }
+                grad_t = g * ((kd - 1.0) / t + acc);
+            }
+        } else {
+            // Exact zeros on live categories: the limit of Note [zeros in a value].
+            const double m = static_cast<double>(zeros);
+            double zmax = -kInf;
+            for (int64_t j = 0; j < k; ++j) {
+                const double aj = static_cast<double>(lg[j * ks]) - amax;
+                const bool in_zero_set = aj > -kInf && y[j] == -kInf;
+                w[j] = in_zero_set ? aj : -kInf;
+                zmax = max_d(zmax, w[j]);
+            }
+            double sum = 0.0, lin = 0.0;
+            for (int64_t j = 0; j < k; ++j) {
+                const double aj = static_cast<double>(lg[j * ks]) - amax;
+                const bool nonzero_live = aj > -kInf && y[j] > -kInf;
+                lin += aj > -kInf ? aj : 0.0;
+                lin -= nonzero_live ? (t + 1.0) * y[j] : 0.0;
+                w[j] = exp_d(w[j] - zmax);
+                sum += w[j];
+            }
+            const double c = t * (kd - m) - m;
+            if (!simplex || c > 0.0) {
+                lp = -kInf;
+            } else if (c < 0.0) {
+                lp = kInf;
+            } else {
+                lp = cached_lgamma + (kd - 1.0) * log_t + lin - kd * (zmax + log_d(sum));
+            }
+            for (int64_t j = 0; j < k; ++j) w[j] /= sum;
+            grad_t = g == 0.0 ? 0.0 : (g > 0.0 ? -kInf : kInf);
+        }
+
+        if (a.log_prob != nullptr) a.log_prob[r] = static_cast<Real>(lp);
+        if (!want_grad) continue;
+
+        // Gradients (all zero for masked categories and off-face values):
+        //   d/da_k = 1 - K w_k,  d/dT = (K-1)/T + sum_k (K w_k - 1) y_k,
+        //   d/dy_k = -(T+1) + K T w_k (simplex, then divided by x_k), -T + K T w_k (log).
+        const bool zero_grads = off_face;
+        if (a.grad_temperature != nullptr)
+            a.grad_temperature[r] = static_cast<Real>(zero_grads ? 0.0 : grad_t);
+        if (a.grad_logits != nullptr) {
+            Real* out = a.grad_logits + r * k;
+            for (int64_t j = 0; j < k; ++j) {
+                const bool is_live = static_cast<double>(lg[j * ks]) > -kInf;
+                out[j] = static_cast<Real>(is_live && !zero_grads ? g * (1.0 - kd * w[j]) : 0.0);
+            }
+        }
+        if (a.grad_value != nullptr) {
+            Real* out = a.grad_value + r * k;
+            for (int64_t j = 0; j < k; ++j) {
+                const bool is_live = static_cast<double>(lg[j * ks]) > -kInf;
+                const double dy = g * ((simplex ? -(t + 1.0) : -t) + kd * t * w[j]);
+                double dv = dy;
+                if (simplex) {
+                    const double xj = static_cast<double>(v[j * vs]);
+                    dv = xj > 0.0 ? dy / xj : (dy == 0.0 ? 0.0 : (dy > 0.0 ? kInf : -kInf));
+                }
+                out[j] = static_cast<Real>(is_live && !zero_grads ? dv : 0.0);
+            }
+        }
+    }
+}
+
+// The vector-Jacobian product of rsample, from the sample alone:
+//   d/da_k = x_k (w_k - <w, x>) / T,
+//   d/dT   = -(1/T) sum_k x_k (w_k - <w, x>) log x_k   (a term is 0 where x_k = 0).
+// Note [renormalised sample]: the stored sample sums to 1 only within rounding,
+// and near a vertex w_k - <w, x> cancels, so the error of that rounding would be
+// amplified by 1/T. The kernel therefore uses x / S with S = sum x, and forms
+// w_k S - <w, x> in double: for float32 data the products are exact and the
+// result is the exact gradient at the renormalised float32 sample.
+template <class Real>
+void rsample_vjp_rows(const RsampleVjpArgs<Real>& a, int64_t r0, int64_t r1,
+                      double* scratch) {
+    const int64_t k = a.shape.k;
+    const int64_t* const strides[3] = {a.value.stride, a.grad.stride, a.temperature.stride};
+    RowWalker<3> walk(a.shape, r0, strides);
+    const bool simplex = a.space == Space::simplex;
+    double* x = scratch;
+    double* y = scratch + k;
+
+    for (int64_t r = r0; r < r1; ++r, walk.advance()) {
+        const Real* v = a.value.data + walk.offset[0];
+        const Real* gw = a.grad.data + walk.offset[1];
+        const int64_t vs = a.value.kstride, gs = a.grad.kstride;
+        const double t = static_cast<double>(a.temperature.data[walk.offset[2]]);
+
+        // x and log x in double, and the sums the formulas need.
+        double sum = 0.0, wx = 0.0, wsum = 0.0;
+        for (int64_t j = 0; j < k; ++j) {
+            const double vj = static_cast<double>(v[j * vs]);
+            const double wj = static_cast<double>(gw[j * gs]);
+            const double xj = simplex ? vj : exp_d(vj);
+            x[j] = xj;
+            y[j] = simplex ? log_d(vj) : vj;
+            sum += xj;
+            wx += xj > 0.0 ? wj * xj : 0.0;
+            wsum += y[j] > -kInf ? wj : 0.0;
+        }
+        const double log_sum = log_d(sum);
+
+        // See Note [renormalised sample].
+        double acc = 0.0;
+        Real* gl = a.grad_logits != nullptr ? a.grad_logits + r * k : nullptr;
+        for (int64_t j = 0; j < k; ++j) {
+            const double wj = static_cast<double>(gw[j * gs]);
+            double ds;  // the gradient with respect to s_k = (a_k + g_k) / T
+            if (simplex) {
+                ds = x[j] > 0.0 ? x[j] * (wj * sum - wx) / (sum * sum) : 0.0;
+            } else {
+                ds = y[j] > -kInf ? wj - (x[j] / sum) * wsum : 0.0;
+            }
+            acc += ds != 0.0 ? ds * (y[j] - log_sum) : 0.0;
+            if (gl != nullptr) gl[j] = static_cast<Real>(ds / t);
+        }
+        if (a.grad_temperature != nullptr)
+            a.grad_temperature[r] = static_cast<Real>(-acc / t);
+    }
+}
+
+// Row-wise parameter transforms (ParamOp).
+template <class Real>
+void param_rows(const ParamArgs<Real>& a, int64_t r0, int64_t r1, double* scratch) {
+    const int64_t k = a.shape.k;
+    const int64_t* const strides[1] = {a.in.stride};
+    RowWalker<1> walk(a.shape, r0, strides);
+    (void)scratch;
+
+    for (int64_t r = r0; r < r1; ++r, walk.advance()) {
+        const Real* p = a.in.data + walk.offset[0];
+        const int64_t ps = a.in.kstride;
+        Real* out = a.out + r * k;
+
+        if (a.op == ParamOp::log_probs) {
+            for (int64_t j = 0; j < k; ++j)
+                out[j] = static_cast<Real>(log_d(static_cast<double>(p[j * ps])));
+        } else if (a.op == ParamOp::normalize_probs) {
+            double sum = 0.0;
+            for (int64_t j = 0; j < k; ++j) sum += static_cast<double>(p[j * ps]);
+            for (int64_t j = 0; j < k; ++j)
+                out[j] = static_cast<Real>(static_cast<double>(p[j * ps]) / sum);
+        } else {
+            // Normalised logits or their softmax; see Note [stable log-sum-exp].
+            const double amax = row_max(p, ps, k);
+            double sum = 0.0;
+            for (int64_t j = 0; j < k; ++j)
+                sum += exp_d(static_cast<double>(p[j * ps]) - amax);
+            const double lse = log_d(sum);
+            const bool as_probs = a.op == ParamOp::probs_from_logits;
+            for (int64_t j = 0; j < k; ++j) {
+                const double d = (static_cast<double>(p[j * ps]) - amax) - lse;
+                out[j] = static_cast<Real>(as_probs ? exp_d(d) : d);
+            }
+        }
+    }
+}
+
+// dL/dq through l = log(q / sum q): dL/dq_k = dL/dl_k / q_k - sum_j dL/dl_j / sum q,
+// and 0 where q_k = 0 (a masked category; the convention the README states).
+template <class Real>
+void probs_vjp_rows(const ProbsVjpArgs<Real>& a, int64_t r0, int64_t r1, double* scratch) {
+    const int64_t k = a.shape.k;
+    const int64_t* const strides[2] = {a.probs.stride, a.grad_logits.stride};
+    RowWalker<2> walk(a.shape, r0, strides);
+    (void)scratch;
+
+    for (int64_t r = r0; r < r1; ++r, walk.advance()) {
+        const Real* q = a.probs.data + walk.offset[0];
+        const Real* gl = a.grad_logits.data + walk.offset[1];
+        const int64_t qs = a.probs.kstride, gs = a.grad_logits.kstride;
+        double qsum = 0.0, gsum = 0.0;
+        for (int64_t j = 0; j < k; ++j) {
+            qsum += static_cast<double>(q[j * qs]);
+            gsum += static_cast<double>(gl[j * gs]);
+        }
+        Real* out = a.grad_probs + r * k;
+        for (int64_t j = 0; j < k; ++j) {
+            const double qj = static_cast<double>(q[j * qs]);
+            const double gj = static_cast<double>(gl[j * gs]);
+            out[j] = static_cast<Real>(qj > 0.0 ? gj / qj - gsum / qsum : 0.0);
+        }
+    }
+}
+
+}  // namespace RELAXCAT_ISA_NAMESPACE
+}  // namespace detail
+}  // namespace relaxcat

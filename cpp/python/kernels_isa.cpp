@@ -1,0 +1,44 @@
+// Instantiates every kernel for one instruction set. CMake compiles this file
+// once per level with RELAXCAT_ISA_NAMESPACE and RELAXCAT_TABLE_FN set; see
+// Note [one-definition trap] in relaxcat/detail/isa.hpp.
+
+#include "dispatch.hpp"
+#include "relaxcat/detail/kernels.hpp"
+
+namespace relaxcat {
+namespace python {
+namespace {
+
+namespace k = detail::RELAXCAT_ISA_NAMESPACE;
+
+template <class Real>
+KernelSet<Real> make_set() {
+    return KernelSet<Real>{&k::rsample_rows<Real>, &k::log_prob_rows<Real>,
+                           &k::rsample_vjp_rows<Real>, &k::param_rows<Real>,
+                           &k::probs_vjp_rows<Real>};
+}
+
+void map_log(const double* in, double* out, int64_t n) {
+    for (int64_t i = 0; i < n; ++i) out[i] = k::log_d(in[i]);
+}
+
+void map_exp(const double* in, double* out, int64_t n) {
+    for (int64_t i = 0; i < n; ++i) out[i] = k::exp_d(in[i]);
+}
+
+}  // namespace
+
+const KernelTable& RELAXCAT_TABLE_FN() {
+    static const KernelTable table{
+        RELAXCAT_ISA_NAME,
+        make_set<float>(),
+        make_set<double>(),
+        &k::scratch_size,
+        &k::fill_gumbels,
+        &map_log,
+        &map_exp};
+    return table;
+}
+
+}  // namespace python
+}  // namespace relaxcat
