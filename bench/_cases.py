@@ -163,10 +163,24 @@ def ref_log_prob_vjp(a, t, x, gl):
 # reference formula with every term replaced by its absolute value.
 
 
+def _probs(a) -> np.ndarray:
+    a = _f64(a)
+    return np.exp(a - _logsumexp(a)[..., None])
+
+
+def _add_projection(scale_a: np.ndarray, a) -> np.ndarray:
+    # Libraries that normalise the logits first (torch) send the logits gradient through
+    # g - softmax(a) * sum(g).  The exact sum is zero; its rounding error, of the order
+    # of eps * sum|g|, lands on every category in proportion to its probability, which
+    # can dwarf a category whose sample coordinate is tiny.
+    return scale_a + _probs(a) * scale_a.sum(axis=-1, keepdims=True)
+
+
 def scale_sample(a, g, t) -> np.ndarray:
     z = (_f64(a) + _f64(g)) / t
     lse = _logsumexp(z)[..., None]
-    return np.exp(z - lse) * (1 + np.abs(z) + np.abs(lse))
+    lse_a = _logsumexp(_f64(a))[..., None]
+    return np.exp(z - lse) * (1 + np.abs(z) + np.abs(lse) + np.abs(lse_a) / t)
 
 
 def scale_log_prob(a, t, x) -> np.ndarray:
@@ -186,11 +200,11 @@ def scale_log_prob(a, t, x) -> np.ndarray:
     )
 
 
-def scale_rsample_vjp(x, w, t):
+def scale_rsample_vjp(x, w, t, a):
     x, w = _f64(x), _f64(w)
     xw = np.abs(x * w).sum(axis=-1, keepdims=True)
     dx = x * (np.abs(w) + xw)
-    return dx / t, (dx * np.abs(np.log(x))).sum() / t
+    return _add_projection(dx / t, a), (dx * np.abs(np.log(x))).sum() / t
 
 
 def scale_log_prob_vjp(a, t, x, gl):
@@ -201,7 +215,7 @@ def scale_log_prob_vjp(a, t, x, gl):
     lse = _logsumexp(z)[..., None]
     s = np.exp(z - lse) * (1 + np.abs(z) + np.abs(lse))
     g_x = gl[..., None] * ((t + 1) + k * t * s) / x
-    g_a = gl[..., None] * (1 + k * s)
+    g_a = _add_projection(gl[..., None] * (1 + k * s), a)
     g_t = (gl * ((k - 1) / t + np.abs(y).sum(-1) + k * (s * np.abs(y)).sum(-1))).sum()
     return g_x, g_a, g_t
 

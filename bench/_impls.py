@@ -137,7 +137,7 @@ def numpy_log_prob_vjp(a: np.ndarray, t: float, x: np.ndarray, gl: np.ndarray):
     _softmax_rows_inplace(s)
 
     row = (k - 1) / tt - _row_sum(y) + k * np.einsum("ij,ij->i", s, y)
-    g_t = np.dot(gl, row)
+    g_t = np.einsum("i,i->", gl, row)  # not np.dot: BLAS could add threads
 
     # y is free now: it becomes d/dx = gl * (K T s - (T + 1)) / x, then s becomes
     # d/dlogits = gl * (1 - K s).
@@ -361,6 +361,9 @@ class RelaxcatImpl:
     def __init__(self, threads: int, validate):
         import relaxcat
 
+        # The package may be half-built (importable, classes missing): treat as absent.
+        if not hasattr(relaxcat, "RelaxedOneHotCategorical"):
+            raise ImportError("relaxcat has no RelaxedOneHotCategorical yet")
         if hasattr(relaxcat, "set_num_threads"):
             relaxcat.set_num_threads(threads)
         self.rc = relaxcat

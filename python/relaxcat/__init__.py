@@ -1,0 +1,31 @@
+"""relaxcat: the RelaxedOneHotCategorical (Concrete, Gumbel-Softmax) distribution
+for NumPy, computed by a header-only C++17 core."""
+
+from __future__ import annotations
+
+from . import _core, constraints
+from ._config import show_config
+from ._threads import get_num_threads, set_num_threads
+from .distributions import (
+    ExpRelaxedOneHotCategorical,
+    LogProbGrad,
+    LogProbGradProbs,
+    RelaxedOneHotCategorical,
+    RsampleGrad,
+    RsampleGradProbs,
+)
+
+__version__ = _core.__version__
+
+__all__ = [
+    "ExpRelaxedOneHotCategorical",
+    "LogProbGrad",
+    "LogProbGradProbs",
+    "RelaxedOneHotCategorical",
+    "RsampleGrad",
+    "RsampleGradProbs",
+    "constraints",
+    "get_num_threads",
+    "set_num_threads",
+    "show_config",
+]

@@ -1,0 +1,201 @@
+"""Checks at the boundary: dtypes, shapes and values, with messages that name
+the argument, what was expected and what was seen (the first bad index and the
+count for arrays).
+
+Nothing here computes a result; the math lives in the C++ core.
+"""
+
+from __future__ import annotations
+
+import numbers
+import secrets
+
+import numpy as np
+
+__all__ = [
+    "as_float_array",
+    "check_temperature",
+    "check_logits",
+    "check_probs",
+    "check_simplex",
+    "check_log_simplex",
+    "key_and_stream",
+    "first_bad",
+    "prepare_out",
+]
+
+
+def first_bad(mask: np.ndarray) -> str:
+    """Describe the True entries of ``mask``: their count and the first index."""
+    count = int(np.count_nonzero(mask))
+    index = tuple(int(i) for i in np.argwhere(mask)[0]) if count else ()
+    where = f"index {index}" if mask.ndim else "the scalar"
+    more = f" ({count} entries in all)" if count > 1 else ""
+    return f"{where}{more}"
+
+
+def _first_value(arr: np.ndarray, mask: np.ndarray):
+    return arr[tuple(np.argwhere(mask)[0])] if arr.ndim else arr[()]
+
+
+def as_float_array(value, name: str, dtype=None) -> np.ndarray:
+    """Convert ``value`` to a float32 or float64 array.
+
+    With ``dtype`` None the array's own kind decides: float32 stays float32,
+    float64 stays float64, float16 becomes float32, integers and bools become
+    float64 (as NumPy's ufuncs promote them), and long double becomes float64.
+    With ``dtype`` given, the result has that dtype. Complex, object, string and
+    other kinds raise TypeError.
+    """
+    arr = np.asarray(value)
+    kind = arr.dtype.kind
+    if kind not in "biuf":
+        raise TypeError(
+            f"{name} must be a real number or an array of real numbers, "
+            f"got dtype {arr.dtype}"
+        )
+    if dtype is None:
+        if arr.dtype == np.float32 or arr.dtype == np.float16:
+            dtype = np.float32
+        else:
+            dtype = np.float64
+    if arr.dtype != dtype:
+        arr = arr.astype(dtype)
+    if not arr.flags.aligned:
+        arr = arr.copy()
+    return arr
+
+
+def check_temperature(t: np.ndarray) -> None:
+    bad = ~(np.isfinite(t) & (t > 0))
+    if bad.any():
+        raise ValueError(
+            "temperature must be positive and finite, got "
+            f"{_first_value(t, bad)!r} at {first_bad(bad)}"
+        )
+
+
+def check_logits(logits: np.ndarray) -> None:
+    bad = np.isnan(logits) | (logits == np.inf)
+    if bad.any():
+        raise ValueError(
+            "logits must be finite or -inf (a masked category), got "
+            f"{_first_value(logits, bad)!r} at {first_bad(bad)}"
+        )
+    dead = np.all(logits == -np.inf, axis=-1)
+    if dead.any():
+        raise ValueError(
+            "logits must leave at least one category possible in every row, got a "
+            f"row of all -inf at batch {first_bad(dead)}"
+        )
+
+
+def check_probs(probs: np.ndarray) -> None:
+    bad = ~(np.isfinite(probs) & (probs >= 0))
+    if bad.any():
+        raise ValueError(
+            "probs must be non-negative and finite, got "
+            f"{_first_value(probs, bad)!r} at {first_bad(bad)}"
+        )
+    total = probs.sum(axis=-1, dtype=np.float64)
+    bad_rows = ~(np.isfinite(total) & (total > 0))
+    if bad_rows.any():
+        raise ValueError(
+            "probs must have a positive finite sum in every row, got sum "
+            f"{_first_value(total, bad_rows)!r} at batch {first_bad(bad_rows)}"
+        )
+
+
+def simplex_tolerance(k: int, dtype) -> float:
+    """How far from 1 a value's sum may be: 4 K eps of its dtype.
+
+    relaxcat's own samples sum to 1 within half an eps (each entry is rounded
+    once from a float64 quotient), so they always pass.
+    """
+    return 4.0 * k * float(np.finfo(dtype).eps)
+
+
+def _check_masked(value_is_zero: np.ndarray, logits: np.ndarray, name: str) -> None:
+    masked = np.broadcast_to(logits == -np.inf, value_is_zero.shape)
+    bad = masked & ~value_is_zero
+    if bad.any():
+        raise ValueError(
+            f"{name} must be 0 on masked categories (logit -inf), which have "
+            f"probability zero; got weight at {first_bad(bad)}"
+        )
+
+
+def check_simplex(x: np.ndarray, logits: np.ndarray, name: str = "value") -> None:
+    """``x`` must lie on the probability simplex of the live categories."""
+    bad = ~(np.isfinite(x) & (x >= 0))
+    if bad.any():
+        raise ValueError(
+            f"{name} must be non-negative and finite (a point on the simplex), got "
+            f"{_first_value(x, bad)!r} at {first_bad(bad)}"
+        )
+    total = x.sum(axis=-1, dtype=np.float64)
+    tol = simplex_tolerance(x.shape[-1], x.dtype)
+    off = np.abs(total - 1.0) > tol
+    if off.any():
+        raise ValueError(
+            f"{name} must sum to 1 over the last axis within {tol:.3g}, got sum "
+            f"{_first_value(total, off)!r} at batch {first_bad(off)}"
+        )
+    _check_masked(x == 0, logits, name)
+
+
+def check_log_simplex(y: np.ndarray, logits: np.ndarray, name: str = "value") -> None:
+    """``y`` must be the logarithm of a point on the simplex of the live categories."""
+    bad = np.isnan(y) | (y == np.inf)
+    if bad.any():
+        raise ValueError(
+            f"{name} must be the log of a point on the simplex (finite or -inf), got "
+            f"{_first_value(y, bad)!r} at {first_bad(bad)}"
+        )
+    total = np.exp(y.astype(np.float64)).sum(axis=-1)
+    tol = simplex_tolerance(y.shape[-1], y.dtype)
+    off = np.abs(total - 1.0) > tol
+    if off.any():
+        raise ValueError(
+            f"{name} must satisfy sum(exp({name})) = 1 over the last axis within "
+            f"{tol:.3g}, got {_first_value(total, off)!r} at batch {first_bad(off)}"
+        )
+    _check_masked(y == -np.inf, logits, name)
+
+
+def key_and_stream(rng) -> tuple[int, int]:
+    """The Philox key and stream of one call; see the README's random stream."""
+    if rng is None:
+        return secrets.randbits(64), secrets.randbits(64)
+    if isinstance(rng, np.random.Generator):
+        key, stream = rng.integers(0, 2**64, size=2, dtype=np.uint64)
+        return int(key), int(stream)
+    if isinstance(rng, numbers.Integral) and not isinstance(rng, (bool, np.bool_)):
+        seed = int(rng)
+        if not 0 <= seed < 2**64:
+            raise ValueError(f"rng as an int seed must satisfy 0 <= seed < 2**64, got {seed}")
+        return seed, 0
+    raise TypeError(
+        "rng must be None, an int seed or a numpy.random.Generator, "
+        f"got {type(rng).__name__}"
+    )
+
+
+def prepare_out(out, shape: tuple, dtype, inputs=(), name: str = "out"):
+    """Check a caller's output array; never copies."""
+    if out is None:
+        return np.empty(shape, dtype=dtype)
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray, got {type(out).__name__}")
+    if out.dtype != dtype:
+        raise TypeError(f"{name} must have dtype {np.dtype(dtype)}, got {out.dtype}")
+    if out.shape != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {out.shape}")
+    if not out.flags.c_contiguous:
+        raise ValueError(f"{name} must be C-contiguous")
+    if not out.flags.writeable:
+        raise ValueError(f"{name} must be writable, got a read-only array")
+    for arr in inputs:
+        if arr is not None and np.may_share_memory(out, arr):
+            raise ValueError(f"{name} must not share memory with the inputs")
+    return out

@@ -1,0 +1,66 @@
+"""The supports of parameters and values, in the style of torch.distributions.
+
+Each constraint's ``check(value)`` returns a boolean array over the batch (or
+over elements for elementwise constraints).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["Constraint", "positive", "real_vector", "simplex", "log_simplex"]
+
+
+class Constraint:
+    """A set of values, with a membership test."""
+
+    event_dim = 0
+
+    def check(self, value) -> np.ndarray:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__[1:]}()"
+
+
+class _Positive(Constraint):
+    def check(self, value):
+        value = np.asarray(value)
+        return np.isfinite(value) & (value > 0)
+
+
+class _RealVector(Constraint):
+    """Vectors of reals; -inf entries mark impossible (masked) categories."""
+
+    event_dim = 1
+
+    def check(self, value):
+        value = np.asarray(value)
+        return np.all(~np.isnan(value) & (value != np.inf), axis=-1)
+
+
+class _Simplex(Constraint):
+    event_dim = 1
+
+    def check(self, value):
+        value = np.asarray(value)
+        tol = 4.0 * value.shape[-1] * np.finfo(np.result_type(value, np.float32)).eps
+        ok = np.all(np.isfinite(value) & (value >= 0), axis=-1)
+        return ok & (np.abs(value.sum(axis=-1, dtype=np.float64) - 1.0) <= tol)
+
+
+class _LogSimplex(Constraint):
+    event_dim = 1
+
+    def check(self, value):
+        value = np.asarray(value)
+        tol = 4.0 * value.shape[-1] * np.finfo(np.result_type(value, np.float32)).eps
+        ok = np.all(~np.isnan(value) & (value != np.inf), axis=-1)
+        total = np.exp(value.astype(np.float64)).sum(axis=-1)
+        return ok & (np.abs(total - 1.0) <= tol)
+
+
+positive = _Positive()
+real_vector = _RealVector()
+simplex = _Simplex()
+log_simplex = _LogSimplex()
