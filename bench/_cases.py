@@ -42,7 +42,7 @@ TEMPERATURE = 0.5
 # Agreement checks run on at most this many leading rows of each shape: the per-element
 # error does not depend on the row count, and the full-size float64 references would
 # take a large share of the run.  The samplers' sanity checks use the full timed output.
-CHECK_ROWS = 1 << 16
+CHECK_ROWS = 1 << 14
 
 # Measured worst case over all libraries was below 3 units (float32 and float64, all
 # shapes); 16 leaves room for other compilers and SIMD paths without hiding bugs.

@@ -113,13 +113,12 @@ def check_op(impl, op: str, c: cs.Case) -> dict:
 
 
 def measure(fn, min_repeats: int, max_repeats: int, budget_s: float) -> list:
-    """Wall times in ns of repeated calls, after one more warm-up call.
+    """Wall times in ns of repeated calls; the caller has made the warm-up call.
 
     Stops after ``min_repeats`` calls once ``budget_s`` is spent, or at
     ``max_repeats``.  The garbage collector is off while timing so that a collection
     triggered by one library's temporaries is not billed to another.
     """
-    fn()
     times = []
     gc.collect()
     gc.disable()
