@@ -42,6 +42,7 @@
 #include "isa.hpp"
 #include "math.hpp"
 #include "noise.hpp"
+#include "simd.hpp"
 
 namespace relaxcat {
 namespace detail {
@@ -56,7 +57,7 @@ template <int N>
 class RowWalker {
 public:
     RowWalker(const RowShape& shape, int64_t r0, const int64_t* const (&strides)[N])
-        : shape_(shape) {
+        : shape_(&shape) {
         for (int j = 0; j < N; ++j) {
             stride_[j] = strides[j];
             offset[j] = 0;
@@ -71,11 +72,11 @@ public:
     }
 
     void advance() {
-        for (int d = shape_.ndim - 1; d >= 0; --d) {
+        for (int d = shape_->ndim - 1; d >= 0; --d) {
             ++idx_[d];
             for (int j = 0; j < N; ++j) offset[j] += stride_[j][d];
-            if (idx_[d] < shape_.shape[d]) return;
-            for (int j = 0; j < N; ++j) offset[j] -= stride_[j][d] * shape_.shape[d];
+            if (idx_[d] < shape_->shape[d]) return;
+            for (int j = 0; j < N; ++j) offset[j] -= stride_[j][d] * shape_->shape[d];
             idx_[d] = 0;
         }
     }
@@ -83,7 +84,7 @@ public:
     int64_t offset[N];
 
 private:
-    const RowShape& shape_;
+    const RowShape* shape_;
     const int64_t* stride_[N];
     int64_t idx_[kMaxBatchDims] = {};
 };
@@ -98,204 +99,279 @@ inline double row_max(const Real* p, int64_t ks, int64_t k) {
     return m;
 }
 
-// Scratch a kernel needs per thread, in doubles.
-inline int64_t scratch_size(int64_t k) { return 2 * k + 16; }
+// Note [blocks of rows]: the kernels work on blocks of whole rows holding about
+// kBlockElements elements (or one row, if it is longer). The costly elementwise
+// steps (Philox and the noise logarithms, exp, log) run as flat loops over the
+// whole block, which vectorise however short the rows are; only the cheap row
+// reductions (max, sum) run row by row. Blocking changes no result: every row is
+// still computed by the same operations in the same order.
+constexpr int64_t kBlockElements = 2048;
 
-// rsample: x = softmax((a + g) / T) and log x, one row at a time.
+inline int64_t block_capacity(int64_t k) { return k > kBlockElements ? k : kBlockElements; }
+
+// Scratch a kernel needs per thread, in doubles: three element buffers of one
+// block and six per-row buffers (a block holds at most kBlockElements rows).
+inline int64_t scratch_size(int64_t k) { return 3 * block_capacity(k) + 6 * kBlockElements; }
+
+inline int64_t rows_per_block(int64_t k) {
+    return k >= kBlockElements ? 1 : kBlockElements / (k > 0 ? k : 1);
+}
+
+// exp and log over a buffer: vectors for whole groups of lanes, scalars for the
+// rest; both give the same bits.
+inline void exp_inplace(double* p, int64_t n) {
+    int64_t j = 0;
+#if defined(RELAXCAT_HAVE_VECTOR_EXTENSIONS)
+    for (; j + kLanes <= n; j += kLanes) store_d(p + j, exp_v(load_d(p + j)));
+#endif
+    for (; j < n; ++j) p[j] = exp_d(p[j]);
+}
+
+inline void log_inplace(double* p, int64_t n) {
+    int64_t j = 0;
+#if defined(RELAXCAT_HAVE_VECTOR_EXTENSIONS)
+    for (; j + kLanes <= n; j += kLanes) store_d(p + j, log_v(load_d(p + j)));
+#endif
+    for (; j < n; ++j) p[j] = log_d(p[j]);
+}
+
+// rsample: x = softmax((a + g) / T) and log x; see Note [blocks of rows].
 template <class Real>
 void rsample_rows(const RsampleArgs<Real>& a, int64_t r0, int64_t r1, double* scratch) {
     const int64_t k = a.shape.k;
+    const int64_t cap = block_capacity(k);
     const int64_t* const strides[3] = {a.logits.stride, a.temperature.stride,
                                        a.noise.gumbels.stride};
     RowWalker<3> walk(a.shape, r0, strides);
     double* s = scratch;
-    double* e = scratch + k;
+    double* e = scratch + cap;
+    const int64_t ks = a.logits.kstride;
 
-    for (int64_t r = r0; r < r1; ++r, walk.advance()) {
-        const Real* lg = a.logits.data + walk.offset[0];
-        const int64_t ks = a.logits.kstride;
-        const double t = static_cast<double>(a.temperature.data[walk.offset[1]]);
+    for (int64_t rb = r0; rb < r1; rb += rows_per_block(k)) {
+        const int64_t nb = r1 - rb < rows_per_block(k) ? r1 - rb : rows_per_block(k);
+        const int64_t n = nb * k;
 
-        // The noise of this row, from the stream or as given.
-        if (a.noise.gumbels.data != nullptr) {
-            const Real* g = a.noise.gumbels.data + walk.offset[2];
-            for (int64_t j = 0; j < k; ++j)
-                s[j] = static_cast<double>(g[j * a.noise.gumbels.kstride]);
-        } else {
-            const uint64_t first = a.noise.offset + static_cast<uint64_t>(r * k);
-            fill_gumbels(a.noise.key, a.noise.stream, first, k, s);
+        // 1. The noise of the whole block, from the stream (contiguous indices).
+        if (a.noise.gumbels.data == nullptr)
+            fill_gumbels(a.noise.key, a.noise.stream,
+                         a.noise.offset + static_cast<uint64_t>(rb * k), n, s);
+
+        // 2. Per row: s = ((a - max a) + g) / T, then minus its maximum; see
+        // Note [shift before scaling] and Note [stable log-sum-exp].
+        for (int64_t i = 0; i < nb; ++i, walk.advance()) {
+            const Real* lg = a.logits.data + walk.offset[0];
+            const double inv_t = 1.0 / static_cast<double>(a.temperature.data[walk.offset[1]]);
+            double* si = s + i * k;
+            if (a.noise.gumbels.data != nullptr) {
+                const Real* g = a.noise.gumbels.data + walk.offset[2];
+                for (int64_t j = 0; j < k; ++j)
+                    si[j] = static_cast<double>(g[j * a.noise.gumbels.kstride]);
+            }
+            const double amax = row_max(lg, ks, k);
+            double smax = -kInf;
+            for (int64_t j = 0; j < k; ++j) {
+                si[j] = ((static_cast<double>(lg[j * ks]) - amax) + si[j]) * inv_t;
+                smax = max_d(smax, si[j]);
+            }
+            for (int64_t j = 0; j < k; ++j) si[j] -= smax;
         }
 
-        // s = ((a - max a) + g) / T; see Note [shift before scaling].
-        const double amax = row_max(lg, ks, k);
-        double smax = -kInf;
-        for (int64_t j = 0; j < k; ++j) {
-            const double v = ((static_cast<double>(lg[j * ks]) - amax) + s[j]) / t;
-            s[j] = v;
-            smax = max_d(smax, v);
-        }
+        // 3. The exponentials, flat.
+        for (int64_t j = 0; j < n; ++j) e[j] = s[j];
+        exp_inplace(e, n);
 
-        // Normalise; see Note [stable log-sum-exp].
-        double sum = 0.0;
-        for (int64_t j = 0; j < k; ++j) {
-            s[j] -= smax;
-            e[j] = exp_d(s[j]);
-            sum += e[j];
-        }
-        if (a.x != nullptr) {
-            Real* x = a.x + r * k;
-            for (int64_t j = 0; j < k; ++j) x[j] = static_cast<Real>(e[j] / sum);
-        }
-        if (a.log_x != nullptr) {
-            const double lse = log_d(sum);
-            Real* y = a.log_x + r * k;
-            for (int64_t j = 0; j < k; ++j) y[j] = static_cast<Real>(s[j] - lse);
+        // 4. Per row: normalise (the largest term is 1, so the sum is in [1, K]).
+        for (int64_t i = 0; i < nb; ++i) {
+            const double* ei = e + i * k;
+            double sum = 0.0;
+            for (int64_t j = 0; j < k; ++j) sum += ei[j];
+            if (a.x != nullptr) {
+                const double inv = 1.0 / sum;
+                Real* x = a.x + (rb + i) * k;
+                for (int64_t j = 0; j < k; ++j) x[j] = static_cast<Real>(ei[j] * inv);
+            }
+            if (a.log_x != nullptr) {
+                const double lse = log_d(sum);
+                const double* si = s + i * k;
+                Real* y = a.log_x + (rb + i) * k;
+                for (int64_t j = 0; j < k; ++j) y[j] = static_cast<Real>(si[j] - lse);
+            }
         }
     }
 }
 
 // The log-density of a value (x on the simplex, or y = log x) and its
-// vector-Jacobian product, one row at a time. The formulas are those of
-// tests/data/README.md:
+// vector-Jacobian product. The formulas are those of tests/data/README.md:
 //   simplex: lgamma(K) + (K-1) log T + sum(a - (T+1) y) - K lse(a - T y)
 //   log:     lgamma(K) + (K-1) log T + sum(a - T y)     - K lse(a - T y)
 // evaluated as sum(z - max z) [- sum y] - K log(sum exp(z - max z)) with
-// z = (a - max a) - T y; see Note [stable log-sum-exp].
+// z = (a - max a) - T y; see Note [stable log-sum-exp]. Gradients (all zero for
+// masked categories and for values off the face of the live categories):
+//   d/da_k = 1 - K w_k,  d/dT = (K-1)/T + sum_k (K w_k - 1) y_k,
+//   d/dy_k = -(T+1) + K T w_k (simplex, then divided by x_k), -T + K T w_k (log),
+// with w = softmax(z) over the live categories.
 template <class Real>
 void log_prob_rows(const LogProbArgs<Real>& a, int64_t r0, int64_t r1, double* scratch) {
     const int64_t k = a.shape.k;
+    const int64_t cap = block_capacity(k);
     const int64_t* const strides[4] = {a.logits.stride, a.temperature.stride, a.value.stride,
                                        a.grad.stride};
     RowWalker<4> walk(a.shape, r0, strides);
     const bool simplex = a.space == Space::simplex;
     const bool want_grad = a.grad_value != nullptr || a.grad_logits != nullptr ||
                            a.grad_temperature != nullptr;
-    double* y = scratch;
-    double* w = scratch + k;
+    const int64_t ks = a.logits.kstride, vs = a.value.kstride;
+    double* y = scratch;                  // log x, per element
+    double* w = scratch + cap;            // exponents, then softmax weights
+    double* row_live = scratch + 3 * cap; // per-row facts of the block
+    double* row_kind = row_live + kBlockElements;  // 0 ordinary, 1 zeros, 2 off face
+    double* row_lin = row_kind + kBlockElements;
+    double* row_zmax = row_lin + kBlockElements;
+    double* row_zeros = row_zmax + kBlockElements;
     int64_t cached_k = -1;
     double cached_lgamma = 0.0;
 
-    for (int64_t r = r0; r < r1; ++r, walk.advance()) {
-        const Real* lg = a.logits.data + walk.offset[0];
-        const int64_t ks = a.logits.kstride;
-        const Real* v = a.value.data + walk.offset[2];
-        const int64_t vs = a.value.kstride;
-        const double t = static_cast<double>(a.temperature.data[walk.offset[1]]);
-        const double g = want_grad ? static_cast<double>(a.grad.data[walk.offset[3]]) : 0.0;
+    for (int64_t rb = r0; rb < r1; rb += rows_per_block(k)) {
+        const int64_t nb = r1 - rb < rows_per_block(k) ? r1 - rb : rows_per_block(k);
+        const int64_t n = nb * k;
+        const RowWalker<4> block_start = walk;
 
-        // Read the value as y = log x; count live categories, zeros among them,
-        // and weight on masked ones (Notes [masked categories], [zeros in a value]).
-        const double amax = row_max(lg, ks, k);
-        int64_t live = 0, zeros = 0;
-        bool off_face = false;
-        for (int64_t j = 0; j < k; ++j) {
-            const double vj = static_cast<double>(v[j * vs]);
-            const double yj = simplex ? log_d(vj) : vj;
-            const bool is_live = static_cast<double>(lg[j * ks]) > -kInf;
-            y[j] = yj;
-            live += is_live;
-            zeros += is_live && yj == -kInf;
-            off_face = off_face || (!is_live && yj > -kInf);
+        // 1. The value as doubles, then y = log x for the whole block, flat.
+        for (int64_t i = 0; i < nb; ++i, walk.advance()) {
+            const Real* v = a.value.data + walk.offset[2];
+            for (int64_t j = 0; j < k; ++j) y[i * k + j] = static_cast<double>(v[j * vs]);
         }
-        if (live != cached_k) {
-            cached_k = live;
-            cached_lgamma = lgamma_int(live);
-        }
-        const double kd = static_cast<double>(live);
-        const double log_t = log_d(t);
-        double lp, grad_t = 0.0;
+        if (simplex) log_inplace(y, n);
 
-        if (off_face) {
-            // Weight on an impossible category: density zero, gradients zero.
-            lp = -kInf;
-            for (int64_t j = 0; j < k; ++j) w[j] = 0.0;
-            for (int64_t j = 0; j < k; ++j) y[j] = 0.0;
-        } else if (zeros == 0) {
-            // The ordinary case.
-            double zmax = -kInf;
+        // 2. Per row: classify (Notes [masked categories], [zeros in a value]) and
+        // write the exponents z - max z of the softmax weights.
+        walk = block_start;
+        for (int64_t i = 0; i < nb; ++i, walk.advance()) {
+            const Real* lg = a.logits.data + walk.offset[0];
+            const double t = static_cast<double>(a.temperature.data[walk.offset[1]]);
+            const double* yi = y + i * k;
+            double* wi = w + i * k;
+            const double amax = row_max(lg, ks, k);
+            int64_t live = 0, zeros = 0;
+            bool off_face = false;
             for (int64_t j = 0; j < k; ++j) {
-                const double aj = static_cast<double>(lg[j * ks]) - amax;
-                const double zj = aj > -kInf ? aj - t * y[j] : -kInf;
-                w[j] = zj;
-                zmax = max_d(zmax, zj);
+                const bool is_live = static_cast<double>(lg[j * ks]) > -kInf;
+                live += is_live;
+                zeros += is_live && yi[j] == -kInf;
+                off_face = off_face || (!is_live && yi[j] > -kInf);
             }
-            double sum = 0.0, lin = 0.0;
-            for (int64_t j = 0; j < k; ++j) {
-                const bool is_live = w[j] > -kInf;
-                const double d = w[j] - zmax;
-                lin += is_live ? (simplex ? d - y[j] : d) : 0.0;
-                w[j] = exp_d(d);
-                sum += w[j];
+            row_live[i] = static_cast<double>(live);
+            row_zeros[i] = static_cast<double>(zeros);
+            row_kind[i] = off_face ? 2.0 : (zeros > 0 ? 1.0 : 0.0);
+            double zmax = -kInf, lin = 0.0;
+            if (off_face) {
+                for (int64_t j = 0; j < k; ++j) wi[j] = -kInf;
+            } else if (zeros == 0) {
+                // The ordinary case: z = (a - max a) - T y over the live categories.
+                for (int64_t j = 0; j < k; ++j) {
+                    const double aj = static_cast<double>(lg[j * ks]) - amax;
+                    wi[j] = aj > -kInf ? aj - t * yi[j] : -kInf;
+                    zmax = max_d(zmax, wi[j]);
+                }
+                for (int64_t j = 0; j < k; ++j) {
+                    const bool is_live = wi[j] > -kInf;
+                    wi[j] -= zmax;
+                    lin += is_live ? (simplex ? wi[j] - yi[j] : wi[j]) : 0.0;
+                }
+            } else {
+                // Zeros on live categories: the weights concentrate on the zero
+                // set, where they are softmax(a); lin holds the finite limit's
+                // sum_live a - (T + 1) sum_nonzero y.
+                for (int64_t j = 0; j < k; ++j) {
+                    const double aj = static_cast<double>(lg[j * ks]) - amax;
+                    const bool is_live = aj > -kInf;
+                    const bool in_zero_set = is_live && yi[j] == -kInf;
+                    wi[j] = in_zero_set ? aj : -kInf;
+                    zmax = max_d(zmax, wi[j]);
+                    lin += is_live ? aj : 0.0;
+                    lin -= is_live && !in_zero_set ? (t + 1.0) * yi[j] : 0.0;
+                }
+                for (int64_t j = 0; j < k; ++j) wi[j] -= zmax;
             }
-            lp = cached_lgamma + (kd - 1.0) * log_t + lin - kd * log_d(sum);
-            if (want_grad) {
-                const double inv = 1.0 / sum;
-                double acc = 0.0;
+            row_lin[i] = lin;
+            row_zmax[i] = zmax;
+        }
+
+        // 3. The exponentials, flat.
+        exp_inplace(w, n);
+
+        // 4. Per row: the density, then the gradients.
+        walk = block_start;
+        for (int64_t i = 0; i < nb; ++i, walk.advance()) {
+            const int64_t r = rb + i;
+            const Real* lg = a.logits.data + walk.offset[0];
+            const Real* v = a.value.data + walk.offset[2];
+            const double t = static_cast<double>(a.temperature.data[walk.offset[1]]);
+            const double g = want_grad ? static_cast<double>(a.grad.data[walk.offset[3]]) : 0.0;
+            const double* yi = y + i * k;
+            double* wi = w + i * k;
+            const int64_t live = static_cast<int64_t>(row_live[i]);
+            const double kd = row_live[i];
+            const int kind = static_cast<int>(row_kind[i]);
+            if (live != cached_k) {
+                cached_k = live;
+                cached_lgamma = lgamma_int(live);
+            }
+            double sum = 0.0;
+            for (int64_t j = 0; j < k; ++j) sum += wi[j];
+            const double head = cached_lgamma + (kd - 1.0) * log_d(t);
+
+            double lp;
+            if (kind == 2) {
+                lp = -kInf;  // weight on an impossible category
+            } else if (kind == 0) {
+                lp = head + row_lin[i] - kd * log_d(sum);
+            } else {
+                const double m = row_zeros[i];
+                const double c = t * (kd - m) - m;
+                if (!simplex || c > 0.0) lp = -kInf;
+                else if (c < 0.0) lp = kInf;
+                else lp = head + row_lin[i] - kd * (row_zmax[i] + log_d(sum));
+            }
+            if (a.log_prob != nullptr) a.log_prob[r] = static_cast<Real>(lp);
+            if (!want_grad) continue;
+
+            const double inv = kind == 2 ? 0.0 : 1.0 / sum;
+            for (int64_t j = 0; j < k; ++j) wi[j] *= inv;
+            if (a.grad_temperature != nullptr) {
+                double gt = 0.0;
+                if (kind == 0) {
+                    double acc = 0.0;
+                    for (int64_t j = 0; j < k; ++j) {
+                        const bool is_live = static_cast<double>(lg[j * ks]) > -kInf;
+                        acc += is_live ? (kd * wi[j] - 1.0) * yi[j] : 0.0;
+                    }
+                    gt = g * ((kd - 1.0) / t + acc);
+                } else if (kind == 1 && g != 0.0) {
+                    gt = g > 0.0 ? -kInf : kInf;  // the limit tends to -inf
+                }
+                a.grad_temperature[r] = static_cast<Real>(gt);
+            }
+            if (a.grad_logits != nullptr) {
+                Real* out = a.grad_logits + r * k;
                 for (int64_t j = 0; j < k; ++j) {
                     const bool is_live = static_cast<double>(lg[j * ks]) > -kInf;
-                    w[j] *= inv;
-                    acc += is_live ? (kd * w[j] - 1.0) * y[j] : 0.0;
+                    out[j] = static_cast<Real>(is_live && kind != 2 ? g * (1.0 - kd * wi[j]) : 0.0);
                 }
-                grad_t = g * ((kd - 1.0) / t + acc);
             }
-        } else {
-            // Exact zeros on live categories: the limit of Note [zeros in a value].
-            const double m = static_cast<double>(zeros);
-            double zmax = -kInf;
-            for (int64_t j = 0; j < k; ++j) {
-                const double aj = static_cast<double>(lg[j * ks]) - amax;
-                const bool in_zero_set = aj > -kInf && y[j] == -kInf;
-                w[j] = in_zero_set ? aj : -kInf;
-                zmax = max_d(zmax, w[j]);
-            }
-            double sum = 0.0, lin = 0.0;
-            for (int64_t j = 0; j < k; ++j) {
-                const double aj = static_cast<double>(lg[j * ks]) - amax;
-                const bool nonzero_live = aj > -kInf && y[j] > -kInf;
-                lin += aj > -kInf ? aj : 0.0;
-                lin -= nonzero_live ? (t + 1.0) * y[j] : 0.0;
-                w[j] = exp_d(w[j] - zmax);
-                sum += w[j];
-            }
-            const double c = t * (kd - m) - m;
-            if (!simplex || c > 0.0) {
-                lp = -kInf;
-            } else if (c < 0.0) {
-                lp = kInf;
-            } else {
-                lp = cached_lgamma + (kd - 1.0) * log_t + lin - kd * (zmax + log_d(sum));
-            }
-            for (int64_t j = 0; j < k; ++j) w[j] /= sum;
-            grad_t = g == 0.0 ? 0.0 : (g > 0.0 ? -kInf : kInf);
-        }
-
-        if (a.log_prob != nullptr) a.log_prob[r] = static_cast<Real>(lp);
-        if (!want_grad) continue;
-
-        // Gradients (all zero for masked categories and off-face values):
-        //   d/da_k = 1 - K w_k,  d/dT = (K-1)/T + sum_k (K w_k - 1) y_k,
-        //   d/dy_k = -(T+1) + K T w_k (simplex, then divided by x_k), -T + K T w_k (log).
-        const bool zero_grads = off_face;
-        if (a.grad_temperature != nullptr)
-            a.grad_temperature[r] = static_cast<Real>(zero_grads ? 0.0 : grad_t);
-        if (a.grad_logits != nullptr) {
-            Real* out = a.grad_logits + r * k;
-            for (int64_t j = 0; j < k; ++j) {
-                const bool is_live = static_cast<double>(lg[j * ks]) > -kInf;
-                out[j] = static_cast<Real>(is_live && !zero_grads ? g * (1.0 - kd * w[j]) : 0.0);
-            }
-        }
-        if (a.grad_value != nullptr) {
-            Real* out = a.grad_value + r * k;
-            for (int64_t j = 0; j < k; ++j) {
-                const bool is_live = static_cast<double>(lg[j * ks]) > -kInf;
-                const double dy = g * ((simplex ? -(t + 1.0) : -t) + kd * t * w[j]);
-                double dv = dy;
-                if (simplex) {
-                    const double xj = static_cast<double>(v[j * vs]);
-                    dv = xj > 0.0 ? dy / xj : (dy == 0.0 ? 0.0 : (dy > 0.0 ? kInf : -kInf));
+            if (a.grad_value != nullptr) {
+                Real* out = a.grad_value + r * k;
+                const double base = simplex ? -(t + 1.0) : -t;
+                for (int64_t j = 0; j < k; ++j) {
+                    const bool is_live = static_cast<double>(lg[j * ks]) > -kInf;
+                    const double dy = g * (base + kd * t * wi[j]);
+                    double dv = dy;
+                    if (simplex) {
+                        const double xj = static_cast<double>(v[j * vs]);
+                        dv = xj > 0.0 ? dy / xj : (dy == 0.0 ? 0.0 : (dy > 0.0 ? kInf : -kInf));
+                    }
+                    out[j] = static_cast<Real>(is_live && kind != 2 ? dv : 0.0);
                 }
-                out[j] = static_cast<Real>(is_live && !zero_grads ? dv : 0.0);
             }
         }
     }
@@ -313,48 +389,66 @@ template <class Real>
 void rsample_vjp_rows(const RsampleVjpArgs<Real>& a, int64_t r0, int64_t r1,
                       double* scratch) {
     const int64_t k = a.shape.k;
+    const int64_t cap = block_capacity(k);
     const int64_t* const strides[3] = {a.value.stride, a.grad.stride, a.temperature.stride};
     RowWalker<3> walk(a.shape, r0, strides);
     const bool simplex = a.space == Space::simplex;
+    const int64_t vs = a.value.kstride, gs = a.grad.kstride;
     double* x = scratch;
-    double* y = scratch + k;
+    double* y = scratch + cap;
 
-    for (int64_t r = r0; r < r1; ++r, walk.advance()) {
-        const Real* v = a.value.data + walk.offset[0];
-        const Real* gw = a.grad.data + walk.offset[1];
-        const int64_t vs = a.value.kstride, gs = a.grad.kstride;
-        const double t = static_cast<double>(a.temperature.data[walk.offset[2]]);
+    for (int64_t rb = r0; rb < r1; rb += rows_per_block(k)) {
+        const int64_t nb = r1 - rb < rows_per_block(k) ? r1 - rb : rows_per_block(k);
+        const int64_t n = nb * k;
+        const RowWalker<3> block_start = walk;
 
-        // x and log x in double, and the sums the formulas need.
-        double sum = 0.0, wx = 0.0, wsum = 0.0;
-        for (int64_t j = 0; j < k; ++j) {
-            const double vj = static_cast<double>(v[j * vs]);
-            const double wj = static_cast<double>(gw[j * gs]);
-            const double xj = simplex ? vj : exp_d(vj);
-            x[j] = xj;
-            y[j] = simplex ? log_d(vj) : vj;
-            sum += xj;
-            wx += xj > 0.0 ? wj * xj : 0.0;
-            wsum += y[j] > -kInf ? wj : 0.0;
+        // 1. x and log x for the whole block, the transcendental half flat.
+        for (int64_t i = 0; i < nb; ++i, walk.advance()) {
+            const Real* v = a.value.data + walk.offset[0];
+            double* dst = simplex ? x + i * k : y + i * k;
+            for (int64_t j = 0; j < k; ++j) dst[j] = static_cast<double>(v[j * vs]);
         }
-        const double log_sum = log_d(sum);
+        if (simplex) {
+            for (int64_t j = 0; j < n; ++j) y[j] = x[j];
+            log_inplace(y, n);
+        } else {
+            for (int64_t j = 0; j < n; ++j) x[j] = y[j];
+            exp_inplace(x, n);
+        }
 
-        // See Note [renormalised sample].
-        double acc = 0.0;
-        Real* gl = a.grad_logits != nullptr ? a.grad_logits + r * k : nullptr;
-        for (int64_t j = 0; j < k; ++j) {
-            const double wj = static_cast<double>(gw[j * gs]);
-            double ds;  // the gradient with respect to s_k = (a_k + g_k) / T
-            if (simplex) {
-                ds = x[j] > 0.0 ? x[j] * (wj * sum - wx) / (sum * sum) : 0.0;
-            } else {
-                ds = y[j] > -kInf ? wj - (x[j] / sum) * wsum : 0.0;
+        // 2. Per row; see Note [renormalised sample].
+        walk = block_start;
+        for (int64_t i = 0; i < nb; ++i, walk.advance()) {
+            const int64_t r = rb + i;
+            const Real* gw = a.grad.data + walk.offset[1];
+            const double t = static_cast<double>(a.temperature.data[walk.offset[2]]);
+            const double* xi = x + i * k;
+            const double* yi = y + i * k;
+            double sum = 0.0, wx = 0.0, wsum = 0.0;
+            for (int64_t j = 0; j < k; ++j) {
+                const double wj = static_cast<double>(gw[j * gs]);
+                sum += xi[j];
+                wx += xi[j] > 0.0 ? wj * xi[j] : 0.0;
+                wsum += yi[j] > -kInf ? wj : 0.0;
             }
-            acc += ds != 0.0 ? ds * (y[j] - log_sum) : 0.0;
-            if (gl != nullptr) gl[j] = static_cast<Real>(ds / t);
+            const double log_sum = log_d(sum);
+            const double inv_sum = 1.0 / sum;
+            double acc = 0.0;
+            Real* gl = a.grad_logits != nullptr ? a.grad_logits + r * k : nullptr;
+            for (int64_t j = 0; j < k; ++j) {
+                const double wj = static_cast<double>(gw[j * gs]);
+                double ds;  // the gradient with respect to s_k = (a_k + g_k) / T
+                if (simplex) {
+                    ds = xi[j] > 0.0 ? xi[j] * (wj * sum - wx) * (inv_sum * inv_sum) : 0.0;
+                } else {
+                    ds = yi[j] > -kInf ? wj - (xi[j] * inv_sum) * wsum : 0.0;
+                }
+                acc += ds != 0.0 ? ds * (yi[j] - log_sum) : 0.0;
+                if (gl != nullptr) gl[j] = static_cast<Real>(ds / t);
+            }
+            if (a.grad_temperature != nullptr)
+                a.grad_temperature[r] = static_cast<Real>(-acc / t);
         }
-        if (a.grad_temperature != nullptr)
-            a.grad_temperature[r] = static_cast<Real>(-acc / t);
     }
 }
 

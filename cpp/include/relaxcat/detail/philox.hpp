@@ -25,6 +25,8 @@ inline Words4 philox4x32(uint32_t c0, uint32_t c1, uint32_t c2, uint32_t c3,
     constexpr uint32_t kW0 = 0x9E3779B9u;
     constexpr uint32_t kW1 = 0xBB67AE85u;
 
+    // Fully unrolled, so that loops calling this function vectorise across blocks.
+#pragma GCC unroll 16
     for (int round = 0; round < Rounds; ++round) {
         const uint64_t p0 = kM0 * c0;
         const uint64_t p1 = kM1 * c2;

@@ -1,0 +1,225 @@
+#pragma once
+// Eight-lane double and 64-bit integer vectors written with GCC/Clang vector
+// extensions. The compiler lowers each operation to what the target has: one
+// AVX-512 instruction, two AVX2 instructions, or four SSE2 ones. The operations
+// are the IEEE ones of the scalar code in the same order, so each lane gives the
+// same bits as math.hpp and noise.hpp compute for that element (tests check it).
+// Compilers without vector extensions use the scalar loops instead.
+
+#include <cstdint>
+#include <cstring>
+
+#include "isa.hpp"
+#include "math.hpp"
+#include "philox.hpp"
+
+#if defined(__SSE2__)
+#include <immintrin.h>
+#endif
+
+#if defined(__GNUC__) && !defined(RELAXCAT_NO_VECTOR_EXTENSIONS)
+#define RELAXCAT_HAVE_VECTOR_EXTENSIONS 1
+#endif
+
+#if defined(RELAXCAT_HAVE_VECTOR_EXTENSIONS)
+
+namespace relaxcat {
+namespace detail {
+namespace RELAXCAT_ISA_NAMESPACE {
+
+// Forced inlining: without AVX-512 a 64-byte vector is passed through memory,
+// and an out-of-line call would cost more than the work.
+#define RELAXCAT_SIMD_INLINE inline __attribute__((always_inline))
+
+// The native width of the target: eight doubles with AVX-512, four with AVX,
+// two otherwise. Wider generic vectors would be split, and GCC then lowers
+// comparisons and selects lane by lane.
+#if defined(__AVX512F__)
+constexpr int kLanes = 8;
+#elif defined(__AVX__)
+constexpr int kLanes = 4;
+#else
+constexpr int kLanes = 2;
+#endif
+typedef double VecD __attribute__((vector_size(8 * kLanes), aligned(8)));
+typedef int64_t VecI __attribute__((vector_size(8 * kLanes), aligned(8)));
+typedef uint64_t VecU __attribute__((vector_size(8 * kLanes), aligned(8)));
+
+RELAXCAT_SIMD_INLINE VecD load_d(const double* p) {
+    VecD v;
+    std::memcpy(&v, p, sizeof v);
+    return v;
+}
+
+RELAXCAT_SIMD_INLINE void store_d(double* p, VecD v) { std::memcpy(p, &v, sizeof v); }
+
+RELAXCAT_SIMD_INLINE VecD splat_d(double x) { return VecD{} + x; }
+
+RELAXCAT_SIMD_INLINE VecU as_u(VecD v) {
+    VecU u;
+    std::memcpy(&u, &v, sizeof u);
+    return u;
+}
+
+RELAXCAT_SIMD_INLINE VecD as_d(VecU u) {
+    VecD v;
+    std::memcpy(&v, &u, sizeof v);
+    return v;
+}
+
+// log_d of math.hpp, lane by lane.
+RELAXCAT_SIMD_INLINE VecD log_v(VecD x) {
+    constexpr double kLn2Hi = 6.93147180369123816490e-01;
+    constexpr double kLn2Lo = 1.90821492927058770002e-10;
+    constexpr double kInf = std::numeric_limits<double>::infinity();
+    constexpr double kNan = std::numeric_limits<double>::quiet_NaN();
+
+    const VecI tiny = x < 2.2250738585072014e-308;
+    const VecD xs = tiny ? x * 18014398509481984.0 : x;
+    const VecI kadj = tiny ? VecI{} - 54 : VecI{};
+
+    const VecU b = as_u(xs);
+    VecU hx = (b >> 32) + (0x3ff00000 - 0x3fe6a09e);
+    const VecI k = (VecI)(hx >> 20) - 0x3ff + kadj;
+    hx = (hx & 0x000fffff) + 0x3fe6a09e;
+    const VecD f = as_d((hx << 32) | (b & 0xffffffffu)) - 1.0;
+
+    const VecD hfsq = 0.5 * f * f;
+    const VecD s = f / (2.0 + f);
+    const VecD z = s * s;
+    const VecD w = z * z;
+    const VecD t1 = w * (3.999999999940941908e-01 +
+                         w * (2.222219843214978396e-01 + w * 1.531383769920937332e-01));
+    const VecD t2 = z * (6.666666666666735130e-01 +
+                         w * (2.857142874366239149e-01 +
+                              w * (1.818357216161805012e-01 + w * 1.479819860511658591e-01)));
+    const VecD dk = as_d(UINT64_C(0x4338000000000000) + (VecU)k) - 6755399441055744.0;
+    const VecD r = dk * kLn2Hi - ((hfsq - (s * (hfsq + (t1 + t2)) + dk * kLn2Lo)) - f);
+
+    const VecD edge = x == 0.0 ? splat_d(-kInf) : (x == kInf ? splat_d(kInf) : splat_d(kNan));
+    return (x > 0.0) & (x < kInf) ? r : edge;
+}
+
+// exp_d of math.hpp, lane by lane.
+RELAXCAT_SIMD_INLINE VecD exp_v(VecD x) {
+    constexpr double kShifter = 6755399441055744.0;
+    const VecD xc = x < -746.0 ? splat_d(-746.0) : (x > 710.0 ? splat_d(710.0) : x);
+    const VecD t = xc * 1.4426950408889634074 + kShifter;
+    const VecD kd = t - kShifter;
+    const VecI k = (VecI)(as_u(t) - UINT64_C(0x4338000000000000));
+    const VecD hi = xc - kd * 6.93147180369123816490e-01;
+    const VecD lo = kd * 1.90821492927058770002e-10;
+    const VecD r = hi - lo;
+
+    VecD p = splat_d(1.6059043836821614599e-10);
+    p = 2.0876756987868098979e-09 + r * p;
+    p = 2.5052108385441718775e-08 + r * p;
+    p = 2.7557319223985890653e-07 + r * p;
+    p = 2.7557319223985890653e-06 + r * p;
+    p = 2.4801587301587301587e-05 + r * p;
+    p = 1.9841269841269841270e-04 + r * p;
+    p = 1.3888888888888888889e-03 + r * p;
+    p = 8.3333333333333333333e-03 + r * p;
+    p = 4.1666666666666666667e-02 + r * p;
+    p = 1.6666666666666666667e-01 + r * p;
+    p = 0.5 + r * p;
+    p = 1.0 + r * p;
+    const VecD y = 1.0 + r * p;
+
+    const VecI k1 = k >> 1;
+    const VecI k2 = k - k1;
+    const VecD s1 = as_d((VecU)(k1 + 1023) << 52);
+    const VecD s2 = as_d((VecU)(k2 + 1023) << 52);
+    return y * s1 * s2;
+}
+
+// gumbel_from_words of noise.hpp, lane by lane (words in the low 32 bits).
+RELAXCAT_SIMD_INLINE VecD gumbel_v(VecU lo, VecU hi) {
+    const VecU w = lo | (hi << 32);
+    const VecD one_plus = as_d(UINT64_C(0x3ff0000000000000) | (w >> 12));
+    const VecD u = (one_plus - 1.0) + 1.1102230246251565404e-16;
+    return -log_v(-log_v(u));
+}
+
+// The 64-bit products of the low 32 bits of each lane with m. Written with the
+// unsigned 32 x 32 -> 64 multiply of each x86 level, because compilers lower the
+// generic 64-bit product to a much slower instruction sequence.
+RELAXCAT_SIMD_INLINE VecU mul_low32(VecU a, uint32_t m) {
+#if defined(__AVX512F__)
+    __m512i v;
+    std::memcpy(&v, &a, sizeof v);
+    v = _mm512_mul_epu32(v, _mm512_set1_epi64(m));
+#elif defined(__AVX2__)
+    __m256i v;
+    std::memcpy(&v, &a, sizeof v);
+    v = _mm256_mul_epu32(v, _mm256_set1_epi64x(m));
+#elif defined(__SSE2__) && !defined(__AVX__)
+    __m128i v;
+    std::memcpy(&v, &a, sizeof v);
+    v = _mm_mul_epu32(v, _mm_set1_epi64x(m));
+#else
+    return (a & 0xffffffffu) * static_cast<uint64_t>(m);
+#endif
+#if defined(__AVX512F__) || defined(__AVX2__) || (defined(__SSE2__) && !defined(__AVX__))
+    std::memcpy(&a, &v, sizeof v);
+    return a;
+#endif
+}
+
+// Philox4x32-10 for kLanes consecutive blocks, one per lane (32-bit words held
+// in 64-bit lanes, so the 32 x 32 -> 64-bit products are single instructions).
+RELAXCAT_SIMD_INLINE void philox_v(VecU c0, VecU c1, VecU c2, VecU c3, uint32_t k0,
+                                   uint32_t k1, VecU out[4]) {
+    const uint64_t kLow = 0xffffffffu;
+#pragma GCC unroll 16
+    for (int round = 0; round < 10; ++round) {
+        const VecU p0 = mul_low32(c0, 0xD2511F53u);
+        const VecU p1 = mul_low32(c2, 0xCD9E8D57u);
+        const VecU n0 = (p1 >> 32) ^ c1 ^ k0;
+        const VecU n2 = (p0 >> 32) ^ c3 ^ k1;
+        c1 = p1 & kLow;
+        c3 = p0 & kLow;
+        c0 = n0;
+        c2 = n2;
+        k0 += 0x9E3779B9u;
+        k1 += 0xBB67AE85u;
+    }
+    out[0] = c0;
+    out[1] = c1;
+    out[2] = c2;
+    out[3] = c3;
+}
+
+// The noise of the 2 kLanes elements from an even index `first` on: blocks
+// first / 2 .. first / 2 + kLanes - 1, interleaved back into element order.
+RELAXCAT_SIMD_INLINE void gumbel_group(uint64_t key, uint64_t stream, uint64_t first,
+                                       double* out) {
+#if defined(__AVX512F__)
+    const VecU lane = {0, 1, 2, 3, 4, 5, 6, 7};
+    const VecI lo_mask = {0, 8, 1, 9, 2, 10, 3, 11};
+    const VecI hi_mask = {4, 12, 5, 13, 6, 14, 7, 15};
+#elif defined(__AVX__)
+    const VecU lane = {0, 1, 2, 3};
+    const VecI lo_mask = {0, 4, 1, 5};
+    const VecI hi_mask = {2, 6, 3, 7};
+#else
+    const VecU lane = {0, 1};
+    const VecI lo_mask = {0, 2};
+    const VecI hi_mask = {1, 3};
+#endif
+    const VecU block = (first >> 1) + lane;
+    VecU w[4];
+    philox_v(block & 0xffffffffu, block >> 32, VecU{} + (stream & 0xffffffffu),
+             VecU{} + (stream >> 32), static_cast<uint32_t>(key),
+             static_cast<uint32_t>(key >> 32), w);
+    const VecD even = gumbel_v(w[0], w[1]);
+    const VecD odd = gumbel_v(w[2], w[3]);
+    store_d(out, __builtin_shuffle(even, odd, lo_mask));
+    store_d(out + kLanes, __builtin_shuffle(even, odd, hi_mask));
+}
+
+}  // namespace RELAXCAT_ISA_NAMESPACE
+}  // namespace detail
+}  // namespace relaxcat
+
+#endif

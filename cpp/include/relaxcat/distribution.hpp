@@ -1,0 +1,871 @@
+#pragma once
+// The C++ API: RelaxedOneHotCategorical<Real> and ExpRelaxedOneHotCategorical<Real>
+// over caller-owned row-major views, the counterparts of the Python classes.
+//
+// Every number is computed by the kernels of detail/kernels.hpp, the same code the
+// Python module runs; this file only validates, lays out rows and splits them
+// over threads. Needs the standard library alone (threads are std::thread).
+//
+// Layout. A distribution has a batch of B rows of K categories. The parameter
+// (logits or probs) has B rows, or one row shared by every temperature; the
+// temperature is a scalar or one value per row. Samples and values have n B rows
+// for n draws: row s B + b belongs to batch row b, which is the row-major layout
+// of the Python `d.rsample((n,))` with batch shape (B,).
+//
+// Accuracy (tests/cpp/test_reference.cpp against 60-digit references, the same
+// bounds as the Python package): log-densities within 1e-12 (double) and 1e-6
+// (float) of max(1, |exact|); samples and gradients within 1e-10 and 1e-5.
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <functional>
+#include <limits>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <type_traits>
+#include <vector>
+
+#include "detail/args.hpp"
+#include "detail/isa.hpp"
+#include "detail/kernels.hpp"
+#include "detail/parallel.hpp"
+#include "philox.hpp"
+
+namespace relaxcat {
+
+// A strided 2-d view: element (i, j) is data[i * row_stride + j * col_stride].
+// Strides count elements, not bytes; a row stride of 0 repeats one row. A view
+// with a null data pointer means "absent" where an output is optional.
+template <class T>
+struct MatrixView {
+    T* data = nullptr;
+    int64_t rows = 0;
+    int64_t cols = 0;
+    int64_t row_stride = 0;
+    int64_t col_stride = 1;
+
+    constexpr MatrixView() = default;
+    // A C-contiguous (rows, cols) block.
+    constexpr MatrixView(T* d, int64_t r, int64_t c)
+        : data(d), rows(r), cols(c), row_stride(c), col_stride(1) {}
+    constexpr MatrixView(T* d, int64_t r, int64_t c, int64_t rs, int64_t cs)
+        : data(d), rows(r), cols(c), row_stride(rs), col_stride(cs) {}
+    // A writable view converts to a read-only one.
+    template <class U, class = std::enable_if_t<std::is_same_v<const U, T> &&
+                                                 !std::is_same_v<U, T>>>
+    constexpr MatrixView(const MatrixView<U>& v)
+        : data(v.data), rows(v.rows), cols(v.cols), row_stride(v.row_stride),
+          col_stride(v.col_stride) {}
+
+    constexpr T& operator()(int64_t i, int64_t j) const {
+        return data[i * row_stride + j * col_stride];
+    }
+};
+
+// The spelling the design notes use for the same type.
+template <class T>
+using View = MatrixView<T>;
+
+// A strided 1-d view (one value per row); a stride of 0 repeats one value.
+template <class T>
+struct VectorView {
+    T* data = nullptr;
+    int64_t size = 0;
+    int64_t stride = 1;
+
+    constexpr VectorView() = default;
+    constexpr VectorView(T* d, int64_t n, int64_t s = 1) : data(d), size(n), stride(s) {}
+    template <class U, class = std::enable_if_t<std::is_same_v<const U, T> &&
+                                                 !std::is_same_v<U, T>>>
+    constexpr VectorView(const VectorView<U>& v)
+        : data(v.data), size(v.size), stride(v.stride) {}
+
+    constexpr T& operator[](int64_t i) const { return data[i * stride]; }
+};
+
+// Which parameter a distribution is built from, as the Python keywords say:
+// RelaxedOneHotCategorical<double> d(0.5, relaxcat::logits(view)).
+template <class Real>
+struct Logits {
+    MatrixView<const Real> view;
+};
+template <class Real>
+struct Probs {
+    MatrixView<const Real> view;
+};
+
+template <class Real>
+Logits<Real> logits(MatrixView<const Real> v) {
+    return {v};
+}
+template <class Real>
+Logits<Real> logits(MatrixView<Real> v) {
+    return {v};
+}
+template <class Real>
+Probs<Real> probs(MatrixView<const Real> v) {
+    return {v};
+}
+template <class Real>
+Probs<Real> probs(MatrixView<Real> v) {
+    return {v};
+}
+
+namespace detail {
+
+// Error messages: "<function>: <argument> must <expectation>, got <value> at <where>".
+[[noreturn]] inline void fail(const std::string& fn, const std::string& msg) {
+    throw std::invalid_argument(fn + ": " + msg);
+}
+
+template <class T>
+std::string show(T v) {
+    std::ostringstream os;
+    if constexpr (std::is_floating_point_v<T>)
+        os.precision(std::numeric_limits<T>::max_digits10);
+    os << v;
+    return os.str();
+}
+
+inline std::string count_note(int64_t bad) {
+    return bad > 1 ? " (" + show(bad) + " entries in all)" : "";
+}
+
+// First index and count of entries of [0, n) where bad(i) holds.
+template <class Pred>
+int64_t first_bad(int64_t n, Pred bad, int64_t* count) {
+    int64_t first = -1;
+    *count = 0;
+    for (int64_t i = 0; i < n; ++i) {
+        if (bad(i)) {
+            if (first < 0) first = i;
+            ++*count;
+        }
+    }
+    return first;
+}
+
+template <class T>
+bool contiguous(const MatrixView<T>& v) {
+    return v.col_stride == 1 && (v.row_stride == v.cols || v.rows <= 1);
+}
+
+template <class T>
+bool contiguous(const VectorView<T>& v) {
+    return v.stride == 1 || v.size <= 1;
+}
+
+// The byte range a view touches, for the overlap check.
+struct Extent {
+    const char* lo = nullptr;
+    const char* hi = nullptr;  // one past the last byte
+};
+
+template <class T>
+Extent extent(const MatrixView<T>& v) {
+    if (v.data == nullptr || v.rows <= 0 || v.cols <= 0) return {};
+    const int64_t r = v.rows - 1, c = v.cols - 1;
+    const int64_t lo = std::min<int64_t>(0, r * v.row_stride) + std::min<int64_t>(0, c * v.col_stride);
+    const int64_t hi = std::max<int64_t>(0, r * v.row_stride) + std::max<int64_t>(0, c * v.col_stride);
+    const char* base = reinterpret_cast<const char*>(v.data);
+    return {base + lo * int64_t(sizeof(T)), base + (hi + 1) * int64_t(sizeof(T))};
+}
+
+template <class T>
+Extent extent(const VectorView<T>& v) {
+    return extent(MatrixView<T>(v.data, v.size, 1, v.stride, 1));
+}
+
+inline bool overlap(Extent a, Extent b) {
+    return a.lo != nullptr && b.lo != nullptr && std::less<const char*>()(a.lo, b.hi) &&
+           std::less<const char*>()(b.lo, a.hi);
+}
+
+// A C-contiguous target for a kernel's output: the caller's memory when it is
+// contiguous already, otherwise a buffer copied out by finish().
+template <class Real>
+class RowsOut {
+public:
+    RowsOut(MatrixView<Real> v) : view_(v) {
+        if (v.data == nullptr) return;
+        if (contiguous(v)) {
+            ptr_ = v.data;
+        } else {
+            buffer_.resize(static_cast<size_t>(v.rows * v.cols));
+            ptr_ = buffer_.data();
+        }
+    }
+    RowsOut(VectorView<Real> v) : RowsOut(MatrixView<Real>(v.data, v.size, 1, v.stride, 1)) {}
+
+    Real* get() const { return ptr_; }
+
+    void finish() {
+        if (buffer_.empty()) return;
+        for (int64_t i = 0; i < view_.rows; ++i)
+            for (int64_t j = 0; j < view_.cols; ++j) view_(i, j) = buffer_[i * view_.cols + j];
+    }
+
+private:
+    MatrixView<Real> view_;
+    Real* ptr_ = nullptr;
+    std::vector<Real> buffer_;
+};
+
+}  // namespace detail
+
+// Everything below has machine code that depends on the instruction set; see the
+// namespace note in philox.hpp. `relaxcat::RelaxedOneHotCategorical` names the
+// class of the level this translation unit is compiled for.
+inline namespace RELAXCAT_ISA_NAMESPACE {
+
+// The implementation shared by RelaxedOneHotCategorical (samples on the simplex)
+// and ExpRelaxedOneHotCategorical (their logarithms). Use the two derived names.
+template <class Real, detail::Space kSpace>
+class RelaxedBase {
+    static_assert(std::is_same_v<Real, float> || std::is_same_v<Real, double>,
+                  "relaxcat distributions hold float or double");
+
+public:
+    using value_type = Real;
+
+    static constexpr const char* kName = kSpace == detail::Space::simplex
+                                             ? "RelaxedOneHotCategorical"
+                                             : "ExpRelaxedOneHotCategorical";
+
+    // Builds the distribution from a temperature and logits or probabilities.
+    //
+    // temperature: a scalar, or a view of one value per batch row; positive and
+    //   finite.
+    // logits: (L, K) with K >= 1, finite or -inf (a masked category), at least one
+    //   finite per row; any shift per row gives the same distribution.
+    // probs: (L, K), non-negative and finite with a positive finite sum per row;
+    //   normalised per row, a zero masks its category.
+    // The batch has B = max(L, number of temperatures) rows; L and the number of
+    // temperatures are each B or 1. validate_args (default true, as in torch)
+    // makes log_prob and the VJPs check that values lie on the support.
+    //
+    // The parameters are copied (one pass, with the checks), so the views need not
+    // outlive the call. Throws std::invalid_argument naming the bad argument.
+    RelaxedBase(Real temperature, Logits<Real> logits, bool validate_args = true)
+        : RelaxedBase(VectorView<const Real>(&temperature, 1), logits.view, false,
+                      validate_args) {}
+    RelaxedBase(VectorView<const Real> temperature, Logits<Real> logits,
+                bool validate_args = true)
+        : RelaxedBase(temperature, logits.view, false, validate_args) {}
+    RelaxedBase(Real temperature, Probs<Real> probs, bool validate_args = true)
+        : RelaxedBase(VectorView<const Real>(&temperature, 1), probs.view, true,
+                      validate_args) {}
+    RelaxedBase(VectorView<const Real> temperature, Probs<Real> probs,
+                bool validate_args = true)
+        : RelaxedBase(temperature, probs.view, true, validate_args) {}
+
+    int64_t batch_rows() const { return batch_; }
+    // K, masked categories included.
+    int64_t num_categories() const { return k_; }
+    // L: the rows of the parameter as given (gradients come back in this shape).
+    int64_t param_rows() const { return param_rows_; }
+    // 1 for a scalar temperature, else B.
+    int64_t num_temperatures() const { return static_cast<int64_t>(temperature_.size()); }
+    bool has_probs() const { return !probs_.empty(); }
+    bool validate_args() const { return validate_; }
+
+    // Draws n = out.rows / B samples of every batch row into out (n B rows, K
+    // columns; row s B + b is sample s of batch row b). The noise is elements
+    // gen.offset() .. + n B K - 1 of gen's stream (philox.hpp), and gen advances
+    // past them: bit for bit the Python module's noise for that key, stream and
+    // offset. Samples are exact zeros (logs -inf) on masked categories; at low
+    // temperature entries may underflow to 0, which ExpRelaxedOneHotCategorical
+    // avoids. num_threads: 1 by default, 0 for the hardware threads; the bits do
+    // not depend on it.
+    void rsample(MatrixView<Real> out, Philox& gen, int num_threads = 1) const {
+        const std::string fn = method("rsample");
+        const int64_t rows = check_out_rows(fn, "out", out, true);
+        const int threads = resolve_threads(fn, num_threads);
+        detail::RsampleArgs<Real> a;
+        a.shape = shape(rows);
+        a.logits = param_arg();
+        a.temperature = temperature_arg();
+        a.noise.key = gen.key();
+        a.noise.stream = gen.stream();
+        a.noise.offset = gen.advance(static_cast<uint64_t>(rows * k_));
+        sample_into(a, out, threads);
+    }
+
+    // The same with explicit Gumbel noise of out's shape (finite), for
+    // reproducing a sample made elsewhere.
+    void rsample(MatrixView<const Real> gumbels, MatrixView<Real> out,
+                 int num_threads = 1) const {
+        const std::string fn = method("rsample");
+        const int64_t rows = check_out_rows(fn, "out", out, true);
+        check_matrix(fn, "gumbels", gumbels, rows);
+        check_no_overlap(fn, "out", detail::extent(out), "gumbels", detail::extent(gumbels));
+        int64_t count = 0;
+        const int64_t bad = detail::first_bad(
+            rows * k_, [&](int64_t i) { return !std::isfinite(gumbels(i / k_, i % k_)); },
+            &count);
+        if (bad >= 0)
+            detail::fail(fn, "gumbels must be finite, got " +
+                                 detail::show(gumbels(bad / k_, bad % k_)) + " at " +
+                                 where(bad / k_, bad % k_) + detail::count_note(count));
+        const int threads = resolve_threads(fn, num_threads);
+        detail::RsampleArgs<Real> a;
+        a.shape = shape(rows);
+        a.logits = param_arg();
+        a.temperature = temperature_arg();
+        a.noise.gumbels = value_arg(gumbels);
+        sample_into(a, out, threads);
+    }
+
+    // The log-density of each row of value (n B rows of K: x on the simplex, or
+    // y = log x for ExpRelaxedOneHotCategorical) into out (n B entries). On the
+    // simplex the density is with respect to Lebesgue measure on K - 1
+    // coordinates, masked categories left out of K. Edges (README, "Numerics"):
+    // exact zeros in x give +inf, -inf or a finite limit; weight on a masked
+    // category gives -inf (an error when validating).
+    void log_prob(MatrixView<const Real> value, VectorView<Real> out,
+                  int num_threads = 1) const {
+        const std::string fn = method("log_prob");
+        const int64_t rows = check_value(fn, value);
+        check_vector(fn, "out", out, rows, true);
+        check_no_overlap(fn, "out", detail::extent(out), "value", detail::extent(value));
+        const int threads = resolve_threads(fn, num_threads);
+        detail::RowsOut<Real> lp(out);
+        detail::LogProbArgs<Real> a = log_prob_args(value, rows);
+        a.log_prob = lp.get();
+        run(a, threads);
+        lp.finish();
+    }
+
+    // The gradient of sum(grad * value) for value = a sample of this
+    // distribution (needs only the sample): d/dlogits = x (w - <w, x>) / T and
+    // d/dT = -(1/T) sum_k x_k (w_k - <w, x>) log x_k, summed over the n draws
+    // into the parameter's shape (L, K) and the temperature's (1 or B entries).
+    // grad has value's shape (a row stride of 0 repeats one row). For a
+    // distribution built from probs, grad_param is the gradient with respect to
+    // the probabilities as given. Either output may be absent (null data).
+    // Masked categories get 0.
+    void rsample_vjp(MatrixView<const Real> value, MatrixView<const Real> grad,
+                     MatrixView<Real> grad_param, VectorView<Real> grad_temperature,
+                     int num_threads = 1) const {
+        const std::string fn = method("rsample_vjp");
+        const int64_t rows = check_value(fn, value);
+        check_matrix(fn, "grad", grad, rows);
+        check_grad_outputs(fn, grad_param, grad_temperature, {detail::extent(value),
+                                                              detail::extent(grad)});
+        const int threads = resolve_threads(fn, num_threads);
+        std::vector<Real> gl(static_cast<size_t>(grad_param.data ? rows * k_ : 0));
+        std::vector<Real> gt(static_cast<size_t>(grad_temperature.data ? rows : 0));
+        detail::RsampleVjpArgs<Real> a;
+        a.shape = shape(rows);
+        a.space = kSpace;
+        a.value = value_arg(value);
+        a.grad = value_arg(grad);
+        a.temperature = temperature_arg();
+        a.grad_logits = grad_param.data ? gl.data() : nullptr;
+        a.grad_temperature = grad_temperature.data ? gt.data() : nullptr;
+        run(a, threads);
+        finish_param_grad(gl, rows, grad_param, threads);
+        finish_temperature_grad(gt, rows, grad_temperature);
+    }
+
+    // The gradient of sum(grad * log_prob(value)): grad holds one number per
+    // value row (a stride of 0 repeats one). grad_value has value's shape and
+    // treats the K coordinates as free; grad_param and grad_temperature are
+    // summed into the shapes of the parameters as for rsample_vjp. Every output
+    // may be absent (null data). Masked categories get 0.
+    void log_prob_vjp(MatrixView<const Real> value, VectorView<const Real> grad,
+                      MatrixView<Real> grad_value, MatrixView<Real> grad_param,
+                      VectorView<Real> grad_temperature, int num_threads = 1) const {
+        const std::string fn = method("log_prob_vjp");
+        const int64_t rows = check_value(fn, value);
+        check_vector(fn, "grad", grad, rows, false);
+        if (grad_value.data != nullptr) check_matrix(fn, "grad_value", grad_value, rows);
+        const detail::Extent inputs[] = {detail::extent(value), detail::extent(grad)};
+        for (const detail::Extent& e : inputs)
+            check_no_overlap(fn, "grad_value", detail::extent(grad_value), "an input", e);
+        check_grad_outputs(fn, grad_param, grad_temperature,
+                           {inputs[0], inputs[1], detail::extent(grad_value)});
+        const int threads = resolve_threads(fn, num_threads);
+        detail::RowsOut<Real> gv(grad_value);
+        std::vector<Real> gl(static_cast<size_t>(grad_param.data ? rows * k_ : 0));
+        std::vector<Real> gt(static_cast<size_t>(grad_temperature.data ? rows : 0));
+        detail::LogProbArgs<Real> a = log_prob_args(value, rows);
+        a.grad.data = grad.data;
+        a.grad.stride[0] = batch_ * grad.stride;
+        a.grad.stride[1] = grad.stride;
+        a.grad_value = gv.get();
+        a.grad_logits = grad_param.data ? gl.data() : nullptr;
+        a.grad_temperature = grad_temperature.data ? gt.data() : nullptr;
+        if (a.grad_value || a.grad_logits || a.grad_temperature) run(a, threads);
+        gv.finish();
+        finish_param_grad(gl, rows, grad_param, threads);
+        finish_temperature_grad(gt, rows, grad_temperature);
+    }
+
+    // The normalised log-probabilities logits - logsumexp(logits) into out (L, K).
+    void logits(MatrixView<Real> out) const {
+        param_op(method("logits"), detail::ParamOp::normalize_logits, logits_, out);
+    }
+
+    // The normalised probabilities of the underlying categorical into out (L, K).
+    void probs(MatrixView<Real> out) const {
+        if (has_probs())
+            param_op(method("probs"), detail::ParamOp::normalize_probs, probs_, out);
+        else
+            param_op(method("probs"), detail::ParamOp::probs_from_logits, logits_, out);
+    }
+
+private:
+    RelaxedBase(VectorView<const Real> temperature, MatrixView<const Real> param,
+                bool is_probs, bool validate_args)
+        : validate_(validate_args) {
+        const char* pname = is_probs ? "probs" : "logits";
+        check_view_shape(kName, pname, param.rows, param.cols, param.data);
+        if (param.cols < 1)
+            detail::fail(kName, std::string(pname) +
+                                    " must have at least one category per row, got " +
+                                    detail::show(param.cols) + " columns");
+        if (temperature.size < 1 || (temperature.data == nullptr))
+            detail::fail(kName, "temperature must hold at least one value, got " +
+                                    detail::show(temperature.size));
+        k_ = param.cols;
+        param_rows_ = param.rows;
+
+        // Shapes: the parameter rows and the temperatures are each B or 1.
+        const int64_t nt = temperature.size;
+        if (nt != 1 && param.rows != 1 && nt != param.rows)
+            detail::fail(kName, "temperature must have 1 value or one per row of " +
+                                    std::string(pname) + " (" + detail::show(param.rows) +
+                                    "), got " + detail::show(nt));
+        batch_ = nt == 1 ? param.rows : nt;
+
+        // Temperature: positive and finite.
+        temperature_.resize(static_cast<size_t>(nt));
+        for (int64_t i = 0; i < nt; ++i) temperature_[i] = temperature[i];
+        int64_t count = 0;
+        const int64_t bad = detail::first_bad(
+            nt, [&](int64_t i) { return !(std::isfinite(temperature_[i]) && temperature_[i] > 0); },
+            &count);
+        if (bad >= 0)
+            detail::fail(kName, "temperature must be positive and finite, got " +
+                                    detail::show(temperature_[bad]) +
+                                    (nt > 1 ? " at row " + detail::show(bad) : std::string()) +
+                                    detail::count_note(count));
+
+        // The parameter, copied row-major.
+        std::vector<Real> copy(static_cast<size_t>(param.rows * k_));
+        for (int64_t i = 0; i < param.rows; ++i)
+            for (int64_t j = 0; j < k_; ++j) copy[i * k_ + j] = param(i, j);
+        if (is_probs) {
+            check_probs(copy);
+            probs_ = std::move(copy);
+            logits_.resize(probs_.size());
+            detail::ParamArgs<Real> a;
+            a.shape = detail::RowShape{};
+            a.shape.ndim = 1;
+            a.shape.shape[0] = param_rows_;
+            a.shape.rows = param_rows_;
+            a.shape.k = k_;
+            a.op = detail::ParamOp::log_probs;
+            a.in = contiguous_arg(probs_.data());
+            a.out = logits_.data();
+            run(a, 1);
+        } else {
+            check_logits(copy);
+            logits_ = std::move(copy);
+        }
+    }
+
+    std::string method(const char* name) const { return std::string(kName) + "::" + name; }
+
+    static std::string where(int64_t row, int64_t col) {
+        return "row " + detail::show(row) + ", category " + detail::show(col);
+    }
+
+    static void check_view_shape(const std::string& fn, const char* name, int64_t rows,
+                                 int64_t cols, const void* data) {
+        if (rows < 0 || cols < 0)
+            detail::fail(fn, std::string(name) + " must have non-negative sizes, got (" +
+                                 detail::show(rows) + ", " + detail::show(cols) + ")");
+        if (cols > 0 && rows > std::numeric_limits<int64_t>::max() / cols)
+            detail::fail(fn, std::string(name) + " is too large: (" + detail::show(rows) +
+                                 ", " + detail::show(cols) + ")");
+        if (data == nullptr && rows * cols > 0)
+            detail::fail(fn, std::string(name) + " must not have a null data pointer");
+    }
+
+    void check_logits(const std::vector<Real>& l) const {
+        int64_t count = 0;
+        const int64_t n = param_rows_ * k_;
+        int64_t bad = detail::first_bad(
+            n, [&](int64_t i) { return std::isnan(l[i]) || l[i] == kInf; }, &count);
+        if (bad >= 0)
+            detail::fail(kName, "logits must be finite or -inf (a masked category), got " +
+                                    detail::show(l[bad]) + " at " + where(bad / k_, bad % k_) +
+                                    detail::count_note(count));
+        bad = detail::first_bad(
+            param_rows_,
+            [&](int64_t r) {
+                for (int64_t j = 0; j < k_; ++j)
+                    if (l[r * k_ + j] > -kInf) return false;
+                return true;
+            },
+            &count);
+        if (bad >= 0)
+            detail::fail(kName, "logits must leave at least one category possible in "
+                                "every row, got a row of all -inf at row " +
+                                    detail::show(bad) + detail::count_note(count));
+    }
+
+    void check_probs(const std::vector<Real>& p) const {
+        int64_t count = 0;
+        const int64_t n = param_rows_ * k_;
+        int64_t bad = detail::first_bad(
+            n, [&](int64_t i) { return !(std::isfinite(p[i]) && p[i] >= 0); }, &count);
+        if (bad >= 0)
+            detail::fail(kName, "probs must be non-negative and finite, got " +
+                                    detail::show(p[bad]) + " at " + where(bad / k_, bad % k_) +
+                                    detail::count_note(count));
+        double bad_sum = 0.0;
+        bad = detail::first_bad(
+            param_rows_,
+            [&](int64_t r) {
+                double s = 0.0;
+                for (int64_t j = 0; j < k_; ++j) s += static_cast<double>(p[r * k_ + j]);
+                const bool ok = std::isfinite(s) && s > 0.0;
+                if (!ok && bad_sum == 0.0) bad_sum = s;
+                return !ok;
+            },
+            &count);
+        if (bad >= 0)
+            detail::fail(kName, "probs must have a positive finite sum in every row, got "
+                                "sum " + detail::show(bad_sum) + " at row " +
+                                    detail::show(bad) + detail::count_note(count));
+    }
+
+    static int resolve_threads(const std::string& fn, int n) {
+        if (n < 0)
+            detail::fail(fn, "num_threads must be 0 (all hardware threads) or positive, got " +
+                                 detail::show(n));
+        if (n > 0) return n;
+        return std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
+    }
+
+    static void check_no_overlap(const std::string& fn, const char* out_name,
+                                 detail::Extent out, const char* in_name, detail::Extent in) {
+        if (detail::overlap(out, in))
+            detail::fail(fn, std::string(out_name) + " must not share memory with " + in_name);
+    }
+
+    // The number of rows n B of a value-shaped matrix, checked.
+    int64_t check_rows(const std::string& fn, const char* name, int64_t rows) const {
+        const bool ok = batch_ > 0 ? rows % batch_ == 0 : rows == 0;
+        if (!ok)
+            detail::fail(fn, std::string(name) + " must have a multiple of the batch rows (" +
+                                 detail::show(batch_) + ") as its rows, got " +
+                                 detail::show(rows));
+        return rows;
+    }
+
+    template <class T>
+    void check_matrix(const std::string& fn, const char* name, const MatrixView<T>& v,
+                      int64_t rows) const {
+        check_view_shape(fn, name, v.rows, v.cols, v.data);
+        if (v.rows != rows || v.cols != k_)
+            detail::fail(fn, std::string(name) + " must have shape (" + detail::show(rows) +
+                                 ", " + detail::show(k_) + "), got (" + detail::show(v.rows) +
+                                 ", " + detail::show(v.cols) + ")");
+    }
+
+    template <class T>
+    void check_vector(const std::string& fn, const char* name, const VectorView<T>& v,
+                      int64_t size, bool output) const {
+        check_view_shape(fn, name, v.size, 1, v.data);
+        if (v.size != size)
+            detail::fail(fn, std::string(name) + " must have " + detail::show(size) +
+                                 " entries (one per value row), got " + detail::show(v.size));
+        if (output && v.data == nullptr && size > 0)
+            detail::fail(fn, std::string(name) + " must not have a null data pointer");
+    }
+
+    int64_t check_out_rows(const std::string& fn, const char* name,
+                           const MatrixView<Real>& out, bool required) const {
+        check_view_shape(fn, name, out.rows, out.cols, out.data);
+        if (out.cols != k_)
+            detail::fail(fn, std::string(name) + " must have " + detail::show(k_) +
+                                 " columns (the categories), got " + detail::show(out.cols));
+        if (required && out.data == nullptr && out.rows > 0)
+            detail::fail(fn, std::string(name) + " must not have a null data pointer");
+        return check_rows(fn, name, out.rows);
+    }
+
+    void check_grad_outputs(const std::string& fn, const MatrixView<Real>& gp,
+                            const VectorView<Real>& gt,
+                            std::initializer_list<detail::Extent> inputs) const {
+        const char* pname = has_probs() ? "grad_param (probs)" : "grad_param (logits)";
+        if (gp.data != nullptr) {
+            check_view_shape(fn, "grad_param", gp.rows, gp.cols, gp.data);
+            if (gp.rows != param_rows_ || gp.cols != k_)
+                detail::fail(fn, std::string(pname) + " must have the parameter's shape (" +
+                                     detail::show(param_rows_) + ", " + detail::show(k_) +
+                                     "), got (" + detail::show(gp.rows) + ", " +
+                                     detail::show(gp.cols) + ")");
+        }
+        if (gt.data != nullptr && gt.size != num_temperatures())
+            detail::fail(fn, "grad_temperature must have one entry per temperature (" +
+                                 detail::show(num_temperatures()) + "), got " +
+                                 detail::show(gt.size));
+        for (const detail::Extent& e : inputs) {
+            check_no_overlap(fn, "grad_param", detail::extent(gp), "an input", e);
+            check_no_overlap(fn, "grad_temperature", detail::extent(gt), "an input", e);
+        }
+        check_no_overlap(fn, "grad_param", detail::extent(gp), "grad_temperature",
+                         detail::extent(gt));
+    }
+
+    // A value's shape, and with validate_args its support: the simplex (or its
+    // log) of the live categories within 4 K eps, the tolerance the Python
+    // package uses, which the library's own samples always meet.
+    int64_t check_value(const std::string& fn, const MatrixView<const Real>& value) const {
+        check_view_shape(fn, "value", value.rows, value.cols, value.data);
+        if (value.cols != k_)
+            detail::fail(fn, "value must have " + detail::show(k_) +
+                                 " columns (the categories), got " + detail::show(value.cols));
+        const int64_t rows = check_rows(fn, "value", value.rows);
+        if (!validate_) return rows;
+
+        // Each entry: x finite and >= 0, or y not NaN and not +inf.
+        const bool simplex = kSpace == detail::Space::simplex;
+        int64_t count = 0;
+        const int64_t n = rows * k_;
+        const int64_t bad = detail::first_bad(
+            n,
+            [&](int64_t i) {
+                const Real v = value(i / k_, i % k_);
+                return simplex ? !(std::isfinite(v) && v >= 0) : (std::isnan(v) || v == kInf);
+            },
+            &count);
+        if (bad >= 0)
+            detail::fail(fn, std::string("value must be ") +
+                                 (simplex ? "non-negative and finite (a point on the simplex)"
+                                          : "the log of a point on the simplex (finite or -inf)") +
+                                 ", got " + detail::show(value(bad / k_, bad % k_)) + " at " +
+                                 where(bad / k_, bad % k_) + detail::count_note(count));
+
+        // Each row: sums to 1, and no weight on a masked category.
+        const double tol = 4.0 * static_cast<double>(k_) * std::numeric_limits<Real>::epsilon();
+        for (int64_t r = 0; r < rows; ++r) {
+            const Real* lg = logits_.data() + param_row(r) * k_;
+            double sum = 0.0;
+            for (int64_t j = 0; j < k_; ++j) {
+                const double v = static_cast<double>(value(r, j));
+                const double x = simplex ? v : std::exp(v);
+                sum += x;
+                if (lg[j] == -kInf && x != 0.0)
+                    detail::fail(fn, "value must be " + std::string(simplex ? "0" : "-inf") +
+                                         " on masked categories (logit -inf), which have "
+                                         "probability zero; got " +
+                                         detail::show(value(r, j)) + " at " + where(r, j));
+            }
+            if (!(std::abs(sum - 1.0) <= tol))
+                detail::fail(fn, std::string("value must ") +
+                                     (simplex ? "sum to 1" : "satisfy sum(exp(value)) = 1") +
+                                     " over each row within " + detail::show(tol) + ", got " +
+                                     detail::show(sum) + " at row " + detail::show(r));
+        }
+        return rows;
+    }
+
+    int64_t param_row(int64_t r) const { return param_rows_ == 1 ? 0 : r % batch_; }
+    int64_t temperature_index(int64_t r) const {
+        return temperature_.size() == 1 ? 0 : r % batch_;
+    }
+
+    // Rows n B as the kernels' two-dimensional batch (n, B).
+    detail::RowShape shape(int64_t rows) const {
+        detail::RowShape s;
+        s.ndim = 2;
+        s.shape[0] = batch_ > 0 ? rows / batch_ : 0;
+        s.shape[1] = batch_;
+        s.rows = rows;
+        s.k = k_;
+        return s;
+    }
+
+    detail::RowArg<const Real> param_arg() const {
+        detail::RowArg<const Real> a;
+        a.data = logits_.data();
+        a.stride[1] = param_rows_ == 1 ? 0 : k_;
+        return a;
+    }
+
+    detail::RowArg<const Real> temperature_arg() const {
+        detail::RowArg<const Real> a;
+        a.data = temperature_.data();
+        a.stride[1] = temperature_.size() == 1 ? 0 : 1;
+        return a;
+    }
+
+    detail::RowArg<const Real> value_arg(const MatrixView<const Real>& v) const {
+        detail::RowArg<const Real> a;
+        a.data = v.data;
+        a.stride[0] = batch_ * v.row_stride;
+        a.stride[1] = v.row_stride;
+        a.kstride = v.col_stride;
+        return a;
+    }
+
+    detail::RowArg<const Real> contiguous_arg(const Real* data) const {
+        detail::RowArg<const Real> a;
+        a.data = data;
+        a.stride[0] = k_;
+        return a;
+    }
+
+    detail::LogProbArgs<Real> log_prob_args(const MatrixView<const Real>& value,
+                                            int64_t rows) const {
+        detail::LogProbArgs<Real> a;
+        a.shape = shape(rows);
+        a.space = kSpace;
+        a.logits = param_arg();
+        a.temperature = temperature_arg();
+        a.value = value_arg(value);
+        return a;
+    }
+
+    void sample_into(detail::RsampleArgs<Real>& a, MatrixView<Real> out, int threads) const {
+        detail::RowsOut<Real> target(out);
+        if (kSpace == detail::Space::simplex)
+            a.x = target.get();
+        else
+            a.log_x = target.get();
+        run(a, threads);
+        target.finish();
+    }
+
+    // Runs a kernel over all rows; see detail/parallel.hpp. Nothing interrupts
+    // an embedder's call, so the stop poll always answers no.
+    template <class Args>
+    static void run(const Args& a, int threads) {
+        namespace isa = detail::RELAXCAT_ISA_NAMESPACE;
+        if (a.shape.rows <= 0) return;
+        detail::parallel_rows(
+            a.shape.rows, a.shape.k, threads, isa::scratch_size(a.shape.k),
+            [&a](int64_t r0, int64_t r1, double* scratch) { kernel(a, r0, r1, scratch); },
+            [] { return false; });
+    }
+
+    static void kernel(const detail::RsampleArgs<Real>& a, int64_t r0, int64_t r1, double* s) {
+        detail::RELAXCAT_ISA_NAMESPACE::rsample_rows(a, r0, r1, s);
+    }
+    static void kernel(const detail::LogProbArgs<Real>& a, int64_t r0, int64_t r1, double* s) {
+        detail::RELAXCAT_ISA_NAMESPACE::log_prob_rows(a, r0, r1, s);
+    }
+    static void kernel(const detail::RsampleVjpArgs<Real>& a, int64_t r0, int64_t r1,
+                       double* s) {
+        detail::RELAXCAT_ISA_NAMESPACE::rsample_vjp_rows(a, r0, r1, s);
+    }
+    static void kernel(const detail::ParamArgs<Real>& a, int64_t r0, int64_t r1, double* s) {
+        detail::RELAXCAT_ISA_NAMESPACE::param_rows(a, r0, r1, s);
+    }
+    static void kernel(const detail::ProbsVjpArgs<Real>& a, int64_t r0, int64_t r1,
+                       double* s) {
+        detail::RELAXCAT_ISA_NAMESPACE::probs_vjp_rows(a, r0, r1, s);
+    }
+
+    // Sums per-row logits gradients (rows, K) over the draws into the parameter's
+    // rows, in row order and in double, so the result does not depend on the
+    // thread count; for probs, then through the normalisation (probs_vjp).
+    void finish_param_grad(const std::vector<Real>& per_row, int64_t rows,
+                           MatrixView<Real> out, int threads) const {
+        if (out.data == nullptr) return;
+        std::vector<double> acc(static_cast<size_t>(param_rows_ * k_), 0.0);
+        for (int64_t r = 0; r < rows; ++r) {
+            double* dst = acc.data() + param_row(r) * k_;
+            const Real* src = per_row.data() + r * k_;
+            for (int64_t j = 0; j < k_; ++j) dst[j] += static_cast<double>(src[j]);
+        }
+        if (!has_probs()) {
+            for (int64_t i = 0; i < param_rows_; ++i)
+                for (int64_t j = 0; j < k_; ++j) out(i, j) = static_cast<Real>(acc[i * k_ + j]);
+            return;
+        }
+        std::vector<Real> gl(acc.begin(), acc.end());
+        detail::RowsOut<Real> target(out);
+        detail::ProbsVjpArgs<Real> a;
+        a.shape.ndim = 1;
+        a.shape.shape[0] = param_rows_;
+        a.shape.rows = param_rows_;
+        a.shape.k = k_;
+        a.probs = contiguous_arg(probs_.data());
+        a.grad_logits = contiguous_arg(gl.data());
+        a.grad_probs = target.get();
+        run(a, threads);
+        target.finish();
+    }
+
+    void finish_temperature_grad(const std::vector<Real>& per_row, int64_t rows,
+                                 VectorView<Real> out) const {
+        if (out.data == nullptr) return;
+        std::vector<double> acc(temperature_.size(), 0.0);
+        for (int64_t r = 0; r < rows; ++r)
+            acc[temperature_index(r)] += static_cast<double>(per_row[r]);
+        for (int64_t i = 0; i < out.size; ++i) out[i] = static_cast<Real>(acc[i]);
+    }
+
+    void param_op(const std::string& fn, detail::ParamOp op, const std::vector<Real>& in,
+                  MatrixView<Real> out) const {
+        check_view_shape(fn, "out", out.rows, out.cols, out.data);
+        if (out.rows != param_rows_ || out.cols != k_ || out.data == nullptr)
+            detail::fail(fn, "out must have the parameter's shape (" +
+                                 detail::show(param_rows_) + ", " + detail::show(k_) +
+                                 "), got (" + detail::show(out.rows) + ", " +
+                                 detail::show(out.cols) + ")");
+        detail::RowsOut<Real> target(out);
+        detail::ParamArgs<Real> a;
+        a.shape.ndim = 1;
+        a.shape.shape[0] = param_rows_;
+        a.shape.rows = param_rows_;
+        a.shape.k = k_;
+        a.op = op;
+        a.in = contiguous_arg(in.data());
+        a.out = target.get();
+        run(a, 1);
+        target.finish();
+    }
+
+    static constexpr Real kInf = std::numeric_limits<Real>::infinity();
+
+    std::vector<Real> temperature_;
+    std::vector<Real> logits_;  // as given, or log(probs)
+    std::vector<Real> probs_;   // as given, or empty
+    int64_t k_ = 0;
+    int64_t param_rows_ = 0;
+    int64_t batch_ = 0;
+    bool validate_ = true;
+};
+
+// The Concrete (Gumbel-Softmax) distribution on the probability simplex: a
+// sample is x = softmax((logits + G) / T) with G standard Gumbel noise (Maddison,
+// Mnih and Teh, 2017; Jang, Gu and Poole, 2017). float or double; every
+// intermediate is double, so float results are within a few float ulps.
+template <class Real>
+class RelaxedOneHotCategorical : public RelaxedBase<Real, detail::Space::simplex> {
+public:
+    using RelaxedBase<Real, detail::Space::simplex>::RelaxedBase;
+};
+
+// The log of a Concrete sample, y = log_softmax((logits + G) / T). Samples,
+// log_prob and the VJPs work with y = log x, which stays finite where x
+// underflows at low temperature; prefer it below T = 0.1 or so.
+template <class Real>
+class ExpRelaxedOneHotCategorical : public RelaxedBase<Real, detail::Space::log> {
+public:
+    using RelaxedBase<Real, detail::Space::log>::RelaxedBase;
+};
+
+}  // namespace RELAXCAT_ISA_NAMESPACE
+}  // namespace relaxcat

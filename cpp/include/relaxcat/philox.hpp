@@ -1,0 +1,84 @@
+#pragma once
+// The public random generator of the C++ API: a Philox4x32-10 key, stream and
+// counter offset that the caller owns and seeds.
+//
+// Stream guarantee (README, "The random stream"): element i of a call's output
+// (its row-major index) draws the Gumbel noise of element offset + i of the
+// stream (key, stream), so a C++ call made with Philox(key, stream, offset) gives
+// bit for bit the noise of the Python module's call with the same key, stream and
+// offset. The Python `rng=int` call is key = that int, stream 0, offset 0: a fresh
+// `Philox(seed)` reproduces `d.rsample(shape, rng=seed)`.
+//
+// Each call that draws n elements advances the offset by n, so successive calls
+// continue the stream: two calls of n rows give the two halves of one call of
+// 2 n rows. The offset wraps after 2^64 elements, which no program reaches.
+
+#include <array>
+#include <cstdint>
+
+#include "detail/isa.hpp"
+#include "detail/noise.hpp"
+#include "detail/philox.hpp"
+
+namespace relaxcat {
+
+// Plain state, no machine code of its own: the same type in every translation
+// unit whatever its instruction-set flags.
+class Philox {
+public:
+    constexpr Philox() = default;
+    constexpr explicit Philox(uint64_t key, uint64_t stream = 0, uint64_t offset = 0)
+        : key_(key), stream_(stream), offset_(offset) {}
+
+    constexpr uint64_t key() const { return key_; }
+    constexpr uint64_t stream() const { return stream_; }
+    // The element of the stream the next draw starts at.
+    constexpr uint64_t offset() const { return offset_; }
+
+    // Moves to element `offset` of the stream (0 restarts it).
+    constexpr void seek(uint64_t offset) { offset_ = offset; }
+
+    // Reserves the next n elements: returns the first and moves past them.
+    constexpr uint64_t advance(uint64_t n) {
+        const uint64_t first = offset_;
+        offset_ += n;
+        return first;
+    }
+
+private:
+    uint64_t key_ = 0;
+    uint64_t stream_ = 0;
+    uint64_t offset_ = 0;
+};
+
+// Functions with machine code live in a namespace named after the instruction
+// set, so that translation units built with different -m flags (and different
+// RELAXCAT_ISA_NAMESPACE) never share a symbol; see Note [one-definition trap]
+// in detail/isa.hpp.
+inline namespace RELAXCAT_ISA_NAMESPACE {
+
+// One Philox4x32 block (Random123's definition): counter words c0..c3 and key
+// words k0, k1 in, four words out. Rounds is 10 for relaxcat's stream; 7 is
+// offered for the published known-answer vectors.
+template <int Rounds = 10>
+inline std::array<uint32_t, 4> philox4x32(const std::array<uint32_t, 4>& counter,
+                                          const std::array<uint32_t, 2>& key) {
+    static_assert(Rounds > 0 && Rounds <= 16, "Philox4x32 takes 1 to 16 rounds");
+    const detail::RELAXCAT_ISA_NAMESPACE::Words4 w =
+        detail::RELAXCAT_ISA_NAMESPACE::philox4x32<Rounds>(
+            counter[0], counter[1], counter[2], counter[3], key[0], key[1]);
+    return {w.w[0], w.w[1], w.w[2], w.w[3]};
+}
+
+// Writes the standard Gumbel noise of the next n elements of gen's stream to
+// out[0..n) as doubles in [-3.6, 36.8] and advances gen by n. This is the noise
+// rsample adds to the logits (float and double samples alike), identical on
+// every instruction-set level. n <= 0 writes nothing.
+inline void gumbel_noise(Philox& gen, int64_t n, double* out) {
+    if (n <= 0) return;
+    const uint64_t first = gen.advance(static_cast<uint64_t>(n));
+    detail::RELAXCAT_ISA_NAMESPACE::fill_gumbels(gen.key(), gen.stream(), first, n, out);
+}
+
+}  // namespace RELAXCAT_ISA_NAMESPACE
+}  // namespace relaxcat
