@@ -21,21 +21,25 @@ __all__ = [
     "check_log_simplex",
     "key_and_stream",
     "first_bad",
+    "first_value",
     "prepare_out",
 ]
 
 
-def first_bad(mask: np.ndarray) -> str:
-    """Describe the True entries of ``mask``: their count and the first index."""
+def first_bad(mask: np.ndarray, what: str = "index") -> str:
+    """Where the True entries of ``mask`` are: " at <what> (i, j)" for the first
+    one, with the count when there are several; "" for a 0-d mask."""
+    if mask.ndim == 0:
+        return ""
     count = int(np.count_nonzero(mask))
     index = tuple(int(i) for i in np.argwhere(mask)[0]) if count else ()
-    where = f"index {index}" if mask.ndim else "the scalar"
     more = f" ({count} entries in all)" if count > 1 else ""
-    return f"{where}{more}"
+    return f" at {what} {index}{more}"
 
 
-def _first_value(arr: np.ndarray, mask: np.ndarray):
-    return arr[tuple(np.argwhere(mask)[0])] if arr.ndim else arr[()]
+def first_value(arr: np.ndarray, mask: np.ndarray) -> float:
+    """The first flagged entry as a plain Python float (for messages)."""
+    return float(arr[tuple(np.argwhere(mask)[0])] if arr.ndim else arr[()])
 
 
 def as_float_array(value, name: str, dtype=None) -> np.ndarray:
@@ -71,7 +75,7 @@ def check_temperature(t: np.ndarray) -> None:
     if bad.any():
         raise ValueError(
             "temperature must be positive and finite, got "
-            f"{_first_value(t, bad)!r} at {first_bad(bad)}"
+            f"{first_value(t, bad)}{first_bad(bad)}"
         )
 
 
@@ -80,13 +84,13 @@ def check_logits(logits: np.ndarray) -> None:
     if bad.any():
         raise ValueError(
             "logits must be finite or -inf (a masked category), got "
-            f"{_first_value(logits, bad)!r} at {first_bad(bad)}"
+            f"{first_value(logits, bad)}{first_bad(bad)}"
         )
     dead = np.all(logits == -np.inf, axis=-1)
     if dead.any():
         raise ValueError(
             "logits must leave at least one category possible in every row, got a "
-            f"row of all -inf at batch {first_bad(dead)}"
+            f"row of all -inf{first_bad(dead, 'batch index')}"
         )
 
 
@@ -95,33 +99,34 @@ def check_probs(probs: np.ndarray) -> None:
     if bad.any():
         raise ValueError(
             "probs must be non-negative and finite, got "
-            f"{_first_value(probs, bad)!r} at {first_bad(bad)}"
+            f"{first_value(probs, bad)}{first_bad(bad)}"
         )
-    total = probs.sum(axis=-1, dtype=np.float64)
+    with np.errstate(over="ignore"):
+        total = probs.sum(axis=-1, dtype=np.float64)
     bad_rows = ~(np.isfinite(total) & (total > 0))
     if bad_rows.any():
         raise ValueError(
             "probs must have a positive finite sum in every row, got sum "
-            f"{_first_value(total, bad_rows)!r} at batch {first_bad(bad_rows)}"
+            f"{first_value(total, bad_rows)}{first_bad(bad_rows, 'batch index')}"
         )
 
 
 def simplex_tolerance(k: int, dtype) -> float:
     """How far from 1 a value's sum may be: 4 K eps of its dtype.
 
-    relaxcat's own samples sum to 1 within half an eps (each entry is rounded
-    once from a float64 quotient), so they always pass.
+    relaxcat's own samples always pass: each entry is rounded once from a
+    float64 quotient, so a row's sum is within K eps / 2 of 1.
     """
     return 4.0 * k * float(np.finfo(dtype).eps)
 
 
-def _check_masked(value_is_zero: np.ndarray, logits: np.ndarray, name: str) -> None:
-    masked = np.broadcast_to(logits == -np.inf, value_is_zero.shape)
-    bad = masked & ~value_is_zero
+def _check_masked(value_is_zero: np.ndarray, logits: np.ndarray, name: str,
+                  zero: str) -> None:
+    bad = (logits == -np.inf) & ~value_is_zero
     if bad.any():
         raise ValueError(
-            f"{name} must be 0 on masked categories (logit -inf), which have "
-            f"probability zero; got weight at {first_bad(bad)}"
+            f"{name} must be {zero} on masked categories (logit -inf), which have "
+            f"probability zero; got weight{first_bad(bad)}"
         )
 
 
@@ -131,17 +136,18 @@ def check_simplex(x: np.ndarray, logits: np.ndarray, name: str = "value") -> Non
     if bad.any():
         raise ValueError(
             f"{name} must be non-negative and finite (a point on the simplex), got "
-            f"{_first_value(x, bad)!r} at {first_bad(bad)}"
+            f"{first_value(x, bad)}{first_bad(bad)}"
         )
-    total = x.sum(axis=-1, dtype=np.float64)
+    with np.errstate(over="ignore"):
+        total = x.sum(axis=-1, dtype=np.float64)
     tol = simplex_tolerance(x.shape[-1], x.dtype)
     off = np.abs(total - 1.0) > tol
     if off.any():
         raise ValueError(
             f"{name} must sum to 1 over the last axis within {tol:.3g}, got sum "
-            f"{_first_value(total, off)!r} at batch {first_bad(off)}"
+            f"{first_value(total, off)}{first_bad(off, 'batch index')}"
         )
-    _check_masked(x == 0, logits, name)
+    _check_masked(x == 0, logits, name, "0")
 
 
 def check_log_simplex(y: np.ndarray, logits: np.ndarray, name: str = "value") -> None:
@@ -150,17 +156,18 @@ def check_log_simplex(y: np.ndarray, logits: np.ndarray, name: str = "value") ->
     if bad.any():
         raise ValueError(
             f"{name} must be the log of a point on the simplex (finite or -inf), got "
-            f"{_first_value(y, bad)!r} at {first_bad(bad)}"
+            f"{first_value(y, bad)}{first_bad(bad)}"
         )
-    total = np.exp(y.astype(np.float64)).sum(axis=-1)
+    with np.errstate(over="ignore"):
+        total = np.exp(y.astype(np.float64)).sum(axis=-1)
     tol = simplex_tolerance(y.shape[-1], y.dtype)
     off = np.abs(total - 1.0) > tol
     if off.any():
         raise ValueError(
             f"{name} must satisfy sum(exp({name})) = 1 over the last axis within "
-            f"{tol:.3g}, got {_first_value(total, off)!r} at batch {first_bad(off)}"
+            f"{tol:.3g}, got {first_value(total, off)}{first_bad(off, 'batch index')}"
         )
-    _check_masked(y == -np.inf, logits, name)
+    _check_masked(y == -np.inf, logits, name, "-inf")
 
 
 def key_and_stream(rng) -> tuple[int, int]:

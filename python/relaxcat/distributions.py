@@ -7,6 +7,7 @@ state: a sample is a pure function of (rng, shapes, parameters).
 
 from __future__ import annotations
 
+import numbers
 from collections import namedtuple
 
 import numpy as np
@@ -30,6 +31,31 @@ LogProbGradProbs = namedtuple("LogProbGradProbs", ["value", "probs", "temperatur
 
 _SIMPLEX, _LOG = 0, 1
 _LOG_PROBS, _NORMALIZE_LOGITS, _PROBS_FROM_LOGITS, _NORMALIZE_PROBS = 0, 1, 2, 3
+
+
+def _is_int(n) -> bool:
+    return isinstance(n, numbers.Integral) and not isinstance(n, (bool, np.bool_))
+
+
+def _sample_shape(sample_shape) -> tuple:
+    """``sample_shape`` as a tuple of non-negative ints (an int means (int,))."""
+    if _is_int(sample_shape):
+        sample_shape = (sample_shape,)
+    if isinstance(sample_shape, (str, bytes)) or not hasattr(sample_shape, "__iter__"):
+        raise TypeError(
+            f"sample_shape must be a tuple of ints, got {type(sample_shape).__name__}"
+        )
+    lead = tuple(sample_shape)
+    for n in lead:
+        if not _is_int(n):
+            raise TypeError(
+                f"sample_shape must be a tuple of ints, got an entry {n!r} of type "
+                f"{type(n).__name__}"
+            )
+    lead = tuple(int(n) for n in lead)
+    if any(n < 0 for n in lead):
+        raise ValueError(f"sample_shape must not have negative sizes, got {lead}")
+    return lead
 
 
 def _reduce_to(grad: np.ndarray, shape: tuple) -> np.ndarray:
@@ -178,6 +204,10 @@ class RelaxedOneHotCategorical:
             f"{self._param_name}: shape {self._param().shape}, dtype {self.dtype})"
         )
 
+    def _owned(self) -> tuple:
+        """The arrays this object reads, which an ``out=`` must not overlap."""
+        return (self._a, self._temperature, self._probs_given)
+
     def _param(self) -> np.ndarray:
         return self._probs_given if self._probs_given is not None else self._a
 
@@ -236,16 +266,7 @@ class RelaxedOneHotCategorical:
             ulp per entry. At low temperature entries may underflow to 0 (use
             :class:`ExpRelaxedOneHotCategorical` to keep their logs).
         """
-        if isinstance(sample_shape, (int, np.integer)):
-            sample_shape = (sample_shape,)
-        try:
-            lead = tuple(int(n) for n in sample_shape)
-        except TypeError:
-            raise TypeError(
-                f"sample_shape must be a tuple of ints, got {type(sample_shape).__name__}"
-            ) from None
-        if any(n < 0 for n in lead):
-            raise ValueError(f"sample_shape must not have negative sizes, got {lead}")
+        lead = _sample_shape(sample_shape)
         logits, temp = self._full(lead)
         shape = logits.shape
         noise = None
@@ -257,12 +278,12 @@ class RelaxedOneHotCategorical:
             bad = ~np.isfinite(noise)
             if bad.any():
                 raise ValueError(
-                    f"gumbels must be finite, got {noise[tuple(np.argwhere(bad)[0])]!r} "
-                    f"at {v.first_bad(bad)}"
+                    f"gumbels must be finite, got {v.first_value(noise, bad)}"
+                    f"{v.first_bad(bad)}"
                 )
         else:
             key, stream = v.key_and_stream(rng)
-        out = v.prepare_out(out, shape, self.dtype, (self._a, self._t_rows, noise))
+        out = v.prepare_out(out, shape, self.dtype, self._owned() + (noise,))
         threads = _threads.resolve(num_threads)
         if self._space == _SIMPLEX:
             _core.rsample(logits, temp, noise, key, stream, 0, out, None, threads)
@@ -314,7 +335,7 @@ class RelaxedOneHotCategorical:
         """
         value = self._value(value)
         val, logits, temp = self._broadcast_value(value)
-        out = v.prepare_out(out, temp.shape, self.dtype, (value,))
+        out = v.prepare_out(out, temp.shape, self.dtype, self._owned() + (value,))
         _core.log_prob(self._space, logits, temp, val, None, out, None, None, None,
                        _threads.resolve(num_threads))
         return out

@@ -91,12 +91,22 @@ private:
 
 inline double max_d(double a, double b) { return a > b ? a : b; }
 
-// The largest finite-or-+inf entry of a strided row; -inf when all are -inf.
-template <class Real>
-inline double row_max(const Real* p, int64_t ks, int64_t k) {
+// The largest entry of a row; -inf when all are -inf.
+inline double row_max(const double* p, int64_t k) {
     double m = -kInf;
-    for (int64_t j = 0; j < k; ++j) m = max_d(m, static_cast<double>(p[j * ks]));
+    for (int64_t j = 0; j < k; ++j) m = max_d(m, p[j]);
     return m;
+}
+
+// A strided row widened to doubles in a contiguous buffer; the contiguous case
+// has its own loop so that it vectorises.
+template <class Real>
+inline void load_row(const Real* p, int64_t stride, int64_t k, double* dst) {
+    if (stride == 1) {
+        for (int64_t j = 0; j < k; ++j) dst[j] = static_cast<double>(p[j]);
+    } else {
+        for (int64_t j = 0; j < k; ++j) dst[j] = static_cast<double>(p[j * stride]);
+    }
 }
 
 // Note [blocks of rows]: the kernels work on blocks of whole rows holding about
@@ -145,6 +155,7 @@ void rsample_rows(const RsampleArgs<Real>& a, int64_t r0, int64_t r1, double* sc
     RowWalker<3> walk(a.shape, r0, strides);
     double* s = scratch;
     double* e = scratch + cap;
+    double* la = scratch + 2 * cap;
     const int64_t ks = a.logits.kstride;
 
     for (int64_t rb = r0; rb < r1; rb += rows_per_block(k)) {
@@ -156,24 +167,30 @@ void rsample_rows(const RsampleArgs<Real>& a, int64_t r0, int64_t r1, double* sc
             fill_gumbels(a.noise.key, a.noise.stream,
                          a.noise.offset + static_cast<uint64_t>(rb * k), n, s);
 
-        // 2. Per row: s = ((a - max a) + g) / T, then minus its maximum; see
-        // Note [shift before scaling] and Note [stable log-sum-exp].
+        // 2. Per row: u = (a - max a) + g, then s = (u - max u) / T, whose largest
+        // entry is exactly 0; see Note [shift before scaling] and Note [stable
+        // log-sum-exp]. Shifting before dividing keeps a tiny T from turning the
+        // largest entry into inf - inf. Division is replaced by a multiply only
+        // where 1/T is finite.
         for (int64_t i = 0; i < nb; ++i, walk.advance()) {
             const Real* lg = a.logits.data + walk.offset[0];
-            const double inv_t = 1.0 / static_cast<double>(a.temperature.data[walk.offset[1]]);
+            const double t = static_cast<double>(a.temperature.data[walk.offset[1]]);
+            const double inv_t = 1.0 / t;
             double* si = s + i * k;
-            if (a.noise.gumbels.data != nullptr) {
-                const Real* g = a.noise.gumbels.data + walk.offset[2];
-                for (int64_t j = 0; j < k; ++j)
-                    si[j] = static_cast<double>(g[j * a.noise.gumbels.kstride]);
-            }
-            const double amax = row_max(lg, ks, k);
-            double smax = -kInf;
+            if (a.noise.gumbels.data != nullptr)
+                load_row(a.noise.gumbels.data + walk.offset[2], a.noise.gumbels.kstride, k, si);
+            load_row(lg, ks, k, la);
+            const double amax = row_max(la, k);
+            double umax = -kInf;
             for (int64_t j = 0; j < k; ++j) {
-                si[j] = ((static_cast<double>(lg[j * ks]) - amax) + si[j]) * inv_t;
-                smax = max_d(smax, si[j]);
+                si[j] = (la[j] - amax) + si[j];
+                umax = max_d(umax, si[j]);
             }
-            for (int64_t j = 0; j < k; ++j) si[j] -= smax;
+            if (inv_t < kInf) {
+                for (int64_t j = 0; j < k; ++j) si[j] = (si[j] - umax) * inv_t;
+            } else {
+                for (int64_t j = 0; j < k; ++j) si[j] = (si[j] - umax) / t;
+            }
         }
 
         // 3. The exponentials, flat.
@@ -223,6 +240,7 @@ void log_prob_rows(const LogProbArgs<Real>& a, int64_t r0, int64_t r1, double* s
     const int64_t ks = a.logits.kstride, vs = a.value.kstride;
     double* y = scratch;                  // log x, per element
     double* w = scratch + cap;            // exponents, then softmax weights
+    double* la = scratch + 2 * cap;       // the logits, per element
     double* row_live = scratch + 3 * cap; // per-row facts of the block
     double* row_kind = row_live + kBlockElements;  // 0 ordinary, 1 zeros, 2 off face
     double* row_lin = row_kind + kBlockElements;
@@ -236,10 +254,10 @@ void log_prob_rows(const LogProbArgs<Real>& a, int64_t r0, int64_t r1, double* s
         const int64_t n = nb * k;
         const RowWalker<4> block_start = walk;
 
-        // 1. The value as doubles, then y = log x for the whole block, flat.
+        // 1. Logits and value as doubles, then y = log x for the whole block, flat.
         for (int64_t i = 0; i < nb; ++i, walk.advance()) {
-            const Real* v = a.value.data + walk.offset[2];
-            for (int64_t j = 0; j < k; ++j) y[i * k + j] = static_cast<double>(v[j * vs]);
+            load_row(a.logits.data + walk.offset[0], ks, k, la + i * k);
+            load_row(a.value.data + walk.offset[2], vs, k, y + i * k);
         }
         if (simplex) log_inplace(y, n);
 
@@ -247,15 +265,15 @@ void log_prob_rows(const LogProbArgs<Real>& a, int64_t r0, int64_t r1, double* s
         // write the exponents z - max z of the softmax weights.
         walk = block_start;
         for (int64_t i = 0; i < nb; ++i, walk.advance()) {
-            const Real* lg = a.logits.data + walk.offset[0];
+            const double* lg = la + i * k;
             const double t = static_cast<double>(a.temperature.data[walk.offset[1]]);
             const double* yi = y + i * k;
             double* wi = w + i * k;
-            const double amax = row_max(lg, ks, k);
+            const double amax = row_max(lg, k);
             int64_t live = 0, zeros = 0;
             bool off_face = false;
             for (int64_t j = 0; j < k; ++j) {
-                const bool is_live = static_cast<double>(lg[j * ks]) > -kInf;
+                const bool is_live = lg[j] > -kInf;
                 live += is_live;
                 zeros += is_live && yi[j] == -kInf;
                 off_face = off_face || (!is_live && yi[j] > -kInf);
@@ -269,7 +287,7 @@ void log_prob_rows(const LogProbArgs<Real>& a, int64_t r0, int64_t r1, double* s
             } else if (zeros == 0) {
                 // The ordinary case: z = (a - max a) - T y over the live categories.
                 for (int64_t j = 0; j < k; ++j) {
-                    const double aj = static_cast<double>(lg[j * ks]) - amax;
+                    const double aj = lg[j] - amax;
                     wi[j] = aj > -kInf ? aj - t * yi[j] : -kInf;
                     zmax = max_d(zmax, wi[j]);
                 }
@@ -283,7 +301,7 @@ void log_prob_rows(const LogProbArgs<Real>& a, int64_t r0, int64_t r1, double* s
                 // set, where they are softmax(a); lin holds the finite limit's
                 // sum_live a - (T + 1) sum_nonzero y.
                 for (int64_t j = 0; j < k; ++j) {
-                    const double aj = static_cast<double>(lg[j * ks]) - amax;
+                    const double aj = lg[j] - amax;
                     const bool is_live = aj > -kInf;
                     const bool in_zero_set = is_live && yi[j] == -kInf;
                     wi[j] = in_zero_set ? aj : -kInf;
@@ -304,7 +322,7 @@ void log_prob_rows(const LogProbArgs<Real>& a, int64_t r0, int64_t r1, double* s
         walk = block_start;
         for (int64_t i = 0; i < nb; ++i, walk.advance()) {
             const int64_t r = rb + i;
-            const Real* lg = a.logits.data + walk.offset[0];
+            const double* lg = la + i * k;
             const Real* v = a.value.data + walk.offset[2];
             const double t = static_cast<double>(a.temperature.data[walk.offset[1]]);
             const double g = want_grad ? static_cast<double>(a.grad.data[walk.offset[3]]) : 0.0;
@@ -343,7 +361,7 @@ void log_prob_rows(const LogProbArgs<Real>& a, int64_t r0, int64_t r1, double* s
                 if (kind == 0) {
                     double acc = 0.0;
                     for (int64_t j = 0; j < k; ++j) {
-                        const bool is_live = static_cast<double>(lg[j * ks]) > -kInf;
+                        const bool is_live = lg[j] > -kInf;
                         acc += is_live ? (kd * wi[j] - 1.0) * yi[j] : 0.0;
                     }
                     gt = g * ((kd - 1.0) / t + acc);
@@ -355,7 +373,7 @@ void log_prob_rows(const LogProbArgs<Real>& a, int64_t r0, int64_t r1, double* s
             if (a.grad_logits != nullptr) {
                 Real* out = a.grad_logits + r * k;
                 for (int64_t j = 0; j < k; ++j) {
-                    const bool is_live = static_cast<double>(lg[j * ks]) > -kInf;
+                    const bool is_live = lg[j] > -kInf;
                     out[j] = static_cast<Real>(is_live && kind != 2 ? g * (1.0 - kd * wi[j]) : 0.0);
                 }
             }
@@ -363,7 +381,7 @@ void log_prob_rows(const LogProbArgs<Real>& a, int64_t r0, int64_t r1, double* s
                 Real* out = a.grad_value + r * k;
                 const double base = simplex ? -(t + 1.0) : -t;
                 for (int64_t j = 0; j < k; ++j) {
-                    const bool is_live = static_cast<double>(lg[j * ks]) > -kInf;
+                    const bool is_live = lg[j] > -kInf;
                     const double dy = g * (base + kd * t * wi[j]);
                     double dv = dy;
                     if (simplex) {
@@ -396,6 +414,7 @@ void rsample_vjp_rows(const RsampleVjpArgs<Real>& a, int64_t r0, int64_t r1,
     const int64_t vs = a.value.kstride, gs = a.grad.kstride;
     double* x = scratch;
     double* y = scratch + cap;
+    double* gb = scratch + 2 * cap;  // the upstream gradient, per element
 
     for (int64_t rb = r0; rb < r1; rb += rows_per_block(k)) {
         const int64_t nb = r1 - rb < rows_per_block(k) ? r1 - rb : rows_per_block(k);
@@ -404,9 +423,8 @@ void rsample_vjp_rows(const RsampleVjpArgs<Real>& a, int64_t r0, int64_t r1,
 
         // 1. x and log x for the whole block, the transcendental half flat.
         for (int64_t i = 0; i < nb; ++i, walk.advance()) {
-            const Real* v = a.value.data + walk.offset[0];
-            double* dst = simplex ? x + i * k : y + i * k;
-            for (int64_t j = 0; j < k; ++j) dst[j] = static_cast<double>(v[j * vs]);
+            load_row(a.value.data + walk.offset[0], vs, k, simplex ? x + i * k : y + i * k);
+            load_row(a.grad.data + walk.offset[1], gs, k, gb + i * k);
         }
         if (simplex) {
             for (int64_t j = 0; j < n; ++j) y[j] = x[j];
@@ -420,13 +438,13 @@ void rsample_vjp_rows(const RsampleVjpArgs<Real>& a, int64_t r0, int64_t r1,
         walk = block_start;
         for (int64_t i = 0; i < nb; ++i, walk.advance()) {
             const int64_t r = rb + i;
-            const Real* gw = a.grad.data + walk.offset[1];
+            const double* gw = gb + i * k;
             const double t = static_cast<double>(a.temperature.data[walk.offset[2]]);
             const double* xi = x + i * k;
             const double* yi = y + i * k;
             double sum = 0.0, wx = 0.0, wsum = 0.0;
             for (int64_t j = 0; j < k; ++j) {
-                const double wj = static_cast<double>(gw[j * gs]);
+                const double wj = gw[j];
                 sum += xi[j];
                 wx += xi[j] > 0.0 ? wj * xi[j] : 0.0;
                 wsum += yi[j] > -kInf ? wj : 0.0;
@@ -436,7 +454,7 @@ void rsample_vjp_rows(const RsampleVjpArgs<Real>& a, int64_t r0, int64_t r1,
             double acc = 0.0;
             Real* gl = a.grad_logits != nullptr ? a.grad_logits + r * k : nullptr;
             for (int64_t j = 0; j < k; ++j) {
-                const double wj = static_cast<double>(gw[j * gs]);
+                const double wj = gw[j];
                 double ds;  // the gradient with respect to s_k = (a_k + g_k) / T
                 if (simplex) {
                     ds = xi[j] > 0.0 ? xi[j] * (wj * sum - wx) * (inv_sum * inv_sum) : 0.0;
@@ -475,7 +493,8 @@ void param_rows(const ParamArgs<Real>& a, int64_t r0, int64_t r1, double* scratc
                 out[j] = static_cast<Real>(static_cast<double>(p[j * ps]) / sum);
         } else {
             // Normalised logits or their softmax; see Note [stable log-sum-exp].
-            const double amax = row_max(p, ps, k);
+            double amax = -kInf;
+            for (int64_t j = 0; j < k; ++j) amax = max_d(amax, static_cast<double>(p[j * ps]));
             double sum = 0.0;
             for (int64_t j = 0; j < k; ++j)
                 sum += exp_d(static_cast<double>(p[j * ps]) - amax);

@@ -1,0 +1,496 @@
+"""Edges: masked categories, exact zeros in a value (Note [zeros in a value] in
+kernels.hpp), float32 logits in the thousands competing at low temperature,
+extreme temperatures and logit spreads, and very long or very many rows."""
+
+from __future__ import annotations
+
+import math
+
+import mpmath
+import numpy as np
+import pytest
+
+import relaxcat
+from relaxcat import _core
+
+Relaxed = relaxcat.RelaxedOneHotCategorical
+ExpRelaxed = relaxcat.ExpRelaxedOneHotCategorical
+CLASSES = [Relaxed, ExpRelaxed]
+CLASS_IDS = ["simplex", "log"]
+
+EPS64 = float(np.finfo(np.float64).eps)
+
+# A distribution with masked categories against the same one with them removed:
+# the same formulas, but row sums add the masked zeros in other lanes and order,
+# so results may differ by a few roundings; 64 eps relative to max(1, |value|).
+MASKED_VS_REDUCED_RTOL = 64 * EPS64
+
+# The finite limit of Note [zeros in a value] against mpmath at eps = 1e-100 (its
+# own error there is O(eps^T) < 1e-25): the library evaluates a sum of logs in
+# double, so 1e-13 relative to max(1, |value|).
+ZERO_LIMIT_RTOL = 1e-13
+REF_DPS = 60
+REF_EPS = mpmath.mpf(10) ** -100
+
+# float32 sample against a float64 computation from the same float32 inputs: one
+# rounding of the output (2^-24 relative) plus the double intermediates; an
+# absolute 2^-22 on entries in [0, 1].
+F32_SAMPLE_ATOL = 2.0**-22
+# A float32-only computation of (logits + g) / T with logits near 3000 and
+# T = 1e-3 moves s by up to 0.12; the test demands the naive error exceed this
+# (so that it can tell the two apart), 100x above F32_SAMPLE_ATOL.
+NAIVE_F32_MIN_ERROR = 1e-3
+
+
+def _softmax64(s: np.ndarray) -> np.ndarray:
+    e = np.exp(s - s.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def _rel(got, want) -> float:
+    got = np.asarray(got, dtype=np.float64)
+    want = np.asarray(want, dtype=np.float64)
+    assert np.array_equal(np.isinf(got), np.isinf(want))
+    assert np.array_equal(got[np.isinf(got)], want[np.isinf(want)])
+    fin = np.isfinite(want)
+    scale = max(1.0, float(np.max(np.abs(want[fin]), initial=0.0)))
+    return float(np.max(np.abs(got[fin] - want[fin]), initial=0.0)) / scale
+
+
+def _no_nan(*arrays):
+    for a in arrays:
+        assert not np.any(np.isnan(np.asarray(a, dtype=np.float64)))
+
+
+# ================================================================ (a) masked
+K_MASKED = 37  # longer than one vector of every level, with a scalar tail
+DEAD = np.zeros(K_MASKED, bool)
+DEAD[[0, 5, 6, 7, 16, 31, 36]] = True
+LIVE = ~DEAD
+
+
+def _masked_setup(rng):
+    temperature = np.array([0.05, 0.5, 1.0, 5.0, 50.0])[:, None]
+    logits = 2.0 * rng.normal(size=(5, K_MASKED))
+    logits[:, DEAD] = -np.inf
+    return temperature, logits
+
+
+@pytest.mark.parametrize("cls", CLASSES, ids=CLASS_IDS)
+def test_masked_categories_are_exact_zeros_in_every_sample(simd_level, cls):
+    temperature, logits = _masked_setup(np.random.default_rng(1))
+    s = cls(temperature, logits=logits).rsample((40,), rng=99)
+    _no_nan(s)
+    if cls is Relaxed:
+        assert np.all(s[..., DEAD] == 0.0) and not np.any(np.signbit(s[..., DEAD]))
+        assert np.all(np.abs(s.sum(axis=-1) - 1.0) <= K_MASKED * EPS64)
+    else:
+        assert np.all(s[..., DEAD] == -np.inf)
+        assert np.all(np.isfinite(s[..., LIVE]))
+
+
+@pytest.mark.parametrize("cls", CLASSES, ids=CLASS_IDS)
+def test_masked_categories_behave_as_if_removed(simd_level, cls):
+    rng = np.random.default_rng(2)
+    temperature, logits = _masked_setup(rng)
+    full = cls(temperature, logits=logits)
+    reduced = cls(temperature, logits=logits[:, LIVE])
+    gumbels = rng.gumbel(size=(3, 5, K_MASKED))
+
+    # The sample: the live entries are the sample of the reduced distribution.
+    s = full.rsample((3,), gumbels=gumbels)
+    s_red = reduced.rsample((3,), gumbels=gumbels[..., LIVE])
+    assert _rel(s[..., LIVE], s_red) <= MASKED_VS_REDUCED_RTOL
+
+    # log_prob ignores the masked categories, K counts the live ones only.
+    lp = full.log_prob(s)
+    assert _rel(lp, reduced.log_prob(s[..., LIVE])) <= MASKED_VS_REDUCED_RTOL
+
+    # Gradients: exact zeros on masked categories, the reduced ones elsewhere.
+    w = rng.normal(size=s.shape)
+    g = full.rsample_vjp(s, w)
+    g_red = reduced.rsample_vjp(s[..., LIVE], w[..., LIVE])
+    _no_nan(*g)
+    assert np.all(g.logits[:, DEAD] == 0.0)
+    assert _rel(g.logits[:, LIVE], g_red.logits) <= MASKED_VS_REDUCED_RTOL
+    assert _rel(g.temperature, g_red.temperature) <= MASKED_VS_REDUCED_RTOL
+
+    up = rng.normal(size=lp.shape)
+    g = full.log_prob_vjp(s, up)
+    g_red = reduced.log_prob_vjp(s[..., LIVE], up)
+    _no_nan(*g)
+    assert np.all(g.value[..., DEAD] == 0.0) and np.all(g.logits[:, DEAD] == 0.0)
+    for name in g._fields:
+        got = getattr(g, name)
+        if name != "temperature":
+            got = got[..., LIVE]
+        assert _rel(got, getattr(g_red, name)) <= MASKED_VS_REDUCED_RTOL, name
+
+
+@pytest.mark.parametrize("cls", CLASSES, ids=CLASS_IDS)
+def test_zero_probs_are_masked_categories(simd_level, cls):
+    rng = np.random.default_rng(3)
+    probs = rng.uniform(0.1, 1.0, size=K_MASKED)
+    probs[DEAD] = 0.0
+    d = cls(0.3, probs=probs)
+    s = d.rsample((50,), rng=4)
+    assert np.all(s[:, DEAD] == (0.0 if cls is Relaxed else -np.inf))
+    lp = d.log_prob(s)
+    g = d.log_prob_vjp(s, np.ones_like(lp))
+    gs = d.rsample_vjp(s, rng.normal(size=s.shape))
+    _no_nan(lp, *g, *gs)
+    assert np.all(np.isfinite(lp))
+    assert np.all(g.probs[DEAD] == 0.0) and np.all(gs.probs[DEAD] == 0.0)
+    assert np.all(g.value[:, DEAD] == 0.0)
+
+
+# ====================================================== (b) zeros in a value
+def _mp_log_density(logits, temperature, x):
+    """The Concrete log-density on the simplex, from the formula, in mpmath; the
+    categories with logit -inf are left out."""
+    t = mpmath.mpf(temperature)
+    live = [(mpmath.mpf(a), xk) for a, xk in zip(logits, x) if a != -np.inf]
+    k = len(live)
+    terms = [a - t * mpmath.log(xk) for a, xk in live]
+    return (
+        mpmath.loggamma(k)
+        + (k - 1) * mpmath.log(t)
+        + mpmath.fsum(a - (t + 1) * mpmath.log(xk) for a, xk in live)
+        - k * mpmath.log(mpmath.fsum(mpmath.exp(z) for z in terms))
+    )
+
+
+def _mp_shrunk(x, eps):
+    """x with its zeros replaced by eps and the rest scaled to keep the sum 1."""
+    m = sum(1 for v in x if v == 0)
+    return [eps if v == 0 else mpmath.mpf(v) * (1 - m * eps) for v in x]
+
+
+def _mp_softmax_weights(logits, temperature, x):
+    t = mpmath.mpf(temperature)
+    z = [
+        mpmath.mpf(a) - t * mpmath.log(v) if a != -np.inf else None
+        for a, v in zip(logits, x)
+    ]
+    zmax = max(v for v in z if v is not None)
+    e = [mpmath.exp(v - zmax) if v is not None else mpmath.mpf(0) for v in z]
+    total = mpmath.fsum(e)
+    return [v / total for v in e]
+
+
+# (logits, x, T): m zeros among K live categories; the sign of T (K - m) - m.
+ZERO_CASES = {
+    "K3_m1_T0.5_finite": ([0.3, -0.4, 1.1], [0.0, 0.35, 0.65], 0.5),
+    "K3_m1_T0.4_plus_inf": ([0.3, -0.4, 1.1], [0.0, 0.35, 0.65], 0.4),
+    "K3_m1_T0.6_minus_inf": ([0.3, -0.4, 1.1], [0.0, 0.35, 0.65], 0.6),
+    "K4_m2_T1_finite": ([0.3, -0.4, 1.1, 0.0], [0.0, 0.25, 0.0, 0.75], 1.0),
+    "K5_m1_T0.25_finite": ([1.0, 2.0, -1.0, 0.5, 0.0], [0.1, 0.2, 0.3, 0.4, 0.0], 0.25),
+    "K4_m3_T3_finite": ([0.2, -0.7, 0.9, 0.4], [0.0, 1.0, 0.0, 0.0], 3.0),
+    "K2_m1_T1_finite": ([0.5, -0.5], [1.0, 0.0], 1.0),
+    "K2_m1_T2_minus_inf": ([0.5, -0.5], [1.0, 0.0], 2.0),
+    # A masked category does not count in K: 4 live, m = 2, T = 1.
+    "K4of5_m2_T1_masked_finite": (
+        [0.3, -np.inf, -0.4, 1.1, 0.0],
+        [0.0, 0.0, 0.25, 0.0, 0.75],
+        1.0,
+    ),
+}
+
+
+def _rule(logits, x, temperature):
+    live = [a != -np.inf for a in logits]
+    k = sum(live)
+    m = sum(1 for lv, v in zip(live, x) if lv and v == 0)
+    c = temperature * (k - m) - m
+    return 1 if c < 0 else (-1 if c > 0 else 0)
+
+
+def test_zero_cases_cover_all_three_branches_of_the_rule():
+    signs = {_rule(*case) for case in ZERO_CASES.values()}
+    assert signs == {-1, 0, 1}
+
+
+@pytest.mark.parametrize("name", list(ZERO_CASES))
+def test_log_prob_at_exact_zeros_is_the_limit_of_the_density(simd_level, name):
+    logits, x, temperature = ZERO_CASES[name]
+    d = Relaxed(temperature, logits=np.array(logits))
+    lp = float(d.log_prob(np.array(x)))
+    sign = _rule(logits, x, temperature)
+    with mpmath.workdps(REF_DPS):
+        ref = _mp_log_density(logits, temperature, _mp_shrunk(x, REF_EPS))
+        ref_smaller = _mp_log_density(logits, temperature, _mp_shrunk(x, REF_EPS**2))
+        if sign == 0:
+            # The reference has converged: shrinking eps further changes nothing.
+            assert abs(ref - ref_smaller) < mpmath.mpf(10) ** -20
+            assert math.isfinite(lp)
+            assert abs(lp - float(ref)) <= ZERO_LIMIT_RTOL * max(1.0, abs(float(ref)))
+        else:
+            # The density diverges like (T (K - m) - m) log eps, with that sign:
+            # here |T (K - m) - m| >= 0.2 and log eps falls by 230.
+            assert lp == sign * np.inf
+            assert (ref_smaller - ref) * sign > 40
+
+
+@pytest.mark.parametrize("name", list(ZERO_CASES))
+@pytest.mark.parametrize("upstream", [1.0, -2.0])
+def test_log_prob_gradients_at_exact_zeros_are_limits_and_never_nan(name, upstream):
+    logits, x, temperature = ZERO_CASES[name]
+    logits, xa = np.array(logits), np.array(x)
+    d = Relaxed(temperature, logits=logits)
+    g = d.log_prob_vjp(xa, upstream)
+    _no_nan(*g)
+    live = logits > -np.inf
+    zero = live & (xa == 0)
+    k = int(live.sum())
+
+    # Logits: g (1 - K w) with w the limit of softmax(a - T log x), in mpmath.
+    with mpmath.workdps(REF_DPS):
+        w = _mp_softmax_weights(logits, temperature, _mp_shrunk(x, REF_EPS))
+    want = np.where(live, upstream * (1.0 - k * np.array([float(v) for v in w])), 0.0)
+    assert np.all(np.isfinite(g.logits))
+    assert np.max(np.abs(g.logits - want)) <= ZERO_LIMIT_RTOL * k * abs(upstream)
+
+    # Temperature: (K - m) log eps -> -inf, times the upstream gradient.
+    assert g.temperature == -np.sign(upstream) * np.inf
+
+    # Value: -(T + 1) g / x_k on the nonzero live coordinates (their weight
+    # vanishes), an infinity or 0 at the zeros, 0 on masked categories.
+    nz = live & ~zero
+    want_v = -(temperature + 1.0) * upstream / xa[nz]
+    assert np.allclose(g.value[nz], want_v, rtol=ZERO_LIMIT_RTOL, atol=0.0)
+    assert np.all(np.isinf(g.value[zero]) | (g.value[zero] == 0.0))
+    assert np.all(g.value[~live] == 0.0)
+
+
+@pytest.mark.parametrize("name", list(ZERO_CASES))
+def test_log_space_density_at_minus_inf_is_minus_inf(name):
+    logits, x, temperature = ZERO_CASES[name]
+    d = ExpRelaxed(temperature, logits=np.array(logits))
+    with np.errstate(divide="ignore"):
+        y = np.log(np.array(x))
+    assert d.log_prob(y) == -np.inf
+    _no_nan(*d.log_prob_vjp(y, 1.0))
+
+
+@pytest.mark.parametrize("temperature", [1e-3, 1e-4])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_low_temperature_samples_have_finite_log_space_density_and_ruled_simplex_density(
+    temperature, dtype
+):
+    rng = np.random.default_rng(5)
+    logits = (
+        rng.normal(size=(6, 5)) * np.array([[1e-4], [1e-3], [1e-2], [0.1], [1], [10]])
+    ).astype(dtype)
+    y = ExpRelaxed(dtype(temperature), logits=logits).rsample((200,), rng=6)
+    x = Relaxed(dtype(temperature), logits=logits).rsample((200,), rng=6)
+
+    # Log space: nothing underflows, the density is finite.
+    assert np.all(np.isfinite(y))
+    lpy = ExpRelaxed(dtype(temperature), logits=logits).log_prob(y)
+    assert np.all(np.isfinite(lpy))
+    _no_nan(*ExpRelaxed(dtype(temperature), logits=logits).log_prob_vjp(y, 1.0))
+
+    # Simplex: zeros appear, and log_prob follows the rule row by row.
+    zeros = (x == 0).sum(axis=-1)
+    assert np.any(zeros > 0), "the case must exercise underflow"
+    lpx = Relaxed(dtype(temperature), logits=logits).log_prob(x)
+    _no_nan(lpx)
+    c = temperature * (5 - zeros) - zeros
+    assert np.all(np.isfinite(lpx[zeros == 0]))
+    assert np.all(lpx[(zeros > 0) & (c < 0)] == np.inf)
+    assert np.all(lpx[(zeros > 0) & (c > 0)] == -np.inf)
+    _no_nan(*Relaxed(dtype(temperature), logits=logits).log_prob_vjp(x, 1.0))
+
+
+# ================================================= (c) float32 competition
+T_COMPETE = np.float32(1e-3)
+
+
+def _competition_reference(logits32, gumbels64, t32):
+    """The sample in float64 from the float32-rounded inputs (the oracle)."""
+    a = logits32.astype(np.float64)
+    s = ((a - a.max(axis=-1, keepdims=True)) + gumbels64) / np.float64(t32)
+    lse = np.log(np.exp(s - s.max(axis=-1, keepdims=True)).sum(axis=-1, keepdims=True))
+    y = s - s.max(axis=-1, keepdims=True) - lse
+    return np.exp(y), y
+
+
+def _naive_float32(logits32, gumbels64, t32):
+    """What a float32-only computation gives: logits + g rounded near 3000."""
+    s = (logits32 + gumbels64.astype(np.float32)) / t32
+    assert s.dtype == np.float32
+    e = np.exp(s - s.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def _competing_logits(gumbels64):
+    """Logits near 3000, exactly float32, whose first two entries plus the noise
+    nearly tie: l1 + g1 - (l0 + g0) is below the float32 spacing 2^-12 there."""
+    l0 = np.float32(3000.0)
+    l1 = np.float32(3000.0 + gumbels64[..., 0] - gumbels64[..., 1])
+    far = np.float32(2990.0)
+    out = np.stack(np.broadcast_arrays(l0, l1, far), axis=-1).astype(np.float32)
+    assert np.all(out.astype(np.float64) > 2900.0)
+    return out
+
+
+def test_float32_competition_with_explicit_gumbels():
+    g32 = np.array(
+        [
+            [-0.97962392, 3.35601103, -0.61888013],
+            [0.3, 0.30003, 1.7],
+            [1.234567, -0.5, 0.0],
+        ],
+        dtype=np.float32,
+    )
+    g64 = g32.astype(np.float64)
+    logits = _competing_logits(g64)
+    want_x, want_y = _competition_reference(logits, g64, T_COMPETE)
+    assert np.all(want_x[:, :2] > 0.05), "the two large logits must compete"
+
+    x = Relaxed(T_COMPETE, logits=logits).rsample(gumbels=g32)
+    y = ExpRelaxed(T_COMPETE, logits=logits).rsample(gumbels=g32)
+    assert x.dtype == np.float32
+    assert np.max(np.abs(x - want_x)) <= F32_SAMPLE_ATOL
+    assert np.max(np.abs(y - want_y)[:, :2]) <= F32_SAMPLE_ATOL
+    # The naive float32 computation misses, so this test can tell them apart.
+    assert (
+        np.max(np.abs(_naive_float32(logits, g64, T_COMPETE) - want_x))
+        > NAIVE_F32_MIN_ERROR
+    )
+
+
+def test_float32_competition_with_the_stream_noise():
+    # float32 and float64 use the same double noise: the rng path must also keep
+    # s in float64. Element i of the output uses stream element i.
+    key, rows = 5, 64
+    g64 = _core.gumbels(key, 0, 0, rows * 3).reshape(rows, 3)
+    logits = _competing_logits(g64)
+    want_x, _ = _competition_reference(logits, g64, T_COMPETE)
+    assert np.mean(want_x[:, 0] > 0.05) > 0.5, "the two large logits must compete"
+
+    x = Relaxed(T_COMPETE, logits=logits).rsample(rng=key)
+    assert np.max(np.abs(x - want_x)) <= F32_SAMPLE_ATOL
+    assert (
+        np.max(np.abs(_naive_float32(logits, g64, T_COMPETE) - want_x))
+        > NAIVE_F32_MIN_ERROR
+    )
+
+    # The float64 class from the same rounded inputs and key agrees as well.
+    x64 = Relaxed(np.float64(T_COMPETE), logits=logits.astype(np.float64)).rsample(
+        rng=key
+    )
+    assert np.max(np.abs(x - x64)) <= F32_SAMPLE_ATOL
+
+
+def test_float32_log_prob_of_competing_logits_matches_float64():
+    # Two categories only: a third, far one would underflow to an exact zero.
+    g32 = np.array([0.3, 0.30003], dtype=np.float32)
+    logits = _competing_logits(np.append(g32.astype(np.float64), 0.0))[:2]
+    x = Relaxed(T_COMPETE, logits=logits).rsample(gumbels=g32)
+    lp32 = Relaxed(T_COMPETE, logits=logits).log_prob(x)
+    d64 = Relaxed(
+        np.float64(T_COMPETE), logits=logits.astype(np.float64), validate_args=False
+    )
+    lp64 = d64.log_prob(x.astype(np.float64))
+    # One float32 rounding of the result: 2^-23 relative.
+    assert abs(float(lp32) - float(lp64)) <= 2.0**-23 * max(1.0, abs(float(lp64)))
+
+
+# ================================================== (d) extreme parameters
+SWEEP_T = np.logspace(-4, 4, 9)
+
+
+def _overflow_possible(x, temperature, k, dtype):
+    """Where |d log p / d x_j| may exceed the dtype's range: the numerator is at
+    most (T + 1) + K T, so only below that over the largest finite."""
+    bound = (temperature + 1.0 + k * temperature) / float(np.finfo(dtype).max)
+    return x.astype(np.float64) < bound
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("spread", [0.0, 1.0, 1e2, 1e4])
+def test_temperature_and_logit_sweep_never_gives_nan(dtype, spread):
+    k = 5
+    rng = np.random.default_rng(int(spread) + 7)
+    base = np.array([-1.0, -0.3, 0.0, 0.6, 1.0]) * spread + rng.normal(size=k)
+    logits = np.broadcast_to(base, (SWEEP_T.size, k)).astype(dtype)
+    t = SWEEP_T[:, None].astype(dtype)  # one temperature per row
+    t_rows = np.broadcast_to(SWEEP_T.astype(dtype)[:, None], (SWEEP_T.size, k))
+
+    for cls in CLASSES:
+        # Expanded to the sample's rows, so that the gradients stay per row.
+        d = cls(t, logits=logits).expand((30, SWEEP_T.size))
+        s = d.rsample(rng=11)
+        assert np.all(np.isfinite(s)), cls.__name__
+        w = rng.normal(size=s.shape)
+        gs = d.rsample_vjp(s, w)
+        assert all(np.all(np.isfinite(a)) for a in gs), cls.__name__
+        lp = d.log_prob(s)
+        gl = d.log_prob_vjp(s, np.ones(lp.shape))
+        _no_nan(lp, *gl)
+        assert np.all(np.isfinite(gl.logits))
+        if cls is ExpRelaxed:
+            assert np.all(np.isfinite(lp)) and np.all(np.isfinite(gl.value))
+            assert np.all(np.isfinite(gl.temperature))
+            continue
+
+        # Simplex: rows with exact zeros follow the rule, the others are finite.
+        zeros = (s == 0).sum(axis=-1)
+        c = SWEEP_T * (k - zeros) - zeros
+        assert np.all(np.isfinite(lp[zeros == 0]))
+        assert np.all(lp[(zeros > 0) & (c < 0)] == np.inf)
+        assert np.all(lp[(zeros > 0) & (c > 0)] == -np.inf)
+        assert not np.any(np.isinf(lp[(zeros > 0) & (c == 0)]))
+        assert np.all(np.isfinite(gl.temperature[zeros == 0]))
+        allowed = (s == 0) | _overflow_possible(s, t_rows, k, dtype)
+        assert np.all(np.isfinite(gl.value[~allowed]))
+
+
+def test_sweep_reaches_underflow_and_near_one_hot_samples():
+    # The sweep above is meaningful: at T = 1e-4 with spread 1e4, samples underflow.
+    d = Relaxed(1e-4, logits=np.array([-1.0, -0.3, 0.0, 0.6, 1.0]) * 1e4)
+    x = d.rsample((30,), rng=11)
+    assert np.all((x == 0).sum(axis=-1) == 4)
+
+
+# ====================================================== (e) size extremes
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_a_very_long_row_sums_to_one(dtype):
+    k = 200_000
+    logits = np.random.default_rng(8).normal(size=k).astype(dtype)
+    eps = float(np.finfo(dtype).eps)
+    for cls in CLASSES:
+        d = cls(dtype(0.7), logits=logits)
+        s = d.rsample(rng=9)
+        assert s.shape == (k,) and s.dtype == dtype
+        x = s if cls is Relaxed else np.exp(s.astype(np.float64))
+        # Each entry rounded once from e_j / S, S summed in double: K eps at most.
+        assert abs(math.fsum(x.astype(np.float64)) - 1.0) <= k * eps
+        lp = d.log_prob(s)
+        assert np.isfinite(lp)
+        g = d.rsample_vjp(s, np.random.default_rng(10).normal(size=k).astype(dtype))
+        assert np.all(np.isfinite(g.logits)) and np.isfinite(g.temperature)
+        # Shift invariance: the logits gradient sums to zero.
+        gsum = math.fsum(g.logits.astype(np.float64))
+        assert abs(gsum) <= 1e-3 * float(np.abs(g.logits).sum())
+        gl = d.log_prob_vjp(s, 1.0)
+        assert np.all(np.isfinite(gl.logits)) and np.isfinite(gl.temperature)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_a_million_two_category_rows_each_sum_to_one(dtype):
+    n = 1_000_000
+    logits = np.array([0.4, -0.9], dtype=dtype)
+    temps = np.array([0.2, 1.0, 3.0], dtype=dtype)
+    eps = float(np.finfo(dtype).eps)
+    d = Relaxed(temps[:, None], logits=np.broadcast_to(logits, (3, 2)))
+    x = d.rsample((n // 3,), rng=12)
+    assert x.shape == (n // 3, 3, 2)
+    sums = x.astype(np.float64).sum(axis=-1)
+    assert np.all(np.abs(sums - 1.0) <= 2 * eps)
+    lp = d.log_prob(x)
+    assert lp.shape == (n // 3, 3)
+    _no_nan(lp)
+    zeros = (x == 0).any(axis=-1)
+    assert np.all(np.isfinite(lp[~zeros]))

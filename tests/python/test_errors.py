@@ -1,0 +1,835 @@
+"""Bad inputs: each raises the documented type with a message that names the
+argument, what was seen and what was expected, and leaves every input as it
+was. Also: the library's own samples always pass its own validation."""
+
+from __future__ import annotations
+
+import re
+import warnings
+
+import numpy as np
+import pytest
+
+import relaxcat
+
+R = relaxcat.RelaxedOneHotCategorical
+E = relaxcat.ExpRelaxedOneHotCategorical
+CLASSES = [R, E]
+INF, NAN = np.inf, np.nan
+
+
+def num(x) -> str:
+    """A pattern for the number x as a message shows it.
+
+    The form STYLE.md fixes is the plain number (``got -0.5``); the optional
+    NumPy wrapper is accepted here so that each test checks its own input, and
+    ``test_error_messages_show_plain_numbers`` checks the form once.
+    """
+    return r"(?:np\.float(?:16|32|64)\()?" + re.escape(repr(float(x))) + r"\)?"
+
+
+def check_raises(exc, pattern, fn, *inputs):
+    """``fn()`` raises ``exc`` matching ``pattern``; ``inputs`` are unchanged."""
+    before = [np.array(a, copy=True) for a in inputs]
+    flags = [a.flags.writeable if isinstance(a, np.ndarray) else None for a in inputs]
+    with pytest.raises(exc, match=pattern) as info:
+        fn()
+    for a, b, w in zip(inputs, before, flags):
+        got = np.asarray(a)
+        assert got.dtype == b.dtype and got.shape == b.shape
+        np.testing.assert_array_equal(got, b)  # NaN compares equal here
+        if w is not None:
+            assert a.flags.writeable == w
+    return info
+
+
+# --------------------------------------------------------------- constructor
+TEMPERATURE_CASES = [
+    (-0.5, r"got {v}$", -0.5),
+    (0.0, r"got {v}$", 0.0),
+    (NAN, r"got {v}$", NAN),
+    (INF, r"got {v}$", INF),
+    (-INF, r"got {v}$", -INF),
+    (np.float32(-2.0), r"got {v}$", -2.0),
+    (
+        np.array([[1.0, 2.0, -1.0], [0.0, 1.0, NAN]]),
+        r"got {v} at index \(0, 2\) \(3 entries in all\)",
+        -1.0,
+    ),
+    (np.array([1.0, NAN]), r"got {v} at index \(1,\)$", NAN),
+    (np.array([1.0, 2.0, INF]), r"got {v} at index \(2,\)$", INF),
+]
+
+
+@pytest.mark.parametrize("cls", CLASSES)
+@pytest.mark.parametrize("temp,where,bad", TEMPERATURE_CASES)
+def test_bad_temperature_is_rejected_with_the_first_bad_index(cls, temp, where, bad):
+    logits = np.zeros(3) if np.ndim(temp) < 2 else np.zeros((2, 3, 3))[:, 0]
+    pattern = r"^temperature must be positive and finite, " + where.format(v=num(bad))
+    check_raises(ValueError, pattern, lambda: cls(temp, logits=logits), temp, logits)
+
+
+@pytest.mark.parametrize("cls", CLASSES)
+def test_exactly_one_of_probs_and_logits(cls):
+    p = np.ones(3)
+    check_raises(
+        ValueError,
+        r"exactly one of probs or logits must be given, got both",
+        lambda: cls(1.0, probs=p, logits=np.log(p)),
+        p,
+    )
+    check_raises(
+        ValueError,
+        r"exactly one of probs or logits must be given, got neither",
+        lambda: cls(1.0),
+    )
+
+
+@pytest.mark.parametrize("cls", CLASSES)
+@pytest.mark.parametrize(
+    "logits,pattern",
+    [
+        (
+            np.array([[0.0, 1.0], [NAN, 1.0]]),
+            r"logits must be finite or -inf \(a masked category\), got {nan} "
+            r"at index \(1, 0\)",
+        ),
+        (
+            np.array([0.0, INF, 2.0]),
+            r"logits must be finite or -inf \(a masked category\), got {inf} "
+            r"at index \(1,\)",
+        ),
+        (
+            np.array([[0.0, 1.0], [-INF, -INF]]),
+            r"logits must leave at least one category possible in every row, "
+            r"got a row of all -inf at batch index \(1,\)",
+        ),
+        (
+            np.array([-INF, -INF]),
+            r"logits must leave at least one category possible in every row",
+        ),
+    ],
+)
+def test_bad_logits_are_rejected(cls, logits, pattern):
+    pattern = pattern.format(nan=num(NAN), inf=num(INF))
+    check_raises(ValueError, pattern, lambda: cls(1.0, logits=logits), logits)
+
+
+@pytest.mark.parametrize("cls", CLASSES)
+@pytest.mark.parametrize(
+    "probs,pattern",
+    [
+        (
+            np.array([[0.5, 0.5], [-0.25, 1.0]]),
+            r"probs must be non-negative and finite, got {m} at index \(1, 0\)",
+        ),
+        (
+            np.array([0.5, NAN]),
+            r"probs must be non-negative and finite, got {nan} at index \(1,\)",
+        ),
+        (
+            np.array([INF, 0.5]),
+            r"probs must be non-negative and finite, got {inf} at index \(0,\)",
+        ),
+        (
+            np.array([[0.5, 0.5], [0.0, 0.0]]),
+            r"probs must have a positive finite sum in every row, "
+            r"got sum {zero} at batch index \(1,\)",
+        ),
+    ],
+)
+def test_bad_probs_are_rejected(cls, probs, pattern):
+    pattern = pattern.format(m=num(-0.25), nan=num(NAN), inf=num(INF), zero=num(0.0))
+    check_raises(ValueError, pattern, lambda: cls(1.0, probs=probs), probs)
+
+
+def test_probs_whose_sum_overflows_are_rejected_without_a_numpy_warning():
+    # Each entry is finite, the row sum is not: the documented ValueError, and no
+    # stray RuntimeWarning from NumPy's sum on the way (warnings are errors here).
+    probs = np.array([[1e308, 1e308], [0.5, 0.5]])
+    check_raises(
+        ValueError,
+        r"probs must have a positive finite sum in every row, got sum "
+        + num(INF)
+        + r" at batch index \(0,\)",
+        lambda: R(1.0, probs=probs),
+        probs,
+    )
+
+
+@pytest.mark.parametrize("cls", CLASSES)
+@pytest.mark.parametrize("name", ["logits", "probs"])
+@pytest.mark.parametrize("shape", [(), (0,), (3, 0)])
+def test_parameters_need_a_category_axis(cls, name, shape):
+    arr = np.ones(shape)
+    check_raises(
+        ValueError,
+        rf"{name} must have a last axis of at least one category, got shape "
+        + re.escape(str(shape)),
+        lambda: cls(1.0, **{name: arr}),
+        arr,
+    )
+
+
+@pytest.mark.parametrize("cls", CLASSES)
+@pytest.mark.parametrize(
+    "t_shape,logits_shape,pattern",
+    [
+        (
+            (3,),
+            (2, 4),
+            r"temperature of shape \(3,\) does not broadcast with the batch shape "
+            r"\(2,\) of logits",
+        ),
+        (
+            (4, 1),
+            (3, 3),
+            r"temperature of shape \(4, 1\) does not broadcast with the batch "
+            r"shape \(3,\) of logits",
+        ),
+        ((2, 4), (3, 5), r"temperature of shape \(2, 4\) does not broadcast"),
+    ],
+)
+def test_temperature_must_broadcast_with_the_batch(cls, t_shape, logits_shape, pattern):
+    temp = np.ones(t_shape)
+    logits = np.zeros(logits_shape)
+    check_raises(ValueError, pattern, lambda: cls(temp, logits=logits), temp, logits)
+
+
+BAD_DTYPES = [
+    (np.zeros(3, dtype=complex), "complex128"),
+    (np.zeros(3, dtype=object), "object"),
+    (np.array(["a", "b", "c"]), "<U1"),
+    (np.zeros(3, dtype="M8[s]"), "datetime64"),
+]
+
+
+@pytest.mark.parametrize("cls", CLASSES)
+@pytest.mark.parametrize("arr,dname", BAD_DTYPES)
+@pytest.mark.parametrize("name", ["logits", "probs", "temperature"])
+def test_non_real_dtypes_are_type_errors_in_the_constructor(cls, arr, dname, name):
+    kwargs = {"logits": np.zeros(3)} if name == "temperature" else {name: arr}
+    temp = arr if name == "temperature" else 1.0
+    check_raises(
+        TypeError,
+        rf"{name} must be a real number or an array of real numbers, got dtype "
+        + re.escape(dname),
+        lambda: cls(temp, **kwargs),
+        arr,
+    )
+
+
+def test_a_complex_python_scalar_temperature_is_a_type_error():
+    check_raises(
+        TypeError,
+        r"temperature must be a real number .* got dtype complex128",
+        lambda: R(1j, logits=np.zeros(3)),
+    )
+
+
+# ------------------------------------------------------------------- values
+def _dist(cls, validate=True):
+    logits = np.array([[0.0, 1.0, -INF], [0.5, 0.0, -1.0]])
+    return cls(np.array([0.5, 2.0]), logits=logits, validate_args=validate)
+
+
+def _params(d):
+    return [d._a, d._temperature]
+
+
+def _value_methods(d):
+    """Every method that takes a value, with valid other arguments."""
+    return {
+        "log_prob": lambda v: d.log_prob(v),
+        "rsample_vjp": lambda v: d.rsample_vjp(v, np.ones(np.shape(v))),
+        "log_prob_vjp": lambda v: d.log_prob_vjp(v, 1.0),
+    }
+
+
+@pytest.mark.parametrize("cls", CLASSES)
+@pytest.mark.parametrize("method", ["log_prob", "rsample_vjp", "log_prob_vjp"])
+@pytest.mark.parametrize("shape", [(2, 2), (2, 4), (4,), (3, 1), ()])
+def test_value_with_the_wrong_number_of_categories_is_rejected(cls, method, shape):
+    d = _dist(cls)
+    value = np.full(shape, 0.25)
+    check_raises(
+        ValueError,
+        r"value must have a last axis of length 3, got shape " + re.escape(str(shape)),
+        lambda: _value_methods(d)[method](value),
+        value,
+        *_params(d),
+    )
+
+
+@pytest.mark.parametrize("cls", CLASSES)
+@pytest.mark.parametrize("method", ["log_prob", "rsample_vjp", "log_prob_vjp"])
+@pytest.mark.parametrize("lead", [(3,), (4, 3), (2, 3, 5)])
+def test_value_that_does_not_broadcast_with_the_batch_is_rejected(cls, method, lead):
+    # The batch is (2,); each lead ends in a size that is neither 1 nor 2.
+    d = _dist(cls)
+    row = (
+        np.array([0.5, 0.5, 0.0]) if cls is R else np.array([np.log(0.5)] * 2 + [-INF])
+    )
+    value = np.broadcast_to(row, lead + (3,)).copy()
+    pattern = (
+        r"value of shape "
+        + re.escape(str(value.shape))
+        + r" does not broadcast with batch_shape \(2,\)"
+    )
+    check_raises(
+        ValueError,
+        pattern,
+        lambda: _value_methods(d)[method](value),
+        value,
+        *_params(d),
+    )
+
+
+SIMPLEX_CASES = [
+    (
+        "negative",
+        [[0.5, 0.5, 0.0], [1.2, -0.2, 0.0]],
+        r"value must be non-negative and finite \(a point on the simplex\), "
+        r"got {v} at index "
+        r"\(1, 1\)",
+        -0.2,
+    ),
+    (
+        "nan",
+        [[0.5, 0.5, 0.0], [0.5, NAN, 0.5]],
+        r"value must be non-negative and finite \(a point on the simplex\), "
+        r"got {v} at index "
+        r"\(1, 1\)",
+        NAN,
+    ),
+    (
+        "inf",
+        [[INF, 0.5, 0.0], [0.5, 0.25, 0.25]],
+        r"value must be non-negative and finite \(a point on the simplex\), "
+        r"got {v} at index "
+        r"\(0, 0\)",
+        INF,
+    ),
+    (
+        "sum",
+        [[0.5, 0.5, 0.0], [0.5, 0.25, 0.5]],
+        r"value must sum to 1 over the last axis within 2\.66e-15, "
+        r"got sum {v} at batch index "
+        r"\(1,\)",
+        1.25,
+    ),
+    (
+        "masked",
+        [[0.5, 0.25, 0.25], [0.5, 0.25, 0.25]],
+        r"value must be 0 on masked categories \(logit -inf\), "
+        r"which have probability zero; "
+        r"got weight at index \(0, 2\)",
+        None,
+    ),
+]
+
+
+@pytest.mark.parametrize("method", ["log_prob", "rsample_vjp", "log_prob_vjp"])
+@pytest.mark.parametrize(
+    "case,value,pattern,bad", SIMPLEX_CASES, ids=[c[0] for c in SIMPLEX_CASES]
+)
+def test_value_off_the_simplex_is_rejected_when_validating(
+    method, case, value, pattern, bad
+):
+    d = _dist(R)
+    value = np.array(value)
+    pattern = pattern.format(v=num(bad)) if bad is not None else pattern
+    check_raises(
+        ValueError,
+        pattern,
+        lambda: _value_methods(d)[method](value),
+        value,
+        *_params(d),
+    )
+
+
+LOG_SIMPLEX_CASES = [
+    (
+        "inf",
+        [[0.0, INF, -INF], [-1.0, -1.0, -1.0]],
+        r"value must be the log of a point on the simplex \(finite or -inf\), "
+        r"got {v} at index "
+        r"\(0, 1\)",
+        INF,
+    ),
+    (
+        "nan",
+        [[0.0, -INF, -INF], [NAN, -1.0, -1.0]],
+        r"value must be the log of a point on the simplex \(finite or -inf\), "
+        r"got {v} at index "
+        r"\(1, 0\)",
+        NAN,
+    ),
+    (
+        "lse",
+        [[0.0, -INF, -INF], [0.0, 0.0, -INF]],
+        r"value must satisfy sum\(exp\(value\)\) = 1 over the last axis "
+        r"within 2\.66e-15, got "
+        r"{v} at batch index \(1,\)",
+        2.0,
+    ),
+]
+
+
+@pytest.mark.parametrize("method", ["log_prob", "rsample_vjp", "log_prob_vjp"])
+@pytest.mark.parametrize(
+    "case,value,pattern,bad", LOG_SIMPLEX_CASES, ids=[c[0] for c in LOG_SIMPLEX_CASES]
+)
+def test_value_off_the_log_simplex_is_rejected_when_validating(
+    method, case, value, pattern, bad
+):
+    d = _dist(E)
+    value = np.array(value)
+    check_raises(
+        ValueError,
+        pattern.format(v=num(bad)),
+        lambda: _value_methods(d)[method](value),
+        value,
+        *_params(d),
+    )
+
+
+@pytest.mark.parametrize("method", ["log_prob", "rsample_vjp", "log_prob_vjp"])
+def test_log_value_with_weight_on_a_masked_category_names_the_log_space_expectation(
+    method,
+):
+    # In log space the value on a masked category must be -inf (x = 0); telling
+    # the user it "must be 0" would ask for x = 1 there.
+    d = _dist(E)
+    value = np.log(np.array([[0.5, 0.25, 0.25], [0.5, 0.25, 0.25]]))
+    check_raises(
+        ValueError,
+        r"value must be -inf on masked categories \(logit -inf\).*got weight at "
+        r"index \(0, 2\)",
+        lambda: _value_methods(d)[method](value),
+        value,
+        *_params(d),
+    )
+
+
+@pytest.mark.parametrize(
+    "cls,value",
+    [
+        (E, np.array([[1000.0, 0.0, -INF], [0.0, -1.0, -1.0]])),  # exp overflows
+        (R, np.array([[1e308, 1e308, 0.0], [0.5, 0.25, 0.25]])),  # the sum overflows
+    ],
+)
+def test_huge_values_are_rejected_without_a_numpy_warning(cls, value):
+    d = _dist(cls)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_raises(
+            ValueError, r"value must", lambda: d.log_prob(value), value, *_params(d)
+        )
+
+
+def test_without_validation_weight_on_a_masked_category_has_log_prob_minus_inf():
+    value = np.array([[0.5, 0.25, 0.25], [0.5, 0.25, 0.25]])
+    before = value.copy()
+    d = _dist(R, validate=False)
+    lp = d.log_prob(value)
+    assert lp[0] == -INF
+    assert np.isfinite(lp[1])
+    g = d.log_prob_vjp(value, np.ones(2))
+    assert not any(np.any(np.isnan(a)) for a in g)
+    np.testing.assert_array_equal(value, before)
+
+
+def test_without_validation_log_space_weight_on_a_masked_category_gives_minus_inf():
+    value = np.log(np.array([[0.5, 0.25, 0.25], [0.5, 0.25, 0.25]]))
+    e = _dist(E, validate=False)
+    lp = e.log_prob(value)
+    assert lp[0] == -INF
+    assert np.isfinite(lp[1])
+    g = e.log_prob_vjp(value, np.ones(2))
+    assert not any(np.any(np.isnan(a)) for a in g)
+
+
+def test_without_validation_values_off_the_simplex_raise_nothing():
+    d = _dist(R, validate=False)
+    value = np.array([[0.6, 0.6, 0.0], [0.2, 0.2, 0.2]])
+    assert d.log_prob(value).shape == (2,)
+
+
+@pytest.mark.parametrize("cls", CLASSES)
+@pytest.mark.parametrize("arr,dname", BAD_DTYPES[:3])
+def test_non_real_dtypes_are_type_errors_in_the_methods(cls, arr, dname):
+    d = _dist(cls)
+    v = d.rsample(rng=0)
+    bad = np.broadcast_to(arr, (2, 3)).copy()
+    msg = r" must be a real number or an array of real numbers, got dtype " + re.escape(
+        dname
+    )
+    check_raises(TypeError, "value" + msg, lambda: d.log_prob(bad), bad)
+    check_raises(TypeError, "grad" + msg, lambda: d.rsample_vjp(v, bad), bad, v)
+    check_raises(TypeError, "grad" + msg, lambda: d.log_prob_vjp(v, bad[:, 0]), bad, v)
+    check_raises(TypeError, "gumbels" + msg, lambda: d.rsample(gumbels=bad), bad)
+
+
+@pytest.mark.parametrize("cls", CLASSES)
+def test_grad_that_does_not_broadcast_is_rejected(cls):
+    d = _dist(cls)
+    v = d.rsample((4,), rng=0)
+    w = np.ones((5, 3))
+    check_raises(
+        ValueError,
+        r"grad must broadcast to the value's shape \(4, 2, 3\), got \(5, 3\)",
+        lambda: d.rsample_vjp(v, w),
+        w,
+        v,
+        *_params(d),
+    )
+    w2 = np.ones((4, 2, 2))
+    check_raises(
+        ValueError,
+        r"grad must broadcast to the value's shape",
+        lambda: d.rsample_vjp(v, w2),
+        w2,
+        v,
+    )
+    g = np.ones(3)
+    check_raises(
+        ValueError,
+        r"grad must broadcast to log_prob's shape \(4, 2\), got \(3,\)",
+        lambda: d.log_prob_vjp(v, g),
+        g,
+        v,
+        *_params(d),
+    )
+
+
+# ------------------------------------------------------------------ gumbels
+@pytest.mark.parametrize("cls", CLASSES)
+@pytest.mark.parametrize("shape", [(3,), (2, 2), (1, 2, 3), (4, 2, 3)])
+def test_gumbels_of_the_wrong_shape_are_rejected(cls, shape):
+    d = _dist(cls)
+    g = np.zeros(shape)
+    check_raises(
+        ValueError,
+        r"gumbels must have shape \(2, 3\), got " + re.escape(str(shape)),
+        lambda: d.rsample(gumbels=g),
+        g,
+        *_params(d),
+    )
+
+
+@pytest.mark.parametrize("cls", CLASSES)
+@pytest.mark.parametrize("bad", [NAN, INF, -INF])
+def test_non_finite_gumbels_are_rejected(cls, bad):
+    d = _dist(cls)
+    g = np.zeros((3, 2, 3))
+    g[1, 0, 2] = bad
+    check_raises(
+        ValueError,
+        r"gumbels must be finite, got " + num(bad) + r" at index \(1, 0, 2\)$",
+        lambda: d.rsample((3,), gumbels=g),
+        g,
+        *_params(d),
+    )
+
+
+# ---------------------------------------------------------------------- out=
+def _out_calls(d):
+    v = d.rsample(rng=0)
+    return {
+        "rsample": (lambda out: d.rsample(rng=0, out=out), (2, 3), v),
+        "log_prob": (lambda out: d.log_prob(v, out=out), (2,), v),
+    }
+
+
+@pytest.mark.parametrize("cls", CLASSES)
+@pytest.mark.parametrize("method", ["rsample", "log_prob"])
+def test_bad_out_arrays_are_rejected(cls, method):
+    d = _dist(cls)
+    call, shape, v = _out_calls(d)[method]
+    cases = []
+    wrong_shape = np.zeros(shape + (1,))
+    cases.append(
+        (
+            ValueError,
+            r"out must have shape "
+            + re.escape(str(shape))
+            + r", got "
+            + re.escape(str(wrong_shape.shape)),
+            wrong_shape,
+        )
+    )
+    cases.append(
+        (
+            TypeError,
+            r"out must have dtype float64, got float32",
+            np.zeros(shape, np.float32),
+        )
+    )
+    ro = np.zeros(shape)
+    ro.flags.writeable = False
+    cases.append((ValueError, r"out must be writable, got a read-only array", ro))
+    strided = np.zeros(shape[:-1] + (2 * shape[-1],))[..., ::2]
+    cases.append((ValueError, r"out must be C-contiguous", strided))
+    cases.append(
+        (ValueError, r"out must be C-contiguous", np.zeros(shape[::-1]).T)
+        if len(shape) > 1
+        else (ValueError, r"out must be C-contiguous", np.zeros(shape)[::-1])
+    )
+    for exc, pattern, out in cases:
+        check_raises(exc, pattern, lambda out=out: call(out), out, v, *_params(d))
+    check_raises(
+        TypeError,
+        r"out must be a numpy.ndarray, got list",
+        lambda: call(np.zeros(shape).tolist()),
+        v,
+    )
+
+
+@pytest.mark.parametrize("cls", CLASSES)
+def test_rsample_out_overlapping_an_input_is_rejected(cls):
+    buf = np.ones(12)
+    temp = buf[:2]  # the temperature lives inside out
+    d = cls(temp, logits=np.zeros((2, 6)))
+    check_raises(
+        ValueError,
+        r"out must not share memory with the inputs",
+        lambda: d.rsample(rng=0, out=buf.reshape(2, 6)),
+        buf,
+        d._a,
+    )
+
+    logits = np.zeros((2, 6))
+    d = cls(np.array([0.5, 1.0]), logits=logits)
+    check_raises(
+        ValueError,
+        r"out must not share memory with the inputs",
+        lambda: d.rsample(rng=0, out=logits),
+        logits,
+    )
+
+    g = np.random.default_rng(0).gumbel(size=(2, 6))
+    check_raises(
+        ValueError,
+        r"out must not share memory with the inputs",
+        lambda: d.rsample(gumbels=g, out=g),
+        g,
+        logits,
+    )
+
+
+@pytest.mark.parametrize("cls", CLASSES)
+def test_rsample_out_overlapping_the_probs_given_is_rejected(cls):
+    probs = np.full((2, 6), 1 / 6)
+    d = cls(np.array([0.5, 1.0]), probs=probs)
+    check_raises(
+        ValueError,
+        r"out must not share memory with the inputs",
+        lambda: d.rsample(rng=0, out=probs),
+        probs,
+    )
+
+
+@pytest.mark.parametrize("cls", CLASSES)
+def test_log_prob_out_overlapping_the_value_is_rejected(cls):
+    d = _dist(cls)
+    v = d.rsample((2,), rng=0)  # (2, 2, 3)
+    out = v.reshape(-1)[:4].reshape(2, 2)
+    check_raises(
+        ValueError,
+        r"out must not share memory with the inputs",
+        lambda: d.log_prob(v, out=out),
+        v,
+    )
+
+
+@pytest.mark.parametrize("cls", CLASSES)
+def test_log_prob_out_overlapping_the_parameters_is_rejected(cls):
+    # Writing the log-density over the temperature or the logits would change
+    # the very distribution being evaluated (it holds the caller's arrays).
+    temp = np.array([0.5, 2.0])
+    logits = np.array([[0.0, 1.0, 2.0], [0.5, 0.0, -1.0]])
+    d = cls(temp, logits=logits)
+    v = d.rsample(rng=0)
+    check_raises(
+        ValueError,
+        r"out must not share memory with the inputs",
+        lambda: d.log_prob(v, out=temp),
+        temp,
+        logits,
+        v,
+    )
+    check_raises(
+        ValueError,
+        r"out must not share memory with the inputs",
+        lambda: d.log_prob(v, out=logits.reshape(-1)[:2]),
+        temp,
+        logits,
+        v,
+    )
+
+
+# ---------------------------------------------------------- rng and threads
+@pytest.mark.parametrize(
+    "rng,kind",
+    [
+        ("seed", "str"),
+        (1.0, "float"),
+        (True, "bool"),
+        (np.bool_(False), "bool"),
+        ([1, 2], "list"),
+        (np.random.RandomState(0), "RandomState"),
+    ],
+)
+def test_rng_of_a_bad_kind_is_a_type_error(rng, kind):
+    d = _dist(R)
+    check_raises(
+        TypeError,
+        r"rng must be None, an int seed or a numpy.random.Generator, got " + kind,
+        lambda: d.rsample(rng=rng),
+        *_params(d),
+    )
+
+
+@pytest.mark.parametrize("seed", [-1, 2**64, -(2**70)])
+def test_int_seed_out_of_range_is_a_value_error(seed):
+    d = _dist(R)
+    check_raises(
+        ValueError,
+        r"rng as an int seed must satisfy 0 <= seed < 2\*\*64, got " + str(seed),
+        lambda: d.rsample(rng=seed),
+    )
+
+
+def test_int_seeds_at_the_ends_of_the_range_are_accepted():
+    d = _dist(R)
+    for seed in (0, 2**64 - 1, np.uint64(2**64 - 1), np.int8(3)):
+        assert d.rsample(rng=seed).shape == (2, 3)
+
+
+@pytest.mark.parametrize(
+    "n,exc,pattern",
+    [
+        (0, ValueError, r"num_threads must be a positive int, got 0"),
+        (-1, ValueError, r"num_threads must be a positive int, got -1"),
+        (1.5, TypeError, r"num_threads must be a positive int, got float"),
+        (True, TypeError, r"num_threads must be a positive int, got bool"),
+        ("2", TypeError, r"num_threads must be a positive int, got str"),
+    ],
+)
+def test_bad_num_threads_are_rejected(threads, n, exc, pattern):
+    d = _dist(R)
+    v = d.rsample(rng=0)
+    before = relaxcat.get_num_threads()
+    check_raises(exc, pattern, lambda: d.rsample(rng=0, num_threads=n))
+    check_raises(exc, pattern, lambda: d.log_prob(v, num_threads=n), v)
+    check_raises(exc, pattern, lambda: d.rsample_vjp(v, v, num_threads=n), v)
+    check_raises(exc, pattern, lambda: d.log_prob_vjp(v, 1.0, num_threads=n), v)
+    check_raises(exc, pattern, lambda: relaxcat.set_num_threads(n))
+    assert relaxcat.get_num_threads() == before
+
+
+# -------------------------------------------------------------- sample_shape
+@pytest.mark.parametrize("shape", [(-1,), (2, -3), -2])
+def test_negative_sample_shape_is_rejected(shape):
+    d = _dist(R)
+    check_raises(
+        ValueError,
+        r"sample_shape must not have negative sizes, got \(",
+        lambda: d.rsample(shape, rng=0),
+    )
+
+
+@pytest.mark.parametrize("shape", [None, 2.5, "ab"])
+def test_sample_shape_of_a_bad_kind_is_a_type_error(shape):
+    d = _dist(R)
+    check_raises(
+        TypeError,
+        r"sample_shape must be a tuple of ints, got ",
+        lambda: d.rsample(shape, rng=0),
+    )
+
+
+@pytest.mark.parametrize("shape", [(2.7,), (2, 1.5), (np.float64(3.0),)])
+def test_sample_shape_with_non_integer_sizes_is_a_type_error(shape):
+    # int() would silently truncate 2.7 to 2 samples.
+    d = _dist(R)
+    check_raises(
+        TypeError,
+        r"sample_shape must be a tuple of ints",
+        lambda: d.rsample(shape, rng=0),
+    )
+
+
+# ----------------------------------------------------------- message form
+def test_error_messages_show_plain_numbers():
+    # STYLE.md: "temperature must be positive and finite, got -0.5 at index (3,)".
+    # NumPy 2's scalar repr (np.float64(-0.5)) must not leak into messages.
+    calls = [
+        lambda: R(-0.5, logits=np.zeros(3)),
+        lambda: R(np.array([1.0, -0.5]), logits=np.zeros(3)),
+        lambda: R(1.0, logits=np.array([0.0, NAN])),
+        lambda: R(1.0, probs=np.array([-0.5, 1.0])),
+        lambda: R(1.0, probs=np.zeros(2)),
+        lambda: _dist(R).log_prob(np.array([[0.5, 0.5, 0.0], [0.5, 0.5, 0.5]])),
+        lambda: _dist(R).rsample(gumbels=np.full((2, 3), INF)),
+    ]
+    for call in calls:
+        with pytest.raises(ValueError) as info:
+            call()
+        assert "np." not in str(info.value), str(info.value)
+
+
+# ---------------------------------------- own samples pass own validation
+# 4 K eps of the dtype: the tolerance the library documents for validation.
+def _simplex_tol(k, dtype):
+    return 4.0 * k * float(np.finfo(dtype).eps)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("k", [1, 2, 3, 10, 100, 1000])
+def test_own_samples_always_pass_validation(dtype, k):
+    rng = np.random.default_rng(1000 + k)
+    temps = np.array([0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0])
+    logits = rng.normal(scale=3.0, size=(temps.size, k))
+    if k > 2:
+        logits[:, rng.choice(k, size=k // 3, replace=False)] = -INF  # some masked
+    logits = logits.astype(dtype)
+    n = max(1, 4000 // k)
+    for cls in CLASSES:
+        d = cls(temps.astype(dtype), logits=logits, validate_args=True)
+        v = d.rsample((n,), rng=k)
+        assert v.dtype == dtype
+        x = v if cls is R else np.exp(v.astype(np.float64))
+        total = x.sum(axis=-1, dtype=np.float64)
+        assert np.max(np.abs(total - 1.0)) <= _simplex_tol(k, dtype)
+
+        # None of these may raise.
+        d.log_prob(v)
+        d.rsample_vjp(v, np.ones_like(v))
+        d.log_prob_vjp(v, np.ones(v.shape[:-1], dtype=dtype))
+
+
+EXTREME_TEMPERATURES = [
+    (dtype, temp)
+    for dtype in (np.float32, np.float64)
+    for temp in (1e-300, 1e-320, 5e-324, 1e-38, 1e-45, 1e300, 3e38)
+    if float(np.finfo(dtype).smallest_subnormal) <= temp <= float(np.finfo(dtype).max)
+]
+
+
+@pytest.mark.parametrize("cls", CLASSES)
+@pytest.mark.parametrize("dtype,temp", EXTREME_TEMPERATURES)
+def test_own_samples_at_extreme_valid_temperatures_are_on_the_simplex(cls, dtype, temp):
+    # Any positive finite temperature is accepted, so its samples must be valid:
+    # near-one-hot for tiny T (never NaN), near-uniform for huge T.
+    t = np.array(temp, dtype=dtype)
+    logits = np.array([[0.0, 1.0, 2.0, -INF], [3.0, 3.0, 3.0, 3.0]], dtype=dtype)
+    d = cls(t, logits=logits)
+    v = d.rsample((50,), rng=1)
+    assert not np.any(np.isnan(v))
+    d.log_prob(v)  # validation passes
+    x = v if cls is R else np.exp(v.astype(np.float64))
+    assert np.max(np.abs(x.sum(axis=-1, dtype=np.float64) - 1.0)) <= _simplex_tol(
+        4, dtype
+    )

@@ -1,0 +1,390 @@
+"""Every vector-Jacobian product of both classes against central finite
+differences in float64, and the float32 VJPs against the float64 ones.
+
+The sample is made a deterministic function of the parameters by fixing its
+noise with ``gumbels=``, so ``sum(w * rsample(...))`` can be differenced like any
+other function. ``log_prob`` is differenced with validation off, because a step in
+one coordinate of a value leaves the simplex; its value gradient is documented as
+the raw partial derivatives with the K coordinates free, which is what a
+coordinate-wise difference measures.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import relaxcat
+
+CLASSES = [relaxcat.RelaxedOneHotCategorical, relaxcat.ExpRelaxedOneHotCategorical]
+CLASS_IDS = ["simplex", "log"]
+
+# Central differences: truncation error ~ (h/scale)^2 and rounding error
+# ~ eps |f| / (h/scale); a relative step of 1e-5 of each argument's natural scale
+# (T for logits when T < 1, T itself for T, x_k for x_k, 1/T for y_k) keeps both
+# near 1e-10 of the function's size.
+FD_REL_STEP = 1e-5
+# The largest accepted |analytic - difference| relative to max(1, largest |gradient
+# entry|, |f| * 1e-5 / scale, the size of the rounding term): the differences
+# themselves err by up to 7e-10 on these cases, so 1e-8 leaves a factor 10 and still
+# catches a formula wrong in the eighth digit.
+FD_RTOL = 1e-8
+
+# float32 against float64 at the same float32 inputs: the kernels work in double
+# and round each output once (half a float32 ulp, 2^-24 relative); four times
+# that, relative to the largest entry, leaves room for the double intermediates.
+F32_SAME_INPUT_RTOL = 2.0**-22
+# float32 pipeline (sample stored in float32, then its VJP) against the float64
+# pipeline from the same float32-rounded parameters and noise: the sample's own
+# rounding (half a float32 ulp of each entry, not amplified thanks to Note
+# [renormalised sample]) plus the output's; measured <= 5e-8, bound 2^-21 = 4.8e-7.
+F32_PIPELINE_RTOL = 2.0**-21
+
+
+# ----------------------------------------------------------------------- helpers
+def _softmax(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def _central_differences(f, x: np.ndarray, step: np.ndarray, skip=None) -> np.ndarray:
+    """d f / d x for every entry of x by central differences; entries where
+    ``skip`` is True are left at 0."""
+    grad = np.zeros(x.shape, dtype=np.float64)
+    for idx in np.ndindex(x.shape):
+        if skip is not None and skip[idx]:
+            continue
+        h = float(step[idx])
+        xp = x.copy()
+        xm = x.copy()
+        xp[idx] += h
+        xm[idx] -= h
+        grad[idx] = (f(xp) - f(xm)) / (xp[idx] - xm[idx])
+    return grad
+
+
+def _assert_close_to_fd(analytic, fd, fscale: float, what: str, skip=None):
+    analytic = np.asarray(analytic, dtype=np.float64)
+    assert analytic.shape == fd.shape, what
+    assert not np.any(np.isnan(analytic)), what
+    live = np.ones(fd.shape, bool) if skip is None else ~skip
+    scale = max(1.0, float(np.max(np.abs(analytic[live]), initial=0.0)), fscale)
+    err = float(np.max(np.abs(analytic[live] - fd[live]), initial=0.0)) / scale
+    assert err <= FD_RTOL, f"{what}: relative error {err:.3g} (scale {scale:.3g})"
+
+
+def _logit_step(temperature) -> np.ndarray:
+    t = np.asarray(temperature, dtype=np.float64)
+    return FD_REL_STEP * np.min(np.minimum(t, 1.0))
+
+
+def _make(cls, temperature, param, param_name, validate=True):
+    return cls(temperature, validate_args=validate, **{param_name: param})
+
+
+def _check_rsample_vjp(
+    cls, temperature, param, param_name="logits", sample_shape=(), seed=0
+):
+    """rsample_vjp against differences of f = sum(w * rsample(gumbels=G))."""
+    rng = np.random.default_rng(seed)
+    temperature = np.asarray(temperature, dtype=np.float64)
+    d = _make(cls, temperature, param, param_name)
+    shape = tuple(sample_shape) + d.batch_shape + d.event_shape
+    gumbels = rng.gumbel(size=shape)
+    w = rng.normal(size=shape)
+    masked = np.broadcast_to(d.logits == -np.inf, param.shape)
+    # A masked entry of the sample is a constant (0, or -inf in log space): leave
+    # it out of f, while w stays nonzero there for the VJP, which must ignore it.
+    live_out = np.broadcast_to(d.logits > -np.inf, shape)
+
+    def f(p, t):
+        sample = _make(cls, t, p, param_name).rsample(sample_shape, gumbels=gumbels)
+        return float(np.sum(w * sample, where=live_out))
+
+    x = d.rsample(sample_shape, gumbels=gumbels)
+    got = d.rsample_vjp(x, w)
+    assert got.temperature.shape == temperature.shape
+    assert got[0].shape == param.shape
+    fscale = abs(f(param, temperature))
+
+    # The parameter: logits step on the scale of T, probs relative to each entry.
+    if param_name == "logits":
+        step = np.full(param.shape, _logit_step(temperature))
+        fsc = fscale * FD_REL_STEP / step.flat[0]
+    else:
+        step = FD_REL_STEP * param
+        fsc = fscale
+    fd = _central_differences(lambda p: f(p, temperature), param, step, skip=masked)
+    _assert_close_to_fd(got[0], fd, fsc, f"rsample_vjp d/d{param_name}", skip=masked)
+    assert np.all(got[0][masked] == 0.0)
+
+    # The temperature, relative steps.
+    fd_t = _central_differences(
+        lambda t: f(param, t), temperature, FD_REL_STEP * temperature
+    )
+    _assert_close_to_fd(got.temperature, fd_t, fscale, "rsample_vjp d/dT")
+    return got
+
+
+def _value_for(cls, batch_value_shape, k, masked_row, rng):
+    """A point of the support with moderate coordinates (no underflow), exact
+    zeros (or -inf) on masked categories."""
+    z = 1.5 * rng.normal(size=batch_value_shape + (k,))
+    z = np.where(np.broadcast_to(masked_row, z.shape), -np.inf, z)
+    x = _softmax(z)
+    if cls is relaxcat.ExpRelaxedOneHotCategorical:
+        with np.errstate(divide="ignore"):
+            return np.log(x)
+    return x
+
+
+def _check_log_prob_vjp(
+    cls,
+    temperature,
+    param,
+    param_name="logits",
+    value_lead=(),
+    value=None,
+    seed=1,
+    validate=True,
+):
+    """log_prob_vjp against differences of f = sum(g * log_prob(value))."""
+    rng = np.random.default_rng(seed)
+    temperature = np.asarray(temperature, dtype=np.float64)
+    d = _make(cls, temperature, param, param_name, validate)
+    k = d.event_shape[0]
+    masked_param = np.broadcast_to(d.logits == -np.inf, param.shape)
+    masked_cols = np.any((d.logits == -np.inf).reshape(-1, k), axis=0)
+    if value is None:
+        value = _value_for(cls, tuple(value_lead) + d.batch_shape, k, masked_cols, rng)
+    out_shape = np.broadcast_shapes(value.shape[:-1], d.batch_shape)
+    g = rng.normal(size=out_shape)
+    masked_value = np.broadcast_to(masked_cols, value.shape)
+
+    def f(v, p, t):
+        dist = _make(cls, t, p, param_name, validate=False)
+        return float(np.sum(g * dist.log_prob(v)))
+
+    got = d.log_prob_vjp(value, g)
+    assert got.value.shape == value.shape
+    assert got[1].shape == param.shape
+    assert got.temperature.shape == temperature.shape
+    fscale = abs(f(value, param, temperature))
+    tmax = float(np.max(temperature))
+
+    # The value: x_k relative, y_k on the scale 1/T.
+    if cls is relaxcat.RelaxedOneHotCategorical:
+        vstep = FD_REL_STEP * value
+        vsc = fscale
+    else:
+        vstep = np.full(value.shape, FD_REL_STEP * min(1.0, 1.0 / tmax))
+        vsc = fscale * FD_REL_STEP / vstep.flat[0]
+    fd_v = _central_differences(
+        lambda v: f(v, param, temperature), value, vstep, skip=masked_value
+    )
+    _assert_close_to_fd(
+        got.value, fd_v, vsc, "log_prob_vjp d/dvalue", skip=masked_value
+    )
+    assert np.all(got.value[masked_value] == 0.0)
+
+    # The parameter.
+    if param_name == "logits":
+        step = np.full(param.shape, _logit_step(temperature))
+        fsc = fscale * FD_REL_STEP / step.flat[0]
+    else:
+        step = FD_REL_STEP * param
+        fsc = fscale
+    fd_p = _central_differences(
+        lambda p: f(value, p, temperature), param, step, skip=masked_param
+    )
+    _assert_close_to_fd(
+        got[1], fd_p, fsc, f"log_prob_vjp d/d{param_name}", skip=masked_param
+    )
+    assert np.all(got[1][masked_param] == 0.0)
+
+    # The temperature.
+    fd_t = _central_differences(
+        lambda t: f(value, param, t), temperature, FD_REL_STEP * temperature
+    )
+    _assert_close_to_fd(got.temperature, fd_t, fscale, "log_prob_vjp d/dT")
+    return got
+
+
+# --------------------------------------------------------- float64 vs differences
+@pytest.mark.parametrize("cls", CLASSES, ids=CLASS_IDS)
+@pytest.mark.parametrize("k", [2, 3, 10, 100])
+@pytest.mark.parametrize("temperature", [0.1, 1.0, 5.0])
+def test_rsample_vjp_matches_central_differences(cls, k, temperature):
+    logits = np.random.default_rng(k).normal(size=k) * 2.0
+    _check_rsample_vjp(cls, temperature, logits, seed=k)
+
+
+@pytest.mark.parametrize("cls", CLASSES, ids=CLASS_IDS)
+@pytest.mark.parametrize("k", [2, 3, 10, 100])
+@pytest.mark.parametrize("temperature", [0.1, 1.0, 5.0])
+def test_log_prob_vjp_matches_central_differences(cls, k, temperature):
+    logits = np.random.default_rng(100 + k).normal(size=k) * 2.0
+    _check_log_prob_vjp(cls, temperature, logits, seed=k)
+
+
+@pytest.mark.parametrize("cls", CLASSES, ids=CLASS_IDS)
+@pytest.mark.parametrize("k", [2, 3, 10])
+@pytest.mark.parametrize("temperature", [0.1, 1.0, 5.0])
+def test_vjps_with_respect_to_unnormalised_probs_match_central_differences(
+    cls, k, temperature
+):
+    # The gradient is with respect to the probs as passed, through the normalisation:
+    # the sum is far from 1 on purpose.
+    probs = np.random.default_rng(200 + k).uniform(0.1, 3.0, size=k)
+    got = _check_rsample_vjp(cls, temperature, probs, "probs", seed=k)
+    assert isinstance(got, relaxcat.RsampleGradProbs)
+    got = _check_log_prob_vjp(cls, temperature, probs, "probs", seed=k)
+    assert isinstance(got, relaxcat.LogProbGradProbs)
+
+
+@pytest.mark.parametrize("cls", CLASSES, ids=CLASS_IDS)
+@pytest.mark.parametrize("temperature", [0.1, 1.0, 5.0])
+@pytest.mark.parametrize("param_name", ["logits", "probs"])
+def test_masked_categories_get_exactly_zero_gradient(cls, temperature, param_name):
+    rng = np.random.default_rng(7)
+    k = 10
+    dead = np.zeros(k, bool)
+    dead[[0, 3, 4, 9]] = True
+    if param_name == "logits":
+        param = np.where(dead, -np.inf, rng.normal(size=k))
+    else:
+        param = np.where(dead, 0.0, rng.uniform(0.2, 2.0, size=k))
+    # The helpers check the zeros exactly and the live entries against differences.
+    _check_rsample_vjp(cls, temperature, param, param_name, sample_shape=(3,))
+    got = _check_log_prob_vjp(cls, temperature, param, param_name, value_lead=(2,))
+    assert np.all(got.value[..., dead] == 0.0)
+    assert np.all(got[1][dead] == 0.0)
+
+
+@pytest.mark.parametrize("cls", CLASSES, ids=CLASS_IDS)
+@pytest.mark.parametrize(
+    "tshape,lshape",
+    [
+        ((), (3, 4)),  # one temperature for every row: its gradient sums over rows
+        ((3,), (3, 4)),  # one per row
+        ((3, 1), (3, 4)),  # per row, the torch idiom T[..., None]
+        ((1,), (3, 4)),  # a broadcast axis of length 1
+        ((5,), (4,)),  # one logits vector shared by five rows: logits sum over them
+        ((2, 1), (1, 3, 4)),  # a batch of (2, 3) made from both
+    ],
+)
+def test_vjps_sum_over_broadcast_axes(cls, tshape, lshape):
+    rng = np.random.default_rng(11)
+    temperature = rng.uniform(0.3, 2.0, size=tshape)
+    logits = rng.normal(size=lshape)
+    _check_rsample_vjp(cls, temperature, logits, sample_shape=(2,))
+    _check_log_prob_vjp(cls, temperature, logits, value_lead=(2,))
+
+
+@pytest.mark.parametrize("cls", CLASSES, ids=CLASS_IDS)
+@pytest.mark.parametrize("validate", [True, False], ids=["validated", "unvalidated"])
+def test_log_prob_vjp_sums_the_value_gradient_over_broadcast_rows(cls, validate):
+    # One value evaluated under three distributions: its gradient is the sum.
+    rng = np.random.default_rng(12)
+    temperature = np.array([0.4, 1.0, 3.0])
+    logits = rng.normal(size=(3, 5))
+    value = _value_for(cls, (), 5, np.zeros(5, bool), rng)
+    got = _check_log_prob_vjp(cls, temperature, logits, value=value, validate=validate)
+    assert got.value.shape == (5,)
+
+
+# ------------------------------------------------------------- float32 vs float64
+def _f32_and_f64(cls, temperature, logits):
+    t32 = np.asarray(temperature, dtype=np.float32)
+    l32 = np.asarray(logits, dtype=np.float32)
+    d32 = cls(t32, logits=l32)
+    d64 = cls(
+        t32.astype(np.float64), logits=l32.astype(np.float64), validate_args=False
+    )
+    return d32, d64
+
+
+def _rel_to_max(got, want) -> float:
+    got = np.asarray(got, dtype=np.float64)
+    want = np.asarray(want, dtype=np.float64)
+    return float(np.max(np.abs(got - want))) / float(np.max(np.abs(want)))
+
+
+# T = 0.05 with one dominant category: the sample is a vertex up to ~1e-5.
+NEAR_VERTEX = {
+    "temperature": 0.05,
+    "logits": [1.0, 0.0, -0.3, 0.2],
+    "gumbels": [0.45, 0.875, 0.0, 0.56],
+}
+F32_CASES = {
+    "k3_t1": {"temperature": 1.0, "logits": [0.3, -1.2, 0.9], "gumbels": None},
+    "k10_t0.5": {"temperature": 0.5, "logits": None, "gumbels": None},
+    "near_vertex": NEAR_VERTEX,
+}
+
+
+def _f32_case(cls, name):
+    case = F32_CASES[name]
+    rng = np.random.default_rng(31)
+    logits = case["logits"] if case["logits"] is not None else rng.normal(size=10)
+    k = len(logits)
+    gumbels = case["gumbels"] if case["gumbels"] is not None else rng.gumbel(size=k)
+    d32, d64 = _f32_and_f64(cls, case["temperature"], logits)
+    g32 = np.asarray(gumbels, dtype=np.float32)
+    w32 = rng.normal(size=k).astype(np.float32)
+    return d32, d64, g32, w32
+
+
+@pytest.mark.parametrize("cls", CLASSES, ids=CLASS_IDS)
+@pytest.mark.parametrize("name", list(F32_CASES))
+def test_float32_rsample_vjp_agrees_with_float64(cls, name):
+    d32, d64, g32, w32 = _f32_case(cls, name)
+    x32 = d32.rsample(gumbels=g32)
+
+    # At the same (float32) sample the two differ only by the output rounding.
+    got = d32.rsample_vjp(x32, w32)
+    want = d64.rsample_vjp(x32.astype(np.float64), w32.astype(np.float64))
+    assert got.logits.dtype == np.float32
+    assert _rel_to_max(got.logits, want.logits) <= F32_SAME_INPUT_RTOL
+    assert _rel_to_max(got.temperature, want.temperature) <= F32_SAME_INPUT_RTOL
+
+    # The whole float32 pipeline against the float64 one from the same rounded
+    # inputs: the float32 rounding of the sample is not amplified.
+    x64 = d64.rsample(gumbels=g32.astype(np.float64))
+    want = d64.rsample_vjp(x64, w32.astype(np.float64))
+    assert _rel_to_max(got.logits, want.logits) <= F32_PIPELINE_RTOL
+    assert _rel_to_max(got.temperature, want.temperature) <= F32_PIPELINE_RTOL
+
+
+@pytest.mark.parametrize("cls", CLASSES, ids=CLASS_IDS)
+@pytest.mark.parametrize("name", list(F32_CASES))
+def test_float32_log_prob_vjp_agrees_with_float64(cls, name):
+    d32, d64, g32, _ = _f32_case(cls, name)
+    v32 = d32.rsample(gumbels=g32)
+    v64 = v32.astype(np.float64)
+    up32 = np.float32(0.7)
+
+    lp32, lp64 = d32.log_prob(v32), d64.log_prob(v64)
+    assert abs(float(lp32) - float(lp64)) <= F32_SAME_INPUT_RTOL * max(1.0, abs(lp64))
+    got = d32.log_prob_vjp(v32, up32)
+    want = d64.log_prob_vjp(v64, np.float64(up32))
+    for name_, a, b in zip(got._fields, got, want):
+        assert a.dtype == np.float32, name_
+        assert _rel_to_max(a, b) <= F32_SAME_INPUT_RTOL, name_
+
+
+def test_near_vertex_case_defeats_a_naive_float32_vjp():
+    # The near-vertex case is meaningful only if a float32 evaluation of
+    # x (w - <w, x>) / T, as written, misses the float64 answer: the difference
+    # w_1 - <w, x> cancels to ~1e-5 and float32 keeps only ~2 digits of it.
+    d32, d64, g32, w32 = _f32_case(relaxcat.RelaxedOneHotCategorical, "near_vertex")
+    x32 = d32.rsample(gumbels=g32)
+    assert 1e-7 < 1.0 - float(x32[0]) < 1e-4, "the sample is not near a vertex"
+    t32 = np.float32(NEAR_VERTEX["temperature"])
+    naive = x32 * (w32 - np.dot(w32, x32)) / t32
+    assert naive.dtype == np.float32
+
+    x64 = d64.rsample(gumbels=g32.astype(np.float64))
+    want = d64.rsample_vjp(x64, w32.astype(np.float64)).logits
+    assert _rel_to_max(naive, want) > 20 * F32_PIPELINE_RTOL
+    assert _rel_to_max(d32.rsample_vjp(x32, w32).logits, want) <= F32_PIPELINE_RTOL

@@ -1,0 +1,494 @@
+"""The random stream guarantee: Philox4x32 known answers, a golden stream, the
+mapping from sample elements to noise indices, and independence of the bits from
+the thread count and the SIMD level.
+
+The stream (README and noise.hpp): element i of an output (row-major) reads
+Philox4x32-10 block i // 2 under counter (block_lo, block_hi, stream_lo,
+stream_hi) and key (key_lo, key_hi); even i takes words 0 and 1, odd i words 2
+and 3; w = lo | hi << 32, u = ((w >> 12) + 1/2) 2^-52 and g = -log(-log u).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import DATA, LEVELS
+
+import relaxcat
+from relaxcat import _core
+
+R = relaxcat.RelaxedOneHotCategorical
+E = relaxcat.ExpRelaxedOneHotCategorical
+
+MASK32 = 0xFFFFFFFF
+EPS64 = float(np.finfo(np.float64).eps)
+EPS32 = float(np.finfo(np.float32).eps)
+
+# The library takes its own log; the oracle takes NumPy's. Each is within an ulp
+# of -log(-log u); near g = 0 the inner log's relative error passes into g as an
+# absolute one, so the error is measured against max(1, |g|), not |g|.
+GUMBEL_TOL = 2 * EPS64
+
+# A sample computed by the oracle (NumPy exp and log, its own order of sums)
+# against the library's: a few float64 roundings of values of order 1, divided
+# by T >= 0.3 here.
+SAMPLE_TOL64 = 1e-13
+
+# The same, for the float32 sample: one rounding of the final quotient to
+# float32 (half an ulp) plus the float64 differences above.
+SAMPLE_TOL32 = EPS32
+
+# float32 against float64 samples from one seed: the float32 parameters are the
+# float64 ones rounded (relative 6e-8), which moves s = (a + g) / T by a few
+# units of that for |s| ~ 10; different noise would differ by ~0.1.
+PRECISION_TOL32 = 20 * EPS32
+
+# Samples at different SIMD levels: each level's exp/log are within an ulp of
+# exact, so a sample entry can differ by a few ulps of itself.
+LEVEL_SAMPLE_ULPS = 4
+
+# Statistical checks: standard errors allowed (two-sided normal tail 2e-9).
+SIGMAS = 6
+
+# The key of the golden stream and its first eight values, measured once and
+# pinned forever: a change here is a breaking change of the stream.
+GOLDEN_KEY = 0x0123456789ABCDEF
+GOLDEN_STREAM = 7
+GOLDEN = [
+    "0x1.136921f7e7178p-1",
+    "0x1.b1b08b46be61ep-1",
+    "-0x1.7f870eb39ca7dp-1",
+    "0x1.59ce363291a34p+0",
+    "0x1.77de03c5a6141p-3",
+    "-0x1.c3115b9b3cdc0p-2",
+    "0x1.d7c9d44641ff8p+0",
+    "-0x1.638a561450e42p-2",
+]
+
+
+# ----------------------------------------------------------------- the oracles
+_PHILOX_M = (0xD2511F53, 0xCD9E8D57)
+_PHILOX_W = (0x9E3779B9, 0xBB67AE85)
+
+
+def philox_py(counter, key, rounds):
+    """Philox4x32-R in plain Python integers (Salmon et al., SC'11): the S-box is
+    two 32x32 -> 64 multiplications, the key is bumped by the Weyl constants
+    before every round but the first."""
+    c0, c1, c2, c3 = counter
+    k0, k1 = key
+    for r in range(rounds):
+        if r:
+            k0 = (k0 + _PHILOX_W[0]) & MASK32
+            k1 = (k1 + _PHILOX_W[1]) & MASK32
+        p0 = _PHILOX_M[0] * c0
+        p1 = _PHILOX_M[1] * c2
+        c0, c1, c2, c3 = (
+            (p1 >> 32) ^ c1 ^ k0,
+            p1 & MASK32,
+            (p0 >> 32) ^ c3 ^ k1,
+            p0 & MASK32,
+        )
+    return [c0, c1, c2, c3]
+
+
+def oracle_gumbels(key, stream, first, n):
+    """The documented stream in NumPy float64, with _core.philox4x32 for blocks."""
+    words = np.empty(n, dtype=np.uint64)
+    blocks = {}
+    for j in range(n):
+        i = first + j
+        b = i >> 1
+        if b not in blocks:
+            counter = [b & MASK32, b >> 32, stream & MASK32, stream >> 32]
+            blocks[b] = _core.philox4x32(counter, [key & MASK32, key >> 32], 10)
+        w = blocks[b]
+        lo, hi = (w[0], w[1]) if i % 2 == 0 else (w[2], w[3])
+        words[j] = lo | (hi << 32)
+    u = ((words >> np.uint64(12)).astype(np.float64) + 0.5) * 2.0**-52
+    return -np.log(-np.log(u))
+
+
+def oracle_sample(logits, temperature, gumbels):
+    """softmax((logits + G) / T) over the last axis, in float64."""
+    logits = np.asarray(logits, dtype=np.float64)
+    t = np.asarray(temperature, dtype=np.float64)
+    s = (logits - logits.max(axis=-1, keepdims=True) + gumbels) / t
+    s = s - s.max(axis=-1, keepdims=True)
+    e = np.exp(s)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def gumbel_err(got, want):
+    got = np.asarray(got, dtype=np.float64)
+    want = np.asarray(want, dtype=np.float64)
+    return float(
+        np.max(np.abs(got - want) / np.maximum(1.0, np.abs(want)), initial=0.0)
+    )
+
+
+def ulp_diff(a, b):
+    """Per-entry distance in ulps of the larger magnitude."""
+    a = np.asarray(a)
+    b = np.asarray(b)
+    scale = np.spacing(np.maximum(np.abs(a), np.abs(b)))
+    return np.abs(a.astype(np.float64) - b.astype(np.float64)) / scale.astype(
+        np.float64
+    )
+
+
+def _hex(a):
+    return [float(x).hex() for x in np.asarray(a, dtype=np.float64).ravel()]
+
+
+def _kat():
+    raw = json.loads((DATA / "philox_kat.json").read_text())
+    cases = []
+    for name, rounds in (("philox4x32_10", 10), ("philox4x32_7", 7)):
+        for v in raw[name]:
+            cases.append(
+                pytest.param(
+                    [int(x, 16) for x in v["counter"]],
+                    [int(x, 16) for x in v["key"]],
+                    rounds,
+                    [int(x, 16) for x in v["output"]],
+                    id=f"{name}-{v['counter'][0]}",
+                )
+            )
+    return cases
+
+
+# ------------------------------------------------------------------- Philox
+@pytest.mark.parametrize("counter,key,rounds,output", _kat())
+def test_philox_matches_the_random123_known_answers(counter, key, rounds, output):
+    assert _core.philox4x32(counter, key, rounds) == output
+    assert philox_py(counter, key, rounds) == output  # the oracle too
+
+
+@pytest.mark.parametrize("rounds", [7, 10])
+def test_philox_matches_the_python_oracle_on_random_blocks(rounds):
+    rng = np.random.default_rng(20240611)
+    for _ in range(200):
+        counter = [int(w) for w in rng.integers(0, 2**32, size=4, dtype=np.uint64)]
+        key = [int(w) for w in rng.integers(0, 2**32, size=2, dtype=np.uint64)]
+        assert _core.philox4x32(counter, key, rounds) == philox_py(counter, key, rounds)
+
+
+def test_philox_rejects_round_counts_other_than_7_and_10():
+    counter, key = [1, 2, 3, 4], [5, 6]
+    with pytest.raises(ValueError, match=r"rounds must be 7 or 10, got 8"):
+        _core.philox4x32(counter, key, 8)
+    assert counter == [1, 2, 3, 4] and key == [5, 6]
+
+
+# ------------------------------------------------------------ golden stream
+def test_golden_stream_values_are_pinned(simd_level):
+    got = _core.gumbels(GOLDEN_KEY, GOLDEN_STREAM, 0, len(GOLDEN))
+    assert got.dtype == np.float64
+    assert _hex(got) == GOLDEN
+
+
+def test_golden_stream_values_match_the_oracle():
+    want = oracle_gumbels(GOLDEN_KEY, GOLDEN_STREAM, 0, len(GOLDEN))
+    got = np.array([float.fromhex(h) for h in GOLDEN])
+    assert gumbel_err(got, want) <= GUMBEL_TOL
+
+
+@pytest.mark.parametrize(
+    "key,stream,first,n",
+    [
+        (0, 0, 0, 64),
+        (0, 0, 1, 63),
+        (1, 0, 0, 33),
+        (0, 1, 0, 33),
+        (GOLDEN_KEY, GOLDEN_STREAM, 5, 40),
+        (2**64 - 1, 2**64 - 1, 2**33 + 7, 31),  # block and stream use their high words
+        (0xDEADBEEF, 2**32, 2**32 * 2 - 3, 10),  # crosses block 2^32 - 1 -> 2^32
+        (123456789, 42, 1000, 1),
+        (123456789, 42, 1001, 1),
+    ],
+)
+def test_gumbels_reproduce_the_documented_stream(simd_level, key, stream, first, n):
+    got = _core.gumbels(key, stream, first, n)
+    want = oracle_gumbels(key, stream, first, n)
+    assert got.shape == (n,)
+    assert gumbel_err(got, want) <= GUMBEL_TOL
+
+
+def test_gumbels_of_a_window_are_the_same_elements_of_a_longer_call():
+    whole = _core.gumbels(99, 3, 0, 101)
+    for first in (0, 1, 2, 37, 50):
+        for n in (0, 1, 2, 13, 51 - first % 2):
+            part = _core.gumbels(99, 3, first, n)
+            np.testing.assert_array_equal(part, whole[first : first + n])
+
+
+def test_gumbels_lie_in_the_documented_range():
+    # u in [2^-53, 1 - 2^-53] gives g in [-log(-log 2^-53), -log(2^-53)]:
+    # about [-3.6, 36.7]; a million draws stay well inside.
+    g = _core.gumbels(5, 0, 0, 1 << 20)
+    lo = -np.log(-np.log(2.0**-53))
+    hi = -np.log(-np.log1p(-(2.0**-53)))
+    assert np.all(np.isfinite(g))
+    assert lo <= g.min() and g.max() <= hi
+
+
+def test_gumbel_noise_has_the_standard_gumbel_mean_and_variance():
+    # Standard Gumbel: mean = Euler's gamma, variance = pi^2 / 6. With n = 2^20
+    # the standard error of the mean is 1.28 / 1024 = 1.25e-3 and of the variance
+    # sqrt(4.4) (pi^2 / 6) / 1024 = 3.4e-3 (kurtosis 5.4); 6 standard errors: a
+    # false-failure rate about 2e-9 per check (the seed is fixed, so it either
+    # passes always or never).
+    n = 1 << 20
+    g = _core.gumbels(11, 0, 0, n)
+    var = np.pi**2 / 6
+    assert abs(g.mean() - np.euler_gamma) < SIGMAS * np.sqrt(var / n)
+    assert abs(g.var() - var) < SIGMAS * np.sqrt(4.4 * var**2 / n)
+
+
+def test_gumbels_rejects_a_negative_count():
+    with pytest.raises(ValueError, match=r"n must be non-negative, got -1"):
+        _core.gumbels(0, 0, 0, -1)
+
+
+# -------------------------------------------------- samples from the stream
+@pytest.mark.parametrize(
+    "dtype,tol", [(np.float64, SAMPLE_TOL64), (np.float32, SAMPLE_TOL32)]
+)
+def test_rsample_with_an_int_seed_is_softmax_of_the_oracle_stream(dtype, tol):
+    rng = np.random.default_rng(1)
+    logits = rng.normal(size=(4, 3, 7)).astype(dtype)
+    temp = rng.uniform(0.3, 2.0, size=(3,)).astype(dtype)
+    seed = 0xFEEDFACECAFEBEEF
+    x = R(temp, logits=logits).rsample((2,), rng=seed)
+    assert x.shape == (2, 4, 3, 7) and x.dtype == dtype
+    g = oracle_gumbels(seed, 0, 0, x.size).reshape(x.shape)
+    want = oracle_sample(logits, temp[:, None], g)
+    np.testing.assert_allclose(x, want, rtol=0, atol=tol)
+
+
+def test_log_space_rsample_is_log_softmax_of_the_oracle_stream():
+    rng = np.random.default_rng(2)
+    logits = rng.normal(size=(5, 6))
+    y = E(0.7, logits=logits).rsample(rng=77)
+    g = oracle_gumbels(77, 0, 0, y.size).reshape(y.shape)
+    np.testing.assert_allclose(
+        y, np.log(oracle_sample(logits, 0.7, g)), rtol=0, atol=SAMPLE_TOL64
+    )
+
+
+def test_rsample_with_an_int_seed_uses_the_same_noise_as_explicit_gumbels(simd_level):
+    # At every level the kernel's own noise is bit for bit _core.gumbels'.
+    logits = np.linspace(-1, 1, 15 * 41).reshape(41, 15)
+    for cls in (R, E):
+        d = cls(0.9, logits=logits)
+        x = d.rsample(rng=31337)
+        g = _core.gumbels(31337, 0, 0, x.size).reshape(x.shape)
+        np.testing.assert_array_equal(x, d.rsample(gumbels=g))
+
+
+def test_the_same_int_seed_gives_the_same_bits_every_call():
+    d = R(np.array([0.5, 1.0]), logits=np.array([[0.0, 1.0, 2.0], [3.0, 2.0, 1.0]]))
+    first = d.rsample((3,), rng=12345)
+    for _ in range(3):
+        np.testing.assert_array_equal(d.rsample((3,), rng=12345), first)
+    assert not np.array_equal(d.rsample((3,), rng=12346), first)
+
+
+def test_a_generator_draws_one_key_and_stream_per_call():
+    d = R(0.8, logits=np.array([0.0, 0.5, 1.0, 1.5]))
+    gen = np.random.default_rng(2024)
+    mirror = np.random.default_rng(2024)
+    for _ in range(3):
+        x = d.rsample((5,), rng=gen)
+        key, stream = mirror.integers(0, 2**64, size=2, dtype=np.uint64)
+        g = _core.gumbels(int(key), int(stream), 0, x.size).reshape(x.shape)
+        np.testing.assert_array_equal(x, d.rsample((5,), gumbels=g))
+    # The Generator was advanced exactly as the mirror was: nothing else drawn.
+    assert gen.integers(0, 2**63) == mirror.integers(0, 2**63)
+
+
+def test_a_generator_gives_different_samples_on_successive_calls():
+    d = R(0.8, logits=np.zeros(6))
+    gen = np.random.default_rng(7)
+    a = d.rsample((4,), rng=gen)
+    b = d.rsample((4,), rng=gen)
+    assert not np.any(a == b)
+
+
+def test_two_generators_with_the_same_seed_give_the_same_samples():
+    d = R(np.array([0.3, 3.0]), logits=np.array([1.0, 0.0, -1.0]))
+    g1 = np.random.default_rng(99)
+    g2 = np.random.default_rng(99)
+    for _ in range(2):
+        np.testing.assert_array_equal(d.rsample((3,), rng=g1), d.rsample((3,), rng=g2))
+
+
+def test_rng_none_gives_different_samples_on_each_call():
+    # Two fresh 128-bit (key, stream) draws from the OS coincide with probability
+    # 2^-128; any entry of 12 coinciding bit for bit is about as unlikely.
+    d = R(1.0, logits=np.zeros(12))
+    a = d.rsample()
+    b = d.rsample()
+    assert not np.any(a == b)
+
+
+def test_sample_element_i_always_draws_noise_index_i():
+    logits = np.array(
+        [[0.0, 1.0, -1.0, 0.5], [2.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]]
+    )
+    d = R(np.array([0.5, 1.0, 2.0]), logits=logits)
+    seed = 4242
+    k_batch = logits.size
+    x = d.rsample((2,), rng=seed)
+    g1 = _core.gumbels(seed, 0, k_batch, k_batch).reshape(logits.shape)
+    np.testing.assert_array_equal(x[1], d.rsample(gumbels=g1))
+
+    # Row 0 of a bigger sample is the sample of shape () itself.
+    np.testing.assert_array_equal(x[0], d.rsample(rng=seed))
+
+
+def test_a_generator_stream_also_maps_element_i_to_noise_index_i():
+    logits = np.zeros((2, 3))
+    d = R(0.6, logits=logits)
+    x = d.rsample((3,), rng=np.random.default_rng(5))
+    key, stream = np.random.default_rng(5).integers(0, 2**64, size=2, dtype=np.uint64)
+    g = _core.gumbels(int(key), int(stream), 2 * logits.size, logits.size)
+    np.testing.assert_array_equal(x[2], d.rsample(gumbels=g.reshape(logits.shape)))
+
+
+def test_float32_and_float64_samples_from_one_seed_share_the_noise():
+    rng = np.random.default_rng(3)
+    logits = rng.normal(size=(50, 9))
+    temp = rng.uniform(0.3, 3.0, size=(50, 1))
+    x64 = R(temp, logits=logits).rsample(rng=8)
+    x32 = R(temp.astype(np.float32), logits=logits.astype(np.float32)).rsample(rng=8)
+    assert x32.dtype == np.float32
+    np.testing.assert_allclose(x32, x64, rtol=0, atol=PRECISION_TOL32)
+
+
+# ------------------------------------------------------------------ threads
+SPLIT_SHAPES = [(3000, 50), (2, 200000)]
+
+
+def _all_outputs(shape, dtype, num_threads):
+    """Every kernel of both classes on one fixed problem, at one thread count."""
+    rng = np.random.default_rng(17)
+    logits = rng.normal(size=shape).astype(dtype)
+    temp = rng.uniform(0.2, 2.0, size=shape[:-1] + (1,)).astype(dtype)
+    out = {}
+    for name, cls in (("x", R), ("y", E)):
+        d = cls(temp, logits=logits)
+        v = d.rsample(rng=2718, num_threads=num_threads)
+        w = rng.normal(size=shape).astype(dtype)
+        out[name] = v
+        out[name + "_lp"] = d.log_prob(v, num_threads=num_threads)
+        out[name + "_svjp"] = d.rsample_vjp(v, w, num_threads=num_threads)
+        lp_grad = np.ones(shape[:-1], dtype=dtype)
+        out[name + "_lvjp"] = d.log_prob_vjp(v, lp_grad, num_threads=num_threads)
+    return out
+
+
+def _assert_same_bits(a, b):
+    assert a.keys() == b.keys()
+    for key in a:
+        got, want = a[key], b[key]
+        if isinstance(want, tuple):
+            for g, w in zip(got, want):
+                np.testing.assert_array_equal(g, w, err_msg=key)
+        else:
+            np.testing.assert_array_equal(got, want, err_msg=key)
+
+
+@pytest.mark.parametrize("shape", SPLIT_SHAPES)
+def test_results_are_bit_identical_for_any_thread_count(threads, shape):
+    want = _all_outputs(shape, np.float64, 1)
+    for n in (2, 3, 7):
+        _assert_same_bits(_all_outputs(shape, np.float64, n), want)
+
+
+def test_the_default_thread_count_gives_the_same_bits(threads):
+    shape = (3000, 50)
+    want = _all_outputs(shape, np.float32, 1)
+    for n in (1, 3, 7):
+        relaxcat.set_num_threads(n)
+        assert relaxcat.get_num_threads() == n
+        _assert_same_bits(_all_outputs(shape, np.float32, None), want)
+
+
+# --------------------------------------------------------------- SIMD levels
+def _noise_probe():
+    return np.concatenate(
+        [
+            _core.gumbels(GOLDEN_KEY, 0, 0, 10001),
+            _core.gumbels(1, 2**40, 3, 777),  # an odd first element and count
+            _core.gumbels(2**64 - 1, 5, 2**32 - 5, 20),
+        ]
+    )
+
+
+def _sample_probe(dtype):
+    rng = np.random.default_rng(23)
+    logits = rng.normal(scale=3.0, size=(300, 37)).astype(dtype)
+    temp = rng.uniform(0.1, 3.0, size=(300,)).astype(dtype)
+    return R(temp, logits=logits).rsample((2,), rng=555)
+
+
+def test_noise_is_bit_identical_at_every_simd_level(simd_level):
+    here = _noise_probe()
+    _core.set_simd_level("baseline")  # the fixture restores the level
+    np.testing.assert_array_equal(here, _noise_probe())
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_samples_agree_within_a_few_ulps_at_every_simd_level(simd_level, dtype):
+    here = _sample_probe(dtype)
+    _core.set_simd_level("baseline")
+    base = _sample_probe(dtype)
+    # Entries that underflow to 0 at one level must do so at both; elsewhere
+    # compare in ulps of the entry.
+    assert np.array_equal(here == 0, base == 0)
+    live = base != 0
+    assert np.max(ulp_diff(here[live], base[live])) <= LEVEL_SAMPLE_ULPS
+
+
+def test_set_simd_level_rejects_an_unknown_level():
+    before = _core.simd_level()
+    with pytest.raises(
+        ValueError, match=r"set_simd_level: level must be one of .*got 'sse9'"
+    ):
+        _core.set_simd_level("sse9")
+    assert _core.simd_level() == before
+
+
+def test_every_level_offered_can_be_selected(simd_level):
+    assert _core.simd_level() == simd_level
+    assert "baseline" in LEVELS
+
+
+_PROBE_SCRIPT = (
+    "import relaxcat._core as c; print(c.simd_level()); "
+    "print(' '.join(float(g).hex() for g in "
+    f"c.gumbels({GOLDEN_KEY}, 3, 1, 4001)))"
+)
+
+
+@pytest.mark.parametrize("level", LEVELS)
+def test_relaxcat_simd_environment_variable_forces_the_level(level):
+    env = dict(os.environ, RELAXCAT_SIMD=level)
+    run = subprocess.run(
+        [sys.executable, "-c", _PROBE_SCRIPT],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    reported, noise = run.stdout.splitlines()
+    assert reported == level
+    assert noise.split() == _hex(_core.gumbels(GOLDEN_KEY, 3, 1, 4001))
