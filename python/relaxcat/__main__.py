@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 
 def cmake_dir() -> str:
@@ -25,7 +25,8 @@ def cmake_dir() -> str:
     """
     import relaxcat
 
-    return os.path.join(os.path.dirname(relaxcat.__file__), "share", "cmake", "relaxcat")
+    package = os.path.dirname(relaxcat.__file__)
+    return os.path.join(package, "share", "cmake", "relaxcat")
 
 
 def _run_demo(args: argparse.Namespace) -> int:
@@ -66,7 +67,7 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv`` (default ``sys.argv[1:]``) and run; returns the exit status."""
     parser = _build_parser()
     args = parser.parse_args(argv)
