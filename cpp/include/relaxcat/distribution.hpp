@@ -20,6 +20,7 @@
 #include <cmath>
 #include <cstdint>
 #include <functional>
+#include <initializer_list>
 #include <limits>
 #include <sstream>
 #include <stdexcept>
@@ -55,9 +56,12 @@ struct MatrixView {
         : data(d), rows(r), cols(c), row_stride(rs), col_stride(cs) {}
     // A writable view converts to a read-only one.
     template <class U, class = std::enable_if_t<std::is_same_v<const U, T> &&
-                                                 !std::is_same_v<U, T>>>
+                                                !std::is_same_v<U, T>>>
     constexpr MatrixView(const MatrixView<U>& v)
-        : data(v.data), rows(v.rows), cols(v.cols), row_stride(v.row_stride),
+        : data(v.data),
+          rows(v.rows),
+          cols(v.cols),
+          row_stride(v.row_stride),
           col_stride(v.col_stride) {}
 
     constexpr T& operator()(int64_t i, int64_t j) const {
@@ -77,9 +81,10 @@ struct VectorView {
     int64_t stride = 1;
 
     constexpr VectorView() = default;
-    constexpr VectorView(T* d, int64_t n, int64_t s = 1) : data(d), size(n), stride(s) {}
+    constexpr VectorView(T* d, int64_t n, int64_t s = 1)
+        : data(d), size(n), stride(s) {}
     template <class U, class = std::enable_if_t<std::is_same_v<const U, T> &&
-                                                 !std::is_same_v<U, T>>>
+                                                !std::is_same_v<U, T>>>
     constexpr VectorView(const VectorView<U>& v)
         : data(v.data), size(v.size), stride(v.stride) {}
 
@@ -141,7 +146,8 @@ int64_t first_bad(int64_t n, Pred bad, int64_t* count) {
     *count = 0;
     for (int64_t i = 0; i < n; ++i) {
         if (bad(i)) {
-            if (first < 0) first = i;
+            if (first < 0)
+                first = i;
             ++*count;
         }
     }
@@ -166,10 +172,13 @@ struct Extent {
 
 template <class T>
 Extent extent(const MatrixView<T>& v) {
-    if (v.data == nullptr || v.rows <= 0 || v.cols <= 0) return {};
+    if (v.data == nullptr || v.rows <= 0 || v.cols <= 0)
+        return {};
     const int64_t r = v.rows - 1, c = v.cols - 1;
-    const int64_t lo = std::min<int64_t>(0, r * v.row_stride) + std::min<int64_t>(0, c * v.col_stride);
-    const int64_t hi = std::max<int64_t>(0, r * v.row_stride) + std::max<int64_t>(0, c * v.col_stride);
+    const int64_t lo =
+        std::min<int64_t>(0, r * v.row_stride) + std::min<int64_t>(0, c * v.col_stride);
+    const int64_t hi =
+        std::max<int64_t>(0, r * v.row_stride) + std::max<int64_t>(0, c * v.col_stride);
     const char* base = reinterpret_cast<const char*>(v.data);
     return {base + lo * int64_t(sizeof(T)), base + (hi + 1) * int64_t(sizeof(T))};
 }
@@ -190,7 +199,8 @@ template <class Real>
 class RowsOut {
 public:
     RowsOut(MatrixView<Real> v) : view_(v) {
-        if (v.data == nullptr) return;
+        if (v.data == nullptr)
+            return;
         if (contiguous(v)) {
             ptr_ = v.data;
         } else {
@@ -198,14 +208,17 @@ public:
             ptr_ = buffer_.data();
         }
     }
-    RowsOut(VectorView<Real> v) : RowsOut(MatrixView<Real>(v.data, v.size, 1, v.stride, 1)) {}
+    RowsOut(VectorView<Real> v)
+        : RowsOut(MatrixView<Real>(v.data, v.size, 1, v.stride, 1)) {}
 
     Real* get() const { return ptr_; }
 
     void finish() {
-        if (buffer_.empty()) return;
+        if (buffer_.empty())
+            return;
         for (int64_t i = 0; i < view_.rows; ++i)
-            for (int64_t j = 0; j < view_.cols; ++j) view_(i, j) = buffer_[i * view_.cols + j];
+            for (int64_t j = 0; j < view_.cols; ++j)
+                view_(i, j) = buffer_[i * view_.cols + j];
     }
 
 private:
@@ -268,7 +281,9 @@ public:
     // L: the rows of the parameter as given (gradients come back in this shape).
     int64_t param_rows() const { return param_rows_; }
     // 1 for a scalar temperature, else B.
-    int64_t num_temperatures() const { return static_cast<int64_t>(temperature_.size()); }
+    int64_t num_temperatures() const {
+        return static_cast<int64_t>(temperature_.size());
+    }
     bool has_probs() const { return !probs_.empty(); }
     bool validate_args() const { return validate_; }
 
@@ -301,11 +316,12 @@ public:
         const std::string fn = method("rsample");
         const int64_t rows = check_out_rows(fn, "out", out, true);
         check_matrix(fn, "gumbels", gumbels, rows);
-        check_no_overlap(fn, "out", detail::extent(out), "gumbels", detail::extent(gumbels));
+        check_no_overlap(fn, "out", detail::extent(out), "gumbels",
+                         detail::extent(gumbels));
         int64_t count = 0;
         const int64_t bad = detail::first_bad(
-            rows * k_, [&](int64_t i) { return !std::isfinite(gumbels(i / k_, i % k_)); },
-            &count);
+            rows * k_,
+            [&](int64_t i) { return !std::isfinite(gumbels(i / k_, i % k_)); }, &count);
         if (bad >= 0)
             detail::fail(fn, "gumbels must be finite, got " +
                                  detail::show(gumbels(bad / k_, bad % k_)) + " at " +
@@ -330,7 +346,8 @@ public:
         const std::string fn = method("log_prob");
         const int64_t rows = check_value(fn, value);
         check_vector(fn, "out", out, rows, true);
-        check_no_overlap(fn, "out", detail::extent(out), "value", detail::extent(value));
+        check_no_overlap(fn, "out", detail::extent(out), "value",
+                         detail::extent(value));
         const int threads = resolve_threads(fn, num_threads);
         detail::RowsOut<Real> lp(out);
         detail::LogProbArgs<Real> a = log_prob_args(value, rows);
@@ -353,8 +370,8 @@ public:
         const std::string fn = method("rsample_vjp");
         const int64_t rows = check_value(fn, value);
         check_matrix(fn, "grad", grad, rows);
-        check_grad_outputs(fn, grad_param, grad_temperature, {detail::extent(value),
-                                                              detail::extent(grad)});
+        check_grad_outputs(fn, grad_param, grad_temperature,
+                           {detail::extent(value), detail::extent(grad)});
         const int threads = resolve_threads(fn, num_threads);
         std::vector<Real> gl(static_cast<size_t>(grad_param.data ? rows * k_ : 0));
         std::vector<Real> gt(static_cast<size_t>(grad_temperature.data ? rows : 0));
@@ -382,10 +399,12 @@ public:
         const std::string fn = method("log_prob_vjp");
         const int64_t rows = check_value(fn, value);
         check_vector(fn, "grad", grad, rows, false);
-        if (grad_value.data != nullptr) check_matrix(fn, "grad_value", grad_value, rows);
+        if (grad_value.data != nullptr)
+            check_matrix(fn, "grad_value", grad_value, rows);
         const detail::Extent inputs[] = {detail::extent(value), detail::extent(grad)};
         for (const detail::Extent& e : inputs)
-            check_no_overlap(fn, "grad_value", detail::extent(grad_value), "an input", e);
+            check_no_overlap(fn, "grad_value", detail::extent(grad_value), "an input",
+                             e);
         check_grad_outputs(fn, grad_param, grad_temperature,
                            {inputs[0], inputs[1], detail::extent(grad_value)});
         const int threads = resolve_threads(fn, num_threads);
@@ -399,7 +418,8 @@ public:
         a.grad_value = gv.get();
         a.grad_logits = grad_param.data ? gl.data() : nullptr;
         a.grad_temperature = grad_temperature.data ? gt.data() : nullptr;
-        if (a.grad_value || a.grad_logits || a.grad_temperature) run(a, threads);
+        if (a.grad_value || a.grad_logits || a.grad_temperature)
+            run(a, threads);
         gv.finish();
         finish_param_grad(gl, rows, grad_param, threads);
         finish_temperature_grad(gt, rows, grad_temperature);
@@ -438,27 +458,34 @@ private:
         const int64_t nt = temperature.size;
         if (nt != 1 && param.rows != 1 && nt != param.rows)
             detail::fail(kName, "temperature must have 1 value or one per row of " +
-                                    std::string(pname) + " (" + detail::show(param.rows) +
-                                    "), got " + detail::show(nt));
+                                    std::string(pname) + " (" +
+                                    detail::show(param.rows) + "), got " +
+                                    detail::show(nt));
         batch_ = nt == 1 ? param.rows : nt;
 
         // Temperature: positive and finite.
         temperature_.resize(static_cast<size_t>(nt));
-        for (int64_t i = 0; i < nt; ++i) temperature_[i] = temperature[i];
+        for (int64_t i = 0; i < nt; ++i)
+            temperature_[i] = temperature[i];
         int64_t count = 0;
         const int64_t bad = detail::first_bad(
-            nt, [&](int64_t i) { return !(std::isfinite(temperature_[i]) && temperature_[i] > 0); },
+            nt,
+            [&](int64_t i) {
+                return !(std::isfinite(temperature_[i]) && temperature_[i] > 0);
+            },
             &count);
         if (bad >= 0)
-            detail::fail(kName, "temperature must be positive and finite, got " +
-                                    detail::show(temperature_[bad]) +
-                                    (nt > 1 ? " at row " + detail::show(bad) : std::string()) +
-                                    detail::count_note(count));
+            detail::fail(kName,
+                         "temperature must be positive and finite, got " +
+                             detail::show(temperature_[bad]) +
+                             (nt > 1 ? " at row " + detail::show(bad) : std::string()) +
+                             detail::count_note(count));
 
         // The parameter, copied row-major.
         std::vector<Real> copy(static_cast<size_t>(param.rows * k_));
         for (int64_t i = 0; i < param.rows; ++i)
-            for (int64_t j = 0; j < k_; ++j) copy[i * k_ + j] = param(i, j);
+            for (int64_t j = 0; j < k_; ++j)
+                copy[i * k_ + j] = param(i, j);
         if (is_probs) {
             check_probs(copy);
             probs_ = std::move(copy);
@@ -479,7 +506,9 @@ private:
         }
     }
 
-    std::string method(const char* name) const { return std::string(kName) + "::" + name; }
+    std::string method(const char* name) const {
+        return std::string(kName) + "::" + name;
+    }
 
     static std::string where(int64_t row, int64_t col) {
         return "row " + detail::show(row) + ", category " + detail::show(col);
@@ -488,11 +517,12 @@ private:
     static void check_view_shape(const std::string& fn, const char* name, int64_t rows,
                                  int64_t cols, const void* data) {
         if (rows < 0 || cols < 0)
-            detail::fail(fn, std::string(name) + " must have non-negative sizes, got (" +
+            detail::fail(fn, std::string(name) +
+                                 " must have non-negative sizes, got (" +
                                  detail::show(rows) + ", " + detail::show(cols) + ")");
         if (cols > 0 && rows > std::numeric_limits<int64_t>::max() / cols)
-            detail::fail(fn, std::string(name) + " is too large: (" + detail::show(rows) +
-                                 ", " + detail::show(cols) + ")");
+            detail::fail(fn, std::string(name) + " is too large: (" +
+                                 detail::show(rows) + ", " + detail::show(cols) + ")");
         if (data == nullptr && rows * cols > 0)
             detail::fail(fn, std::string(name) + " must not have a null data pointer");
     }
@@ -503,21 +533,24 @@ private:
         int64_t bad = detail::first_bad(
             n, [&](int64_t i) { return std::isnan(l[i]) || l[i] == kInf; }, &count);
         if (bad >= 0)
-            detail::fail(kName, "logits must be finite or -inf (a masked category), got " +
-                                    detail::show(l[bad]) + " at " + where(bad / k_, bad % k_) +
-                                    detail::count_note(count));
+            detail::fail(kName,
+                         "logits must be finite or -inf (a masked category), got " +
+                             detail::show(l[bad]) + " at " + where(bad / k_, bad % k_) +
+                             detail::count_note(count));
         bad = detail::first_bad(
             param_rows_,
             [&](int64_t r) {
                 for (int64_t j = 0; j < k_; ++j)
-                    if (l[r * k_ + j] > -kInf) return false;
+                    if (l[r * k_ + j] > -kInf)
+                        return false;
                 return true;
             },
             &count);
         if (bad >= 0)
-            detail::fail(kName, "logits must leave at least one category possible in "
-                                "every row, got a row of all -inf at row " +
-                                    detail::show(bad) + detail::count_note(count));
+            detail::fail(kName,
+                         "logits must leave at least one category possible in "
+                         "every row, got a row of all -inf at row " +
+                             detail::show(bad) + detail::count_note(count));
     }
 
     void check_probs(const std::vector<Real>& p) const {
@@ -527,44 +560,54 @@ private:
             n, [&](int64_t i) { return !(std::isfinite(p[i]) && p[i] >= 0); }, &count);
         if (bad >= 0)
             detail::fail(kName, "probs must be non-negative and finite, got " +
-                                    detail::show(p[bad]) + " at " + where(bad / k_, bad % k_) +
+                                    detail::show(p[bad]) + " at " +
+                                    where(bad / k_, bad % k_) +
                                     detail::count_note(count));
         double bad_sum = 0.0;
         bad = detail::first_bad(
             param_rows_,
             [&](int64_t r) {
                 double s = 0.0;
-                for (int64_t j = 0; j < k_; ++j) s += static_cast<double>(p[r * k_ + j]);
+                for (int64_t j = 0; j < k_; ++j)
+                    s += static_cast<double>(p[r * k_ + j]);
                 const bool ok = std::isfinite(s) && s > 0.0;
-                if (!ok && bad_sum == 0.0) bad_sum = s;
+                if (!ok && bad_sum == 0.0)
+                    bad_sum = s;
                 return !ok;
             },
             &count);
         if (bad >= 0)
-            detail::fail(kName, "probs must have a positive finite sum in every row, got "
-                                "sum " + detail::show(bad_sum) + " at row " +
-                                    detail::show(bad) + detail::count_note(count));
+            detail::fail(kName,
+                         "probs must have a positive finite sum in every row, got "
+                         "sum " +
+                             detail::show(bad_sum) + " at row " + detail::show(bad) +
+                             detail::count_note(count));
     }
 
     static int resolve_threads(const std::string& fn, int n) {
         if (n < 0)
-            detail::fail(fn, "num_threads must be 0 (all hardware threads) or positive, got " +
-                                 detail::show(n));
-        if (n > 0) return n;
+            detail::fail(
+                fn, "num_threads must be 0 (all hardware threads) or positive, got " +
+                        detail::show(n));
+        if (n > 0)
+            return n;
         return std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
     }
 
     static void check_no_overlap(const std::string& fn, const char* out_name,
-                                 detail::Extent out, const char* in_name, detail::Extent in) {
+                                 detail::Extent out, const char* in_name,
+                                 detail::Extent in) {
         if (detail::overlap(out, in))
-            detail::fail(fn, std::string(out_name) + " must not share memory with " + in_name);
+            detail::fail(
+                fn, std::string(out_name) + " must not share memory with " + in_name);
     }
 
     // The number of rows n B of a value-shaped matrix, checked.
     int64_t check_rows(const std::string& fn, const char* name, int64_t rows) const {
         const bool ok = batch_ > 0 ? rows % batch_ == 0 : rows == 0;
         if (!ok)
-            detail::fail(fn, std::string(name) + " must have a multiple of the batch rows (" +
+            detail::fail(fn, std::string(name) +
+                                 " must have a multiple of the batch rows (" +
                                  detail::show(batch_) + ") as its rows, got " +
                                  detail::show(rows));
         return rows;
@@ -575,9 +618,10 @@ private:
                       int64_t rows) const {
         check_view_shape(fn, name, v.rows, v.cols, v.data);
         if (v.rows != rows || v.cols != k_)
-            detail::fail(fn, std::string(name) + " must have shape (" + detail::show(rows) +
-                                 ", " + detail::show(k_) + "), got (" + detail::show(v.rows) +
-                                 ", " + detail::show(v.cols) + ")");
+            detail::fail(fn, std::string(name) + " must have shape (" +
+                                 detail::show(rows) + ", " + detail::show(k_) +
+                                 "), got (" + detail::show(v.rows) + ", " +
+                                 detail::show(v.cols) + ")");
     }
 
     template <class T>
@@ -586,7 +630,8 @@ private:
         check_view_shape(fn, name, v.size, 1, v.data);
         if (v.size != size)
             detail::fail(fn, std::string(name) + " must have " + detail::show(size) +
-                                 " entries (one per value row), got " + detail::show(v.size));
+                                 " entries (one per value row), got " +
+                                 detail::show(v.size));
         if (output && v.data == nullptr && size > 0)
             detail::fail(fn, std::string(name) + " must not have a null data pointer");
     }
@@ -596,7 +641,8 @@ private:
         check_view_shape(fn, name, out.rows, out.cols, out.data);
         if (out.cols != k_)
             detail::fail(fn, std::string(name) + " must have " + detail::show(k_) +
-                                 " columns (the categories), got " + detail::show(out.cols));
+                                 " columns (the categories), got " +
+                                 detail::show(out.cols));
         if (required && out.data == nullptr && out.rows > 0)
             detail::fail(fn, std::string(name) + " must not have a null data pointer");
         return check_rows(fn, name, out.rows);
@@ -609,10 +655,11 @@ private:
         if (gp.data != nullptr) {
             check_view_shape(fn, "grad_param", gp.rows, gp.cols, gp.data);
             if (gp.rows != param_rows_ || gp.cols != k_)
-                detail::fail(fn, std::string(pname) + " must have the parameter's shape (" +
-                                     detail::show(param_rows_) + ", " + detail::show(k_) +
-                                     "), got (" + detail::show(gp.rows) + ", " +
-                                     detail::show(gp.cols) + ")");
+                detail::fail(fn,
+                             std::string(pname) + " must have the parameter's shape (" +
+                                 detail::show(param_rows_) + ", " + detail::show(k_) +
+                                 "), got (" + detail::show(gp.rows) + ", " +
+                                 detail::show(gp.cols) + ")");
         }
         if (gt.data != nullptr && gt.size != num_temperatures())
             detail::fail(fn, "grad_temperature must have one entry per temperature (" +
@@ -629,13 +676,16 @@ private:
     // A value's shape, and with validate_args its support: the simplex (or its
     // log) of the live categories within 4 K eps, the tolerance the Python
     // package uses, which the library's own samples always meet.
-    int64_t check_value(const std::string& fn, const MatrixView<const Real>& value) const {
+    int64_t check_value(const std::string& fn,
+                        const MatrixView<const Real>& value) const {
         check_view_shape(fn, "value", value.rows, value.cols, value.data);
         if (value.cols != k_)
             detail::fail(fn, "value must have " + detail::show(k_) +
-                                 " columns (the categories), got " + detail::show(value.cols));
+                                 " columns (the categories), got " +
+                                 detail::show(value.cols));
         const int64_t rows = check_rows(fn, "value", value.rows);
-        if (!validate_) return rows;
+        if (!validate_)
+            return rows;
 
         // Each entry: x finite and >= 0, or y not NaN and not +inf.
         const bool simplex = kSpace == detail::Space::simplex;
@@ -645,18 +695,22 @@ private:
             n,
             [&](int64_t i) {
                 const Real v = value(i / k_, i % k_);
-                return simplex ? !(std::isfinite(v) && v >= 0) : (std::isnan(v) || v == kInf);
+                return simplex ? !(std::isfinite(v) && v >= 0)
+                               : (std::isnan(v) || v == kInf);
             },
             &count);
         if (bad >= 0)
-            detail::fail(fn, std::string("value must be ") +
-                                 (simplex ? "non-negative and finite (a point on the simplex)"
-                                          : "the log of a point on the simplex (finite or -inf)") +
-                                 ", got " + detail::show(value(bad / k_, bad % k_)) + " at " +
-                                 where(bad / k_, bad % k_) + detail::count_note(count));
+            detail::fail(
+                fn,
+                std::string("value must be ") +
+                    (simplex ? "non-negative and finite (a point on the simplex)"
+                             : "the log of a point on the simplex (finite or -inf)") +
+                    ", got " + detail::show(value(bad / k_, bad % k_)) + " at " +
+                    where(bad / k_, bad % k_) + detail::count_note(count));
 
         // Each row: sums to 1, and no weight on a masked category.
-        const double tol = 4.0 * static_cast<double>(k_) * std::numeric_limits<Real>::epsilon();
+        const double tol =
+            4.0 * static_cast<double>(k_) * std::numeric_limits<Real>::epsilon();
         for (int64_t r = 0; r < rows; ++r) {
             const Real* lg = logits_.data() + param_row(r) * k_;
             double sum = 0.0;
@@ -665,16 +719,18 @@ private:
                 const double x = simplex ? v : std::exp(v);
                 sum += x;
                 if (lg[j] == -kInf && x != 0.0)
-                    detail::fail(fn, "value must be " + std::string(simplex ? "0" : "-inf") +
-                                         " on masked categories (logit -inf), which have "
-                                         "probability zero; got " +
-                                         detail::show(value(r, j)) + " at " + where(r, j));
+                    detail::fail(
+                        fn, "value must be " + std::string(simplex ? "0" : "-inf") +
+                                " on masked categories (logit -inf), which have "
+                                "probability zero; got " +
+                                detail::show(value(r, j)) + " at " + where(r, j));
             }
             if (!(std::abs(sum - 1.0) <= tol))
-                detail::fail(fn, std::string("value must ") +
-                                     (simplex ? "sum to 1" : "satisfy sum(exp(value)) = 1") +
-                                     " over each row within " + detail::show(tol) + ", got " +
-                                     detail::show(sum) + " at row " + detail::show(r));
+                detail::fail(
+                    fn, std::string("value must ") +
+                            (simplex ? "sum to 1" : "satisfy sum(exp(value)) = 1") +
+                            " over each row within " + detail::show(tol) + ", got " +
+                            detail::show(sum) + " at row " + detail::show(r));
         }
         return rows;
     }
@@ -736,7 +792,8 @@ private:
         return a;
     }
 
-    void sample_into(detail::RsampleArgs<Real>& a, MatrixView<Real> out, int threads) const {
+    void sample_into(detail::RsampleArgs<Real>& a, MatrixView<Real> out,
+                     int threads) const {
         detail::RowsOut<Real> target(out);
         if (kSpace == detail::Space::simplex)
             a.x = target.get();
@@ -751,24 +808,30 @@ private:
     template <class Args>
     static void run(const Args& a, int threads) {
         namespace isa = detail::RELAXCAT_ISA_NAMESPACE;
-        if (a.shape.rows <= 0) return;
+        if (a.shape.rows <= 0)
+            return;
         detail::parallel_rows(
             a.shape.rows, a.shape.k, threads, isa::scratch_size(a.shape.k),
-            [&a](int64_t r0, int64_t r1, double* scratch) { kernel(a, r0, r1, scratch); },
+            [&a](int64_t r0, int64_t r1, double* scratch) {
+                kernel(a, r0, r1, scratch);
+            },
             [] { return false; });
     }
 
-    static void kernel(const detail::RsampleArgs<Real>& a, int64_t r0, int64_t r1, double* s) {
+    static void kernel(const detail::RsampleArgs<Real>& a, int64_t r0, int64_t r1,
+                       double* s) {
         detail::RELAXCAT_ISA_NAMESPACE::rsample_rows(a, r0, r1, s);
     }
-    static void kernel(const detail::LogProbArgs<Real>& a, int64_t r0, int64_t r1, double* s) {
+    static void kernel(const detail::LogProbArgs<Real>& a, int64_t r0, int64_t r1,
+                       double* s) {
         detail::RELAXCAT_ISA_NAMESPACE::log_prob_rows(a, r0, r1, s);
     }
     static void kernel(const detail::RsampleVjpArgs<Real>& a, int64_t r0, int64_t r1,
                        double* s) {
         detail::RELAXCAT_ISA_NAMESPACE::rsample_vjp_rows(a, r0, r1, s);
     }
-    static void kernel(const detail::ParamArgs<Real>& a, int64_t r0, int64_t r1, double* s) {
+    static void kernel(const detail::ParamArgs<Real>& a, int64_t r0, int64_t r1,
+                       double* s) {
         detail::RELAXCAT_ISA_NAMESPACE::param_rows(a, r0, r1, s);
     }
     static void kernel(const detail::ProbsVjpArgs<Real>& a, int64_t r0, int64_t r1,
@@ -781,16 +844,19 @@ private:
     // thread count; for probs, then through the normalisation (probs_vjp).
     void finish_param_grad(const std::vector<Real>& per_row, int64_t rows,
                            MatrixView<Real> out, int threads) const {
-        if (out.data == nullptr) return;
+        if (out.data == nullptr)
+            return;
         std::vector<double> acc(static_cast<size_t>(param_rows_ * k_), 0.0);
         for (int64_t r = 0; r < rows; ++r) {
             double* dst = acc.data() + param_row(r) * k_;
             const Real* src = per_row.data() + r * k_;
-            for (int64_t j = 0; j < k_; ++j) dst[j] += static_cast<double>(src[j]);
+            for (int64_t j = 0; j < k_; ++j)
+                dst[j] += static_cast<double>(src[j]);
         }
         if (!has_probs()) {
             for (int64_t i = 0; i < param_rows_; ++i)
-                for (int64_t j = 0; j < k_; ++j) out(i, j) = static_cast<Real>(acc[i * k_ + j]);
+                for (int64_t j = 0; j < k_; ++j)
+                    out(i, j) = static_cast<Real>(acc[i * k_ + j]);
             return;
         }
         std::vector<Real> gl(acc.begin(), acc.end());
@@ -809,15 +875,17 @@ private:
 
     void finish_temperature_grad(const std::vector<Real>& per_row, int64_t rows,
                                  VectorView<Real> out) const {
-        if (out.data == nullptr) return;
+        if (out.data == nullptr)
+            return;
         std::vector<double> acc(temperature_.size(), 0.0);
         for (int64_t r = 0; r < rows; ++r)
             acc[temperature_index(r)] += static_cast<double>(per_row[r]);
-        for (int64_t i = 0; i < out.size; ++i) out[i] = static_cast<Real>(acc[i]);
+        for (int64_t i = 0; i < out.size; ++i)
+            out[i] = static_cast<Real>(acc[i]);
     }
 
-    void param_op(const std::string& fn, detail::ParamOp op, const std::vector<Real>& in,
-                  MatrixView<Real> out) const {
+    void param_op(const std::string& fn, detail::ParamOp op,
+                  const std::vector<Real>& in, MatrixView<Real> out) const {
         check_view_shape(fn, "out", out.rows, out.cols, out.data);
         if (out.rows != param_rows_ || out.cols != k_ || out.data == nullptr)
             detail::fail(fn, "out must have the parameter's shape (" +

@@ -38,19 +38,29 @@ inline MatrixView<float> mutable_view(Eigen::Ref<RowArray<float>> a) {
 inline MatrixView<double> mutable_view(Eigen::Ref<RowArray<double>> a) {
     return {a.data(), a.rows(), a.cols(), a.outerStride(), 1};
 }
-inline VectorView<const float> vector_view(const Eigen::Ref<const ColumnArray<float>>& a) {
+inline VectorView<const float> vector_view(
+    const Eigen::Ref<const ColumnArray<float>>& a) {
     return {a.data(), a.size(), a.innerStride()};
 }
-inline VectorView<const double> vector_view(const Eigen::Ref<const ColumnArray<double>>& a) {
+inline VectorView<const double> vector_view(
+    const Eigen::Ref<const ColumnArray<double>>& a) {
     return {a.data(), a.size(), a.innerStride()};
 }
 
 // The parameter tags: RelaxedOneHotCategorical<double> d(0.5, eigen::logits(a)).
 // The distribution copies the data, so a temporary is fine here.
-inline Logits<float> logits(const Eigen::Ref<const RowArray<float>>& a) { return {view(a)}; }
-inline Logits<double> logits(const Eigen::Ref<const RowArray<double>>& a) { return {view(a)}; }
-inline Probs<float> probs(const Eigen::Ref<const RowArray<float>>& a) { return {view(a)}; }
-inline Probs<double> probs(const Eigen::Ref<const RowArray<double>>& a) { return {view(a)}; }
+inline Logits<float> logits(const Eigen::Ref<const RowArray<float>>& a) {
+    return {view(a)};
+}
+inline Logits<double> logits(const Eigen::Ref<const RowArray<double>>& a) {
+    return {view(a)};
+}
+inline Probs<float> probs(const Eigen::Ref<const RowArray<float>>& a) {
+    return {view(a)};
+}
+inline Probs<double> probs(const Eigen::Ref<const RowArray<double>>& a) {
+    return {view(a)};
+}
 
 // Gradients in the shapes of the parameters as given.
 template <class Real>
@@ -121,9 +131,9 @@ LogProbGrad<typename Dist::value_type> log_prob_vjp(
     g.value.resize(value.rows(), value.cols());
     g.param.resize(d.param_rows(), d.num_categories());
     g.temperature.resize(d.num_temperatures());
-    d.log_prob_vjp(view(value), vector_view(grad), mutable_view(g.value), mutable_view(g.param),
-                   VectorView<Real>(g.temperature.data(), g.temperature.size()),
-                   num_threads);
+    d.log_prob_vjp(
+        view(value), vector_view(grad), mutable_view(g.value), mutable_view(g.param),
+        VectorView<Real>(g.temperature.data(), g.temperature.size()), num_threads);
     return g;
 }
 

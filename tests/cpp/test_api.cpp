@@ -1,0 +1,223 @@
+// Properties of the C++ API itself: the row layout, broadcasting, strided views,
+// thread-count independence, and gradients against central differences.
+
+#include <gtest/gtest.h>
+
+#include <relaxcat/relaxcat.hpp>
+
+#include <cmath>
+#include <limits>
+#include <numeric>
+#include <vector>
+
+namespace {
+
+using relaxcat::ExpRelaxedOneHotCategorical;
+using relaxcat::MatrixView;
+using relaxcat::Philox;
+using relaxcat::RelaxedOneHotCategorical;
+using relaxcat::VectorView;
+
+constexpr double kInf = std::numeric_limits<double>::infinity();
+
+// Central differences in double with step 1e-6 have truncation error near 1e-12
+// and rounding error near 1e-10 relative to the density; 1e-6 leaves a margin.
+constexpr double kFiniteDifferenceTol = 1e-6;
+
+std::vector<double> ramp(int n, double scale) {
+    std::vector<double> v(n);
+    for (int i = 0; i < n; ++i)
+        v[i] = scale * std::sin(1.0 + 0.7 * i);
+    return v;
+}
+
+TEST(Api, SamplesAreOnTheSimplexWithExactZerosOnMaskedCategories) {
+    std::vector<double> lg = ramp(12, 2.0);
+    lg[5] = -kInf;
+    const RelaxedOneHotCategorical<double> d(
+        0.7, relaxcat::logits(MatrixView<const double>(lg.data(), 3, 4)));
+    std::vector<double> x(5 * 12);
+    Philox gen(3);
+    d.rsample(MatrixView<double>(x.data(), 15, 4), gen);
+    for (int r = 0; r < 15; ++r) {
+        const double s = std::accumulate(x.begin() + 4 * r, x.begin() + 4 * r + 4, 0.0);
+        EXPECT_NEAR(s, 1.0, 4 * 4 * 2.2e-16);
+        if (r % 3 == 1) {
+            EXPECT_EQ(x[4 * r + 1], 0.0);
+        }
+    }
+}
+
+TEST(Api, ResultsDoNotDependOnTheThreadCount) {
+    const int rows = 20000, k = 9;
+    std::vector<float> lgf(rows * k);
+    const std::vector<double> src = ramp(rows * k, 3.0);
+    for (int i = 0; i < rows * k; ++i)
+        lgf[i] = static_cast<float>(src[i]);
+    const RelaxedOneHotCategorical<float> d(
+        0.3f, relaxcat::logits(MatrixView<const float>(lgf.data(), rows, k)));
+    std::vector<float> one(rows * k), many(rows * k), lp1(rows), lp4(rows);
+    Philox a(11), b(11);
+    d.rsample(MatrixView<float>(one.data(), rows, k), a, 1);
+    d.rsample(MatrixView<float>(many.data(), rows, k), b, 4);
+    EXPECT_EQ(one, many);
+    d.log_prob(MatrixView<const float>(one.data(), rows, k),
+               VectorView<float>(lp1.data(), rows), 1);
+    d.log_prob(MatrixView<const float>(one.data(), rows, k),
+               VectorView<float>(lp4.data(), rows), 0);
+    EXPECT_EQ(lp1, lp4);
+}
+
+TEST(Api, StridedViewsGiveTheSameResultsAsContiguousOnes) {
+    const std::vector<double> lg = ramp(8, 1.5);
+    const RelaxedOneHotCategorical<double> d(
+        0.9, relaxcat::logits(MatrixView<const double>(lg.data(), 2, 4)));
+    std::vector<double> x(8);
+    Philox gen(9);
+    d.rsample(MatrixView<double>(x.data(), 2, 4), gen);
+
+    // The same sample written transposed, read back through column-major views.
+    std::vector<double> xt(8);
+    gen.seek(0);
+    d.rsample(MatrixView<double>(xt.data(), 2, 4, 1, 2), gen);
+    for (int i = 0; i < 2; ++i)
+        for (int j = 0; j < 4; ++j)
+            EXPECT_EQ(xt[j * 2 + i], x[i * 4 + j]);
+    std::vector<double> lp(2), lpt(2);
+    d.log_prob(MatrixView<const double>(x.data(), 2, 4),
+               VectorView<double>(lp.data(), 2));
+    d.log_prob(MatrixView<const double>(xt.data(), 2, 4, 1, 2),
+               VectorView<double>(lpt.data(), 2));
+    EXPECT_EQ(lp, lpt);
+}
+
+TEST(Api, OneLogitsRowBroadcastsOverPerRowTemperatures) {
+    const std::vector<double> lg = ramp(5, 1.0);
+    const std::vector<double> t = {0.2, 1.0, 3.0};
+    const RelaxedOneHotCategorical<double> shared(
+        VectorView<const double>(t.data(), 3),
+        relaxcat::logits(MatrixView<const double>(lg.data(), 1, 5)));
+    EXPECT_EQ(shared.batch_rows(), 3);
+    EXPECT_EQ(shared.param_rows(), 1);
+
+    // The same as the logits repeated with a row stride of 0.
+    const RelaxedOneHotCategorical<double> repeated(
+        VectorView<const double>(t.data(), 3),
+        relaxcat::logits(MatrixView<const double>(lg.data(), 3, 5, 0, 1)));
+    std::vector<double> a(30), b(30);
+    Philox g1(4), g2(4);
+    shared.rsample(MatrixView<double>(a.data(), 6, 5), g1);
+    repeated.rsample(MatrixView<double>(b.data(), 6, 5), g2);
+    EXPECT_EQ(a, b);
+
+    // Gradients come back in the parameter's shapes: summed over the three rows.
+    std::vector<double> w = ramp(30, 0.5);
+    std::vector<double> gs(5), gr(15), ts(3), tr(3);
+    shared.rsample_vjp(MatrixView<const double>(a.data(), 6, 5),
+                       MatrixView<const double>(w.data(), 6, 5),
+                       MatrixView<double>(gs.data(), 1, 5),
+                       VectorView<double>(ts.data(), 3));
+    repeated.rsample_vjp(MatrixView<const double>(a.data(), 6, 5),
+                         MatrixView<const double>(w.data(), 6, 5),
+                         MatrixView<double>(gr.data(), 3, 5),
+                         VectorView<double>(tr.data(), 3));
+    for (int j = 0; j < 5; ++j)
+        EXPECT_NEAR(gs[j], gr[j] + gr[5 + j] + gr[10 + j], 1e-14);
+    EXPECT_EQ(ts, tr);
+}
+
+// log_prob summed with weights, as a function of one logit, T or one coordinate.
+TEST(Api, LogProbVjpMatchesCentralDifferences) {
+    const std::vector<double> lg = {0.3, -0.4, 1.1, 0.0};
+    const std::vector<double> x = {0.1, 0.2, 0.3, 0.4};
+    const double t = 0.8, h = 1e-6;
+    auto lp = [&](const std::vector<double>& l, double temp,
+                  const std::vector<double>& v) {
+        const RelaxedOneHotCategorical<double> d(
+            temp, relaxcat::logits(MatrixView<const double>(l.data(), 1, 4)), false);
+        double out;
+        d.log_prob(MatrixView<const double>(v.data(), 1, 4),
+                   VectorView<double>(&out, 1));
+        return out;
+    };
+    const RelaxedOneHotCategorical<double> d(
+        t, relaxcat::logits(MatrixView<const double>(lg.data(), 1, 4)));
+    const double g = 1.0;
+    std::vector<double> gv(4), gl(4), gt(1);
+    d.log_prob_vjp(MatrixView<const double>(x.data(), 1, 4),
+                   VectorView<const double>(&g, 1), MatrixView<double>(gv.data(), 1, 4),
+                   MatrixView<double>(gl.data(), 1, 4),
+                   VectorView<double>(gt.data(), 1));
+    for (int j = 0; j < 4; ++j) {
+        std::vector<double> up = lg, down = lg;
+        up[j] += h;
+        down[j] -= h;
+        EXPECT_NEAR(gl[j], (lp(up, t, x) - lp(down, t, x)) / (2 * h),
+                    kFiniteDifferenceTol);
+        std::vector<double> xu = x, xd = x;
+        xu[j] += h;
+        xd[j] -= h;
+        EXPECT_NEAR(gv[j], (lp(lg, t, xu) - lp(lg, t, xd)) / (2 * h),
+                    kFiniteDifferenceTol * std::abs(gv[j]) + kFiniteDifferenceTol);
+    }
+    EXPECT_NEAR(gt[0], (lp(lg, t + h, x) - lp(lg, t - h, x)) / (2 * h),
+                kFiniteDifferenceTol);
+}
+
+TEST(Api, ProbsGradientsChainThroughTheNormalisation) {
+    // With probs q the distribution equals the one with logits log q, and
+    // d/dq_k = d/dl_k / q_k - sum_j d/dl_j / sum(q).
+    const std::vector<double> q = {0.2, 0.5, 0.3, 1.0};
+    std::vector<double> lq(4);
+    for (int j = 0; j < 4; ++j)
+        lq[j] = std::log(q[j]);
+    const RelaxedOneHotCategorical<double> dp(
+        0.6, relaxcat::probs(MatrixView<const double>(q.data(), 1, 4)));
+    const RelaxedOneHotCategorical<double> dl(
+        0.6, relaxcat::logits(MatrixView<const double>(lq.data(), 1, 4)));
+    std::vector<double> x(4), w = {1.0, -2.0, 0.5, 0.25}, gp(4), gl(4), tp(1), tl(1);
+    Philox gen(2);
+    dp.rsample(MatrixView<double>(x.data(), 1, 4), gen);
+    dp.rsample_vjp(MatrixView<const double>(x.data(), 1, 4),
+                   MatrixView<const double>(w.data(), 1, 4),
+                   MatrixView<double>(gp.data(), 1, 4),
+                   VectorView<double>(tp.data(), 1));
+    dl.rsample_vjp(MatrixView<const double>(x.data(), 1, 4),
+                   MatrixView<const double>(w.data(), 1, 4),
+                   MatrixView<double>(gl.data(), 1, 4),
+                   VectorView<double>(tl.data(), 1));
+    const double sum_gl = std::accumulate(gl.begin(), gl.end(), 0.0);
+    for (int j = 0; j < 4; ++j)
+        EXPECT_NEAR(gp[j], gl[j] / q[j] - sum_gl / 2.0, 1e-13);
+    EXPECT_EQ(tp, tl);
+
+    std::vector<double> p(4);
+    dp.probs(MatrixView<double>(p.data(), 1, 4));
+    for (int j = 0; j < 4; ++j)
+        EXPECT_NEAR(p[j], q[j] / 2.0, 1e-16);
+}
+
+TEST(Api, ExpSamplesAreTheLogsOfSamples) {
+    const std::vector<float> lg = {0.5f, -1.0f, 2.0f};
+    const auto l = relaxcat::logits(MatrixView<const float>(lg.data(), 1, 3));
+    std::vector<float> x(6), y(6);
+    Philox a(8), b(8);
+    RelaxedOneHotCategorical<float>(0.4f, l).rsample(MatrixView<float>(x.data(), 2, 3),
+                                                     a);
+    ExpRelaxedOneHotCategorical<float>(0.4f, l).rsample(
+        MatrixView<float>(y.data(), 2, 3), b);
+    for (int i = 0; i < 6; ++i)
+        EXPECT_NEAR(std::exp(y[i]), x[i], 4e-7f);
+}
+
+TEST(Api, EmptyBatchesAreAllowed) {
+    const std::vector<double> lg = {0.0, 1.0};
+    const RelaxedOneHotCategorical<double> d(
+        1.0, relaxcat::logits(MatrixView<const double>(lg.data(), 1, 2)));
+    Philox gen(1);
+    d.rsample(MatrixView<double>(nullptr, 0, 2), gen);
+    EXPECT_EQ(gen.offset(), 0u);
+    d.log_prob(MatrixView<const double>(nullptr, 0, 2), VectorView<double>(nullptr, 0));
+}
+
+}  // namespace

@@ -1,0 +1,213 @@
+// Bad arguments throw std::invalid_argument naming the function, the argument,
+// the value seen and the expectation; inputs are left unmodified and outputs
+// untouched.
+
+#include <gtest/gtest.h>
+
+#include <relaxcat/relaxcat.hpp>
+
+#include <cmath>
+#include <limits>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace {
+
+using relaxcat::ExpRelaxedOneHotCategorical;
+using relaxcat::MatrixView;
+using relaxcat::Philox;
+using relaxcat::RelaxedOneHotCategorical;
+using relaxcat::VectorView;
+using Dist = RelaxedOneHotCategorical<double>;
+
+constexpr double kInf = std::numeric_limits<double>::infinity();
+constexpr double kNan = std::numeric_limits<double>::quiet_NaN();
+
+// Runs f, expects std::invalid_argument, and returns its message.
+template <class F>
+std::string message_of(F f) {
+    try {
+        f();
+    } catch (const std::invalid_argument& e) {
+        return e.what();
+    } catch (...) {
+        return "<another exception>";
+    }
+    return "<no exception>";
+}
+
+#define EXPECT_MESSAGE(call, text) \
+    EXPECT_EQ(message_of([&] { call; }), std::string(text))
+
+const std::vector<double> kLogits = {0.0, 1.0, -1.0, 2.0, 0.5, -kInf};
+
+Dist two_rows() {
+    return Dist(0.5, relaxcat::logits(MatrixView<const double>(kLogits.data(), 2, 3)));
+}
+
+TEST(Errors, TemperatureMustBePositiveAndFinite) {
+    const std::vector<double> t = {1.0, 2.0, 0.3, -0.5, kNan};
+    const MatrixView<const double> lg(kLogits.data(), 1, 3);
+    EXPECT_MESSAGE(
+        Dist(VectorView<const double>(t.data(), 5), relaxcat::logits(lg)),
+        "RelaxedOneHotCategorical: temperature must be positive and finite, got "
+        "-0.5 at row 3 (2 entries in all)");
+    EXPECT_MESSAGE(
+        Dist(0.0, relaxcat::logits(lg)),
+        "RelaxedOneHotCategorical: temperature must be positive and finite, got 0");
+    EXPECT_MESSAGE(
+        ExpRelaxedOneHotCategorical<float>(std::numeric_limits<float>::infinity(),
+                                           relaxcat::logits(MatrixView<const float>(
+                                               std::vector<float>{1, 2}.data(), 1, 2))),
+        "ExpRelaxedOneHotCategorical: temperature must be positive and finite, "
+        "got inf");
+    EXPECT_EQ(t[3], -0.5);
+}
+
+TEST(Errors, LogitsMustBeFiniteOrMinusInfWithALiveCategory) {
+    const std::vector<double> nan_at = {0.0, 1.0, 2.0, kNan};
+    EXPECT_MESSAGE(
+        Dist(1.0, relaxcat::logits(MatrixView<const double>(nan_at.data(), 2, 2))),
+        "RelaxedOneHotCategorical: logits must be finite or -inf (a masked "
+        "category), got nan at row 1, category 1");
+    const std::vector<double> plus_inf = {kInf, 0.0};
+    EXPECT_MESSAGE(
+        Dist(1.0, relaxcat::logits(MatrixView<const double>(plus_inf.data(), 1, 2))),
+        "RelaxedOneHotCategorical: logits must be finite or -inf (a masked "
+        "category), got inf at row 0, category 0");
+    const std::vector<double> dead = {0.0, 1.0, -kInf, -kInf};
+    EXPECT_MESSAGE(
+        Dist(1.0, relaxcat::logits(MatrixView<const double>(dead.data(), 2, 2))),
+        "RelaxedOneHotCategorical: logits must leave at least one category "
+        "possible in every row, got a row of all -inf at row 1");
+    EXPECT_MESSAGE(
+        Dist(1.0, relaxcat::logits(MatrixView<const double>(dead.data(), 2, 0))),
+        "RelaxedOneHotCategorical: logits must have at least one category per "
+        "row, got 0 columns");
+    EXPECT_MESSAGE(
+        Dist(1.0, relaxcat::logits(MatrixView<const double>(nullptr, 2, 2))),
+        "RelaxedOneHotCategorical: logits must not have a null data pointer");
+    EXPECT_TRUE(std::isnan(nan_at[3]));
+}
+
+TEST(Errors, ProbsMustBeNonNegativeWithAPositiveFiniteSum) {
+    const std::vector<double> negative = {0.5, -0.1, 0.6};
+    EXPECT_MESSAGE(
+        Dist(1.0, relaxcat::probs(MatrixView<const double>(negative.data(), 1, 3))),
+        "RelaxedOneHotCategorical: probs must be non-negative and finite, got "
+        "-0.10000000000000001 at row 0, category 1");
+    const std::vector<double> zero_row = {0.5, 0.5, 0.0, 0.0};
+    EXPECT_MESSAGE(
+        Dist(1.0, relaxcat::probs(MatrixView<const double>(zero_row.data(), 2, 2))),
+        "RelaxedOneHotCategorical: probs must have a positive finite sum in "
+        "every row, got sum 0 at row 1");
+    const std::vector<double> huge = {1e308, 1e308};
+    EXPECT_MESSAGE(
+        Dist(1.0, relaxcat::probs(MatrixView<const double>(huge.data(), 1, 2))),
+        "RelaxedOneHotCategorical: probs must have a positive finite sum in "
+        "every row, got sum inf at row 0");
+}
+
+TEST(Errors, ShapesMustMatch) {
+    const std::vector<double> t = {1.0, 2.0, 3.0};
+    EXPECT_MESSAGE(
+        Dist(VectorView<const double>(t.data(), 3),
+             relaxcat::logits(MatrixView<const double>(kLogits.data(), 2, 3))),
+        "RelaxedOneHotCategorical: temperature must have 1 value or one per row "
+        "of logits (2), got 3");
+    const Dist d = two_rows();
+    std::vector<double> out(9, 7.0);
+    Philox gen(1);
+    EXPECT_MESSAGE(
+        d.rsample(MatrixView<double>(out.data(), 3, 3), gen),
+        "RelaxedOneHotCategorical::rsample: out must have a multiple of the batch "
+        "rows (2) as its rows, got 3");
+    EXPECT_MESSAGE(d.rsample(MatrixView<double>(out.data(), 2, 4), gen),
+                   "RelaxedOneHotCategorical::rsample: out must have 3 columns (the "
+                   "categories), got 4");
+    EXPECT_EQ(gen.offset(), 0u) << "a failed call must not consume the stream";
+    EXPECT_EQ(out, std::vector<double>(9, 7.0));
+
+    const std::vector<double> x = {0.2, 0.3, 0.5, 0.4, 0.6, 0.0};
+    std::vector<double> lp(3);
+    EXPECT_MESSAGE(
+        d.log_prob(MatrixView<const double>(x.data(), 2, 3),
+                   VectorView<double>(lp.data(), 3)),
+        "RelaxedOneHotCategorical::log_prob: out must have 2 entries (one per "
+        "value row), got 3");
+    std::vector<double> gp(3), gt(1);
+    EXPECT_MESSAGE(
+        d.rsample_vjp(MatrixView<const double>(x.data(), 2, 3),
+                      MatrixView<const double>(x.data(), 2, 3),
+                      MatrixView<double>(gp.data(), 1, 3),
+                      VectorView<double>(gt.data(), 1)),
+        "RelaxedOneHotCategorical::rsample_vjp: grad_param (logits) must have "
+        "the parameter's shape (2, 3), got (1, 3)");
+    EXPECT_MESSAGE(
+        d.log_prob(MatrixView<const double>(x.data(), 2, 3),
+                   VectorView<double>(lp.data(), 2), -1),
+        "RelaxedOneHotCategorical::log_prob: num_threads must be 0 (all hardware "
+        "threads) or positive, got -1");
+}
+
+TEST(Errors, ValuesMustLieOnTheSupportWhenValidating) {
+    const Dist d = two_rows();
+    std::vector<double> lp(2, 7.0);
+    const VectorView<double> out(lp.data(), 2);
+    const std::vector<double> off = {0.2, 0.3, 0.6, 0.4, 0.6, 0.0};
+    EXPECT_MESSAGE(
+        d.log_prob(MatrixView<const double>(off.data(), 2, 3), out),
+        "RelaxedOneHotCategorical::log_prob: value must sum to 1 over each row "
+        "within 2.6645352591003757e-15, got 1.1000000000000001 at row 0");
+    const std::vector<double> masked = {0.2, 0.3, 0.5, 0.4, 0.5, 0.1};
+    EXPECT_MESSAGE(
+        d.log_prob(MatrixView<const double>(masked.data(), 2, 3), out),
+        "RelaxedOneHotCategorical::log_prob: value must be 0 on masked "
+        "categories (logit -inf), which have probability zero; got 0.10000000000000001 "
+        "at row 1, category 2");
+    const std::vector<double> negative = {1.2, -0.2, 0.0, 0.4, 0.6, 0.0};
+    EXPECT_MESSAGE(
+        d.log_prob(MatrixView<const double>(negative.data(), 2, 3), out),
+        "RelaxedOneHotCategorical::log_prob: value must be non-negative and "
+        "finite (a point on the simplex), got -0.20000000000000001 at row 0, "
+        "category 1");
+    EXPECT_EQ(lp, std::vector<double>(2, 7.0));
+
+    // Without validation the same call computes the density of the off-simplex point.
+    const Dist lax(
+        0.5, relaxcat::logits(MatrixView<const double>(kLogits.data(), 2, 3)), false);
+    EXPECT_NO_THROW(lax.log_prob(MatrixView<const double>(off.data(), 2, 3), out));
+
+    const std::vector<double> y = {std::log(0.5), std::log(0.5), kNan};
+    const ExpRelaxedOneHotCategorical<double> e(
+        1.0, relaxcat::logits(MatrixView<const double>(kLogits.data(), 1, 3)));
+    EXPECT_MESSAGE(
+        e.log_prob(MatrixView<const double>(y.data(), 1, 3),
+                   VectorView<double>(lp.data(), 1)),
+        "ExpRelaxedOneHotCategorical::log_prob: value must be the log of a point "
+        "on the simplex (finite or -inf), got nan at row 0, category 2");
+}
+
+TEST(Errors, GumbelsMustBeFiniteAndOutputsMustNotOverlapInputs) {
+    const Dist d = two_rows();
+    std::vector<double> g = {0.1, 0.2, 0.3, 0.4, kInf, 0.6};
+    std::vector<double> out(6);
+    EXPECT_MESSAGE(
+        d.rsample(MatrixView<const double>(g.data(), 2, 3),
+                  MatrixView<double>(out.data(), 2, 3)),
+        "RelaxedOneHotCategorical::rsample: gumbels must be finite, got inf at "
+        "row 1, category 1");
+    g[4] = 0.5;
+    EXPECT_MESSAGE(
+        d.rsample(MatrixView<const double>(g.data(), 2, 3),
+                  MatrixView<double>(g.data() + 3, 1, 3)),
+        "RelaxedOneHotCategorical::rsample: out must have a multiple of the batch "
+        "rows (2) as its rows, got 1");
+    EXPECT_MESSAGE(
+        d.rsample(MatrixView<const double>(g.data(), 2, 3),
+                  MatrixView<double>(g.data(), 2, 3)),
+        "RelaxedOneHotCategorical::rsample: out must not share memory with gumbels");
+}
+
+}  // namespace

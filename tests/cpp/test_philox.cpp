@@ -1,0 +1,80 @@
+// The generator: Random123's known-answer vectors bit for bit, and how the
+// public Philox state moves between calls.
+
+#include <gtest/gtest.h>
+
+#include <relaxcat/relaxcat.hpp>
+
+#include <array>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "support.hpp"
+
+namespace {
+
+uint32_t word(const nlohmann::json& j) {
+    return static_cast<uint32_t>(std::stoul(j.get<std::string>(), nullptr, 16));
+}
+
+template <int Rounds>
+void check_kat(const char* name) {
+    const nlohmann::json kat = relaxcat_test::load_json("philox_kat.json");
+    ASSERT_FALSE(kat[name].empty());
+    for (const auto& v : kat[name]) {
+        const std::array<uint32_t, 4> c = {word(v["counter"][0]), word(v["counter"][1]),
+                                           word(v["counter"][2]),
+                                           word(v["counter"][3])};
+        const std::array<uint32_t, 2> k = {word(v["key"][0]), word(v["key"][1])};
+        const std::array<uint32_t, 4> want = {
+            word(v["output"][0]), word(v["output"][1]), word(v["output"][2]),
+            word(v["output"][3])};
+        EXPECT_EQ(relaxcat::philox4x32<Rounds>(c, k), want);
+    }
+}
+
+TEST(Philox, TenRoundsMatchTheKnownAnswerVectors) {
+    check_kat<10>("philox4x32_10");
+}
+
+TEST(Philox, SevenRoundsMatchTheKnownAnswerVectors) {
+    check_kat<7>("philox4x32_7");
+}
+
+TEST(Philox, AdvanceReturnsTheFirstElementAndMovesPastTheDraw) {
+    relaxcat::Philox gen(1, 2, 5);
+    EXPECT_EQ(gen.advance(10), 5u);
+    EXPECT_EQ(gen.offset(), 15u);
+    gen.seek(0);
+    EXPECT_EQ(gen.offset(), 0u);
+    EXPECT_EQ(gen.key(), 1u);
+    EXPECT_EQ(gen.stream(), 2u);
+}
+
+TEST(Philox, SuccessiveNoiseDrawsContinueOneStream) {
+    relaxcat::Philox one(77, 3), two(77, 3);
+    std::vector<double> whole(11), first(4), rest(7);
+    relaxcat::gumbel_noise(one, 11, whole.data());
+    relaxcat::gumbel_noise(two, 4, first.data());
+    relaxcat::gumbel_noise(two, 7, rest.data());
+    first.insert(first.end(), rest.begin(), rest.end());
+    EXPECT_EQ(first, whole);
+    EXPECT_EQ(one.offset(), 11u);
+}
+
+TEST(Philox, SuccessiveSamplesDifferAndStreamsSeparateCalls) {
+    const std::vector<double> lg = {0.0, 1.0, -1.0};
+    const relaxcat::RelaxedOneHotCategorical<double> d(
+        1.0, relaxcat::logits(relaxcat::MatrixView<const double>(lg.data(), 1, 3)));
+    relaxcat::Philox gen(5), other_stream(5, 1);
+    std::vector<double> a(3), b(3), c(3);
+    d.rsample(relaxcat::MatrixView<double>(a.data(), 1, 3), gen);
+    d.rsample(relaxcat::MatrixView<double>(b.data(), 1, 3), gen);
+    d.rsample(relaxcat::MatrixView<double>(c.data(), 1, 3), other_stream);
+    EXPECT_NE(a, b);
+    EXPECT_NE(a, c);
+    EXPECT_EQ(gen.offset(), 6u);
+}
+
+}  // namespace
