@@ -112,12 +112,18 @@ def check_probs(probs: np.ndarray) -> None:
 
 
 def simplex_tolerance(k: int, dtype) -> float:
-    """How far from 1 a value's sum may be: 4 K eps of its dtype.
+    """How far from 1 a value's row sum may be: max(4 K eps of its dtype, 1e-6).
 
-    relaxcat's own samples always pass: each entry is rounded once from a
-    float64 quotient, so a row's sum is within K eps / 2 of 1.
+    relaxcat's own samples are well inside (each entry is rounded once from a
+    float64 quotient, so a row sums to 1 within K eps / 2). The floor of 1e-6,
+    torch's tolerance, admits samples computed elsewhere: a float64 softmax from
+    NumPy can miss 1 by several eps even for K = 2, and a float32 sample widened
+    to float64 by about 1e-7.
     """
-    return 4.0 * k * float(np.finfo(dtype).eps)
+    return max(4.0 * k * float(np.finfo(dtype).eps), SIMPLEX_TOLERANCE_FLOOR)
+
+
+SIMPLEX_TOLERANCE_FLOOR = 1e-6
 
 
 def _check_masked(value_is_zero: np.ndarray, logits: np.ndarray, name: str,

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._validation import simplex_tolerance
+
 __all__ = ["Constraint", "positive", "real_vector", "simplex", "log_simplex"]
 
 
@@ -44,7 +46,7 @@ class _Simplex(Constraint):
 
     def check(self, value):
         value = np.asarray(value)
-        tol = 4.0 * value.shape[-1] * np.finfo(np.result_type(value, np.float32)).eps
+        tol = simplex_tolerance(value.shape[-1], np.result_type(value, np.float32))
         ok = np.all(np.isfinite(value) & (value >= 0), axis=-1)
         return ok & (np.abs(value.sum(axis=-1, dtype=np.float64) - 1.0) <= tol)
 
@@ -54,7 +56,7 @@ class _LogSimplex(Constraint):
 
     def check(self, value):
         value = np.asarray(value)
-        tol = 4.0 * value.shape[-1] * np.finfo(np.result_type(value, np.float32)).eps
+        tol = simplex_tolerance(value.shape[-1], np.result_type(value, np.float32))
         ok = np.all(~np.isnan(value) & (value != np.inf), axis=-1)
         total = np.exp(value.astype(np.float64)).sum(axis=-1)
         return ok & (np.abs(total - 1.0) <= tol)
