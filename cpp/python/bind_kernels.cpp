@@ -48,9 +48,17 @@ RowShape row_shape(const py::array& a, const char* fn, const char* name) {
     return s;
 }
 
+// Whether `a` holds native-endian Real. Compared by type number, not by object
+// identity: an array that went through pickle carries an equal but distinct
+// dtype object.
+template <class Real>
+bool holds(const py::array& a) {
+    return a.dtype().num() == py::dtype::of<Real>().num();
+}
+
 template <class Real>
 void check_kind(const py::array& a, const char* fn, const char* name) {
-    if (!py::isinstance<py::array_t<Real>>(a) || !a.dtype().is(py::dtype::of<Real>()))
+    if (!holds<Real>(a))
         type_error(std::string(fn) + ": " + name + " must have dtype " +
                    std::string(py::str(py::dtype::of<Real>())) + ", got " +
                    std::string(py::str(a.dtype())));
@@ -205,11 +213,30 @@ void probs_vjp_t(const py::array& probs, const py::array& grad_logits, const py:
     run(a, kernels<Real>().probs_vjp, threads);
 }
 
+template <class Real>
+void check_t(int space, const py::array& logits, const py::array& value, double tol,
+             py::array status, int threads) {
+    const char* fn = "check_values";
+    detail::CheckArgs<Real> a;
+    a.shape = row_shape(value, fn, "value");
+    a.space = space == 0 ? detail::Space::simplex : detail::Space::log;
+    a.logits = in_arg<Real>(logits, a.shape, true, fn, "logits");
+    a.value = in_arg<Real>(value, a.shape, true, fn, "value");
+    a.tol = tol;
+    if (!py::isinstance<py::array_t<uint8_t>>(status) || status.ndim() != a.shape.ndim ||
+        !(status.flags() & py::array::c_style) || !status.writeable() ||
+        status.size() != a.shape.rows)
+        value_error("check_values: status must be a writable C-contiguous uint8 array "
+                    "with one entry per row");
+    a.status = static_cast<uint8_t*>(status.mutable_data());
+    run(a, kernels<Real>().check, threads);
+}
+
 // Calls f<float> or f<double> by the dtype of `a`.
 template <class F32, class F64>
 void by_dtype(const py::array& a, const char* fn, const char* name, F32 f32, F64 f64) {
-    if (a.dtype().is(py::dtype::of<float>())) return f32();
-    if (a.dtype().is(py::dtype::of<double>())) return f64();
+    if (holds<float>(a)) return f32();
+    if (holds<double>(a)) return f64();
     type_error(std::string(fn) + ": " + name + " must have dtype float32 or float64, got " +
                std::string(py::str(a.dtype())));
 }
@@ -288,6 +315,18 @@ void bind_kernels(py::module_& m) {
                 [&] { probs_vjp_t<double>(probs, gl, out, threads); });
         },
         py::arg("probs"), py::arg("grad_logits"), py::arg("out"), py::arg("num_threads"));
+    m.def(
+        "check_values",
+        [](int space, const py::array& logits, const py::array& value, double tol,
+           const py::array& status, int threads) {
+            by_dtype(
+                value, "check_values", "value",
+                [&] { check_t<float>(space, logits, value, tol, status, threads); },
+                [&] { check_t<double>(space, logits, value, tol, status, threads); });
+        },
+        py::arg("space"), py::arg("logits"), py::arg("value"), py::arg("tol"),
+        py::arg("status"), py::arg("num_threads"),
+        "Per-row support check of values (0 = on the support).");
     m.def("gumbels", &gumbels, py::arg("key"), py::arg("stream"), py::arg("first"),
           py::arg("n"), "The Gumbel noise of elements first .. first + n - 1 of a stream.");
     m.def("math", &map_math, py::arg("name"), py::arg("x"),

@@ -12,6 +12,7 @@
 namespace relaxcat {
 namespace python {
 
+using detail::CheckArgs;
 using detail::LogProbArgs;
 using detail::ParamArgs;
 using detail::ProbsVjpArgs;
@@ -25,6 +26,7 @@ struct KernelSet {
     void (*rsample_vjp)(const RsampleVjpArgs<Real>&, int64_t, int64_t, double*);
     void (*param)(const ParamArgs<Real>&, int64_t, int64_t, double*);
     void (*probs_vjp)(const ProbsVjpArgs<Real>&, int64_t, int64_t, double*);
+    void (*check)(const CheckArgs<Real>&, int64_t, int64_t, double*);
 };
 
 struct KernelTable {

@@ -15,7 +15,7 @@ template <class Real>
 KernelSet<Real> make_set() {
     return KernelSet<Real>{&k::rsample_rows<Real>, &k::log_prob_rows<Real>,
                            &k::rsample_vjp_rows<Real>, &k::param_rows<Real>,
-                           &k::probs_vjp_rows<Real>};
+                           &k::probs_vjp_rows<Real>, &k::check_rows<Real>};
 }
 
 void map_log(const double* in, double* out, int64_t n) {

@@ -12,7 +12,7 @@ from collections import namedtuple
 
 import numpy as np
 
-from . import _core, _threads, constraints
+from . import _core, _extras, _threads, constraints
 from . import _validation as v
 
 __all__ = [
@@ -240,7 +240,8 @@ class RelaxedOneHotCategorical:
         temp = np.broadcast_to(self._t_rows, batch)
         return logits, temp
 
-    def rsample(self, sample_shape=(), rng=None, gumbels=None, out=None, num_threads=None):
+    def rsample(self, sample_shape=(), rng=None, gumbels=None, out=None, num_threads=None,
+                hard=False):
         """Draw reparameterised samples of shape ``sample_shape + batch_shape + (K,)``.
 
         Parameters
@@ -259,9 +260,18 @@ class RelaxedOneHotCategorical:
         num_threads : int, optional
             Defaults to :func:`relaxcat.get_num_threads`; the bits do not depend on it.
 
+        hard : bool
+            If True, return ``HardSample(hard, soft)``: the one-hot (0 and 1, on
+            the simplex, for both classes) of the argmax of the soft sample, ties
+            to the lowest index, never a masked category; and the soft sample.
+            For the straight-through estimator, pass ``soft`` to
+            :meth:`rsample_vjp`: the hard sample's gradient is defined as the
+            soft one's. ``log_prob(hard)`` is the density's limit at a vertex
+            (README, "Moments, mode, entropy and KL"), not the soft sample's.
+
         Returns
         -------
-        numpy.ndarray
+        numpy.ndarray or HardSample
             Exact zeros on masked categories; every row sums to 1 within half an
             ulp per entry. At low temperature entries may underflow to 0 (use
             :class:`ExpRelaxedOneHotCategorical` to keep their logs).
@@ -289,12 +299,73 @@ class RelaxedOneHotCategorical:
             _core.rsample(logits, temp, noise, key, stream, 0, out, None, threads)
         else:
             _core.rsample(logits, temp, noise, key, stream, 0, None, out, threads)
-        return out
+        return _extras.hard_sample(out) if hard else out
 
-    def sample(self, sample_shape=(), rng=None, gumbels=None, out=None, num_threads=None):
+    def sample(self, sample_shape=(), rng=None, gumbels=None, out=None, num_threads=None,
+               hard=False):
         """The same as :meth:`rsample` (NumPy has no graph to detach from)."""
         return self.rsample(sample_shape, rng=rng, gumbels=gumbels, out=out,
-                            num_threads=num_threads)
+                            num_threads=num_threads, hard=hard)
+
+    # ------------------------------------------------- moments (see _extras.py)
+    @property
+    def mean(self) -> np.ndarray:
+        """E[x], shape ``batch_shape + (K,)``, by quadrature in the C++ core.
+
+        Not ``probs``: with T = 1 and logits [1, 0, -1] it is [0.5691, 0.2890,
+        0.1419]. Tends to ``probs`` as T -> 0 and to 1/K as T -> inf; 0 on masked
+        categories. For :class:`ExpRelaxedOneHotCategorical`, E[y] = E[log x]
+        (-inf on masked categories). Within 1e-12 of the largest entry in float64
+        (README, "Moments, mode, entropy and KL"; tests/python/test_moments.py).
+        """
+        return _extras.mean(self)
+
+    @property
+    def variance(self) -> np.ndarray:
+        """Var[x_k], shape ``batch_shape + (K,)``; the diagonal of :meth:`covariance`.
+
+        Raises NotImplementedError for :class:`ExpRelaxedOneHotCategorical`.
+        """
+        return _extras.variance(self)
+
+    def covariance(self) -> np.ndarray:
+        """Cov[x], shape ``batch_shape + (K, K)``, by quadrature (an expansion in
+        1/T above T = 2000); accuracy in the README. NotImplementedError in log
+        space."""
+        return _extras.covariance(self)
+
+    @property
+    def mode(self) -> np.ndarray:
+        """The point of highest density, shape ``batch_shape + (K,)``.
+
+        The interior stationary point, solved by Newton's method in log space to
+        full precision, when it is the maximum: T >= K - 1 for K >= 3, T > 1 for
+        K = 2 (K counts live categories). Otherwise the density is unbounded at
+        the vertices (T < K - 1) or, for K = 2 and T = 1, monotone or flat along
+        the edge, and the mode returned is the vertex of the most probable
+        category (lowest index on ties). For :class:`ExpRelaxedOneHotCategorical`
+        it is the mode of y's density, ``log_softmax(logits / T)`` at every T
+        (not the log of the simplex mode).
+        """
+        return _extras.mode(self)
+
+    def entropy(self, n_samples=4096, rng=None):
+        """A Monte Carlo estimate of the differential entropy, with its standard error.
+
+        ``-mean_i log p(x_i)`` over ``n_samples`` samples per batch entry, each
+        evaluated in log space: ``log p(x) = log q(y) - sum_k y_k`` with
+        ``y = log x`` and ``q`` the ExpRelaxed density (the sum over live
+        categories), so underflowing samples cost nothing. In log space the
+        estimate is ``-mean_i log q(y_i)``. Not the categorical entropy: K = 2,
+        T = 1, equal logits gives 0.
+
+        Returns
+        -------
+        MonteCarloEstimate (estimate, stderr)
+            float64 arrays of shape ``batch_shape``; stderr is the sample standard
+            deviation over sqrt(n_samples).
+        """
+        return _extras.entropy(self, n_samples, rng)
 
     # -------------------------------------------------------------------- density
     def _value(self, value, name: str = "value") -> np.ndarray:
@@ -310,10 +381,25 @@ class RelaxedOneHotCategorical:
                 f"{self._batch_shape}"
             ) from None
         if self._validate:
-            logits = np.broadcast_to(self._a, np.broadcast_shapes(value.shape, self._a.shape))
-            check = v.check_simplex if self._space == _SIMPLEX else v.check_log_simplex
-            check(value, logits, name)
+            self._check_support(value, name)
         return value
+
+    def _check_support(self, value: np.ndarray, name: str) -> None:
+        """validate_args: one pass in the C++ core decides; only a value that fails
+        is examined again in NumPy, to name the first bad entry."""
+        shape = np.broadcast_shapes(value.shape, self._a.shape)
+        logits = np.broadcast_to(self._a, shape)
+        full = np.broadcast_to(value, shape)
+        status = np.empty(shape[:-1], dtype=np.uint8)
+        tol = v.simplex_tolerance(shape[-1], self.dtype)
+        _core.check_values(self._space, logits, full, tol, status,
+                           _threads.get_num_threads())
+        if not status.any():
+            return
+        check = v.check_simplex if self._space == _SIMPLEX else v.check_log_simplex
+        check(value, logits, name)
+        where = tuple(int(i) for i in np.argwhere(status)[0])
+        raise ValueError(f"{name} is not on the support {self.support!r} at batch index {where}")
 
     def _broadcast_value(self, value: np.ndarray):
         """Value, logits and temperature broadcast to one row shape (views)."""

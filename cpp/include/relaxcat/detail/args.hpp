@@ -107,5 +107,19 @@ struct ProbsVjpArgs {
     Real* grad_probs = nullptr;  // C-contiguous (rows, k)
 };
 
+// The support check of values (validate_args): status[r] is 0 for a row on the
+// support, 1 for a bad entry (negative, NaN or inf on the simplex; NaN or +inf
+// in log space), 2 for a row sum off 1 by more than tol, 3 for weight on a
+// masked category. The first failing condition in that order is reported.
+template <class Real>
+struct CheckArgs {
+    RowShape shape;
+    Space space = Space::simplex;
+    RowArg<const Real> logits;
+    RowArg<const Real> value;
+    double tol = 0.0;
+    uint8_t* status = nullptr;  // (rows,)
+};
+
 }  // namespace detail
 }  // namespace relaxcat

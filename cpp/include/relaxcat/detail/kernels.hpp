@@ -470,6 +470,38 @@ void rsample_vjp_rows(const RsampleVjpArgs<Real>& a, int64_t r0, int64_t r1,
     }
 }
 
+// The support check of values; see CheckArgs. One pass, no allocation.
+template <class Real>
+void check_rows(const CheckArgs<Real>& a, int64_t r0, int64_t r1, double* scratch) {
+    const int64_t k = a.shape.k;
+    const int64_t* const strides[2] = {a.logits.stride, a.value.stride};
+    RowWalker<2> walk(a.shape, r0, strides);
+    const bool simplex = a.space == Space::simplex;
+    const int64_t ks = a.logits.kstride, vs = a.value.kstride;
+    double* v = scratch;
+
+    for (int64_t r = r0; r < r1; ++r, walk.advance()) {
+        load_row(a.value.data + walk.offset[1], vs, k, v);
+        const Real* lg = a.logits.data + walk.offset[0];
+        bool bad = false, masked_weight = false;
+        for (int64_t j = 0; j < k; ++j) {
+            const bool ok = simplex ? (v[j] >= 0.0 && v[j] < kInf) : (v[j] == v[j] && v[j] < kInf);
+            bad = bad || !ok;
+            const bool masked = static_cast<double>(lg[j * ks]) == -kInf;
+            masked_weight = masked_weight || (masked && (simplex ? v[j] != 0.0 : v[j] > -kInf));
+        }
+        if (!simplex) exp_inplace(v, k);
+        double sum = 0.0;
+        for (int64_t j = 0; j < k; ++j) sum += v[j];
+        const double off = sum - 1.0;
+        uint8_t status = 0;
+        if (bad) status = 1;
+        else if (off > a.tol || off < -a.tol) status = 2;
+        else if (masked_weight) status = 3;
+        a.status[r] = status;
+    }
+}
+
 // Row-wise parameter transforms (ParamOp).
 template <class Real>
 void param_rows(const ParamArgs<Real>& a, int64_t r0, int64_t r1, double* scratch) {
