@@ -15,6 +15,7 @@ namespace py = pybind11;
 namespace relaxcat {
 namespace python {
 void bind_kernels(py::module_& m);
+void bind_moments(py::module_& m);
 }  // namespace python
 }  // namespace relaxcat
 
@@ -25,6 +26,7 @@ PYBIND11_MODULE(_core, m) {
     m.attr("build_type") = RELAXCAT_BUILD_TYPE;
     m.attr("compiler") = __VERSION__;
     rp::bind_kernels(m);
+    rp::bind_moments(m);
 
     m.def("simd_level", [] { return std::string(rp::active().name); },
           "The instruction-set level the kernels run at.");

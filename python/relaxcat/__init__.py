@@ -5,6 +5,14 @@ from __future__ import annotations
 
 from . import _core, constraints
 from ._config import show_config
+from ._extras import (
+    HardSample,
+    MonteCarloEstimate,
+    categorical_kl,
+    gumbel_softmax,
+    gumbel_softmax_vjp,
+    kl_divergence,
+)
 from ._threads import get_num_threads, set_num_threads
 from .distributions import (
     ExpRelaxedOneHotCategorical,
@@ -19,13 +27,19 @@ __version__ = _core.__version__
 
 __all__ = [
     "ExpRelaxedOneHotCategorical",
+    "HardSample",
     "LogProbGrad",
     "LogProbGradProbs",
+    "MonteCarloEstimate",
     "RelaxedOneHotCategorical",
     "RsampleGrad",
     "RsampleGradProbs",
+    "categorical_kl",
     "constraints",
     "get_num_threads",
+    "gumbel_softmax",
+    "gumbel_softmax_vjp",
+    "kl_divergence",
     "set_num_threads",
     "show_config",
 ]

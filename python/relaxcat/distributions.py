@@ -330,7 +330,7 @@ class RelaxedOneHotCategorical:
 
     def covariance(self) -> np.ndarray:
         """Cov[x], shape ``batch_shape + (K, K)``, by quadrature (an expansion in
-        1/T above T = 2000); accuracy in the README. NotImplementedError in log
+        1/T above T = 1000); accuracy in the README. NotImplementedError in log
         space."""
         return _extras.covariance(self)
 

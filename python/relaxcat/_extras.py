@@ -1,0 +1,361 @@
+"""Moments, mode, entropy, KL and straight-through (hard) samples.
+
+The distributions' ``mean``, ``variance``, ``covariance()``, ``mode``,
+``entropy()`` and the ``hard`` option of ``rsample`` delegate here, as do the
+module-level :func:`kl_divergence`, :func:`categorical_kl`, :func:`gumbel_softmax`
+and :func:`gumbel_softmax_vjp`. Like the rest of the package this layer validates,
+broadcasts and calls ``relaxcat._core``; the quadrature, the Newton solve, the
+categorical KL and the one-hot live in ``cpp/include/relaxcat/detail/moments.hpp``.
+The Monte Carlo estimators average the library's own log-densities of its own
+samples here, in NumPy.
+"""
+
+from __future__ import annotations
+
+from collections import namedtuple
+
+import numpy as np
+
+from . import _core, _threads
+from . import _validation as v
+
+__all__ = [
+    "MonteCarloEstimate",
+    "HardSample",
+    "categorical_kl",
+    "gumbel_softmax",
+    "gumbel_softmax_vjp",
+    "kl_divergence",
+]
+
+MonteCarloEstimate = namedtuple("MonteCarloEstimate", ["estimate", "stderr"])
+HardSample = namedtuple("HardSample", ["hard", "soft"])
+
+_NORMALIZE_LOGITS = 1
+_MEAN, _VARIANCE, _COVARIANCE = 0, 1, 2
+_DEFAULT_SAMPLES = 4096
+
+
+def _rows(d, batch=None):
+    """Normalised float64 logits ``(rows, K)`` and temperatures ``(rows,)`` of
+    ``d`` broadcast to ``batch`` (default: its batch shape), and that shape."""
+    batch = d.batch_shape if batch is None else tuple(batch)
+    k = d.event_shape[0]
+    a = np.ascontiguousarray(d._a, dtype=np.float64)
+    norm = np.empty(a.shape, dtype=np.float64)
+    _core.param(_NORMALIZE_LOGITS, a, norm, _threads.get_num_threads())
+    logits = np.ascontiguousarray(np.broadcast_to(norm, batch + (k,)).reshape(-1, k))
+    temp = np.ascontiguousarray(
+        np.broadcast_to(np.asarray(d._t_rows, dtype=np.float64), batch).reshape(-1)
+    )
+    return logits, temp, batch
+
+
+def _is_log(d) -> bool:
+    return d._space == 1
+
+
+# ----------------------------------------------------------------------- moments
+def mean(d) -> np.ndarray:
+    k = d.event_shape[0]
+    logits, temp, batch = _rows(d)
+    out = np.empty(logits.shape, dtype=np.float64)
+    if _is_log(d):
+        _core.log_mean(logits, temp, out, _threads.get_num_threads())
+    else:
+        _core.moments(_MEAN, logits, temp, out, None, _threads.get_num_threads())
+    return out.reshape(batch + (k,)).astype(d.dtype, copy=False)
+
+
+def _second(d, kind: int) -> np.ndarray:
+    if _is_log(d):
+        raise NotImplementedError(
+            "variance and covariance of ExpRelaxedOneHotCategorical (of y = log x) are "
+            "not implemented: they need E[log(S)^2] and E[G_k log S] for "
+            "S = sum_j exp((a_j + G_j) / T), integrals the quadrature does not form; "
+            "use RelaxedOneHotCategorical.variance for the moments of x"
+        )
+    k = d.event_shape[0]
+    logits, temp, batch = _rows(d)
+    m = np.empty(logits.shape, dtype=np.float64)
+    shape = (logits.shape[0], k, k) if kind == _COVARIANCE else logits.shape
+    s = np.empty(shape, dtype=np.float64)
+    _core.moments(kind, logits, temp, m, s, _threads.get_num_threads())
+    return s.reshape(batch + shape[1:]).astype(d.dtype, copy=False)
+
+
+def variance(d) -> np.ndarray:
+    return _second(d, _VARIANCE)
+
+
+def covariance(d) -> np.ndarray:
+    return _second(d, _COVARIANCE)
+
+
+def mode(d) -> np.ndarray:
+    k = d.event_shape[0]
+    logits, temp, batch = _rows(d)
+    out = np.empty(logits.shape, dtype=np.float64)
+    failed = _core.mode(1 if _is_log(d) else 0, logits, temp, out, _threads.get_num_threads())
+    if failed:
+        raise RuntimeError(
+            f"mode: Newton's method did not converge in {failed} of {logits.shape[0]} "
+            "rows; please report the parameters"
+        )
+    return out.reshape(batch + (k,)).astype(d.dtype, copy=False)
+
+
+# ------------------------------------------------------------------ Monte Carlo
+def _check_n(n_samples) -> int:
+    if isinstance(n_samples, (bool, np.bool_)) or not isinstance(
+        n_samples, (int, np.integer)
+    ):
+        raise TypeError(f"n_samples must be an int, got {type(n_samples).__name__}")
+    if n_samples < 2:
+        raise ValueError(f"n_samples must be at least 2 (for a standard error), got {n_samples}")
+    return int(n_samples)
+
+
+def _log_space(d, batch=None):
+    """The ExpRelaxed distribution with d's parameters (and batch), unvalidated."""
+    from .distributions import ExpRelaxedOneHotCategorical
+
+    batch = d.batch_shape if batch is None else tuple(batch)
+    k = d.event_shape[0]
+    logits = np.broadcast_to(d._a, batch + (k,))
+    temp = np.broadcast_to(d._t_rows, batch)
+    return ExpRelaxedOneHotCategorical(temp, logits=logits, validate_args=False)
+
+
+def _estimate(samples: np.ndarray) -> MonteCarloEstimate:
+    n = samples.shape[0]
+    est = samples.mean(axis=0)
+    err = samples.std(axis=0, ddof=1) / np.sqrt(n)
+    return MonteCarloEstimate(np.asarray(est), np.asarray(err))
+
+
+def entropy(d, n_samples=_DEFAULT_SAMPLES, rng=None) -> MonteCarloEstimate:
+    n = _check_n(n_samples)
+    e = _log_space(d)
+    y = e.rsample((n,), rng=rng)
+    log_q = e.log_prob(y).astype(np.float64)
+    if _is_log(d):
+        h = -log_q
+    else:
+        # log p_x(x) = log q(y) - sum_k y_k over the live categories.
+        live = np.broadcast_to(d._a > -np.inf, y.shape)
+        h = np.where(live, y, 0.0).sum(axis=-1, dtype=np.float64) - log_q
+    return _estimate(h)
+
+
+def _same_family(p, q, fn: str):
+    from .distributions import RelaxedOneHotCategorical
+
+    for name, dist in (("p", p), ("q", q)):
+        if not isinstance(dist, RelaxedOneHotCategorical):
+            raise TypeError(
+                f"{fn}: {name} must be a RelaxedOneHotCategorical or "
+                f"ExpRelaxedOneHotCategorical, got {type(dist).__name__}"
+            )
+    if fn == "kl_divergence" and type(p) is not type(q):
+        raise TypeError(
+            f"kl_divergence: p and q must be of the same class, got {type(p).__name__} "
+            f"and {type(q).__name__}"
+        )
+    if p.event_shape != q.event_shape:
+        raise ValueError(
+            f"{fn}: p and q must have the same number of categories, got "
+            f"{p.event_shape[0]} and {q.event_shape[0]}"
+        )
+    try:
+        return np.broadcast_shapes(p.batch_shape, q.batch_shape)
+    except ValueError:
+        raise ValueError(
+            f"{fn}: batch shapes {p.batch_shape} and {q.batch_shape} do not broadcast"
+        ) from None
+
+
+def kl_divergence(p, q, n_samples=_DEFAULT_SAMPLES, rng=None) -> MonteCarloEstimate:
+    """KL(p || q) of two relaxed distributions, estimated by Monte Carlo.
+
+    Parameters
+    ----------
+    p, q : RelaxedOneHotCategorical or ExpRelaxedOneHotCategorical
+        Both of the same class, with the same number of categories and batch
+        shapes that broadcast.
+    n_samples : int
+        Samples per batch entry, at least 2.
+    rng : None, int or numpy.random.Generator
+        As for :meth:`RelaxedOneHotCategorical.rsample`.
+
+    Returns
+    -------
+    MonteCarloEstimate (estimate, stderr)
+        Arrays of the broadcast batch shape, float64. The estimator is
+        ``mean_i [log q_p(y_i) - log q_q(y_i)]`` over ``y_i = log x_i``, the
+        log-space samples of ``p``, with ``log q`` the ExpRelaxed log-density:
+        the change-of-variables terms of the simplex density are the same for p
+        and q and cancel, so the estimate holds for both classes and never sees
+        an underflowed sample. ``stderr`` is the sample standard deviation over
+        sqrt(n). Where p and q mask different categories the supports differ
+        (one is not absolutely continuous with respect to the other) and the
+        estimate is ``+inf`` with stderr 0.
+
+    Notes
+    -----
+    The estimate can be negative by chance; it is unbiased, not clipped.
+    """
+    batch = _same_family(p, q, "kl_divergence")
+    n = _check_n(n_samples)
+    k = p.event_shape[0]
+    ep, eq = _log_space(p, batch), _log_space(q, batch)
+    y = ep.rsample((n,), rng=rng)
+    lp = ep.log_prob(y).astype(np.float64)
+    lq = eq.log_prob(y).astype(np.float64)
+    mask_p = np.broadcast_to(p._a == -np.inf, batch + (k,))
+    mask_q = np.broadcast_to(q._a == -np.inf, batch + (k,))
+    differ = np.any(mask_p != mask_q, axis=-1)
+    est = _estimate(np.where(differ, 0.0, lp - lq))
+    if differ.any():
+        est = MonteCarloEstimate(
+            np.where(differ, np.inf, est.estimate), np.where(differ, 0.0, est.stderr)
+        )
+    return est
+
+
+def categorical_kl(p, q) -> np.ndarray:
+    """KL(Cat(p.probs) || Cat(q.probs)): the analytic KL of the underlying
+    categorical distributions, *not* of the relaxed ones.
+
+    ``sum_k p_k (log p_k - log q_k)`` with ``0 log 0 = 0``; ``+inf`` where q
+    gives zero probability to a category p can take. Temperatures are ignored.
+    Computed in float64 in the C++ core (clamped at 0 from below, against
+    rounding); returned with the broadcast batch shape in the dtype of ``p``.
+    Accepts either class for either argument.
+    """
+    batch = _same_family(p, q, "categorical_kl")
+    a, _, _ = _rows(p, batch)
+    b, _, _ = _rows(q, batch)
+    out = np.empty(a.shape[0], dtype=np.float64)
+    _core.categorical_kl(a, b, out, _threads.get_num_threads())
+    return out.reshape(batch).astype(p.dtype, copy=False)
+
+
+# ---------------------------------------------------------------- hard samples
+def one_hot(soft: np.ndarray) -> np.ndarray:
+    """One-hot (0 / 1, in soft's dtype) of the first largest entry of each row."""
+    k = soft.shape[-1]
+    x = np.ascontiguousarray(soft, dtype=np.float64).reshape(-1, k)
+    out = np.empty(x.shape, dtype=np.float64)
+    _core.one_hot(x, out, _threads.get_num_threads())
+    return out.reshape(soft.shape).astype(soft.dtype, copy=False)
+
+
+def hard_sample(soft: np.ndarray) -> HardSample:
+    return HardSample(one_hot(soft), soft)
+
+
+# ------------------------------------------------------------ functional form
+def gumbel_softmax(logits, temperature, hard=False, axis=-1, rng=None):
+    """A Gumbel-softmax sample along ``axis``, as ``torch.nn.functional.gumbel_softmax``.
+
+    Parameters
+    ----------
+    logits : array_like
+        Unnormalised log-probabilities, finite or ``-inf`` (masked), categories
+        along ``axis``. float32 stays float32; other kinds as in the classes.
+    temperature : float or array_like
+        Positive and finite; an array broadcasts with ``logits`` without the
+        category axis.
+    hard : bool
+        If True, return ``HardSample(hard, soft)``: the one-hot of the argmax of
+        the soft sample (ties to the lowest index; masked categories are never
+        chosen) and the soft sample itself. In the straight-through estimator the
+        forward pass uses ``hard`` and the backward pass the soft sample's
+        gradient, which :func:`gumbel_softmax_vjp` computes from ``soft``.
+    axis : int
+        The category axis.
+    rng : None, int or numpy.random.Generator
+        As for :meth:`RelaxedOneHotCategorical.rsample` (the stream is that of the
+        logits moved to the last axis).
+
+    Returns
+    -------
+    numpy.ndarray or HardSample
+        The soft sample with the shape of ``logits`` (hard=False), or the pair.
+    """
+    from .distributions import RelaxedOneHotCategorical
+
+    arr = v.as_float_array(logits, "logits")
+    if arr.ndim == 0:
+        raise ValueError("logits must have a category axis, got a 0-d array")
+    axis = _axis(axis, arr.ndim)
+    moved = np.moveaxis(arr, axis, -1)
+    d = RelaxedOneHotCategorical(temperature, logits=moved)
+    if d.batch_shape != moved.shape[:-1]:
+        raise ValueError(
+            f"temperature of shape {np.shape(temperature)} would enlarge the logits' "
+            f"shape without the category axis, {moved.shape[:-1]}"
+        )
+    soft = d.rsample(rng=rng)
+    if not hard:
+        return np.moveaxis(soft, -1, axis)
+    return HardSample(np.moveaxis(one_hot(soft), -1, axis), np.moveaxis(soft, -1, axis))
+
+
+def _axis(axis, ndim: int) -> int:
+    if isinstance(axis, (bool, np.bool_)) or not isinstance(axis, (int, np.integer)):
+        raise TypeError(f"axis must be an int, got {type(axis).__name__}")
+    if not -ndim <= axis < ndim:
+        raise ValueError(f"axis must be in [-{ndim}, {ndim}), got {axis}")
+    return int(axis) % ndim
+
+
+def gumbel_softmax_vjp(sample_soft, grad, temperature, axis=-1):
+    """The gradient of ``sum(grad * sample)`` for ``sample = gumbel_softmax(...)``.
+
+    Pass the *soft* sample (``HardSample.soft`` when hard=True): the
+    straight-through gradient is the soft sample's. Formulas as in
+    :meth:`RelaxedOneHotCategorical.rsample_vjp`; the logits are not needed.
+
+    Returns
+    -------
+    RsampleGrad (logits, temperature)
+        ``logits`` with the sample's shape, ``temperature`` with the shape of the
+        temperature given (broadcast dimensions summed).
+    """
+    from .distributions import RsampleGrad, _reduce_to
+
+    x = v.as_float_array(sample_soft, "sample_soft")
+    if x.ndim == 0:
+        raise ValueError("sample_soft must have a category axis, got a 0-d array")
+    axis = _axis(axis, x.ndim)
+    x = np.moveaxis(x, axis, -1)
+    v.check_simplex(x, np.zeros(x.shape[-1], dtype=x.dtype), "sample_soft")
+    g = v.as_float_array(grad, "grad", x.dtype)
+    try:
+        g = np.broadcast_to(np.moveaxis(np.broadcast_to(g, np.moveaxis(x, -1, axis).shape),
+                                        axis, -1), x.shape)
+    except ValueError:
+        raise ValueError(
+            f"grad must broadcast to the sample's shape, got {np.shape(grad)}"
+        ) from None
+    t = v.as_float_array(temperature, "temperature", x.dtype)
+    v.check_temperature(t)
+    try:
+        rows = np.broadcast_shapes(t.shape, x.shape[:-1])
+    except ValueError:
+        raise ValueError(
+            f"temperature of shape {t.shape} does not broadcast with the sample's "
+            f"rows {x.shape[:-1]}"
+        ) from None
+    if rows != x.shape[:-1]:
+        raise ValueError(
+            f"temperature of shape {t.shape} would enlarge the sample's rows {x.shape[:-1]}"
+        )
+    temp = np.broadcast_to(t, rows)
+    threads = _threads.get_num_threads()
+    gl = np.empty(x.shape, dtype=x.dtype)
+    gt = np.empty(rows, dtype=x.dtype)
+    _core.rsample_vjp(0, x, g, temp, gl, gt, threads)
+    return RsampleGrad(np.moveaxis(gl, -1, axis), _reduce_to(gt, t.shape))

@@ -1,0 +1,316 @@
+"""Mean, variance, covariance, mode, entropy and KL of the Concrete distribution.
+
+References: mpmath (closed-form Bessel inner integrals at T = 1, stored by
+tests/data/make_moments.py; the logistic law of logit(x_1) for K = 2, computed
+here), long Monte Carlo runs, the K = 2 closed forms, the T -> 0 and T -> inf
+limits, and a direct numerical maximisation of log_prob for the mode.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import mpmath as mp
+import numpy as np
+import pytest
+from scipy import integrate, optimize
+
+import relaxcat
+from conftest import DATA
+
+# The quadrature's bound (README): 1e-12 of the largest entry; measured ~4e-15.
+QUAD_TOL = 1e-12
+# The covariance above T = 1000 (anchored expansion): measured below 1e-7 relative.
+LARGE_T_TOL = 3e-7
+# Monte Carlo comparisons: |estimate - exact| < 5.5 standard errors. For a normal
+# estimate the two-sided false-failure rate is 4e-8 per entry, below 1e-6 for the
+# ~100 entries compared here.
+Z = 5.5
+# Newton's mode against scipy's maximiser, whose own tolerance is about 1e-9.
+MODE_TOL = 1e-7
+
+
+def dist(logits, t, cls=relaxcat.RelaxedOneHotCategorical, **kw):
+    return cls(t, logits=np.asarray(logits, dtype=np.float64), **kw)
+
+
+def scale_err(got, want):
+    want = np.asarray(want, dtype=np.float64)
+    return float(np.max(np.abs(np.asarray(got) - want)) / np.max(np.abs(want)))
+
+
+# ------------------------------------------------------------ mpmath references
+def _reference_cases():
+    raw = json.loads((DATA / "moments_reference.json").read_text())
+    return raw["cases"]
+
+
+@pytest.mark.parametrize("case", _reference_cases(), ids=lambda c: str(c["logits"]))
+def test_mean_and_variance_match_mpmath_bessel_reference(case):
+    d = dist(case["logits"], case["temperature"])
+    mean = np.array([float(x) for x in case["mean"]])
+    var = np.array([float(x) for x in case["variance"]])
+    assert scale_err(d.mean, mean) < QUAD_TOL
+    assert scale_err(d.variance, var) < QUAD_TOL
+    assert scale_err(np.diag(d.covariance()), var) < QUAD_TOL
+
+
+def _k2_reference(delta, t):
+    """E[x_1], Var[x_1] for K = 2: logit(x_1) is logistic, location delta / T,
+    scale 1 / T, so both are one-dimensional integrals (mpmath, 25 digits)."""
+    mp.mp.dps = 25
+    mu, s = mp.mpf(delta) / t, mp.mpf(1) / t
+
+    def pdf(z):
+        e = mp.exp(-(z - mu) / s)
+        return e / (s * (1 + e) ** 2)
+
+    def moment(n):
+        return mp.quad(lambda z: (1 / (1 + mp.exp(-z))) ** n * pdf(z),
+                       [-mp.inf, mu - 10 * s, mu, mu + 10 * s, mp.inf])
+
+    m1, m2 = moment(1), moment(2)
+    return float(m1), float(m2 - m1 * m1)
+
+
+@pytest.mark.parametrize("t", [0.3, 1.0, 4.0])
+@pytest.mark.parametrize("delta", [0.7, -2.5])
+def test_k2_moments_match_the_logistic_law_of_the_logit(delta, t):
+    m1, v1 = _k2_reference(delta, t)
+    d = dist([delta, 0.0], t)
+    assert scale_err(d.mean, [m1, 1 - m1]) < QUAD_TOL
+    assert scale_err(d.variance, [v1, v1]) < QUAD_TOL
+    assert scale_err(d.covariance(), [[v1, -v1], [-v1, v1]]) < QUAD_TOL
+
+
+def test_k2_mean_at_t1_has_its_closed_form():
+    r = math.exp(0.7)
+    want = r * (r - 1 - math.log(r)) / (r - 1) ** 2
+    assert abs(dist([0.7, 0.0], 1.0).mean[0] - want) < 1e-15
+    assert abs(want - 0.6147939) < 1e-7
+
+
+def test_mean_is_not_probs():
+    d = dist([1.0, 0.0, -1.0], 1.0)
+    np.testing.assert_allclose(d.mean, [0.569097, 0.289023, 0.141881], atol=1e-6)
+    assert np.max(np.abs(d.mean - d.probs)) > 0.05
+
+
+# --------------------------------------------------------------- Monte Carlo
+MC_CASES = [([1.0, 0.0, -1.0], 0.3), ([0.3, -1.2, 2.0, 0.0], 2.5), ([0.5, 0.0, 0.2], 7.0)]
+
+
+@pytest.mark.parametrize("logits,t", MC_CASES)
+def test_moments_agree_with_a_long_monte_carlo_run(logits, t):
+    d = dist(logits, t)
+    n = 400_000
+    x = d.rsample((n,), rng=12345)
+    mean, cov = d.mean, d.covariance()
+    se_mean = x.std(axis=0, ddof=1) / math.sqrt(n)
+    assert np.all(np.abs(x.mean(axis=0) - mean) < Z * se_mean)
+    xc = x - mean
+    prods = xc[:, :, None] * xc[:, None, :]
+    se_cov = prods.std(axis=0, ddof=1) / math.sqrt(n)
+    assert np.all(np.abs(prods.mean(axis=0) - cov) < Z * se_cov)
+
+
+# -------------------------------------------------------------- structure
+def test_moments_are_batched_and_keep_the_dtype():
+    logits = np.array([[1.0, 0.0, -1.0], [0.0, 0.0, 0.0]], dtype=np.float32)
+    t = np.array([[0.5], [3.0]], dtype=np.float32)
+    d = relaxcat.RelaxedOneHotCategorical(t, logits=logits)
+    assert d.mean.shape == (2, 3) and d.mean.dtype == np.float32
+    assert d.variance.shape == (2, 3) and d.covariance().shape == (2, 3, 3)
+    for i in range(2):
+        single = dist(logits[i].astype(np.float64), float(t[i, 0]))
+        np.testing.assert_allclose(d.mean[i], single.mean, rtol=1e-6)
+    np.testing.assert_allclose(d.mean[1], [1 / 3] * 3, rtol=1e-6)
+
+
+def test_mean_sums_to_one_and_covariance_rows_to_zero():
+    for t in (0.01, 0.4, 1.0, 3.0, 50.0, 5e3):
+        d = dist([2.0, -1.0, 0.5, 0.0, -3.0], t)
+        assert abs(d.mean.sum() - 1) < 1e-13
+        c = d.covariance()
+        assert np.max(np.abs(c.sum(axis=1))) < 1e-9 * np.max(np.abs(c))
+        np.testing.assert_allclose(c, c.T, rtol=0, atol=0)
+
+
+def test_masked_categories_have_zero_moments_and_change_nothing_else():
+    full = dist([0.3, -np.inf, 2.0, 0.0], 1.3)
+    part = dist([0.3, 2.0, 0.0], 1.3)
+    assert full.mean[1] == 0 and full.variance[1] == 0
+    assert np.all(full.covariance()[1] == 0) and np.all(full.covariance()[:, 1] == 0)
+    assert scale_err(full.mean[[0, 2, 3]], part.mean) < 1e-14
+    assert scale_err(full.covariance()[np.ix_([0, 2, 3], [0, 2, 3])], part.covariance()) < 1e-14
+
+
+def test_one_live_category_is_a_point_mass():
+    d = dist([-np.inf, 0.5, -np.inf], 0.7)
+    assert d.mean.tolist() == [0, 1, 0] and np.all(d.covariance() == 0)
+
+
+# ------------------------------------------------------------------- limits
+def test_small_temperature_tends_to_the_categorical():
+    d = dist([1.0, 0.0, -1.0], 1e-8)
+    p = d.probs
+    assert scale_err(d.mean, p) < 1e-7
+    assert scale_err(d.covariance(), np.diag(p) - np.outer(p, p)) < 1e-7
+    tiny = dist([1.0, 0.0, -1.0], 1e-300)
+    assert scale_err(tiny.mean, p) < 1e-14
+
+
+def test_large_temperature_tends_to_uniform_with_the_leading_covariance():
+    a = np.array([1.0, 0.0, -1.0])
+    for t in (1e6, 1e12, 1e100):
+        d = dist(a, t)
+        assert scale_err(d.mean, 1 / 3 + a / (3 * t)) < 1e-10
+        k = 3
+        lead = math.pi**2 / 6 * (1 / t) ** 2 / k**2 * (np.eye(k) - 1 / k)
+        assert scale_err(d.covariance(), lead) < 5 / t + 1e-15
+    huge = dist(a, 1e300)
+    assert scale_err(huge.mean, [1 / 3] * 3) < 1e-15
+    assert np.all(np.isfinite(huge.covariance()))
+
+
+def test_covariance_is_continuous_across_the_switch_to_the_expansion():
+    # T^2 Cov changes slowly (like 1/T): the two sides of T = 1000 differ by the
+    # derivative times 0.2 (about 1e-7 relative) plus each side's error.
+    def scaled(logits, t):
+        return t**2 * dist(logits, t).covariance()
+
+    for logits in ([1.0, 0.0, -1.0], [3.0, 0.0, -2.0, 1.0]):
+        lo, hi = scaled(logits, 999.9), scaled(logits, 1000.1)
+        slope = (scaled(logits, 1050.1) - hi) / 50
+        assert scale_err(hi - 0.2 * slope, lo) < LARGE_T_TOL
+
+
+# --------------------------------------------------------------------- mode
+def _argmax_log_prob(d):
+    k = d.event_shape[0]
+
+    def neg(z):
+        x = np.exp(np.append(z, 0.0))
+        return -float(d.log_prob(x / x.sum()))
+
+    best = optimize.minimize(neg, np.zeros(k - 1), method="Nelder-Mead",
+                             options={"xatol": 1e-12, "fatol": 1e-15, "maxiter": 20000})
+    x = np.exp(np.append(best.x, 0.0))
+    return x / x.sum()
+
+
+@pytest.mark.parametrize(
+    "logits,t",
+    [([2.0, 0.0, -1.0], 3.0), ([2.0, 0.0, -1.0], 2.0), ([1.0, -0.5, 0.0, 2.0], 4.5),
+     ([0.8, 0.0], 2.5), ([5.0, 0.0, -5.0], 40.0)],
+)
+def test_mode_maximises_log_prob(logits, t):
+    d = dist(logits, t)
+    assert scale_err(d.mode, _argmax_log_prob(d)) < MODE_TOL
+
+
+def test_mode_known_value_and_stationarity():
+    d = dist([2.0, 0.0, -1.0], 3.0)
+    np.testing.assert_allclose(d.mode, [0.56129, 0.25805, 0.18066], atol=1e-5)
+    x = d.mode
+    w = np.exp(d.logits - 3.0 * np.log(x))
+    w /= w.sum()
+    np.testing.assert_allclose(x, (3.0 + 1 - 3 * 3.0 * w) / 3, rtol=1e-14)
+
+
+def test_k2_mode_matches_the_logistic_law():
+    # x = sigmoid(z), z logistic(mu, 1/T): density of x is
+    # T e^{-T(z - mu)} / (1 + e^{-T(z - mu)})^2 / (x (1 - x)); maximise over z.
+    delta, t = 0.8, 2.5
+
+    def neg(z):
+        x = 1 / (1 + math.exp(-z))
+        e = math.exp(-t * (z - delta / t))
+        return -(math.log(t * e / (1 + e) ** 2) - math.log(x * (1 - x)))
+
+    z = optimize.minimize_scalar(neg, bracket=(-2, 2), tol=1e-14).x
+    assert abs(dist([delta, 0.0], t).mode[0] - 1 / (1 + math.exp(-z))) < MODE_TOL
+
+
+@pytest.mark.parametrize("logits,t", [([1.0, 0.0, -1.0], 1.5), ([0.0, 1.0], 1.0),
+                                      ([0.0, 1.0, 1.0], 0.2)])
+def test_mode_is_the_most_probable_vertex_without_an_interior_mode(logits, t):
+    mode = dist(logits, t).mode
+    want = np.zeros(len(logits))
+    want[int(np.argmax(logits))] = 1
+    assert mode.tolist() == want.tolist()
+
+
+def test_mode_is_batched_with_masks():
+    logits = np.array([[2.0, -np.inf, 0.0, -1.0], [0.0, 0.0, 0.0, 0.0]])
+    d = relaxcat.RelaxedOneHotCategorical(np.array([2.0, 3.0]), logits=logits)
+    m = d.mode
+    assert m[0, 1] == 0
+    assert scale_err(m[0, [0, 2, 3]], dist([2.0, 0.0, -1.0], 2.0).mode) < 1e-14
+    np.testing.assert_allclose(m[1], 0.25, rtol=1e-14)
+
+
+def test_log_space_mode_is_log_softmax_of_logits_over_t():
+    e = dist([2.0, 0.0, -1.0], 0.5, relaxcat.ExpRelaxedOneHotCategorical)
+    a = np.array([2.0, 0.0, -1.0]) / 0.5
+    np.testing.assert_allclose(e.mode, a - np.log(np.exp(a).sum()), rtol=1e-14)
+
+
+# ------------------------------------------------------------------ log space
+def test_log_space_mean_is_e_log_x():
+    logits, t = [1.0, 0.0, -1.0], 0.6
+    e = dist(logits, t, relaxcat.ExpRelaxedOneHotCategorical)
+    y = e.rsample((200_000,), rng=7)
+    se = y.std(axis=0, ddof=1) / math.sqrt(y.shape[0])
+    assert np.all(np.abs(y.mean(axis=0) - e.mean) < Z * se)
+    with pytest.raises(NotImplementedError, match="E\\[log\\(S\\)\\^2\\]"):
+        e.variance
+    with pytest.raises(NotImplementedError, match="ExpRelaxedOneHotCategorical"):
+        e.covariance()
+
+
+# ------------------------------------------------------------ entropy and KL
+def test_entropy_k2_t1_equal_logits_is_zero():
+    h = dist([0.0, 0.0], 1.0).entropy(n_samples=20_000, rng=3)
+    assert abs(float(h.estimate)) <= Z * float(h.stderr) + 1e-12
+
+
+def _k2_density(delta, t):
+    def p(x):
+        # The simplex density in the first coordinate, from the logistic logit.
+        z = math.log(x / (1 - x))
+        e = math.exp(-t * (z - delta / t))
+        return t * e / (1 + e) ** 2 / (x * (1 - x))
+    return p
+
+
+def test_entropy_and_kl_match_numerical_integrals_for_k2():
+    p, q = _k2_density(0.5, 2.0), _k2_density(-0.3, 3.0)
+    h = -integrate.quad(lambda x: p(x) * math.log(p(x)), 0, 1, limit=200)[0]
+    kl = integrate.quad(lambda x: p(x) * math.log(p(x) / q(x)), 0, 1, limit=200)[0]
+    dp, dq = dist([0.5, 0.0], 2.0), dist([-0.3, 0.0], 3.0)
+    est = dp.entropy(n_samples=100_000, rng=11)
+    assert abs(float(est.estimate) - h) < Z * float(est.stderr)
+    est = relaxcat.kl_divergence(dp, dq, n_samples=100_000, rng=12)
+    assert abs(float(est.estimate) - kl) < Z * float(est.stderr)
+
+
+def test_kl_of_a_distribution_with_itself_is_zero_and_shapes_broadcast():
+    p = relaxcat.RelaxedOneHotCategorical(np.array([0.5, 2.0]), logits=np.array([1.0, 0.0, -1.0]))
+    est = relaxcat.kl_divergence(p, p, n_samples=1000, rng=0)
+    assert est.estimate.shape == (2,) and np.all(est.estimate == 0)
+    q = dist([-np.inf, 0.0, 0.0], 1.0)
+    assert np.all(relaxcat.kl_divergence(p, q, n_samples=10, rng=0).estimate == np.inf)
+    with pytest.raises(TypeError, match="same class"):
+        relaxcat.kl_divergence(p, dist([1.0, 0.0, -1.0], 1.0, relaxcat.ExpRelaxedOneHotCategorical))
+
+
+def test_categorical_kl_is_the_analytic_kl_of_the_probs():
+    p = dist([1.0, 0.0, -1.0], 0.5)
+    q = dist([0.0, 2.0, -np.inf], 7.0)
+    pp, qq = p.probs, q.probs
+    assert relaxcat.categorical_kl(q, p) == pytest.approx(
+        sum(a * math.log(a / b) for a, b in zip(qq, pp) if a > 0), rel=1e-14)
+    assert relaxcat.categorical_kl(p, q) == np.inf
+    assert relaxcat.categorical_kl(p, p) == 0
