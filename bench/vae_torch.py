@@ -27,6 +27,7 @@ import sys
 import time
 
 import numpy as np
+
 import relaxcat
 from relaxcat import demo
 

@@ -20,20 +20,26 @@ namespace {
 using detail::RowArg;
 using detail::RowShape;
 
-[[noreturn]] void type_error(const std::string& msg) { throw py::type_error(msg); }
-[[noreturn]] void value_error(const std::string& msg) { throw py::value_error(msg); }
+[[noreturn]] void type_error(const std::string& msg) {
+    throw py::type_error(msg);
+}
+[[noreturn]] void value_error(const std::string& msg) {
+    throw py::value_error(msg);
+}
 
 std::string shape_str(const py::array& a) {
     std::string s = "(";
     for (py::ssize_t d = 0; d < a.ndim(); ++d)
-        s += std::to_string(a.shape(d)) + (a.ndim() == 1 ? "," : (d + 1 < a.ndim() ? ", " : ""));
+        s += std::to_string(a.shape(d)) +
+             (a.ndim() == 1 ? "," : (d + 1 < a.ndim() ? ", " : ""));
     return s + ")";
 }
 
 // The row shape of an array whose last axis holds the categories.
 RowShape row_shape(const py::array& a, const char* fn, const char* name) {
     if (a.ndim() < 1)
-        value_error(std::string(fn) + ": " + name + " must have a category axis, got a 0-d array");
+        value_error(std::string(fn) + ": " + name +
+                    " must have a category axis, got a 0-d array");
     if (a.ndim() - 1 > detail::kMaxBatchDims)
         value_error(std::string(fn) + ": " + name + " may have at most " +
                     std::to_string(detail::kMaxBatchDims) + " batch dimensions, got " +
@@ -66,8 +72,8 @@ void check_kind(const py::array& a, const char* fn, const char* name) {
 
 // A read-only strided view over `s` (with the category axis if with_k).
 template <class Real>
-RowArg<const Real> in_arg(const py::array& a, const RowShape& s, bool with_k, const char* fn,
-                          const char* name) {
+RowArg<const Real> in_arg(const py::array& a, const RowShape& s, bool with_k,
+                          const char* fn, const char* name) {
     check_kind<Real>(a, fn, name);
     const py::ssize_t want = s.ndim + (with_k ? 1 : 0);
     bool ok = a.ndim() == want;
@@ -80,10 +86,14 @@ RowArg<const Real> in_arg(const py::array& a, const RowShape& s, bool with_k, co
     r.data = static_cast<const Real*>(a.data());
     for (py::ssize_t d = 0; d < a.ndim(); ++d) {
         if (a.strides(d) % static_cast<py::ssize_t>(sizeof(Real)) != 0)
-            value_error(std::string(fn) + ": " + name + " has a stride that is not a multiple "
+            value_error(std::string(fn) + ": " + name +
+                        " has a stride that is not a multiple "
                         "of its item size; pass an aligned array");
         const int64_t st = a.strides(d) / static_cast<py::ssize_t>(sizeof(Real));
-        if (d < s.ndim) r.stride[d] = st; else r.kstride = st;
+        if (d < s.ndim)
+            r.stride[d] = st;
+        else
+            r.kstride = st;
     }
     return r;
 }
@@ -93,12 +103,14 @@ template <class Real>
 Real* out_arg(const py::object& o, const RowShape& s, bool with_k, const char* fn,
               const char* name) {
     if (o.is_none()) return nullptr;
-    if (!py::isinstance<py::array>(o)) type_error(std::string(fn) + ": " + name + " must be an array");
+    if (!py::isinstance<py::array>(o))
+        type_error(std::string(fn) + ": " + name + " must be an array");
     py::array a = py::reinterpret_borrow<py::array>(o);
     in_arg<Real>(a, s, with_k, fn, name);
     if (!(a.flags() & py::array::c_style))
         value_error(std::string(fn) + ": " + name + " must be C-contiguous");
-    if (!a.writeable()) value_error(std::string(fn) + ": " + name + " must be writable");
+    if (!a.writeable())
+        value_error(std::string(fn) + ": " + name + " must be writable");
     return static_cast<Real*>(a.mutable_data());
 }
 
@@ -113,7 +125,9 @@ void run(const Args& args, Kernel kernel, int threads) {
         py::gil_scoped_release nogil;
         finished = detail::parallel_rows(
             args.shape.rows, k, threads, table.scratch_size(k),
-            [&](int64_t r0, int64_t r1, double* scratch) { kernel(args, r0, r1, scratch); },
+            [&](int64_t r0, int64_t r1, double* scratch) {
+                kernel(args, r0, r1, scratch);
+            },
             [] {
                 py::gil_scoped_acquire gil;
                 return PyErr_CheckSignals() != 0;
@@ -124,21 +138,25 @@ void run(const Args& args, Kernel kernel, int threads) {
 
 template <class Real>
 const KernelSet<Real>& kernels() {
-    if constexpr (sizeof(Real) == 4) return active().f32; else return active().f64;
+    if constexpr (sizeof(Real) == 4)
+        return active().f32;
+    else
+        return active().f64;
 }
 
 template <class Real>
-void rsample_t(const py::array& logits, const py::array& temperature, const py::object& gumbels,
-               uint64_t key, uint64_t stream, uint64_t offset, const py::object& out_x,
-               const py::object& out_log_x, int threads) {
+void rsample_t(const py::array& logits, const py::array& temperature,
+               const py::object& gumbels, uint64_t key, uint64_t stream,
+               uint64_t offset, const py::object& out_x, const py::object& out_log_x,
+               int threads) {
     const char* fn = "rsample";
     detail::RsampleArgs<Real> a;
     a.shape = row_shape(logits, fn, "logits");
     a.logits = in_arg<Real>(logits, a.shape, true, fn, "logits");
     a.temperature = in_arg<Real>(temperature, a.shape, false, fn, "temperature");
     if (!gumbels.is_none())
-        a.noise.gumbels = in_arg<Real>(py::reinterpret_borrow<py::array>(gumbels), a.shape,
-                                       true, fn, "gumbels");
+        a.noise.gumbels = in_arg<Real>(py::reinterpret_borrow<py::array>(gumbels),
+                                       a.shape, true, fn, "gumbels");
     a.noise.key = key;
     a.noise.stream = stream;
     a.noise.offset = offset;
@@ -149,9 +167,9 @@ void rsample_t(const py::array& logits, const py::array& temperature, const py::
 
 template <class Real>
 void log_prob_t(int space, const py::array& logits, const py::array& temperature,
-                const py::array& value, const py::object& grad, const py::object& out_lp,
-                const py::object& out_gv, const py::object& out_gl, const py::object& out_gt,
-                int threads) {
+                const py::array& value, const py::object& grad,
+                const py::object& out_lp, const py::object& out_gv,
+                const py::object& out_gl, const py::object& out_gt, int threads) {
     const char* fn = "log_prob";
     detail::LogProbArgs<Real> a;
     a.shape = row_shape(logits, fn, "logits");
@@ -160,7 +178,8 @@ void log_prob_t(int space, const py::array& logits, const py::array& temperature
     a.temperature = in_arg<Real>(temperature, a.shape, false, fn, "temperature");
     a.value = in_arg<Real>(value, a.shape, true, fn, "value");
     if (!grad.is_none())
-        a.grad = in_arg<Real>(py::reinterpret_borrow<py::array>(grad), a.shape, false, fn, "grad");
+        a.grad = in_arg<Real>(py::reinterpret_borrow<py::array>(grad), a.shape, false,
+                              fn, "grad");
     a.log_prob = out_arg<Real>(out_lp, a.shape, false, fn, "out");
     a.grad_value = out_arg<Real>(out_gv, a.shape, true, fn, "grad_value");
     a.grad_logits = out_arg<Real>(out_gl, a.shape, true, fn, "grad_logits");
@@ -192,7 +211,8 @@ void param_t(int op, const py::array& in, const py::object& out, int threads) {
     const char* fn = "param";
     detail::ParamArgs<Real> a;
     a.shape = row_shape(in, fn, "in");
-    if (op < 0 || op > 3) value_error("param: op must be 0..3, got " + std::to_string(op));
+    if (op < 0 || op > 3)
+        value_error("param: op must be 0..3, got " + std::to_string(op));
     a.op = static_cast<detail::ParamOp>(op);
     a.in = in_arg<Real>(in, a.shape, true, fn, "in");
     a.out = out_arg<Real>(out, a.shape, true, fn, "out");
@@ -201,8 +221,8 @@ void param_t(int op, const py::array& in, const py::object& out, int threads) {
 }
 
 template <class Real>
-void probs_vjp_t(const py::array& probs, const py::array& grad_logits, const py::object& out,
-                 int threads) {
+void probs_vjp_t(const py::array& probs, const py::array& grad_logits,
+                 const py::object& out, int threads) {
     const char* fn = "probs_vjp";
     detail::ProbsVjpArgs<Real> a;
     a.shape = row_shape(probs, fn, "probs");
@@ -223,11 +243,12 @@ void check_t(int space, const py::array& logits, const py::array& value, double 
     a.logits = in_arg<Real>(logits, a.shape, true, fn, "logits");
     a.value = in_arg<Real>(value, a.shape, true, fn, "value");
     a.tol = tol;
-    if (!py::isinstance<py::array_t<uint8_t>>(status) || status.ndim() != a.shape.ndim ||
-        !(status.flags() & py::array::c_style) || !status.writeable() ||
-        status.size() != a.shape.rows)
-        value_error("check_values: status must be a writable C-contiguous uint8 array "
-                    "with one entry per row");
+    if (!py::isinstance<py::array_t<uint8_t>>(status) ||
+        status.ndim() != a.shape.ndim || !(status.flags() & py::array::c_style) ||
+        !status.writeable() || status.size() != a.shape.rows)
+        value_error(
+            "check_values: status must be a writable C-contiguous uint8 array "
+            "with one entry per row");
     a.status = static_cast<uint8_t*>(status.mutable_data());
     run(a, kernels<Real>().check, threads);
 }
@@ -237,7 +258,8 @@ template <class F32, class F64>
 void by_dtype(const py::array& a, const char* fn, const char* name, F32 f32, F64 f64) {
     if (holds<float>(a)) return f32();
     if (holds<double>(a)) return f64();
-    type_error(std::string(fn) + ": " + name + " must have dtype float32 or float64, got " +
+    type_error(std::string(fn) + ": " + name +
+               " must have dtype float32 or float64, got " +
                std::string(py::str(a.dtype())));
 }
 
@@ -249,12 +271,17 @@ py::array_t<double> gumbels(uint64_t key, uint64_t stream, uint64_t first, int64
     return out;
 }
 
-py::array_t<double> map_math(const std::string& name, const py::array_t<double, py::array::c_style | py::array::forcecast>& in) {
+py::array_t<double> map_math(
+    const std::string& name,
+    const py::array_t<double, py::array::c_style | py::array::forcecast>& in) {
     py::array_t<double> out(in.size());
     const KernelTable& t = active();
-    if (name == "log") t.log(in.data(), out.mutable_data(), in.size());
-    else if (name == "exp") t.exp(in.data(), out.mutable_data(), in.size());
-    else value_error("math: name must be 'log' or 'exp', got '" + name + "'");
+    if (name == "log")
+        t.log(in.data(), out.mutable_data(), in.size());
+    else if (name == "exp")
+        t.exp(in.data(), out.mutable_data(), in.size());
+    else
+        value_error("math: name must be 'log' or 'exp', got '" + name + "'");
     return out;
 }
 
@@ -263,13 +290,19 @@ py::array_t<double> map_math(const std::string& name, const py::array_t<double, 
 void bind_kernels(py::module_& m) {
     m.def(
         "rsample",
-        [](const py::array& logits, const py::array& temperature, const py::object& gumbels,
-           uint64_t key, uint64_t stream, uint64_t offset, const py::object& out_x,
-           const py::object& out_log_x, int threads) {
+        [](const py::array& logits, const py::array& temperature,
+           const py::object& gumbels, uint64_t key, uint64_t stream, uint64_t offset,
+           const py::object& out_x, const py::object& out_log_x, int threads) {
             by_dtype(
                 logits, "rsample", "logits",
-                [&] { rsample_t<float>(logits, temperature, gumbels, key, stream, offset, out_x, out_log_x, threads); },
-                [&] { rsample_t<double>(logits, temperature, gumbels, key, stream, offset, out_x, out_log_x, threads); });
+                [&] {
+                    rsample_t<float>(logits, temperature, gumbels, key, stream, offset,
+                                     out_x, out_log_x, threads);
+                },
+                [&] {
+                    rsample_t<double>(logits, temperature, gumbels, key, stream, offset,
+                                      out_x, out_log_x, threads);
+                });
         },
         py::arg("logits"), py::arg("temperature"), py::arg("gumbels"), py::arg("key"),
         py::arg("stream"), py::arg("offset"), py::arg("out"), py::arg("out_log"),
@@ -278,11 +311,18 @@ void bind_kernels(py::module_& m) {
         "log_prob",
         [](int space, const py::array& logits, const py::array& temperature,
            const py::array& value, const py::object& grad, const py::object& out,
-           const py::object& gv, const py::object& gl, const py::object& gt, int threads) {
+           const py::object& gv, const py::object& gl, const py::object& gt,
+           int threads) {
             by_dtype(
                 logits, "log_prob", "logits",
-                [&] { log_prob_t<float>(space, logits, temperature, value, grad, out, gv, gl, gt, threads); },
-                [&] { log_prob_t<double>(space, logits, temperature, value, grad, out, gv, gl, gt, threads); });
+                [&] {
+                    log_prob_t<float>(space, logits, temperature, value, grad, out, gv,
+                                      gl, gt, threads);
+                },
+                [&] {
+                    log_prob_t<double>(space, logits, temperature, value, grad, out, gv,
+                                       gl, gt, threads);
+                });
         },
         py::arg("space"), py::arg("logits"), py::arg("temperature"), py::arg("value"),
         py::arg("grad"), py::arg("out"), py::arg("grad_value"), py::arg("grad_logits"),
@@ -294,8 +334,14 @@ void bind_kernels(py::module_& m) {
            int threads) {
             by_dtype(
                 value, "rsample_vjp", "value",
-                [&] { rsample_vjp_t<float>(space, value, grad, temperature, gl, gt, threads); },
-                [&] { rsample_vjp_t<double>(space, value, grad, temperature, gl, gt, threads); });
+                [&] {
+                    rsample_vjp_t<float>(space, value, grad, temperature, gl, gt,
+                                         threads);
+                },
+                [&] {
+                    rsample_vjp_t<double>(space, value, grad, temperature, gl, gt,
+                                          threads);
+                });
         },
         py::arg("space"), py::arg("value"), py::arg("grad"), py::arg("temperature"),
         py::arg("grad_logits"), py::arg("grad_temperature"), py::arg("num_threads"));
@@ -309,12 +355,15 @@ void bind_kernels(py::module_& m) {
         py::arg("op"), py::arg("inp"), py::arg("out"), py::arg("num_threads"));
     m.def(
         "probs_vjp",
-        [](const py::array& probs, const py::array& gl, const py::object& out, int threads) {
+        [](const py::array& probs, const py::array& gl, const py::object& out,
+           int threads) {
             by_dtype(
-                probs, "probs_vjp", "probs", [&] { probs_vjp_t<float>(probs, gl, out, threads); },
+                probs, "probs_vjp", "probs",
+                [&] { probs_vjp_t<float>(probs, gl, out, threads); },
                 [&] { probs_vjp_t<double>(probs, gl, out, threads); });
         },
-        py::arg("probs"), py::arg("grad_logits"), py::arg("out"), py::arg("num_threads"));
+        py::arg("probs"), py::arg("grad_logits"), py::arg("out"),
+        py::arg("num_threads"));
     m.def(
         "check_values",
         [](int space, const py::array& logits, const py::array& value, double tol,
@@ -328,7 +377,8 @@ void bind_kernels(py::module_& m) {
         py::arg("status"), py::arg("num_threads"),
         "Per-row support check of values (0 = on the support).");
     m.def("gumbels", &gumbels, py::arg("key"), py::arg("stream"), py::arg("first"),
-          py::arg("n"), "The Gumbel noise of elements first .. first + n - 1 of a stream.");
+          py::arg("n"),
+          "The Gumbel noise of elements first .. first + n - 1 of a stream.");
     m.def("math", &map_math, py::arg("name"), py::arg("x"),
           "The library's own log or exp, elementwise (a test hook).");
 }

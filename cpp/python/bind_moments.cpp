@@ -24,14 +24,15 @@ namespace {
 
 namespace mo = detail::native;
 
-[[noreturn]] void value_error(const std::string& msg) { throw py::value_error(msg); }
+[[noreturn]] void value_error(const std::string& msg) {
+    throw py::value_error(msg);
+}
 
 // A C-contiguous float64 array of exactly `ndim` dimensions with the given shape
 // prefix; the Python layer makes them so.
 py::array checked(const py::array& a, const char* fn, const char* name,
                   py::ssize_t rows, py::ssize_t k, int trailing) {
-    if (!a.dtype().is(py::dtype::of<double>()) ||
-        !(a.flags() & py::array::c_style))
+    if (!a.dtype().is(py::dtype::of<double>()) || !(a.flags() & py::array::c_style))
         throw py::type_error(std::string(fn) + ": " + name +
                              " must be a C-contiguous float64 array");
     bool ok = a.ndim() == 1 + trailing && a.shape(0) == rows;
@@ -67,14 +68,18 @@ void moments(int kind, const py::array& logits, const py::array& temperature,
     if (kind < 0 || kind > 2) value_error("moments: kind must be 0, 1 or 2");
     if (logits.ndim() != 2) value_error("moments: logits must be (rows, K)");
     const py::ssize_t rows = logits.shape(0), k = logits.shape(1);
-    const double* a = static_cast<const double*>(checked(logits, fn, "logits", rows, k, 1).data());
-    const double* t = static_cast<const double*>(checked(temperature, fn, "temperature", rows, k, 0).data());
-    double* mean = static_cast<double*>(checked(out_mean, fn, "out_mean", rows, k, 1).mutable_data());
+    const double* a =
+        static_cast<const double*>(checked(logits, fn, "logits", rows, k, 1).data());
+    const double* t = static_cast<const double*>(
+        checked(temperature, fn, "temperature", rows, k, 0).data());
+    double* mean = static_cast<double*>(
+        checked(out_mean, fn, "out_mean", rows, k, 1).mutable_data());
     double* second = nullptr;
     if (kind > 0) {
         if (out_second.is_none()) value_error("moments: out_second is needed");
         py::array s = py::reinterpret_borrow<py::array>(out_second);
-        second = static_cast<double*>(checked(s, fn, "out_second", rows, k, kind == 2 ? 2 : 1).mutable_data());
+        second = static_cast<double*>(
+            checked(s, fn, "out_second", rows, k, kind == 2 ? 2 : 1).mutable_data());
     }
     const auto mk = static_cast<mo::MomentKind>(kind);
     const int64_t ks = kind == 2 ? k * k : k;
@@ -84,14 +89,17 @@ void moments(int kind, const py::array& logits, const py::array& temperature,
     });
 }
 
-void log_mean(const py::array& logits, const py::array& temperature, const py::array& out,
-              int threads) {
+void log_mean(const py::array& logits, const py::array& temperature,
+              const py::array& out, int threads) {
     const char* fn = "log_mean";
     if (logits.ndim() != 2) value_error("log_mean: logits must be (rows, K)");
     const py::ssize_t rows = logits.shape(0), k = logits.shape(1);
-    const double* a = static_cast<const double*>(checked(logits, fn, "logits", rows, k, 1).data());
-    const double* t = static_cast<const double*>(checked(temperature, fn, "temperature", rows, k, 0).data());
-    double* o = static_cast<double*>(checked(out, fn, "out", rows, k, 1).mutable_data());
+    const double* a =
+        static_cast<const double*>(checked(logits, fn, "logits", rows, k, 1).data());
+    const double* t = static_cast<const double*>(
+        checked(temperature, fn, "temperature", rows, k, 0).data());
+    double* o =
+        static_cast<double*>(checked(out, fn, "out", rows, k, 1).mutable_data());
     run_rows(rows, k, threads, 1, [&](int64_t r, double*) {
         mo::log_mean_row(a + r * k, k, t[r], o + r * k);
     });
@@ -103,9 +111,12 @@ int64_t mode(int space, const py::array& logits, const py::array& temperature,
     const char* fn = "mode";
     if (logits.ndim() != 2) value_error("mode: logits must be (rows, K)");
     const py::ssize_t rows = logits.shape(0), k = logits.shape(1);
-    const double* a = static_cast<const double*>(checked(logits, fn, "logits", rows, k, 1).data());
-    const double* t = static_cast<const double*>(checked(temperature, fn, "temperature", rows, k, 0).data());
-    double* o = static_cast<double*>(checked(out, fn, "out", rows, k, 1).mutable_data());
+    const double* a =
+        static_cast<const double*>(checked(logits, fn, "logits", rows, k, 1).data());
+    const double* t = static_cast<const double*>(
+        checked(temperature, fn, "temperature", rows, k, 0).data());
+    double* o =
+        static_cast<double*>(checked(out, fn, "out", rows, k, 1).mutable_data());
     std::atomic<int64_t> failed{0};
     run_rows(rows, k, threads, 6 * k, [&](int64_t r, double* s) {
         if (!mo::mode_row(a + r * k, k, t[r], space, o + r * k, s)) failed.fetch_add(1);
@@ -113,13 +124,17 @@ int64_t mode(int space, const py::array& logits, const py::array& temperature,
     return failed.load();
 }
 
-void categorical_kl(const py::array& p, const py::array& q, const py::array& out, int threads) {
+void categorical_kl(const py::array& p, const py::array& q, const py::array& out,
+                    int threads) {
     const char* fn = "categorical_kl";
     if (p.ndim() != 2) value_error("categorical_kl: p must be (rows, K)");
     const py::ssize_t rows = p.shape(0), k = p.shape(1);
-    const double* a = static_cast<const double*>(checked(p, fn, "p", rows, k, 1).data());
-    const double* b = static_cast<const double*>(checked(q, fn, "q", rows, k, 1).data());
-    double* o = static_cast<double*>(checked(out, fn, "out", rows, k, 0).mutable_data());
+    const double* a =
+        static_cast<const double*>(checked(p, fn, "p", rows, k, 1).data());
+    const double* b =
+        static_cast<const double*>(checked(q, fn, "q", rows, k, 1).data());
+    double* o =
+        static_cast<double*>(checked(out, fn, "out", rows, k, 0).mutable_data());
     run_rows(rows, 1, threads, 1, [&](int64_t r, double*) {
         o[r] = mo::categorical_kl_row(a + r * k, b + r * k, k);
     });
@@ -129,19 +144,23 @@ void one_hot(const py::array& x, const py::array& out, int threads) {
     const char* fn = "one_hot";
     if (x.ndim() != 2) value_error("one_hot: x must be (rows, K)");
     const py::ssize_t rows = x.shape(0), k = x.shape(1);
-    const double* v = static_cast<const double*>(checked(x, fn, "x", rows, k, 1).data());
-    double* o = static_cast<double*>(checked(out, fn, "out", rows, k, 1).mutable_data());
-    run_rows(rows, 1, threads, 1, [&](int64_t r, double*) { mo::one_hot_row(v + r * k, k, o + r * k); });
+    const double* v =
+        static_cast<const double*>(checked(x, fn, "x", rows, k, 1).data());
+    double* o =
+        static_cast<double*>(checked(out, fn, "out", rows, k, 1).mutable_data());
+    run_rows(rows, 1, threads, 1,
+             [&](int64_t r, double*) { mo::one_hot_row(v + r * k, k, o + r * k); });
 }
 
 }  // namespace
 
 void bind_moments(py::module_& m) {
-    m.def("moments", &moments, py::arg("kind"), py::arg("logits"), py::arg("temperature"),
-          py::arg("out_mean"), py::arg("out_second"), py::arg("num_threads"),
+    m.def("moments", &moments, py::arg("kind"), py::arg("logits"),
+          py::arg("temperature"), py::arg("out_mean"), py::arg("out_second"),
+          py::arg("num_threads"),
           "Mean (kind 0), with variance (1) or covariance (2), by quadrature.");
-    m.def("log_mean", &log_mean, py::arg("logits"), py::arg("temperature"), py::arg("out"),
-          py::arg("num_threads"), "E[log x] by quadrature.");
+    m.def("log_mean", &log_mean, py::arg("logits"), py::arg("temperature"),
+          py::arg("out"), py::arg("num_threads"), "E[log x] by quadrature.");
     m.def("mode", &mode, py::arg("space"), py::arg("logits"), py::arg("temperature"),
           py::arg("out"), py::arg("num_threads"),
           "The mode per row; returns the count of rows where Newton failed.");

@@ -16,7 +16,9 @@ struct Level {
     bool (*supported)();
 };
 
-bool always() { return true; }
+bool always() {
+    return true;
+}
 
 #if defined(RELAXCAT_HAVE_AVX2)
 bool has_avx2() {
@@ -87,7 +89,8 @@ void set_level(const std::string& name) {
     const KernelTable* t = find(name);
     if (t == nullptr) {
         std::string have;
-        for (const std::string& s : available_levels()) have += (have.empty() ? "" : ", ") + s;
+        for (const std::string& s : available_levels())
+            have += (have.empty() ? "" : ", ") + s;
         throw std::invalid_argument("set_simd_level: level must be one of " + have +
                                     ", got '" + name + "'");
     }

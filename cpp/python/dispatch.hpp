@@ -34,7 +34,8 @@ struct KernelTable {
     KernelSet<float> f32;
     KernelSet<double> f64;
     int64_t (*scratch_size)(int64_t k);
-    void (*gumbels)(uint64_t key, uint64_t stream, uint64_t first, int64_t n, double* out);
+    void (*gumbels)(uint64_t key, uint64_t stream, uint64_t first, int64_t n,
+                    double* out);
     void (*log)(const double* in, double* out, int64_t n);
     void (*exp)(const double* in, double* out, int64_t n);
 };

@@ -13,9 +13,9 @@ namespace k = detail::RELAXCAT_ISA_NAMESPACE;
 
 template <class Real>
 KernelSet<Real> make_set() {
-    return KernelSet<Real>{&k::rsample_rows<Real>, &k::log_prob_rows<Real>,
+    return KernelSet<Real>{&k::rsample_rows<Real>,     &k::log_prob_rows<Real>,
                            &k::rsample_vjp_rows<Real>, &k::param_rows<Real>,
-                           &k::probs_vjp_rows<Real>, &k::check_rows<Real>};
+                           &k::probs_vjp_rows<Real>,   &k::check_rows<Real>};
 }
 
 void map_log(const double* in, double* out, int64_t n) {
@@ -30,12 +30,8 @@ void map_exp(const double* in, double* out, int64_t n) {
 
 const KernelTable& RELAXCAT_TABLE_FN() {
     static const KernelTable table{
-        RELAXCAT_ISA_NAME,
-        make_set<float>(),
-        make_set<double>(),
-        &k::scratch_size,
-        &k::fill_gumbels,
-        &map_log,
+        RELAXCAT_ISA_NAME, make_set<float>(), make_set<double>(),
+        &k::scratch_size,  &k::fill_gumbels,  &map_log,
         &map_exp};
     return table;
 }

@@ -28,21 +28,27 @@ PYBIND11_MODULE(_core, m) {
     rp::bind_kernels(m);
     rp::bind_moments(m);
 
-    m.def("simd_level", [] { return std::string(rp::active().name); },
-          "The instruction-set level the kernels run at.");
+    m.def(
+        "simd_level", [] { return std::string(rp::active().name); },
+        "The instruction-set level the kernels run at.");
     m.def("available_simd_levels", &rp::available_levels,
           "The levels this build holds and this CPU runs, best first.");
     m.def("set_simd_level", &rp::set_level, py::arg("name"),
           "Use the kernels of another level (for tests and bug hunts).");
-    m.def("hardware_threads", [] { return static_cast<int>(std::thread::hardware_concurrency()); });
+    m.def("hardware_threads",
+          [] { return static_cast<int>(std::thread::hardware_concurrency()); });
     m.def(
         "philox4x32",
         [](std::array<uint32_t, 4> c, std::array<uint32_t, 2> k, int rounds) {
             namespace d = relaxcat::detail::native;
             d::Words4 w{};
-            if (rounds == 10) w = d::philox4x32<10>(c[0], c[1], c[2], c[3], k[0], k[1]);
-            else if (rounds == 7) w = d::philox4x32<7>(c[0], c[1], c[2], c[3], k[0], k[1]);
-            else throw py::value_error("philox4x32: rounds must be 7 or 10, got " + std::to_string(rounds));
+            if (rounds == 10)
+                w = d::philox4x32<10>(c[0], c[1], c[2], c[3], k[0], k[1]);
+            else if (rounds == 7)
+                w = d::philox4x32<7>(c[0], c[1], c[2], c[3], k[0], k[1]);
+            else
+                throw py::value_error("philox4x32: rounds must be 7 or 10, got " +
+                                      std::to_string(rounds));
             return std::array<uint32_t, 4>{w.w[0], w.w[1], w.w[2], w.w[3]};
         },
         py::arg("counter"), py::arg("key"), py::arg("rounds") = 10,

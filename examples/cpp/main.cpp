@@ -54,19 +54,16 @@ int main() {
     for (int64_t r = 0; r < rows; ++r) {
         std::printf("draw %lld row %lld  x = [", static_cast<long long>(r / batch),
                     static_cast<long long>(r % batch));
-        for (int64_t j = 0; j < k; ++j)
-            std::printf(" %.6f", x[r * k + j]);
+        for (int64_t j = 0; j < k; ++j) std::printf(" %.6f", x[r * k + j]);
         std::printf(" ]  log_prob = %.6f\n", log_p[r]);
     }
     for (int64_t b = 0; b < batch; ++b) {
         std::printf("row %lld  d sum(log_prob)/d logits = [",
                     static_cast<long long>(b));
-        for (int64_t j = 0; j < k; ++j)
-            std::printf(" %.5f", grad_logits[b * k + j]);
+        for (int64_t j = 0; j < k; ++j) std::printf(" %.5f", grad_logits[b * k + j]);
         std::printf(" ]  d/dT = %.5f\n", grad_temperature[b]);
         std::printf("        d sum(w x)/d logits       = [");
-        for (int64_t j = 0; j < k; ++j)
-            std::printf(" %.5f", rs_logits[b * k + j]);
+        for (int64_t j = 0; j < k; ++j) std::printf(" %.5f", rs_logits[b * k + j]);
         std::printf(" ]  d/dT = %.5f\n", rs_temperature[b]);
     }
 

@@ -96,7 +96,9 @@ def mode(d) -> np.ndarray:
     k = d.event_shape[0]
     logits, temp, batch = _rows(d)
     out = np.empty(logits.shape, dtype=np.float64)
-    failed = _core.mode(1 if _is_log(d) else 0, logits, temp, out, _threads.get_num_threads())
+    failed = _core.mode(
+        1 if _is_log(d) else 0, logits, temp, out, _threads.get_num_threads()
+    )
     if failed:
         raise RuntimeError(
             f"mode: Newton's method did not converge in {failed} of {logits.shape[0]} "
@@ -112,7 +114,9 @@ def _check_n(n_samples) -> int:
     ):
         raise TypeError(f"n_samples must be an int, got {type(n_samples).__name__}")
     if n_samples < 2:
-        raise ValueError(f"n_samples must be at least 2 (for a standard error), got {n_samples}")
+        raise ValueError(
+            f"n_samples must be at least 2 (for a standard error), got {n_samples}"
+        )
     return int(n_samples)
 
 
@@ -257,7 +261,7 @@ def hard_sample(soft: np.ndarray) -> HardSample:
 
 # ------------------------------------------------------------ functional form
 def gumbel_softmax(logits, temperature, hard=False, axis=-1, rng=None):
-    """A Gumbel-softmax sample along ``axis``, as ``torch.nn.functional.gumbel_softmax``.
+    """A Gumbel-softmax sample along ``axis``, like torch's ``F.gumbel_softmax``.
 
     Parameters
     ----------
@@ -334,8 +338,10 @@ def gumbel_softmax_vjp(sample_soft, grad, temperature, axis=-1):
     v.check_simplex(x, np.zeros(x.shape[-1], dtype=x.dtype), "sample_soft")
     g = v.as_float_array(grad, "grad", x.dtype)
     try:
-        g = np.broadcast_to(np.moveaxis(np.broadcast_to(g, np.moveaxis(x, -1, axis).shape),
-                                        axis, -1), x.shape)
+        g = np.broadcast_to(
+            np.moveaxis(np.broadcast_to(g, np.moveaxis(x, -1, axis).shape), axis, -1),
+            x.shape,
+        )
     except ValueError:
         raise ValueError(
             f"grad must broadcast to the sample's shape, got {np.shape(grad)}"
@@ -351,7 +357,8 @@ def gumbel_softmax_vjp(sample_soft, grad, temperature, axis=-1):
         ) from None
     if rows != x.shape[:-1]:
         raise ValueError(
-            f"temperature of shape {t.shape} would enlarge the sample's rows {x.shape[:-1]}"
+            f"temperature of shape {t.shape} would enlarge the sample's rows "
+            f"{x.shape[:-1]}"
         )
     temp = np.broadcast_to(t, rows)
     threads = _threads.get_num_threads()

@@ -126,8 +126,9 @@ def simplex_tolerance(k: int, dtype) -> float:
 SIMPLEX_TOLERANCE_FLOOR = 1e-6
 
 
-def _check_masked(value_is_zero: np.ndarray, logits: np.ndarray, name: str,
-                  zero: str) -> None:
+def _check_masked(
+    value_is_zero: np.ndarray, logits: np.ndarray, name: str, zero: str
+) -> None:
     bad = (logits == -np.inf) & ~value_is_zero
     if bad.any():
         raise ValueError(
@@ -186,7 +187,9 @@ def key_and_stream(rng) -> tuple[int, int]:
     if isinstance(rng, numbers.Integral) and not isinstance(rng, (bool, np.bool_)):
         seed = int(rng)
         if not 0 <= seed < 2**64:
-            raise ValueError(f"rng as an int seed must satisfy 0 <= seed < 2**64, got {seed}")
+            raise ValueError(
+                f"rng as an int seed must satisfy 0 <= seed < 2**64, got {seed}"
+            )
         return seed, 0
     raise TypeError(
         "rng must be None, an int seed or a numpy.random.Generator, "

@@ -130,9 +130,13 @@ class RelaxedOneHotCategorical:
     def __init__(self, temperature, probs=None, logits=None, validate_args=None):
         if (probs is None) == (logits is None):
             given = "both" if probs is not None else "neither"
-            raise ValueError(f"exactly one of probs or logits must be given, got {given}")
+            raise ValueError(
+                f"exactly one of probs or logits must be given, got {given}"
+            )
         self._param_name = "probs" if probs is not None else "logits"
-        param = v.as_float_array(probs if probs is not None else logits, self._param_name)
+        param = v.as_float_array(
+            probs if probs is not None else logits, self._param_name
+        )
         if param.ndim == 0 or param.shape[-1] == 0:
             raise ValueError(
                 f"{self._param_name} must have a last axis of at least one category, "
@@ -217,8 +221,8 @@ class RelaxedOneHotCategorical:
         _core.param(op, arr, out, _threads.get_num_threads())
         return out
 
-    def expand(self, batch_shape) -> "RelaxedOneHotCategorical":
-        """The same distribution broadcast to a larger ``batch_shape`` (views, no copies)."""
+    def expand(self, batch_shape) -> RelaxedOneHotCategorical:
+        """The same distribution broadcast to a larger ``batch_shape`` (views)."""
         batch_shape = tuple(int(n) for n in batch_shape)
         try:
             np.broadcast_shapes(batch_shape, self._batch_shape)
@@ -240,8 +244,15 @@ class RelaxedOneHotCategorical:
         temp = np.broadcast_to(self._t_rows, batch)
         return logits, temp
 
-    def rsample(self, sample_shape=(), rng=None, gumbels=None, out=None, num_threads=None,
-                hard=False):
+    def rsample(
+        self,
+        sample_shape=(),
+        rng=None,
+        gumbels=None,
+        out=None,
+        num_threads=None,
+        hard=False,
+    ):
         """Draw reparameterised samples of shape ``sample_shape + batch_shape + (K,)``.
 
         Parameters
@@ -301,11 +312,24 @@ class RelaxedOneHotCategorical:
             _core.rsample(logits, temp, noise, key, stream, 0, None, out, threads)
         return _extras.hard_sample(out) if hard else out
 
-    def sample(self, sample_shape=(), rng=None, gumbels=None, out=None, num_threads=None,
-               hard=False):
+    def sample(
+        self,
+        sample_shape=(),
+        rng=None,
+        gumbels=None,
+        out=None,
+        num_threads=None,
+        hard=False,
+    ):
         """The same as :meth:`rsample` (NumPy has no graph to detach from)."""
-        return self.rsample(sample_shape, rng=rng, gumbels=gumbels, out=out,
-                            num_threads=num_threads, hard=hard)
+        return self.rsample(
+            sample_shape,
+            rng=rng,
+            gumbels=gumbels,
+            out=out,
+            num_threads=num_threads,
+            hard=hard,
+        )
 
     # ------------------------------------------------- moments (see _extras.py)
     @property
@@ -372,7 +396,9 @@ class RelaxedOneHotCategorical:
         value = v.as_float_array(value, name, self.dtype)
         k = self.event_shape[0]
         if value.ndim == 0 or value.shape[-1] != k:
-            raise ValueError(f"{name} must have a last axis of length {k}, got shape {value.shape}")
+            raise ValueError(
+                f"{name} must have a last axis of length {k}, got shape {value.shape}"
+            )
         try:
             np.broadcast_shapes(value.shape[:-1], self._batch_shape)
         except ValueError:
@@ -392,14 +418,17 @@ class RelaxedOneHotCategorical:
         full = np.broadcast_to(value, shape)
         status = np.empty(shape[:-1], dtype=np.uint8)
         tol = v.simplex_tolerance(shape[-1], self.dtype)
-        _core.check_values(self._space, logits, full, tol, status,
-                           _threads.get_num_threads())
+        _core.check_values(
+            self._space, logits, full, tol, status, _threads.get_num_threads()
+        )
         if not status.any():
             return
         check = v.check_simplex if self._space == _SIMPLEX else v.check_log_simplex
         check(value, logits, name)
         where = tuple(int(i) for i in np.argwhere(status)[0])
-        raise ValueError(f"{name} is not on the support {self.support!r} at batch index {where}")
+        raise ValueError(
+            f"{name} is not on the support {self.support!r} at batch index {where}"
+        )
 
     def _broadcast_value(self, value: np.ndarray):
         """Value, logits and temperature broadcast to one row shape (views)."""
@@ -411,7 +440,9 @@ class RelaxedOneHotCategorical:
         return np.broadcast_to(value, rows + self.event_shape), logits, temp
 
     def log_prob(self, value, out=None, num_threads=None) -> np.ndarray:
-        """The log-density of ``value``, with shape ``broadcast(value.shape[:-1], batch_shape)``.
+        """The log-density of ``value``.
+
+        Its shape is ``broadcast(value.shape[:-1], batch_shape)``.
 
         On the simplex the density is taken with respect to the Lebesgue measure
         on the first K - 1 coordinates; masked categories are left out of K. The
@@ -422,8 +453,18 @@ class RelaxedOneHotCategorical:
         value = self._value(value)
         val, logits, temp = self._broadcast_value(value)
         out = v.prepare_out(out, temp.shape, self.dtype, self._owned() + (value,))
-        _core.log_prob(self._space, logits, temp, val, None, out, None, None, None,
-                       _threads.resolve(num_threads))
+        _core.log_prob(
+            self._space,
+            logits,
+            temp,
+            val,
+            None,
+            out,
+            None,
+            None,
+            None,
+            _threads.resolve(num_threads),
+        )
         return out
 
     # ---------------------------------------------------------------- gradients
@@ -458,7 +499,8 @@ class RelaxedOneHotCategorical:
             grad = np.broadcast_to(grad, value.shape)
         except ValueError:
             raise ValueError(
-                f"grad must broadcast to the value's shape {value.shape}, got {grad.shape}"
+                f"grad must broadcast to the value's shape {value.shape}, "
+                f"got {grad.shape}"
             ) from None
         val, _, temp = self._broadcast_value(value)
         grad = np.broadcast_to(grad, val.shape)
@@ -488,7 +530,8 @@ class RelaxedOneHotCategorical:
             grad = np.broadcast_to(grad, temp.shape)
         except ValueError:
             raise ValueError(
-                f"grad must broadcast to log_prob's shape {temp.shape}, got {grad.shape}"
+                f"grad must broadcast to log_prob's shape {temp.shape}, "
+                f"got {grad.shape}"
             ) from None
         threads = _threads.resolve(num_threads)
         gv = np.empty(val.shape, dtype=self.dtype)

@@ -26,8 +26,7 @@ constexpr double kFiniteDifferenceTol = 1e-6;
 
 std::vector<double> ramp(int n, double scale) {
     std::vector<double> v(n);
-    for (int i = 0; i < n; ++i)
-        v[i] = scale * std::sin(1.0 + 0.7 * i);
+    for (int i = 0; i < n; ++i) v[i] = scale * std::sin(1.0 + 0.7 * i);
     return v;
 }
 
@@ -52,8 +51,7 @@ TEST(Api, ResultsDoNotDependOnTheThreadCount) {
     const int rows = 20000, k = 9;
     std::vector<float> lgf(rows * k);
     const std::vector<double> src = ramp(rows * k, 3.0);
-    for (int i = 0; i < rows * k; ++i)
-        lgf[i] = static_cast<float>(src[i]);
+    for (int i = 0; i < rows * k; ++i) lgf[i] = static_cast<float>(src[i]);
     const RelaxedOneHotCategorical<float> d(
         0.3f, relaxcat::logits(MatrixView<const float>(lgf.data(), rows, k)));
     std::vector<float> one(rows * k), many(rows * k), lp1(rows), lp4(rows);
@@ -81,8 +79,7 @@ TEST(Api, StridedViewsGiveTheSameResultsAsContiguousOnes) {
     gen.seek(0);
     d.rsample(MatrixView<double>(xt.data(), 2, 4, 1, 2), gen);
     for (int i = 0; i < 2; ++i)
-        for (int j = 0; j < 4; ++j)
-            EXPECT_EQ(xt[j * 2 + i], x[i * 4 + j]);
+        for (int j = 0; j < 4; ++j) EXPECT_EQ(xt[j * 2 + i], x[i * 4 + j]);
     std::vector<double> lp(2), lpt(2);
     d.log_prob(MatrixView<const double>(x.data(), 2, 4),
                VectorView<double>(lp.data(), 2));
@@ -169,8 +166,7 @@ TEST(Api, ProbsGradientsChainThroughTheNormalisation) {
     // d/dq_k = d/dl_k / q_k - sum_j d/dl_j / sum(q).
     const std::vector<double> q = {0.2, 0.5, 0.3, 1.0};
     std::vector<double> lq(4);
-    for (int j = 0; j < 4; ++j)
-        lq[j] = std::log(q[j]);
+    for (int j = 0; j < 4; ++j) lq[j] = std::log(q[j]);
     const RelaxedOneHotCategorical<double> dp(
         0.6, relaxcat::probs(MatrixView<const double>(q.data(), 1, 4)));
     const RelaxedOneHotCategorical<double> dl(
@@ -187,14 +183,12 @@ TEST(Api, ProbsGradientsChainThroughTheNormalisation) {
                    MatrixView<double>(gl.data(), 1, 4),
                    VectorView<double>(tl.data(), 1));
     const double sum_gl = std::accumulate(gl.begin(), gl.end(), 0.0);
-    for (int j = 0; j < 4; ++j)
-        EXPECT_NEAR(gp[j], gl[j] / q[j] - sum_gl / 2.0, 1e-13);
+    for (int j = 0; j < 4; ++j) EXPECT_NEAR(gp[j], gl[j] / q[j] - sum_gl / 2.0, 1e-13);
     EXPECT_EQ(tp, tl);
 
     std::vector<double> p(4);
     dp.probs(MatrixView<double>(p.data(), 1, 4));
-    for (int j = 0; j < 4; ++j)
-        EXPECT_NEAR(p[j], q[j] / 2.0, 1e-16);
+    for (int j = 0; j < 4; ++j) EXPECT_NEAR(p[j], q[j] / 2.0, 1e-16);
 }
 
 TEST(Api, ExpSamplesAreTheLogsOfSamples) {
@@ -206,8 +200,7 @@ TEST(Api, ExpSamplesAreTheLogsOfSamples) {
                                                      a);
     ExpRelaxedOneHotCategorical<float>(0.4f, l).rsample(
         MatrixView<float>(y.data(), 2, 3), b);
-    for (int i = 0; i < 6; ++i)
-        EXPECT_NEAR(std::exp(y[i]), x[i], 4e-7f);
+    for (int i = 0; i < 6; ++i) EXPECT_NEAR(std::exp(y[i]), x[i], 4e-7f);
 }
 
 TEST(Api, EmptyBatchesAreAllowed) {

@@ -20,15 +20,13 @@ TEST(Eigen, OverloadsMatchTheViewApi) {
     std::vector<double> want(18);
     d.rsample(relaxcat::MatrixView<double>(want.data(), 6, 3), b);
     for (int i = 0; i < 6; ++i)
-        for (int j = 0; j < 3; ++j)
-            EXPECT_EQ(x(i, j), want[i * 3 + j]);
+        for (int j = 0; j < 3; ++j) EXPECT_EQ(x(i, j), want[i * 3 + j]);
 
     const eig::ColumnArray<double> lp = eig::log_prob(d, x);
     std::vector<double> lpw(6);
     d.log_prob(relaxcat::MatrixView<const double>(want.data(), 6, 3),
                relaxcat::VectorView<double>(lpw.data(), 6));
-    for (int i = 0; i < 6; ++i)
-        EXPECT_EQ(lp(i), lpw[i]);
+    for (int i = 0; i < 6; ++i) EXPECT_EQ(lp(i), lpw[i]);
 
     const auto g = eig::rsample_vjp(d, x, eig::RowArray<double>::Ones(6, 3));
     EXPECT_EQ(g.param.rows(), 2);

@@ -43,8 +43,7 @@ std::vector<CaseId> all_cases() {
     for (const char* file : {"concrete_cases.json", "concrete_cases_extreme.json"})
         for (const char* kind : {"log_prob", "log_prob_y", "rsample"}) {
             const int n = static_cast<int>(cases(file)[kind].size());
-            for (int i = 0; i < n; ++i)
-                ids.push_back({file, kind, i});
+            for (int i = 0; i < n; ++i) ids.push_back({file, kind, i});
         }
     return ids;
 }

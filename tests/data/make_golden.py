@@ -20,6 +20,7 @@ import pathlib
 import sys
 
 import numpy as np
+
 import relaxcat
 from relaxcat import _core
 

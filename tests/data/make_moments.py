@@ -35,10 +35,15 @@ def reference(logits):
     p = [x / total for x in p]
     k = len(p)
 
-    @functools.lru_cache(maxsize=None)
+    @functools.cache
     def inner(n, j, u):
         c = mp.exp(u) * p[j]
-        return p[j] ** n * 2 * c ** ((1 - mp.mpf(n)) / 2) * mp.besselk(abs(n - 1), 2 * mp.sqrt(c))
+        return (
+            p[j] ** n
+            * 2
+            * c ** ((1 - mp.mpf(n)) / 2)
+            * mp.besselk(abs(n - 1), 2 * mp.sqrt(c))
+        )
 
     def outer(fn):
         # t = e^u; the integrands fall like e^u on the left and like
@@ -49,7 +54,9 @@ def reference(logits):
         return mp.fprod(inner(0, j, u) for j in range(k) if j != k_)
 
     mean = [outer(lambda u, i=i: inner(1, i, u) * rest(u, i)) for i in range(k)]
-    second = [outer(lambda u, i=i: mp.exp(u) * inner(2, i, u) * rest(u, i)) for i in range(k)]
+    second = [
+        outer(lambda u, i=i: mp.exp(u) * inner(2, i, u) * rest(u, i)) for i in range(k)
+    ]
     var = [s - m * m for s, m in zip(second, mean)]
     return mean, var
 

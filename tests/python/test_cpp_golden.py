@@ -10,6 +10,7 @@ import sys
 
 import numpy as np
 import pytest
+
 import relaxcat
 from relaxcat import _core
 
@@ -17,7 +18,8 @@ DATA = pathlib.Path(__file__).resolve().parent.parent / "data"
 GOLDEN = json.loads((DATA / "golden_samples.json").read_text())
 
 sys.path.insert(0, str(DATA))
-import make_golden  # the writer's own helpers: bits, make_rng
+# The golden writer's own helpers (bits, make_rng); importable once the path is set.
+import make_golden  # noqa: E402
 
 sys.path.pop(0)
 

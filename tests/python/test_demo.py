@@ -11,6 +11,7 @@ import sys
 
 import numpy as np
 import pytest
+
 import relaxcat
 from relaxcat import demo
 from relaxcat.__main__ import main as cli_main

@@ -274,7 +274,7 @@ def test_log_space_density_at_minus_inf_is_minus_inf(name):
 
 @pytest.mark.parametrize("temperature", [1e-3, 1e-4])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_low_temperature_samples_have_finite_log_space_density_and_ruled_simplex_density(
+def test_low_temperature_samples_have_finite_log_density_and_ruled_simplex_density(
     temperature, dtype
 ):
     rng = np.random.default_rng(5)

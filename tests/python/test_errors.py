@@ -847,5 +847,7 @@ def test_validation_admits_a_float64_softmax_that_misses_one_by_a_few_eps():
     d.log_prob_vjp(x, np.ones(()))
     widened = np.array([0.7, 0.3], dtype=np.float32).astype(np.float64)
     assert np.isfinite(d.log_prob(widened))
-    with pytest.raises(ValueError, match=r"must sum to 1 over the last axis within 1e-06"):
+    with pytest.raises(
+        ValueError, match=r"must sum to 1 over the last axis within 1e-06"
+    ):
         d.log_prob(np.array([0.75, 0.25 - 2e-6]))

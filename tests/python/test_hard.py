@@ -17,7 +17,9 @@ FD_TOL = 1e-7
 
 
 def test_hard_sample_is_the_one_hot_of_the_soft_sample():
-    d = relaxcat.RelaxedOneHotCategorical(0.7, logits=np.array([[1.0, 0.0, -np.inf, 0.5]]))
+    d = relaxcat.RelaxedOneHotCategorical(
+        0.7, logits=np.array([[1.0, 0.0, -np.inf, 0.5]])
+    )
     hs = d.rsample((500,), rng=4, hard=True)
     assert isinstance(hs, relaxcat.HardSample)
     assert np.array_equal(hs.soft, d.rsample((500,), rng=4))
@@ -73,7 +75,9 @@ def test_hard_vjp_is_the_soft_vjp_and_matches_finite_differences():
     h = 1e-6
     num = [(f(logits + h * e, t) - f(logits - h * e, t)) / (2 * h) for e in np.eye(3)]
     np.testing.assert_allclose(vjp.logits, num, atol=FD_TOL)
-    assert abs(vjp.temperature - (f(logits, t + h) - f(logits, t - h)) / (2 * h)) < FD_TOL
+    assert (
+        abs(vjp.temperature - (f(logits, t + h) - f(logits, t - h)) / (2 * h)) < FD_TOL
+    )
 
 
 @pytest.mark.parametrize("t,want", [(1.0, np.inf), (3.0, -np.inf)])
@@ -84,7 +88,9 @@ def test_log_prob_of_a_hard_sample_is_the_vertex_limit(t, want):
     hs = d.rsample((4,), rng=2, hard=True)
     assert np.all(d.log_prob(hs.hard) == want)
     assert np.all(np.isfinite(d.log_prob(hs.soft)))
-    at_k_minus_1 = relaxcat.RelaxedOneHotCategorical(2.0, logits=np.array([1.0, 0.0, -1.0]))
+    at_k_minus_1 = relaxcat.RelaxedOneHotCategorical(
+        2.0, logits=np.array([1.0, 0.0, -1.0])
+    )
     assert np.all(np.isfinite(at_k_minus_1.log_prob(hs.hard)))
 
 
@@ -95,13 +101,17 @@ def test_gumbel_softmax_follows_axis_and_matches_the_class():
     assert np.array_equal(x0, x1.T)
     np.testing.assert_allclose(x0.sum(axis=0), 1, rtol=1e-15)
     hs = relaxcat.gumbel_softmax(logits, 0.5, hard=True, axis=0, rng=8)
-    assert np.array_equal(hs.soft, x0) and np.array_equal(hs.hard.argmax(0), x0.argmax(0))
+    assert np.array_equal(hs.soft, x0) and np.array_equal(
+        hs.hard.argmax(0), x0.argmax(0)
+    )
     d = relaxcat.RelaxedOneHotCategorical(0.5, logits=logits.T)
     w = np.random.default_rng(1).standard_normal(x0.shape)
     g = relaxcat.gumbel_softmax_vjp(hs.soft, w, 0.5, axis=0)
     ref = d.rsample_vjp(x1, w.T)
     np.testing.assert_allclose(g.logits, ref.logits.T, rtol=1e-14)
-    assert g.temperature.shape == () and math.isclose(g.temperature, ref.temperature, rel_tol=1e-14)
+    assert g.temperature.shape == () and math.isclose(
+        g.temperature, ref.temperature, rel_tol=1e-14
+    )
 
 
 def test_gumbel_softmax_float32_and_bad_input():

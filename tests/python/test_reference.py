@@ -19,9 +19,7 @@ CASES = {name: load_cases(name) for name in REFERENCE_FILES}
 
 def _ids(kind):
     return [
-        (name, i)
-        for name in REFERENCE_FILES
-        for i in range(len(CASES[name][kind]))
+        (name, i) for name in REFERENCE_FILES for i in range(len(CASES[name][kind]))
     ]
 
 

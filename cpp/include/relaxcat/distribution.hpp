@@ -146,8 +146,7 @@ int64_t first_bad(int64_t n, Pred bad, int64_t* count) {
     *count = 0;
     for (int64_t i = 0; i < n; ++i) {
         if (bad(i)) {
-            if (first < 0)
-                first = i;
+            if (first < 0) first = i;
             ++*count;
         }
     }
@@ -172,8 +171,7 @@ struct Extent {
 
 template <class T>
 Extent extent(const MatrixView<T>& v) {
-    if (v.data == nullptr || v.rows <= 0 || v.cols <= 0)
-        return {};
+    if (v.data == nullptr || v.rows <= 0 || v.cols <= 0) return {};
     const int64_t r = v.rows - 1, c = v.cols - 1;
     const int64_t lo =
         std::min<int64_t>(0, r * v.row_stride) + std::min<int64_t>(0, c * v.col_stride);
@@ -199,8 +197,7 @@ template <class Real>
 class RowsOut {
 public:
     RowsOut(MatrixView<Real> v) : view_(v) {
-        if (v.data == nullptr)
-            return;
+        if (v.data == nullptr) return;
         if (contiguous(v)) {
             ptr_ = v.data;
         } else {
@@ -214,8 +211,7 @@ public:
     Real* get() const { return ptr_; }
 
     void finish() {
-        if (buffer_.empty())
-            return;
+        if (buffer_.empty()) return;
         for (int64_t i = 0; i < view_.rows; ++i)
             for (int64_t j = 0; j < view_.cols; ++j)
                 view_(i, j) = buffer_[i * view_.cols + j];
@@ -418,8 +414,7 @@ public:
         a.grad_value = gv.get();
         a.grad_logits = grad_param.data ? gl.data() : nullptr;
         a.grad_temperature = grad_temperature.data ? gt.data() : nullptr;
-        if (a.grad_value || a.grad_logits || a.grad_temperature)
-            run(a, threads);
+        if (a.grad_value || a.grad_logits || a.grad_temperature) run(a, threads);
         gv.finish();
         finish_param_grad(gl, rows, grad_param, threads);
         finish_temperature_grad(gt, rows, grad_temperature);
@@ -465,8 +460,7 @@ private:
 
         // Temperature: positive and finite.
         temperature_.resize(static_cast<size_t>(nt));
-        for (int64_t i = 0; i < nt; ++i)
-            temperature_[i] = temperature[i];
+        for (int64_t i = 0; i < nt; ++i) temperature_[i] = temperature[i];
         int64_t count = 0;
         const int64_t bad = detail::first_bad(
             nt,
@@ -484,8 +478,7 @@ private:
         // The parameter, copied row-major.
         std::vector<Real> copy(static_cast<size_t>(param.rows * k_));
         for (int64_t i = 0; i < param.rows; ++i)
-            for (int64_t j = 0; j < k_; ++j)
-                copy[i * k_ + j] = param(i, j);
+            for (int64_t j = 0; j < k_; ++j) copy[i * k_ + j] = param(i, j);
         if (is_probs) {
             check_probs(copy);
             probs_ = std::move(copy);
@@ -541,8 +534,7 @@ private:
             param_rows_,
             [&](int64_t r) {
                 for (int64_t j = 0; j < k_; ++j)
-                    if (l[r * k_ + j] > -kInf)
-                        return false;
+                    if (l[r * k_ + j] > -kInf) return false;
                 return true;
             },
             &count);
@@ -571,8 +563,7 @@ private:
                 for (int64_t j = 0; j < k_; ++j)
                     s += static_cast<double>(p[r * k_ + j]);
                 const bool ok = std::isfinite(s) && s > 0.0;
-                if (!ok && bad_sum == 0.0)
-                    bad_sum = s;
+                if (!ok && bad_sum == 0.0) bad_sum = s;
                 return !ok;
             },
             &count);
@@ -589,8 +580,7 @@ private:
             detail::fail(
                 fn, "num_threads must be 0 (all hardware threads) or positive, got " +
                         detail::show(n));
-        if (n > 0)
-            return n;
+        if (n > 0) return n;
         return std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
     }
 
@@ -684,8 +674,7 @@ private:
                                  " columns (the categories), got " +
                                  detail::show(value.cols));
         const int64_t rows = check_rows(fn, "value", value.rows);
-        if (!validate_)
-            return rows;
+        if (!validate_) return rows;
 
         // Each entry: x finite and >= 0, or y not NaN and not +inf.
         const bool simplex = kSpace == detail::Space::simplex;
@@ -808,8 +797,7 @@ private:
     template <class Args>
     static void run(const Args& a, int threads) {
         namespace isa = detail::RELAXCAT_ISA_NAMESPACE;
-        if (a.shape.rows <= 0)
-            return;
+        if (a.shape.rows <= 0) return;
         detail::parallel_rows(
             a.shape.rows, a.shape.k, threads, isa::scratch_size(a.shape.k),
             [&a](int64_t r0, int64_t r1, double* scratch) {
@@ -844,14 +832,12 @@ private:
     // thread count; for probs, then through the normalisation (probs_vjp).
     void finish_param_grad(const std::vector<Real>& per_row, int64_t rows,
                            MatrixView<Real> out, int threads) const {
-        if (out.data == nullptr)
-            return;
+        if (out.data == nullptr) return;
         std::vector<double> acc(static_cast<size_t>(param_rows_ * k_), 0.0);
         for (int64_t r = 0; r < rows; ++r) {
             double* dst = acc.data() + param_row(r) * k_;
             const Real* src = per_row.data() + r * k_;
-            for (int64_t j = 0; j < k_; ++j)
-                dst[j] += static_cast<double>(src[j]);
+            for (int64_t j = 0; j < k_; ++j) dst[j] += static_cast<double>(src[j]);
         }
         if (!has_probs()) {
             for (int64_t i = 0; i < param_rows_; ++i)
@@ -875,13 +861,11 @@ private:
 
     void finish_temperature_grad(const std::vector<Real>& per_row, int64_t rows,
                                  VectorView<Real> out) const {
-        if (out.data == nullptr)
-            return;
+        if (out.data == nullptr) return;
         std::vector<double> acc(temperature_.size(), 0.0);
         for (int64_t r = 0; r < rows; ++r)
             acc[temperature_index(r)] += static_cast<double>(per_row[r]);
-        for (int64_t i = 0; i < out.size; ++i)
-            out[i] = static_cast<Real>(acc[i]);
+        for (int64_t i = 0; i < out.size; ++i) out[i] = static_cast<Real>(acc[i]);
     }
 
     void param_op(const std::string& fn, detail::ParamOp op,

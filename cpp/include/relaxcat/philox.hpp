@@ -75,8 +75,7 @@ inline std::array<uint32_t, 4> philox4x32(const std::array<uint32_t, 4>& counter
 // rsample adds to the logits (float and double samples alike), identical on
 // every instruction-set level. n <= 0 writes nothing.
 inline void gumbel_noise(Philox& gen, int64_t n, double* out) {
-    if (n <= 0)
-        return;
+    if (n <= 0) return;
     const uint64_t first = gen.advance(static_cast<uint64_t>(n));
     detail::RELAXCAT_ISA_NAMESPACE::fill_gumbels(gen.key(), gen.stream(), first, n,
                                                  out);

@@ -63,9 +63,9 @@ struct LogProbArgs {
     RowArg<const Real> logits;
     RowArg<const Real> temperature;
     RowArg<const Real> value;
-    RowArg<const Real> grad;  // upstream gradient per row; only read by the VJP
-    Real* log_prob = nullptr;     // (rows,) output, or null
-    Real* grad_value = nullptr;   // (rows, k) outputs of the VJP, each may be null
+    RowArg<const Real> grad;     // upstream gradient per row; only read by the VJP
+    Real* log_prob = nullptr;    // (rows,) output, or null
+    Real* grad_value = nullptr;  // (rows, k) outputs of the VJP, each may be null
     Real* grad_logits = nullptr;
     Real* grad_temperature = nullptr;  // (rows,)
 };
@@ -74,8 +74,8 @@ template <class Real>
 struct RsampleVjpArgs {
     RowShape shape;
     Space space = Space::simplex;
-    RowArg<const Real> value;        // the sample x (or y = log x)
-    RowArg<const Real> grad;         // upstream gradient on the sample, (rows, k)
+    RowArg<const Real> value;  // the sample x (or y = log x)
+    RowArg<const Real> grad;   // upstream gradient on the sample, (rows, k)
     RowArg<const Real> temperature;
     Real* grad_logits = nullptr;       // (rows, k), or null
     Real* grad_temperature = nullptr;  // (rows,), or null
@@ -83,10 +83,10 @@ struct RsampleVjpArgs {
 
 // Row-wise transforms of the parameters (no temperature involved).
 enum class ParamOp {
-    log_probs,           // out = log(probs), exact zeros give -inf
-    normalize_logits,    // out = logits - logsumexp(logits)
-    probs_from_logits,   // out = softmax(logits)
-    normalize_probs,     // out = probs / sum(probs)
+    log_probs,          // out = log(probs), exact zeros give -inf
+    normalize_logits,   // out = logits - logsumexp(logits)
+    probs_from_logits,  // out = softmax(logits)
+    normalize_probs,    // out = probs / sum(probs)
 };
 
 template <class Real>

@@ -89,7 +89,9 @@ private:
     int64_t idx_[kMaxBatchDims] = {};
 };
 
-inline double max_d(double a, double b) { return a > b ? a : b; }
+inline double max_d(double a, double b) {
+    return a > b ? a : b;
+}
 
 // The largest entry of a row; -inf when all are -inf.
 inline double row_max(const double* p, int64_t k) {
@@ -117,11 +119,15 @@ inline void load_row(const Real* p, int64_t stride, int64_t k, double* dst) {
 // still computed by the same operations in the same order.
 constexpr int64_t kBlockElements = 2048;
 
-inline int64_t block_capacity(int64_t k) { return k > kBlockElements ? k : kBlockElements; }
+inline int64_t block_capacity(int64_t k) {
+    return k > kBlockElements ? k : kBlockElements;
+}
 
 // Scratch a kernel needs per thread, in doubles: three element buffers of one
 // block and six per-row buffers (a block holds at most kBlockElements rows).
-inline int64_t scratch_size(int64_t k) { return 3 * block_capacity(k) + 6 * kBlockElements; }
+inline int64_t scratch_size(int64_t k) {
+    return 3 * block_capacity(k) + 6 * kBlockElements;
+}
 
 inline int64_t rows_per_block(int64_t k) {
     return k >= kBlockElements ? 1 : kBlockElements / (k > 0 ? k : 1);
@@ -178,7 +184,8 @@ void rsample_rows(const RsampleArgs<Real>& a, int64_t r0, int64_t r1, double* sc
             const double inv_t = 1.0 / t;
             double* si = s + i * k;
             if (a.noise.gumbels.data != nullptr)
-                load_row(a.noise.gumbels.data + walk.offset[2], a.noise.gumbels.kstride, k, si);
+                load_row(a.noise.gumbels.data + walk.offset[2], a.noise.gumbels.kstride,
+                         k, si);
             load_row(lg, ks, k, la);
             const double amax = row_max(la, k);
             double umax = -kInf;
@@ -228,20 +235,21 @@ void rsample_rows(const RsampleArgs<Real>& a, int64_t r0, int64_t r1, double* sc
 //   d/dy_k = -(T+1) + K T w_k (simplex, then divided by x_k), -T + K T w_k (log),
 // with w = softmax(z) over the live categories.
 template <class Real>
-void log_prob_rows(const LogProbArgs<Real>& a, int64_t r0, int64_t r1, double* scratch) {
+void log_prob_rows(const LogProbArgs<Real>& a, int64_t r0, int64_t r1,
+                   double* scratch) {
     const int64_t k = a.shape.k;
     const int64_t cap = block_capacity(k);
-    const int64_t* const strides[4] = {a.logits.stride, a.temperature.stride, a.value.stride,
-                                       a.grad.stride};
+    const int64_t* const strides[4] = {a.logits.stride, a.temperature.stride,
+                                       a.value.stride, a.grad.stride};
     RowWalker<4> walk(a.shape, r0, strides);
     const bool simplex = a.space == Space::simplex;
     const bool want_grad = a.grad_value != nullptr || a.grad_logits != nullptr ||
                            a.grad_temperature != nullptr;
     const int64_t ks = a.logits.kstride, vs = a.value.kstride;
-    double* y = scratch;                  // log x, per element
-    double* w = scratch + cap;            // exponents, then softmax weights
-    double* la = scratch + 2 * cap;       // the logits, per element
-    double* row_live = scratch + 3 * cap; // per-row facts of the block
+    double* y = scratch;                           // log x, per element
+    double* w = scratch + cap;                     // exponents, then softmax weights
+    double* la = scratch + 2 * cap;                // the logits, per element
+    double* row_live = scratch + 3 * cap;          // per-row facts of the block
     double* row_kind = row_live + kBlockElements;  // 0 ordinary, 1 zeros, 2 off face
     double* row_lin = row_kind + kBlockElements;
     double* row_zmax = row_lin + kBlockElements;
@@ -325,7 +333,8 @@ void log_prob_rows(const LogProbArgs<Real>& a, int64_t r0, int64_t r1, double* s
             const double* lg = la + i * k;
             const Real* v = a.value.data + walk.offset[2];
             const double t = static_cast<double>(a.temperature.data[walk.offset[1]]);
-            const double g = want_grad ? static_cast<double>(a.grad.data[walk.offset[3]]) : 0.0;
+            const double g =
+                want_grad ? static_cast<double>(a.grad.data[walk.offset[3]]) : 0.0;
             const double* yi = y + i * k;
             double* wi = w + i * k;
             const int64_t live = static_cast<int64_t>(row_live[i]);
@@ -347,9 +356,12 @@ void log_prob_rows(const LogProbArgs<Real>& a, int64_t r0, int64_t r1, double* s
             } else {
                 const double m = row_zeros[i];
                 const double c = t * (kd - m) - m;
-                if (!simplex || c > 0.0) lp = -kInf;
-                else if (c < 0.0) lp = kInf;
-                else lp = head + row_lin[i] - kd * (row_zmax[i] + log_d(sum));
+                if (!simplex || c > 0.0)
+                    lp = -kInf;
+                else if (c < 0.0)
+                    lp = kInf;
+                else
+                    lp = head + row_lin[i] - kd * (row_zmax[i] + log_d(sum));
             }
             if (a.log_prob != nullptr) a.log_prob[r] = static_cast<Real>(lp);
             if (!want_grad) continue;
@@ -374,7 +386,8 @@ void log_prob_rows(const LogProbArgs<Real>& a, int64_t r0, int64_t r1, double* s
                 Real* out = a.grad_logits + r * k;
                 for (int64_t j = 0; j < k; ++j) {
                     const bool is_live = lg[j] > -kInf;
-                    out[j] = static_cast<Real>(is_live && kind != 2 ? g * (1.0 - kd * wi[j]) : 0.0);
+                    out[j] = static_cast<Real>(
+                        is_live && kind != 2 ? g * (1.0 - kd * wi[j]) : 0.0);
                 }
             }
             if (a.grad_value != nullptr) {
@@ -386,7 +399,8 @@ void log_prob_rows(const LogProbArgs<Real>& a, int64_t r0, int64_t r1, double* s
                     double dv = dy;
                     if (simplex) {
                         const double xj = static_cast<double>(v[j * vs]);
-                        dv = xj > 0.0 ? dy / xj : (dy == 0.0 ? 0.0 : (dy > 0.0 ? kInf : -kInf));
+                        dv = xj > 0.0 ? dy / xj
+                                      : (dy == 0.0 ? 0.0 : (dy > 0.0 ? kInf : -kInf));
                     }
                     out[j] = static_cast<Real>(is_live && kind != 2 ? dv : 0.0);
                 }
@@ -408,7 +422,8 @@ void rsample_vjp_rows(const RsampleVjpArgs<Real>& a, int64_t r0, int64_t r1,
                       double* scratch) {
     const int64_t k = a.shape.k;
     const int64_t cap = block_capacity(k);
-    const int64_t* const strides[3] = {a.value.stride, a.grad.stride, a.temperature.stride};
+    const int64_t* const strides[3] = {a.value.stride, a.grad.stride,
+                                       a.temperature.stride};
     RowWalker<3> walk(a.shape, r0, strides);
     const bool simplex = a.space == Space::simplex;
     const int64_t vs = a.value.kstride, gs = a.grad.kstride;
@@ -423,7 +438,8 @@ void rsample_vjp_rows(const RsampleVjpArgs<Real>& a, int64_t r0, int64_t r1,
 
         // 1. x and log x for the whole block, the transcendental half flat.
         for (int64_t i = 0; i < nb; ++i, walk.advance()) {
-            load_row(a.value.data + walk.offset[0], vs, k, simplex ? x + i * k : y + i * k);
+            load_row(a.value.data + walk.offset[0], vs, k,
+                     simplex ? x + i * k : y + i * k);
             load_row(a.grad.data + walk.offset[1], gs, k, gb + i * k);
         }
         if (simplex) {
@@ -457,7 +473,8 @@ void rsample_vjp_rows(const RsampleVjpArgs<Real>& a, int64_t r0, int64_t r1,
                 const double wj = gw[j];
                 double ds;  // the gradient with respect to s_k = (a_k + g_k) / T
                 if (simplex) {
-                    ds = xi[j] > 0.0 ? xi[j] * (wj * sum - wx) * (inv_sum * inv_sum) : 0.0;
+                    ds = xi[j] > 0.0 ? xi[j] * (wj * sum - wx) * (inv_sum * inv_sum)
+                                     : 0.0;
                 } else {
                     ds = yi[j] > -kInf ? wj - (xi[j] * inv_sum) * wsum : 0.0;
                 }
@@ -485,19 +502,24 @@ void check_rows(const CheckArgs<Real>& a, int64_t r0, int64_t r1, double* scratc
         const Real* lg = a.logits.data + walk.offset[0];
         bool bad = false, masked_weight = false;
         for (int64_t j = 0; j < k; ++j) {
-            const bool ok = simplex ? (v[j] >= 0.0 && v[j] < kInf) : (v[j] == v[j] && v[j] < kInf);
+            const bool ok =
+                simplex ? (v[j] >= 0.0 && v[j] < kInf) : (v[j] == v[j] && v[j] < kInf);
             bad = bad || !ok;
             const bool masked = static_cast<double>(lg[j * ks]) == -kInf;
-            masked_weight = masked_weight || (masked && (simplex ? v[j] != 0.0 : v[j] > -kInf));
+            masked_weight =
+                masked_weight || (masked && (simplex ? v[j] != 0.0 : v[j] > -kInf));
         }
         if (!simplex) exp_inplace(v, k);
         double sum = 0.0;
         for (int64_t j = 0; j < k; ++j) sum += v[j];
         const double off = sum - 1.0;
         uint8_t status = 0;
-        if (bad) status = 1;
-        else if (off > a.tol || off < -a.tol) status = 2;
-        else if (masked_weight) status = 3;
+        if (bad)
+            status = 1;
+        else if (off > a.tol || off < -a.tol)
+            status = 2;
+        else if (masked_weight)
+            status = 3;
         a.status[r] = status;
     }
 }
@@ -526,7 +548,8 @@ void param_rows(const ParamArgs<Real>& a, int64_t r0, int64_t r1, double* scratc
         } else {
             // Normalised logits or their softmax; see Note [stable log-sum-exp].
             double amax = -kInf;
-            for (int64_t j = 0; j < k; ++j) amax = max_d(amax, static_cast<double>(p[j * ps]));
+            for (int64_t j = 0; j < k; ++j)
+                amax = max_d(amax, static_cast<double>(p[j * ps]));
             double sum = 0.0;
             for (int64_t j = 0; j < k; ++j)
                 sum += exp_d(static_cast<double>(p[j * ps]) - amax);
@@ -543,7 +566,8 @@ void param_rows(const ParamArgs<Real>& a, int64_t r0, int64_t r1, double* scratc
 // dL/dq through l = log(q / sum q): dL/dq_k = dL/dl_k / q_k - sum_j dL/dl_j / sum q,
 // and 0 where q_k = 0 (a masked category; the convention the README states).
 template <class Real>
-void probs_vjp_rows(const ProbsVjpArgs<Real>& a, int64_t r0, int64_t r1, double* scratch) {
+void probs_vjp_rows(const ProbsVjpArgs<Real>& a, int64_t r0, int64_t r1,
+                    double* scratch) {
     const int64_t k = a.shape.k;
     const int64_t* const strides[2] = {a.probs.stride, a.grad_logits.stride};
     RowWalker<2> walk(a.shape, r0, strides);

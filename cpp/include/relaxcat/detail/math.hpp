@@ -72,7 +72,8 @@ inline double log_d(double x) {
     const double t1 = w * (kLg2 + w * (kLg4 + w * kLg6));
     const double t2 = z * (kLg1 + w * (kLg3 + w * (kLg5 + w * kLg7)));
     const double dk = small_int_to_double(k);
-    const double r = dk * kLn2Hi - ((hfsq - (s * (hfsq + (t1 + t2)) + dk * kLn2Lo)) - f);
+    const double r =
+        dk * kLn2Hi - ((hfsq - (s * (hfsq + (t1 + t2)) + dk * kLn2Lo)) - f);
 
     // Edges: log(0) = -inf, log(inf) = inf, log(negative or NaN) = NaN.
     constexpr double kInf = std::numeric_limits<double>::infinity();

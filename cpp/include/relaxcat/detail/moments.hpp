@@ -204,8 +204,8 @@ inline double covariance_expansion(const double* a, int64_t k, double t, int64_t
 // K * K (covariance) outputs, or null for the mean alone; work: 4 K doubles.
 // Masked and negligible categories get exact zeros. Above kExpansionT the second
 // moments follow Note [large temperatures].
-inline void moments_row(const double* a, int64_t k, double t, MomentKind kind, double* mean,
-                        double* second, double* work) {
+inline void moments_row(const double* a, int64_t k, double t, MomentKind kind,
+                        double* mean, double* second, double* work) {
     using namespace moments_const;
     double* lam0 = work;
     double* q1 = work + k;
@@ -391,8 +391,8 @@ inline bool interior_mode_exists(int64_t live, double t) {
 }
 
 // |F|^2 at y (live entries only; masked ones hold -inf in a); fills x and w.
-inline double mode_residual(const double* a, const double* y, int64_t k, double t, double kl,
-                            double* x, double* w, double* f) {
+inline double mode_residual(const double* a, const double* y, int64_t k, double t,
+                            double kl, double* x, double* w, double* f) {
     double zmax = -moments_const::kInf;
     for (int64_t j = 0; j < k; ++j)
         if (a[j] > -moments_const::kInf) zmax = std::fmax(zmax, a[j] - t * y[j]);
@@ -405,7 +405,8 @@ inline double mode_residual(const double* a, const double* y, int64_t k, double 
     for (int64_t j = 0; j < k; ++j) {
         w[j] /= zsum;
         x[j] = a[j] > -moments_const::kInf ? std::exp(y[j]) : 0.0;
-        f[j] = a[j] > -moments_const::kInf ? kl * x[j] - (t + 1.0) + kl * t * w[j] : 0.0;
+        f[j] =
+            a[j] > -moments_const::kInf ? kl * x[j] - (t + 1.0) + kl * t * w[j] : 0.0;
         r += f[j] * f[j];
     }
     return r;
@@ -428,7 +429,8 @@ inline bool mode_row(const double* a, int64_t k, double t, int space, double* ou
     // Log space: y = log_softmax(a / T).
     if (space == 1) {
         double s = 0.0;
-        for (int64_t j = 0; j < k; ++j) s += a[j] > -kInf ? std::exp((a[j] - amax) / t) : 0.0;
+        for (int64_t j = 0; j < k; ++j)
+            s += a[j] > -kInf ? std::exp((a[j] - amax) / t) : 0.0;
         for (int64_t j = 0; j < k; ++j)
             out[j] = a[j] > -kInf ? (a[j] - amax) / t - std::log(s) : -kInf;
         return true;
@@ -459,7 +461,8 @@ inline bool mode_row(const double* a, int64_t k, double t, int space, double* ou
     double* dy = work + 4 * k;
     double* yt = work + 5 * k;
     double s = 0.0;
-    for (int64_t j = 0; j < k; ++j) s += a[j] > -kInf ? std::exp((a[j] - amax) / (t + 1.0)) : 0.0;
+    for (int64_t j = 0; j < k; ++j)
+        s += a[j] > -kInf ? std::exp((a[j] - amax) / (t + 1.0)) : 0.0;
     for (int64_t j = 0; j < k; ++j)
         y[j] = a[j] > -kInf ? (a[j] - amax) / (t + 1.0) - std::log(s) : -kInf;
     double r = mode_residual(a, y, k, t, kl, x, w, f);
@@ -474,7 +477,7 @@ inline bool mode_row(const double* a, int64_t k, double t, int space, double* ou
             const double tiny = 1e-13 * std::fmax(x[j], t2 * w[j]);
             if (std::fabs(d) < tiny) d = d < 0.0 ? -tiny : tiny;
             dy[j] = -f[j] / kl / d;  // D^-1 r
-            yt[j] = w[j] / d;       // D^-1 w
+            yt[j] = w[j] / d;        // D^-1 w
             wdr += w[j] * dy[j];
             wdw += w[j] * yt[j];
         }
@@ -491,7 +494,8 @@ inline bool mode_row(const double* a, int64_t k, double t, int space, double* ou
         double step = big > 1.0 ? 1.0 / big : 1.0;
         double rt = r;
         for (int ls = 0; ls < 60; ++ls, step *= 0.5) {
-            for (int64_t j = 0; j < k; ++j) yt[j] = a[j] > -kInf ? y[j] + step * dy[j] : -kInf;
+            for (int64_t j = 0; j < k; ++j)
+                yt[j] = a[j] > -kInf ? y[j] + step * dy[j] : -kInf;
             rt = mode_residual(a, yt, k, t, kl, x, w, f);
             if (rt < r || step * big < 1e-15) break;
         }

@@ -34,10 +34,10 @@ inline double gumbel_from_words(uint32_t lo, uint32_t hi) {
 }
 
 inline Words4 noise_block(uint64_t key, uint64_t stream, uint64_t block) {
-    return philox4x32<10>(static_cast<uint32_t>(block), static_cast<uint32_t>(block >> 32),
-                          static_cast<uint32_t>(stream),
-                          static_cast<uint32_t>(stream >> 32), static_cast<uint32_t>(key),
-                          static_cast<uint32_t>(key >> 32));
+    return philox4x32<10>(
+        static_cast<uint32_t>(block), static_cast<uint32_t>(block >> 32),
+        static_cast<uint32_t>(stream), static_cast<uint32_t>(stream >> 32),
+        static_cast<uint32_t>(key), static_cast<uint32_t>(key >> 32));
 }
 
 // Writes the noise of elements first, ..., first + n - 1 to out[0..n).
@@ -70,7 +70,8 @@ inline void fill_gumbels(uint64_t key, uint64_t stream, uint64_t first, int64_t 
 
     // An odd count leaves the first half of one more block.
     if (n & 1) {
-        const Words4 b = noise_block(key, stream, block0 + static_cast<uint64_t>(pairs));
+        const Words4 b =
+            noise_block(key, stream, block0 + static_cast<uint64_t>(pairs));
         out[n - 1] = gumbel_from_words(b.w[0], b.w[1]);
     }
 }

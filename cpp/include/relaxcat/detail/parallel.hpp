@@ -23,7 +23,8 @@ constexpr int64_t kElementsPerTask = 1 << 16;
 inline int threads_for(int64_t rows, int64_t k, int requested) {
     const int64_t elements = rows * std::max<int64_t>(k, 1);
     const int64_t useful = std::max<int64_t>(1, elements / kMinElementsPerThread);
-    return static_cast<int>(std::min<int64_t>({static_cast<int64_t>(requested), useful, rows}));
+    return static_cast<int>(
+        std::min<int64_t>({static_cast<int64_t>(requested), useful, rows}));
 }
 
 // Runs body(r0, r1, scratch) over [0, rows) in tasks handed out in order from an
@@ -31,11 +32,12 @@ inline int threads_for(int64_t rows, int64_t k, int requested) {
 // `stop()` is polled by the calling thread between its tasks (for Ctrl-C); when
 // it returns true no new tasks start and the function returns false.
 template <class Body, class Stop>
-bool parallel_rows(int64_t rows, int64_t k, int requested_threads, int64_t scratch_doubles,
-                   Body body, Stop stop) {
+bool parallel_rows(int64_t rows, int64_t k, int requested_threads,
+                   int64_t scratch_doubles, Body body, Stop stop) {
     if (rows <= 0) return true;
     const int nthreads = std::max(1, threads_for(rows, k, requested_threads));
-    const int64_t per_task = std::max<int64_t>(1, kElementsPerTask / std::max<int64_t>(k, 1));
+    const int64_t per_task =
+        std::max<int64_t>(1, kElementsPerTask / std::max<int64_t>(k, 1));
     const int64_t ntasks = (rows + per_task - 1) / per_task;
     std::atomic<int64_t> next{0};
     std::atomic<bool> cancelled{false};

@@ -51,9 +51,13 @@ RELAXCAT_SIMD_INLINE VecD load_d(const double* p) {
     return v;
 }
 
-RELAXCAT_SIMD_INLINE void store_d(double* p, VecD v) { std::memcpy(p, &v, sizeof v); }
+RELAXCAT_SIMD_INLINE void store_d(double* p, VecD v) {
+    std::memcpy(p, &v, sizeof v);
+}
 
-RELAXCAT_SIMD_INLINE VecD splat_d(double x) { return VecD{} + x; }
+RELAXCAT_SIMD_INLINE VecD splat_d(double x) {
+    return VecD{} + x;
+}
 
 RELAXCAT_SIMD_INLINE VecU as_u(VecD v) {
     VecU u;
@@ -90,13 +94,15 @@ RELAXCAT_SIMD_INLINE VecD log_v(VecD x) {
     const VecD w = z * z;
     const VecD t1 = w * (3.999999999940941908e-01 +
                          w * (2.222219843214978396e-01 + w * 1.531383769920937332e-01));
-    const VecD t2 = z * (6.666666666666735130e-01 +
-                         w * (2.857142874366239149e-01 +
-                              w * (1.818357216161805012e-01 + w * 1.479819860511658591e-01)));
+    const VecD t2 =
+        z * (6.666666666666735130e-01 +
+             w * (2.857142874366239149e-01 +
+                  w * (1.818357216161805012e-01 + w * 1.479819860511658591e-01)));
     const VecD dk = as_d(UINT64_C(0x4338000000000000) + (VecU)k) - 6755399441055744.0;
     const VecD r = dk * kLn2Hi - ((hfsq - (s * (hfsq + (t1 + t2)) + dk * kLn2Lo)) - f);
 
-    const VecD edge = x == 0.0 ? splat_d(-kInf) : (x == kInf ? splat_d(kInf) : splat_d(kNan));
+    const VecD edge =
+        x == 0.0 ? splat_d(-kInf) : (x == kInf ? splat_d(kInf) : splat_d(kNan));
     return (x > 0.0) & (x < kInf) ? r : edge;
 }
 
@@ -160,7 +166,8 @@ RELAXCAT_SIMD_INLINE VecU mul_low32(VecU a, uint32_t m) {
 #else
     return (a & 0xffffffffu) * static_cast<uint64_t>(m);
 #endif
-#if defined(__AVX512F__) || defined(__AVX2__) || (defined(__SSE2__) && !defined(__AVX__))
+#if defined(__AVX512F__) || defined(__AVX2__) || \
+    (defined(__SSE2__) && !defined(__AVX__))
     std::memcpy(&a, &v, sizeof v);
     return a;
 #endif
