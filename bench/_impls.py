@@ -3,7 +3,8 @@
 Each class turns a :class:`_cases.Case` into callables.  ``timed(op)`` returns a
 zero-argument function whose every call does the whole operation and waits for the
 result (JAX dispatches asynchronously, so its callables block).  ``check_sample`` and
-``check_rsample_vjp`` answer on the case's shared Gumbel noise, for the agreement checks;
+``check_rsample_vjp`` answer on the case's shared Gumbel noise, for the agreement
+checks;
 every other check uses the timed callable's own answer.
 
 What a timed call includes (the same rule for every library):
@@ -40,8 +41,8 @@ def to_numpy(result):
     return np.asarray(result)
 
 
-# Tuned NumPy.  Every array stays in the input dtype (no float64 detours), temporaries are
-# reused in place, and short rows are reduced column by column.
+# Tuned NumPy.  Every array stays in the input dtype (no float64 detours), temporaries
+# are reused in place, and short rows are reduced column by column.
 
 
 def _row_max(z: np.ndarray) -> np.ndarray:
@@ -63,8 +64,8 @@ def _row_sum(z: np.ndarray) -> np.ndarray:
 
 
 def _softmax_rows_inplace(z: np.ndarray) -> np.ndarray:
-    # Subtracting the row maximum keeps exp from overflowing; the largest term becomes 1,
-    # so the row sum is at least 1 and its reciprocal is safe.
+    # Subtracting the row maximum keeps exp from overflowing; the largest term becomes
+    # 1, so the row sum is at least 1 and its reciprocal is safe.
     z -= _row_max(z)
     np.exp(z, out=z)
     z *= (1 / _row_sum(z))[:, None]
@@ -285,7 +286,7 @@ class JaxImpl:
     ops = ("rsample", "log_prob", "rsample_vjp", "log_prob_vjp", "fwd_bwd")
 
     def __init__(self, threads: int):
-        # The thread count comes from the CPU affinity the worker set before this import.
+        # The thread count comes from the CPU affinity set before this import.
         import jax
         import jax.numpy as jnp
 
@@ -378,7 +379,8 @@ class RelaxcatImpl:
     def _dist(self):
         c = self.c
         kwargs = {} if self.validate is None else {"validate_args": self.validate}
-        return self.rc.RelaxedOneHotCategorical(c.temperature, logits=c.logits, **kwargs)
+        dist = self.rc.RelaxedOneHotCategorical
+        return dist(c.temperature, logits=c.logits, **kwargs)
 
     def timed(self, op):
         c, rng = self.c, self.rng
@@ -408,7 +410,15 @@ class RelaxcatImpl:
 
 
 # Display order: relaxcat first, then the competitors.
-IMPL_NAMES = ("relaxcat", "relaxcat_nv", "torch", "torch_nv", "torch_gs", "jax", "numpy")
+IMPL_NAMES = (
+    "relaxcat",
+    "relaxcat_nv",
+    "torch",
+    "torch_nv",
+    "torch_gs",
+    "jax",
+    "numpy",
+)
 RELAXCAT_NAMES = ("relaxcat", "relaxcat_nv")
 LABELS = {
     "relaxcat": "relaxcat",

@@ -61,8 +61,15 @@ def summarise(records: list, skipped: dict) -> list:
             row[f"ratio_{name}"] = ns[name] / timed[best] if ok else None
         out.append(row)
     order = {op: i for i, op in enumerate(OP_TITLES)}
-    out.sort(key=lambda r: (order[r["op"]], -r["rows"] * r["k"], r["k"], r["dtype"],
-                            r["threads"]))
+    out.sort(
+        key=lambda r: (
+            order[r["op"]],
+            -r["rows"] * r["k"],
+            r["k"],
+            r["dtype"],
+            r["threads"],
+        )
+    )
     return out
 
 
@@ -103,6 +110,16 @@ def markdown(summary: list, meta: dict) -> str:
         f"Versions: {meta.get('versions', '')}. Command: `{meta.get('command', '')}`.",
         "",
     ]
+    busy = {n: c for n, c in meta.get("other_cores", {}).items() if c > 0.1}
+    if busy:
+        said = ", ".join(
+            f"{c:.2f} cores during the {n}-thread run" for n, c in busy.items()
+        )
+        lines += [
+            f"**Warning:** other processes were busy ({said}); times at the",
+            "affected thread counts, above all 2 threads, are inflated.",
+            "",
+        ]
     for op, title in OP_TITLES.items():
         part = [r for r in summary if r["op"] == op]
         if not part:
@@ -155,6 +172,7 @@ def chart(summary: list, path: str) -> None:
                 label = LABELS[name] if (i, j) == (0, 0) else None
                 ax.bar(xs, ys, width, color=colors[b % len(colors)], label=label)
             ax.set_yscale("log")
+            ax.set_axisbelow(True)
             ax.set_xticks(range(len(part)))
             ax.set_xticklabels([f"{r['rows']}x{r['k']}" for r in part], fontsize=7)
             ax.set_title(f"{op}, {dtype}, {threads} thread(s)", fontsize=9)
@@ -174,11 +192,15 @@ def failures(records: list) -> list:
         if r["status"] in ("check_failed", "error"):
             c = r["check"]
             detail = c.get("error") or r.get("error") or ""
-            units = {k: round(v, 2) for k, v in c.get("units", {}).items()
-                     if not math.isfinite(v) or v > 0}
+            units = {
+                k: round(v, 2)
+                for k, v in c.get("units", {}).items()
+                if not math.isfinite(v) or v > 0
+            }
             out.append(
                 f"{r['impl']} {r['op']} ({r['rows']}, {r['k']}) {r['dtype']} "
                 f"{r['threads']} thr: {r['status']} {detail} units={units} "
-                f"problems={c.get('problems')} sanity={c.get('sanity_full') or c.get('sanity')}"
+                f"problems={c.get('problems')} "
+                f"sanity={c.get('sanity_full') or c.get('sanity')}"
             )
     return out

@@ -148,6 +148,7 @@ def run_case(impls, case: cs.Case, cfg: dict) -> list:
     }
 
     # Every answer is checked before anything is timed.
+    t0 = time.perf_counter()
     small = case.head(cs.CHECK_ROWS)
     checks = {}
     for impl in impls:
@@ -163,6 +164,7 @@ def run_case(impls, case: cs.Case, cfg: dict) -> list:
                     "error": f"{type(exc).__name__}: {exc}",
                     "traceback": traceback.format_exc(),
                 }
+    check_s = time.perf_counter() - t0
     records = []
     for impl in impls:
         impl.setup(case)
@@ -203,6 +205,8 @@ def run_case(impls, case: cs.Case, cfg: dict) -> list:
                 times_ns=times,
                 ns_per_element=median / case.elements,
             )
+    for rec in records:
+        rec["case_check_s"] = round(check_s, 2)
     return records
 
 
@@ -217,6 +221,14 @@ def versions(impls) -> dict:
         elif impl.name.startswith("relaxcat"):
             rc = impl.rc
             out["relaxcat"] = getattr(rc, "__version__", "unknown")
+
+            # The core is rebuilt often while it is developed; name the exact build.
+            core = getattr(getattr(rc, "_core", None), "__file__", None)
+            if core:
+                st = os.stat(core)
+                stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(st.st_mtime))
+                out["relaxcat_core"] = f"{os.path.basename(core)}, {st.st_size} bytes, "
+                out["relaxcat_core"] += f"built {stamp} UTC"
             if hasattr(rc, "get_num_threads"):
                 out["relaxcat_threads"] = rc.get_num_threads()
             if hasattr(rc, "show_config"):
@@ -243,7 +255,8 @@ def main(cfg: dict) -> None:
                 f"[{cfg['threads']} thr] {dtype} ({rows}, {k}): "
                 f"{len(recs) - len(bad)} timed, "
                 f"{'failed: ' + ', '.join(bad) if bad else 'all checks passed'} "
-                f"({time.perf_counter() - t0:.1f} s)"
+                f"({time.perf_counter() - t0:.1f} s, checks "
+                f"{recs[0]['case_check_s'] if recs else 0:.1f} s)"
             )
             del case
     result = {
