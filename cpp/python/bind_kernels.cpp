@@ -155,8 +155,8 @@ void rsample_t(const py::array& logits, const py::array& temperature,
     a.logits = in_arg<Real>(logits, a.shape, true, fn, "logits");
     a.temperature = in_arg<Real>(temperature, a.shape, false, fn, "temperature");
     if (!gumbels.is_none())
-        a.noise.gumbels = in_arg<Real>(py::reinterpret_borrow<py::array>(gumbels),
-                                       a.shape, true, fn, "gumbels");
+        a.noise.gumbels64 = in_arg<double>(py::reinterpret_borrow<py::array>(gumbels),
+                                           a.shape, true, fn, "gumbels");
     a.noise.key = key;
     a.noise.stream = stream;
     a.noise.offset = offset;

@@ -4,7 +4,7 @@ for NumPy, computed by a header-only C++17 core."""
 from __future__ import annotations
 
 from . import _core, constraints
-from ._config import show_config
+from ._config import RelaxcatWarning, check_simd_environment, show_config
 from ._extras import (
     HardSample,
     MonteCarloEstimate,
@@ -25,6 +25,8 @@ from .distributions import (
 
 __version__ = _core.__version__
 
+check_simd_environment()
+
 __all__ = [
     "ExpRelaxedOneHotCategorical",
     "HardSample",
@@ -32,6 +34,7 @@ __all__ = [
     "LogProbGradProbs",
     "MonteCarloEstimate",
     "RelaxedOneHotCategorical",
+    "RelaxcatWarning",
     "RsampleGrad",
     "RsampleGradProbs",
     "categorical_kl",

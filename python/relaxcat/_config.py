@@ -2,11 +2,35 @@
 
 from __future__ import annotations
 
+import os
 import sys
+import warnings
 
 from . import _core, _threads
 
-__all__ = ["show_config", "config"]
+__all__ = ["RelaxcatWarning", "show_config", "config", "check_simd_environment"]
+
+
+class RelaxcatWarning(UserWarning):
+    """A warning from relaxcat about something the user can change."""
+
+
+def check_simd_environment() -> None:
+    """Warn when RELAXCAT_SIMD names a level that is not in use.
+
+    The compiled core reads the variable once, at import, and falls back to the
+    best level when it names one this build or CPU lacks (or is misspelt);
+    without this warning that fallback would be silent.
+    """
+    wanted = os.environ.get("RELAXCAT_SIMD", "")
+    if wanted and wanted != _core.simd_level():
+        levels = ", ".join(_core.available_simd_levels())
+        warnings.warn(
+            f"RELAXCAT_SIMD={wanted!r} is not a level this build and CPU offer "
+            f"({levels}); using {_core.simd_level()!r}",
+            RelaxcatWarning,
+            stacklevel=3,
+        )
 
 
 def config() -> dict:

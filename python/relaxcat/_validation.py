@@ -137,7 +137,9 @@ def _check_masked(
         )
 
 
-def check_simplex(x: np.ndarray, logits: np.ndarray, name: str = "value") -> None:
+def check_simplex(
+    x: np.ndarray, logits: np.ndarray, name: str = "value", tol: float | None = None
+) -> None:
     """``x`` must lie on the probability simplex of the live categories."""
     bad = ~(np.isfinite(x) & (x >= 0))
     if bad.any():
@@ -147,7 +149,7 @@ def check_simplex(x: np.ndarray, logits: np.ndarray, name: str = "value") -> Non
         )
     with np.errstate(over="ignore"):
         total = x.sum(axis=-1, dtype=np.float64)
-    tol = simplex_tolerance(x.shape[-1], x.dtype)
+    tol = simplex_tolerance(x.shape[-1], x.dtype) if tol is None else tol
     off = np.abs(total - 1.0) > tol
     if off.any():
         raise ValueError(
@@ -157,7 +159,9 @@ def check_simplex(x: np.ndarray, logits: np.ndarray, name: str = "value") -> Non
     _check_masked(x == 0, logits, name, "0")
 
 
-def check_log_simplex(y: np.ndarray, logits: np.ndarray, name: str = "value") -> None:
+def check_log_simplex(
+    y: np.ndarray, logits: np.ndarray, name: str = "value", tol: float | None = None
+) -> None:
     """``y`` must be the logarithm of a point on the simplex of the live categories."""
     bad = np.isnan(y) | (y == np.inf)
     if bad.any():
@@ -167,7 +171,7 @@ def check_log_simplex(y: np.ndarray, logits: np.ndarray, name: str = "value") ->
         )
     with np.errstate(over="ignore"):
         total = np.exp(y.astype(np.float64)).sum(axis=-1)
-    tol = simplex_tolerance(y.shape[-1], y.dtype)
+    tol = simplex_tolerance(y.shape[-1], y.dtype) if tol is None else tol
     off = np.abs(total - 1.0) > tol
     if off.any():
         raise ValueError(
@@ -207,10 +211,10 @@ def prepare_out(out, shape: tuple, dtype, inputs=(), name: str = "out"):
         raise TypeError(f"{name} must have dtype {np.dtype(dtype)}, got {out.dtype}")
     if out.shape != tuple(shape):
         raise ValueError(f"{name} must have shape {tuple(shape)}, got {out.shape}")
-    if not out.flags.c_contiguous:
-        raise ValueError(f"{name} must be C-contiguous")
     if not out.flags.writeable:
         raise ValueError(f"{name} must be writable, got a read-only array")
+    if not out.flags.c_contiguous:
+        raise ValueError(f"{name} must be C-contiguous")
     for arr in inputs:
         if arr is not None and np.may_share_memory(out, arr):
             raise ValueError(f"{name} must not share memory with the inputs")

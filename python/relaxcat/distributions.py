@@ -33,6 +33,15 @@ _SIMPLEX, _LOG = 0, 1
 _LOG_PROBS, _NORMALIZE_LOGITS, _PROBS_FROM_LOGITS, _NORMALIZE_PROBS = 0, 1, 2, 3
 
 
+def _private_copy(arr: np.ndarray, given) -> np.ndarray:
+    """``arr`` as an array no caller can change: copied if it may share memory with
+    what the caller passed, then made read-only."""
+    if given is not None and np.may_share_memory(arr, np.asarray(given)):
+        arr = arr.copy()
+    arr.flags.writeable = False
+    return arr
+
+
 def _is_int(n) -> bool:
     return isinstance(n, numbers.Integral) and not isinstance(n, (bool, np.bool_))
 
@@ -155,10 +164,23 @@ class RelaxedOneHotCategorical:
                 f"shape {param.shape[:-1]} of {self._param_name}"
             ) from None
 
+        if validate_args is not None and not isinstance(
+            validate_args, (bool, np.bool_)
+        ):
+            raise TypeError(
+                "validate_args must be None, True or False, "
+                f"got {type(validate_args).__name__}"
+            )
+
+        # The distribution owns read-only copies of its parameters: an array the
+        # caller changes afterwards must not change (or invalidate) it.
+        param = _private_copy(param, probs if probs is not None else logits)
+        temp = _private_copy(temp, temperature)
+        rows = temp[..., 0] if per_row else temp
         if probs is not None:
             v.check_probs(param)
             self._probs_given = param
-            self._a = self._param_op(_LOG_PROBS, param)
+            self._a = _private_copy(self._param_op(_LOG_PROBS, param), None)
         else:
             v.check_logits(param)
             self._probs_given = None
@@ -233,8 +255,17 @@ class RelaxedOneHotCategorical:
                 f"expand: batch_shape {batch_shape} cannot hold the batch shape "
                 f"{self._batch_shape}"
             ) from None
-        kwargs = {self._param_name: param}
-        return type(self)(temp, validate_args=self._validate, **kwargs)
+        # The parameters were checked when self was made; the new object holds
+        # read-only broadcast views of them, so nothing is copied.
+        new = object.__new__(type(self))
+        new.__dict__.update(self.__dict__)
+        new._a = np.broadcast_to(self._a, batch_shape + self.event_shape)
+        if self._probs_given is not None:
+            new._probs_given = param
+        new._temperature = temp
+        new._t_rows = temp
+        new._batch_shape = batch_shape
+        return new
 
     # ------------------------------------------------------------------- sampling
     def _full(self, lead: tuple):
@@ -264,8 +295,11 @@ class RelaxedOneHotCategorical:
             calls differ and its state decides everything. None draws both from
             the operating system's entropy. The README defines the stream.
         gumbels : array_like, optional
-            Explicit Gumbel noise of the full output shape (then ``rng`` is
-            unused), for reproducing a sample made elsewhere. Must be finite.
+            Explicit Gumbel noise of the full output shape, for reproducing a
+            sample made elsewhere; not together with ``rng``. Must be finite.
+            Taken in float64 for either dtype (the stream's own noise is
+            float64), so ``relaxcat._core.gumbels`` reproduces a float32 sample
+            bit for bit.
         out : numpy.ndarray, optional
             A C-contiguous array of the output's shape and dtype to write into.
         num_threads : int, optional
@@ -293,7 +327,14 @@ class RelaxedOneHotCategorical:
         noise = None
         key = stream = 0
         if gumbels is not None:
-            noise = v.as_float_array(gumbels, "gumbels", self.dtype)
+            if rng is not None:
+                raise ValueError(
+                    "rng and gumbels cannot both be given: gumbels is the noise "
+                    "itself, so rng would be ignored"
+                )
+            # float64 whatever the distribution's dtype: the stream's own noise is
+            # float64, so relaxcat's float32 samples are reproducible from it.
+            noise = v.as_float_array(gumbels, "gumbels", np.float64)
             if noise.shape != shape:
                 raise ValueError(f"gumbels must have shape {shape}, got {noise.shape}")
             bad = ~np.isfinite(noise)
@@ -393,6 +434,10 @@ class RelaxedOneHotCategorical:
 
     # -------------------------------------------------------------------- density
     def _value(self, value, name: str = "value") -> np.ndarray:
+        # A float16 value is checked with float16's tolerance: it was rounded to
+        # float16 by the caller, whatever the distribution computes in.
+        given = getattr(value, "dtype", None)
+        tol_dtype = np.float16 if given == np.float16 else self.dtype
         value = v.as_float_array(value, name, self.dtype)
         k = self.event_shape[0]
         if value.ndim == 0 or value.shape[-1] != k:
@@ -407,24 +452,24 @@ class RelaxedOneHotCategorical:
                 f"{self._batch_shape}"
             ) from None
         if self._validate:
-            self._check_support(value, name)
+            self._check_support(value, name, tol_dtype)
         return value
 
-    def _check_support(self, value: np.ndarray, name: str) -> None:
+    def _check_support(self, value: np.ndarray, name: str, tol_dtype) -> None:
         """validate_args: one pass in the C++ core decides; only a value that fails
         is examined again in NumPy, to name the first bad entry."""
         shape = np.broadcast_shapes(value.shape, self._a.shape)
         logits = np.broadcast_to(self._a, shape)
         full = np.broadcast_to(value, shape)
         status = np.empty(shape[:-1], dtype=np.uint8)
-        tol = v.simplex_tolerance(shape[-1], self.dtype)
+        tol = v.simplex_tolerance(shape[-1], tol_dtype)
         _core.check_values(
             self._space, logits, full, tol, status, _threads.get_num_threads()
         )
         if not status.any():
             return
         check = v.check_simplex if self._space == _SIMPLEX else v.check_log_simplex
-        check(value, logits, name)
+        check(value, logits, name, tol)
         where = tuple(int(i) for i in np.argwhere(status)[0])
         raise ValueError(
             f"{name} is not on the support {self.support!r} at batch index {where}"

@@ -41,6 +41,10 @@ struct NoiseSource {
     uint64_t stream = 0;
     uint64_t offset = 0;
     RowArg<const Real> gumbels;  // used when gumbels.data is not null
+    // Explicit noise in double, whatever Real is (used when its data is not
+    // null): the stream's own noise is double, so float32 samples made by
+    // relaxcat can be reproduced bit for bit from it.
+    RowArg<const double> gumbels64;
 };
 
 template <class Real>

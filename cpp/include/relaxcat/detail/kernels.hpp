@@ -22,6 +22,13 @@
 // takes no part in maxima, sums or the count K; its sample is exactly 0 (its log
 // -inf) and every gradient entry for it is exactly 0.
 //
+// Note [large temperatures]: the density depends on z = a - T y only through
+// sum(z) - K lse(z), which does not change when a constant is added to z. The
+// kernel therefore uses z = (a - max a) - T (y - max y): the difference of two
+// logs is exact when they are close, and its product with T is then accurate to
+// an ulp. Forming T y first would cancel terms of size T |y| and lose about
+// T eps in absolute terms (2e-3 relative at T = 1e100).
+//
 // Note [zeros in a value]: when a value x has exact zeros on m of the K live
 // categories (a low-temperature sample that underflowed), the density is its
 // limit as those coordinates shrink together, x_k = eps for each of them.
@@ -156,8 +163,11 @@ template <class Real>
 void rsample_rows(const RsampleArgs<Real>& a, int64_t r0, int64_t r1, double* scratch) {
     const int64_t k = a.shape.k;
     const int64_t cap = block_capacity(k);
-    const int64_t* const strides[3] = {a.logits.stride, a.temperature.stride,
-                                       a.noise.gumbels.stride};
+    const bool given64 = a.noise.gumbels64.data != nullptr;
+    const bool given = given64 || a.noise.gumbels.data != nullptr;
+    const int64_t* const strides[3] = {
+        a.logits.stride, a.temperature.stride,
+        given64 ? a.noise.gumbels64.stride : a.noise.gumbels.stride};
     RowWalker<3> walk(a.shape, r0, strides);
     double* s = scratch;
     double* e = scratch + cap;
@@ -169,7 +179,7 @@ void rsample_rows(const RsampleArgs<Real>& a, int64_t r0, int64_t r1, double* sc
         const int64_t n = nb * k;
 
         // 1. The noise of the whole block, from the stream (contiguous indices).
-        if (a.noise.gumbels.data == nullptr)
+        if (!given)
             fill_gumbels(a.noise.key, a.noise.stream,
                          a.noise.offset + static_cast<uint64_t>(rb * k), n, s);
 
@@ -183,9 +193,12 @@ void rsample_rows(const RsampleArgs<Real>& a, int64_t r0, int64_t r1, double* sc
             const double t = static_cast<double>(a.temperature.data[walk.offset[1]]);
             const double inv_t = 1.0 / t;
             double* si = s + i * k;
-            if (a.noise.gumbels.data != nullptr)
-                load_row(a.noise.gumbels.data + walk.offset[2], a.noise.gumbels.kstride,
+            if (given64)
+                load_row(a.noise.gumbels64.data + walk.offset[2], a.noise.gumbels64.kstride,
                          k, si);
+            else if (given)
+                load_row(a.noise.gumbels.data + walk.offset[2], a.noise.gumbels.kstride, k,
+                         si);
             load_row(lg, ks, k, la);
             const double amax = row_max(la, k);
             double umax = -kInf;
@@ -254,6 +267,7 @@ void log_prob_rows(const LogProbArgs<Real>& a, int64_t r0, int64_t r1,
     double* row_lin = row_kind + kBlockElements;
     double* row_zmax = row_lin + kBlockElements;
     double* row_zeros = row_zmax + kBlockElements;
+    double* row_ymax = row_zeros + kBlockElements;
     int64_t cached_k = -1;
     double cached_lgamma = 0.0;
 
@@ -293,11 +307,22 @@ void log_prob_rows(const LogProbArgs<Real>& a, int64_t r0, int64_t r1,
             if (off_face) {
                 for (int64_t j = 0; j < k; ++j) wi[j] = -kInf;
             } else if (zeros == 0) {
-                // The ordinary case: z = (a - max a) - T y over the live categories.
+                // The ordinary case: z = (a - max a) - T (y - max y) over the live
+                // categories; see Note [large temperatures].
+                double ymax = -kInf;
+                for (int64_t j = 0; j < k; ++j) ymax = lg[j] > -kInf ? max_d(ymax, yi[j]) : ymax;
+                row_ymax[i] = ymax;
                 for (int64_t j = 0; j < k; ++j) {
                     const double aj = lg[j] - amax;
-                    wi[j] = aj > -kInf ? aj - t * yi[j] : -kInf;
+                    wi[j] = aj > -kInf ? aj - t * (yi[j] - ymax) : -kInf;
                     zmax = max_d(zmax, wi[j]);
+                }
+                if (zmax == kInf) {
+                    // T (y - max y) overflowed: the density is 0 to double
+                    // precision; reported like a value off the face.
+                    row_kind[i] = 2.0;
+                    for (int64_t j = 0; j < k; ++j) wi[j] = -kInf;
+                    zmax = -kInf;
                 }
                 for (int64_t j = 0; j < k; ++j) {
                     const bool is_live = wi[j] > -kInf;
@@ -371,10 +396,12 @@ void log_prob_rows(const LogProbArgs<Real>& a, int64_t r0, int64_t r1,
             if (a.grad_temperature != nullptr) {
                 double gt = 0.0;
                 if (kind == 0) {
+                    // sum_k (K w_k - 1) = 0, so y may be shifted by its maximum.
+                    const double ymax = row_ymax[i];
                     double acc = 0.0;
                     for (int64_t j = 0; j < k; ++j) {
                         const bool is_live = lg[j] > -kInf;
-                        acc += is_live ? (kd * wi[j] - 1.0) * yi[j] : 0.0;
+                        acc += is_live ? (kd * wi[j] - 1.0) * (yi[j] - ymax) : 0.0;
                     }
                     gt = g * ((kd - 1.0) / t + acc);
                 } else if (kind == 1 && g != 0.0) {
