@@ -494,3 +494,32 @@ def test_a_million_two_category_rows_each_sum_to_one(dtype):
     _no_nan(lp)
     zeros = (x == 0).any(axis=-1)
     assert np.all(np.isfinite(lp[~zeros]))
+
+
+# Relative error allowed at large temperatures: the reference README's 1e-12
+# for float64 log-densities.
+LARGE_T_TOL = 1e-12
+
+
+@pytest.mark.parametrize("temperature", [1e4, 1e10, 1e100, 1e300, 1.7e308])
+def test_log_prob_stays_exact_at_large_temperatures(temperature):
+    # Regression: z = a - T y was formed before subtracting its maximum, which
+    # cancelled terms of size T |y|: 2e-3 relative error at T = 1e100 and NaN near
+    # the float64 maximum (Note [large temperatures] in kernels.hpp).
+    logits = np.array([1.0, 0.0, -1.0])
+    d = Relaxed(temperature, logits=logits)
+    x = d.rsample(rng=1)
+    got = float(d.log_prob(x))
+    with mpmath.workdps(60 + int(math.log10(temperature))):
+        t = mpmath.mpf(temperature)
+        y = [mpmath.log(mpmath.mpf(float(v))) for v in x]
+        a = [mpmath.mpf(float(v)) for v in logits]
+        z = [ak - t * yk for ak, yk in zip(a, y)]
+        lse = mpmath.log(sum(mpmath.exp(zk) for zk in z))
+        want = (
+            mpmath.log(2)
+            + 2 * mpmath.log(t)
+            + sum(ak - (t + 1) * yk for ak, yk in zip(a, y))
+            - 3 * lse
+        )
+    assert abs(got - float(want)) <= LARGE_T_TOL * max(1.0, abs(float(want)))

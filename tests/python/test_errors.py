@@ -817,3 +817,39 @@ def test_validation_admits_a_float64_softmax_that_misses_one_by_a_few_eps():
         ValueError, match=r"must sum to 1 over the last axis within 1e-06"
     ):
         d.log_prob(np.array([0.75, 0.25 - 2e-6]))
+
+
+# ------------------------------------------- findings of a fresh user's trial
+@pytest.mark.parametrize("cls", CLASSES)
+def test_rng_together_with_gumbels_is_rejected(cls):
+    d = cls(0.5, logits=np.zeros(3))
+    g = np.zeros(3)
+    check_raises(
+        ValueError,
+        r"rng and gumbels cannot both be given",
+        lambda: d.rsample(rng=1, gumbels=g),
+        g,
+    )
+
+
+@pytest.mark.parametrize("flag", ["no", 1, 0.0, [True]])
+def test_validate_args_must_be_a_bool_or_none(flag):
+    with pytest.raises(TypeError, match=r"validate_args must be None, True or False"):
+        R(0.5, logits=np.zeros(3), validate_args=flag)
+
+
+def test_a_read_only_broadcast_out_is_reported_as_read_only():
+    d = R(0.5, logits=np.zeros(3))
+    out = np.broadcast_to(np.empty(3), (4, 3))
+    with pytest.raises(ValueError, match=r"out must be writable, got a read-only"):
+        d.rsample((4,), rng=0, out=out)
+
+
+def test_float16_samples_pass_validation_with_float16_tolerance():
+    # A float16 sample is rounded by the caller to float16, so its row sum can be
+    # off by about K float16 eps; float32's tolerance rejected it.
+    d = R(np.float16(0.5), logits=np.array([1, 0, -1], np.float16))
+    x16 = d.rsample((200,), rng=0).astype(np.float16)
+    assert np.all(np.isfinite(d.log_prob(x16)))
+    with pytest.raises(ValueError, match=r"must sum to 1"):
+        d.log_prob(np.array([0.5, 0.5, 0.1], np.float16))

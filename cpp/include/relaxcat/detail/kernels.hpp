@@ -24,10 +24,11 @@
 //
 // Note [large temperatures]: the density depends on z = a - T y only through
 // sum(z) - K lse(z), which does not change when a constant is added to z. The
-// kernel therefore uses z = (a - max a) - T (y - max y): the difference of two
-// logs is exact when they are close, and its product with T is then accurate to
-// an ulp. Forming T y first would cancel terms of size T |y| and lose about
-// T eps in absolute terms (2e-3 relative at T = 1e100).
+// kernel therefore uses z = (a - max a) - T (y - max y), with y - max y formed
+// as log1p of the relative difference of the two values when they are close
+// (log_ratio), so that its product with T is accurate to a few ulps. Forming T y
+// first cancelled terms of size T |y| (2e-3 relative error at T = 1e100), and
+// even the difference of two rounded logs loses T eps (3e-9 at T = 1e10).
 //
 // Note [zeros in a value]: when a value x has exact zeros on m of the K live
 // categories (a low-temperature sample that underflowed), the density is its
@@ -95,6 +96,15 @@ private:
     const int64_t* stride_[N];
     int64_t idx_[kMaxBatchDims] = {};
 };
+
+// log(x / xref) for x and xref on the simplex, given their logs. When the two
+// are within a factor 1.25 of each other the difference of the two rounded logs
+// would keep only the digits they do not share; log1p of the exactly formed
+// relative difference keeps them all (Note [large temperatures]).
+inline double log_ratio(double x, double xref, double log_x, double log_xref) {
+    const double q = (x - xref) / xref;
+    return (q > -0.2 && q < 0.25) ? log1p_small(q) : log_x - log_xref;
+}
 
 inline double max_d(double a, double b) {
     return a > b ? a : b;
@@ -194,11 +204,11 @@ void rsample_rows(const RsampleArgs<Real>& a, int64_t r0, int64_t r1, double* sc
             const double inv_t = 1.0 / t;
             double* si = s + i * k;
             if (given64)
-                load_row(a.noise.gumbels64.data + walk.offset[2], a.noise.gumbels64.kstride,
-                         k, si);
+                load_row(a.noise.gumbels64.data + walk.offset[2],
+                         a.noise.gumbels64.kstride, k, si);
             else if (given)
-                load_row(a.noise.gumbels.data + walk.offset[2], a.noise.gumbels.kstride, k,
-                         si);
+                load_row(a.noise.gumbels.data + walk.offset[2], a.noise.gumbels.kstride,
+                         k, si);
             load_row(lg, ks, k, la);
             const double amax = row_max(la, k);
             double umax = -kInf;
@@ -267,7 +277,6 @@ void log_prob_rows(const LogProbArgs<Real>& a, int64_t r0, int64_t r1,
     double* row_lin = row_kind + kBlockElements;
     double* row_zmax = row_lin + kBlockElements;
     double* row_zeros = row_zmax + kBlockElements;
-    double* row_ymax = row_zeros + kBlockElements;
     int64_t cached_k = -1;
     double cached_lgamma = 0.0;
 
@@ -289,7 +298,7 @@ void log_prob_rows(const LogProbArgs<Real>& a, int64_t r0, int64_t r1,
         for (int64_t i = 0; i < nb; ++i, walk.advance()) {
             const double* lg = la + i * k;
             const double t = static_cast<double>(a.temperature.data[walk.offset[1]]);
-            const double* yi = y + i * k;
+            double* yi = y + i * k;
             double* wi = w + i * k;
             const double amax = row_max(lg, k);
             int64_t live = 0, zeros = 0;
@@ -309,12 +318,20 @@ void log_prob_rows(const LogProbArgs<Real>& a, int64_t r0, int64_t r1,
             } else if (zeros == 0) {
                 // The ordinary case: z = (a - max a) - T (y - max y) over the live
                 // categories; see Note [large temperatures].
-                double ymax = -kInf;
-                for (int64_t j = 0; j < k; ++j) ymax = lg[j] > -kInf ? max_d(ymax, yi[j]) : ymax;
-                row_ymax[i] = ymax;
+                int64_t jmax = -1;  // the live category with the largest y
+                for (int64_t j = 0; j < k; ++j)
+                    if (lg[j] > -kInf && (jmax < 0 || yi[j] > yi[jmax])) jmax = j;
+                const double ymax = yi[jmax];
+                const Real* v = a.value.data + walk.offset[2];
+                const double xmax = static_cast<double>(v[jmax * vs]);
                 for (int64_t j = 0; j < k; ++j) {
                     const double aj = lg[j] - amax;
-                    wi[j] = aj > -kInf ? aj - t * (yi[j] - ymax) : -kInf;
+                    lin += aj > -kInf && simplex ? -yi[j] : 0.0;
+                    const double d = simplex ? log_ratio(static_cast<double>(v[j * vs]),
+                                                         xmax, yi[j], ymax)
+                                             : yi[j] - ymax;
+                    yi[j] = aj > -kInf ? d : -kInf;  // from here on, y - max y
+                    wi[j] = aj > -kInf ? aj - t * d : -kInf;
                     zmax = max_d(zmax, wi[j]);
                 }
                 if (zmax == kInf) {
@@ -327,7 +344,7 @@ void log_prob_rows(const LogProbArgs<Real>& a, int64_t r0, int64_t r1,
                 for (int64_t j = 0; j < k; ++j) {
                     const bool is_live = wi[j] > -kInf;
                     wi[j] -= zmax;
-                    lin += is_live ? (simplex ? wi[j] - yi[j] : wi[j]) : 0.0;
+                    lin += is_live ? wi[j] : 0.0;
                 }
             } else {
                 // Zeros on live categories: the weights concentrate on the zero
@@ -396,12 +413,12 @@ void log_prob_rows(const LogProbArgs<Real>& a, int64_t r0, int64_t r1,
             if (a.grad_temperature != nullptr) {
                 double gt = 0.0;
                 if (kind == 0) {
-                    // sum_k (K w_k - 1) = 0, so y may be shifted by its maximum.
-                    const double ymax = row_ymax[i];
+                    // sum_k (K w_k - 1) = 0, so y may be shifted by its maximum;
+                    // pass 2 left y - max y in yi for ordinary rows.
                     double acc = 0.0;
                     for (int64_t j = 0; j < k; ++j) {
                         const bool is_live = lg[j] > -kInf;
-                        acc += is_live ? (kd * wi[j] - 1.0) * (yi[j] - ymax) : 0.0;
+                        acc += is_live ? (kd * wi[j] - 1.0) * yi[j] : 0.0;
                     }
                     gt = g * ((kd - 1.0) / t + acc);
                 } else if (kind == 1 && g != 0.0) {

@@ -82,6 +82,23 @@ inline double log_d(double x) {
     return (x > 0.0 && x < kInf) ? r : edge;
 }
 
+// log(1 + f) for |f| <= 0.25, without forming 1 + f: the core of log_d with
+// k = 0, so it is accurate to an ulp of the result however small f is.
+inline double log1p_small(double f) {
+    const double hfsq = 0.5 * f * f;
+    const double s = f / (2.0 + f);
+    const double z = s * s;
+    const double w = z * z;
+    const double t1 =
+        w * (3.999999999940941908e-01 +
+             w * (2.222219843214978396e-01 + w * 1.531383769920937332e-01));
+    const double t2 =
+        z * (6.666666666666735130e-01 +
+             w * (2.857142874366239149e-01 +
+                  w * (1.818357216161805012e-01 + w * 1.479819860511658591e-01)));
+    return f - (hfsq - s * (hfsq + (t1 + t2)));
+}
+
 // exp(x) for any x (below -746 it is 0, above 709.78 +inf, exp(-inf) = 0).
 // Reduction x = k ln2 + r with |r| <= ln2 / 2, then the Taylor series of exp(r)
 // to degree 13 (truncation error below 4e-18), then scaling by 2^k in two
