@@ -207,16 +207,27 @@ void rsample_vjp_t(int space, const py::array& value, const py::array& grad,
 }
 
 template <class Real>
-void param_t(int op, const py::array& in, const py::object& out, int threads) {
+void param_t(int op, const py::array& in, const py::object& out,
+             const py::object& status, int threads) {
     const char* fn = "param";
     detail::ParamArgs<Real> a;
     a.shape = row_shape(in, fn, "in");
-    if (op < 0 || op > 3)
-        value_error("param: op must be 0..3, got " + std::to_string(op));
+    if (op < 0 || op > 5)
+        value_error("param: op must be 0..5, got " + std::to_string(op));
     a.op = static_cast<detail::ParamOp>(op);
     a.in = in_arg<Real>(in, a.shape, true, fn, "in");
     a.out = out_arg<Real>(out, a.shape, true, fn, "out");
     if (a.out == nullptr) value_error("param: out must be an array");
+    if (op >= 4) {
+        py::array st = py::reinterpret_borrow<py::array>(status);
+        if (status.is_none() || !py::isinstance<py::array_t<uint8_t>>(status) ||
+            !(st.flags() & py::array::c_style) || !st.writeable() ||
+            st.size() != a.shape.rows)
+            value_error(
+                "param: status must be a writable C-contiguous uint8 array "
+                "with one entry per row");
+        a.status = static_cast<uint8_t*>(st.mutable_data());
+    }
     run(a, kernels<Real>().param, threads);
 }
 
@@ -347,12 +358,15 @@ void bind_kernels(py::module_& m) {
         py::arg("grad_logits"), py::arg("grad_temperature"), py::arg("num_threads"));
     m.def(
         "param",
-        [](int op, const py::array& in, const py::object& out, int threads) {
+        [](int op, const py::array& in, const py::object& out, int threads,
+           const py::object& status) {
             by_dtype(
-                in, "param", "in", [&] { param_t<float>(op, in, out, threads); },
-                [&] { param_t<double>(op, in, out, threads); });
+                in, "param", "in",
+                [&] { param_t<float>(op, in, out, status, threads); },
+                [&] { param_t<double>(op, in, out, status, threads); });
         },
-        py::arg("op"), py::arg("inp"), py::arg("out"), py::arg("num_threads"));
+        py::arg("op"), py::arg("inp"), py::arg("out"), py::arg("num_threads"),
+        py::arg("status") = py::none());
     m.def(
         "probs_vjp",
         [](const py::array& probs, const py::array& gl, const py::object& out,

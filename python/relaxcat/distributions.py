@@ -31,6 +31,23 @@ LogProbGradProbs = namedtuple("LogProbGradProbs", ["value", "probs", "temperatur
 
 _SIMPLEX, _LOG = 0, 1
 _LOG_PROBS, _NORMALIZE_LOGITS, _PROBS_FROM_LOGITS, _NORMALIZE_PROBS = 0, 1, 2, 3
+_CHECK_LOGITS, _CHECK_PROBS = 4, 5
+
+
+def _checked_copy(param: np.ndarray, is_probs: bool) -> np.ndarray:
+    """A read-only copy of logits or probs, checked in the same C++ pass; only a
+    failing array is examined again in NumPy, to name its first bad entry."""
+    out = np.empty(param.shape, dtype=param.dtype)
+    status = np.empty(param.shape[:-1], dtype=np.uint8)
+    op = _CHECK_PROBS if is_probs else _CHECK_LOGITS
+    _core.param(op, param, out, _threads.get_num_threads(), status)
+    if status.any():
+        (v.check_probs if is_probs else v.check_logits)(param)
+        name = "probs" if is_probs else "logits"
+        where = tuple(int(i) for i in np.argwhere(status)[0])
+        raise ValueError(f"{name} are invalid at batch index {where}")
+    out.flags.writeable = False
+    return out
 
 
 def _private_copy(arr: np.ndarray, given) -> np.ndarray:
@@ -174,15 +191,13 @@ class RelaxedOneHotCategorical:
 
         # The distribution owns read-only copies of its parameters: an array the
         # caller changes afterwards must not change (or invalidate) it.
-        param = _private_copy(param, probs if probs is not None else logits)
+        param = _checked_copy(param, probs is not None)
         temp = _private_copy(temp, temperature)
         rows = temp[..., 0] if per_row else temp
         if probs is not None:
-            v.check_probs(param)
             self._probs_given = param
             self._a = _private_copy(self._param_op(_LOG_PROBS, param), None)
         else:
-            v.check_logits(param)
             self._probs_given = None
             self._a = param
         self._temperature = temp

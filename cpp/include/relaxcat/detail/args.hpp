@@ -91,6 +91,12 @@ enum class ParamOp {
     normalize_logits,   // out = logits - logsumexp(logits)
     probs_from_logits,  // out = softmax(logits)
     normalize_probs,    // out = probs / sum(probs)
+    // out = a copy of the logits; status[r] = 1 if a logit is NaN or +inf,
+    // 2 if all are -inf (no category possible), else 0.
+    check_logits,
+    // out = a copy of the probs; status[r] = 1 if an entry is negative, NaN or
+    // inf, 2 if the row's sum is not positive and finite, else 0.
+    check_probs,
 };
 
 template <class Real>
@@ -98,7 +104,8 @@ struct ParamArgs {
     RowShape shape;
     ParamOp op = ParamOp::log_probs;
     RowArg<const Real> in;
-    Real* out = nullptr;  // C-contiguous (rows, k)
+    Real* out = nullptr;        // C-contiguous (rows, k)
+    uint8_t* status = nullptr;  // (rows,), for the check_* ops
 };
 
 // Gradient through the normalisation l = log(q / sum(q)): given dL/dl and q,

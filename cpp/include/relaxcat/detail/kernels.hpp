@@ -581,7 +581,22 @@ void param_rows(const ParamArgs<Real>& a, int64_t r0, int64_t r1, double* scratc
         const int64_t ps = a.in.kstride;
         Real* out = a.out + r * k;
 
-        if (a.op == ParamOp::log_probs) {
+        if (a.op == ParamOp::check_logits || a.op == ParamOp::check_probs) {
+            // Copy and check in one pass (the distribution keeps the copy).
+            const bool logits = a.op == ParamOp::check_logits;
+            bool bad = false, live = false;
+            double sum = 0.0;
+            for (int64_t j = 0; j < k; ++j) {
+                const Real pj = p[j * ps];
+                const double d = static_cast<double>(pj);
+                out[j] = pj;
+                bad = bad || (logits ? !(d < kInf) : !(d >= 0.0 && d < kInf));
+                live = live || d > -kInf;
+                sum += d;
+            }
+            const bool empty = logits ? !live : !(sum > 0.0 && sum < kInf);
+            a.status[r] = bad ? 1 : (empty ? 2 : 0);
+        } else if (a.op == ParamOp::log_probs) {
             for (int64_t j = 0; j < k; ++j)
                 out[j] = static_cast<Real>(log_d(static_cast<double>(p[j * ps])));
         } else if (a.op == ParamOp::normalize_probs) {
