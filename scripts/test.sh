@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The test command of the README: builds the wheel from this checkout, installs it
-# with its test extra in a fresh virtual environment, and runs the Python tests,
-# then the C++ tests and examples (.ci/cpp.sh). Needs python3 with venv, g++ and,
-# for the C++ part, root for apt-get (Debian).
+# with its test and lint extras in a fresh virtual environment, and runs the Python
+# tests, the C++ tests and examples (.ci/cpp.sh), the sanitizer subset
+# (scripts/sanitize.sh --quick) and the style checks (scripts/lint.sh). Needs
+# python3 with venv, g++ and, for the C++ part, root for apt-get (Debian).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,9 +14,9 @@ venv=${RELAXCAT_VENV:-.venv}
 rm -rf dist
 "$venv/bin/pip" wheel --quiet --no-deps --wheel-dir dist .
 wheel=$(ls dist/relaxcat-*.whl)
-"$venv/bin/pip" install --quiet "${wheel}[test]"
+"$venv/bin/pip" install --quiet "${wheel}[test,lint]"
 
 "$venv/bin/python" -m pytest
-if [ -f .ci/cpp.sh ]; then
-    PYTHON="$venv/bin/python" bash .ci/cpp.sh
-fi
+PYTHON="$venv/bin/python" bash .ci/cpp.sh
+PYTHON="$python" bash scripts/sanitize.sh --quick
+PYTHON="$venv/bin/python" bash scripts/lint.sh

@@ -64,7 +64,10 @@ def as_float_array(value, name: str, dtype=None) -> np.ndarray:
         else:
             dtype = np.float64
     if arr.dtype != dtype:
-        arr = arr.astype(dtype)
+        # A float64 beyond float32's range becomes inf, which the checks that
+        # follow reject by name; NumPy's cast warning would only come first.
+        with np.errstate(over="ignore"):
+            arr = arr.astype(dtype)
     if not arr.flags.aligned:
         arr = arr.copy()
     return arr

@@ -84,15 +84,32 @@ def _sample_shape(sample_shape) -> tuple:
     return lead
 
 
+# The kernels take at most this many batch dimensions (kMaxBatchDims in
+# cpp/include/relaxcat/detail/args.hpp); NumPy's broadcasting helpers stop at 32
+# with a RuntimeError, so the limit is checked before them.
+_MAX_BATCH_DIMS = 31
+
+
+def _check_batch_rank(ndim: int, name: str) -> None:
+    if ndim > _MAX_BATCH_DIMS:
+        raise ValueError(
+            f"{name} may have at most {_MAX_BATCH_DIMS} batch dimensions, got {ndim}"
+        )
+
+
 def _reduce_to(grad: np.ndarray, shape: tuple) -> np.ndarray:
     """Sum ``grad`` over the axes that broadcasting added to ``shape``, as autograd
     does, so the gradient has the shape of the parameter it belongs to."""
     lead = grad.ndim - len(shape)
-    if lead:
-        grad = grad.sum(axis=tuple(range(lead)))
-    axes = tuple(i for i, n in enumerate(shape) if n == 1 and grad.shape[i] != 1)
-    if axes:
-        grad = grad.sum(axis=axes, keepdims=True)
+    # Rows at exact zeros have infinite limits; +inf and -inf summed is NaN (the
+    # sum has no limit), and a sum past the float range is inf: answers, not
+    # warnings.
+    with np.errstate(invalid="ignore", over="ignore"):
+        if lead:
+            grad = grad.sum(axis=tuple(range(lead)))
+        axes = tuple(i for i, n in enumerate(shape) if n == 1 and grad.shape[i] != 1)
+        if axes:
+            grad = grad.sum(axis=axes, keepdims=True)
     return np.ascontiguousarray(grad).reshape(shape)
 
 
@@ -168,11 +185,13 @@ class RelaxedOneHotCategorical:
                 f"{self._param_name} must have a last axis of at least one category, "
                 f"got shape {param.shape}"
             )
+        _check_batch_rank(param.ndim - 1, self._param_name)
         dtype = param.dtype
         temp = v.as_float_array(temperature, "temperature", dtype)
         v.check_temperature(temp)
         per_row = temp.ndim == param.ndim and temp.shape[-1] == 1
         rows = temp[..., 0] if per_row else temp
+        _check_batch_rank(rows.ndim, "temperature")
         try:
             batch = np.broadcast_shapes(rows.shape, param.shape[:-1])
         except ValueError:
@@ -261,6 +280,7 @@ class RelaxedOneHotCategorical:
     def expand(self, batch_shape) -> RelaxedOneHotCategorical:
         """The same distribution broadcast to a larger ``batch_shape`` (views)."""
         batch_shape = tuple(int(n) for n in batch_shape)
+        _check_batch_rank(len(batch_shape), "expand: batch_shape")
         try:
             np.broadcast_shapes(batch_shape, self._batch_shape)
             param = np.broadcast_to(self._param(), batch_shape + self.event_shape)
@@ -337,6 +357,9 @@ class RelaxedOneHotCategorical:
             :class:`ExpRelaxedOneHotCategorical` to keep their logs).
         """
         lead = _sample_shape(sample_shape)
+        _check_batch_rank(
+            len(lead) + len(self._batch_shape), "sample_shape + batch_shape"
+        )
         logits, temp = self._full(lead)
         shape = logits.shape
         noise = None
@@ -459,6 +482,7 @@ class RelaxedOneHotCategorical:
             raise ValueError(
                 f"{name} must have a last axis of length {k}, got shape {value.shape}"
             )
+        _check_batch_rank(value.ndim - 1, name)
         try:
             np.broadcast_shapes(value.shape[:-1], self._batch_shape)
         except ValueError:

@@ -346,7 +346,9 @@ def test_other_arrays_are_converted_to_the_dist_dtype(cls):
 
 @pytest.mark.parametrize("cls", CLASSES)
 @pytest.mark.parametrize("temperature", [0.05, 1.0, 30.0])
-def test_float32_sample_is_reproduced_bit_for_bit_from_the_stream_noise(cls, temperature):
+def test_float32_sample_is_reproduced_bit_for_bit_from_the_stream_noise(
+    cls, temperature
+):
     # Regression: gumbels were rounded to float32 for a float32 distribution, so
     # the noise of relaxcat's own stream did not reproduce its float32 sample.
     logits = np.array([[0.5, -1.0, 2.0, 0.0], [1.0, 1.0, -0.5, -np.inf]], np.float32)

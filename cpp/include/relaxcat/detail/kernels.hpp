@@ -43,6 +43,7 @@
 // the sign of its numerator (0 when that is 0). In log space (y = -inf on a live
 // category) the density always tends to -inf.
 
+#include <cmath>
 #include <cstdint>
 #include <limits>
 
@@ -109,6 +110,13 @@ inline double log_ratio(double x, double xref, double log_x, double log_xref) {
 inline double max_d(double a, double b) {
     return a > b ? a : b;
 }
+
+// Temperature gradients sum products with log x, which in log space may lie far
+// below any double's log; above this magnitude those sums are scaled by their
+// largest log, so that only the final product can overflow (to an infinity of
+// the right sign), never an intermediate one (inf - inf). Ordinary rows keep
+// scale 1 and their bits.
+constexpr double kScaleAbove = 1e150;
 
 // The largest entry of a row; -inf when all are -inf.
 inline double row_max(const double* p, int64_t k) {
@@ -397,7 +405,9 @@ void log_prob_rows(const LogProbArgs<Real>& a, int64_t r0, int64_t r1,
                 lp = head + row_lin[i] - kd * log_d(sum);
             } else {
                 const double m = row_zeros[i];
-                const double c = t * (kd - m) - m;
+                // The exact sign of T (K - m) - m (one rounding): fl(1/3) with
+                // K - m = 3, m = 1 must take the +inf branch its value gives.
+                const double c = std::fma(t, kd - m, -m);
                 if (!simplex || c > 0.0)
                     lp = -kInf;
                 else if (c < 0.0)
@@ -415,12 +425,18 @@ void log_prob_rows(const LogProbArgs<Real>& a, int64_t r0, int64_t r1,
                 if (kind == 0) {
                     // sum_k (K w_k - 1) = 0, so y may be shifted by its maximum;
                     // pass 2 left y - max y in yi for ordinary rows.
+                    // Scaled as in rsample_vjp_rows (kScaleAbove) when a log is huge.
+                    double ymax = 0.0;
+                    for (int64_t j = 0; j < k; ++j)
+                        if (lg[j] > -kInf) ymax = max_d(ymax, -yi[j]);
+                    const double scale = ymax > kScaleAbove ? ymax : 1.0;
                     double acc = 0.0;
                     for (int64_t j = 0; j < k; ++j) {
                         const bool is_live = lg[j] > -kInf;
-                        acc += is_live ? (kd * wi[j] - 1.0) * yi[j] : 0.0;
+                        acc += is_live ? (kd * wi[j] - 1.0) * (yi[j] / scale) : 0.0;
                     }
-                    gt = g * ((kd - 1.0) / t + acc);
+                    // g = 0 contributes 0 even where the sum overflowed.
+                    gt = g == 0.0 ? 0.0 : g * ((kd - 1.0) / t + acc * scale);
                 } else if (kind == 1 && g != 0.0) {
                     gt = g > 0.0 ? -kInf : kInf;  // the limit tends to -inf
                 }
@@ -436,10 +452,12 @@ void log_prob_rows(const LogProbArgs<Real>& a, int64_t r0, int64_t r1,
             }
             if (a.grad_value != nullptr) {
                 Real* out = a.grad_value + r * k;
-                const double base = simplex ? -(t + 1.0) : -t;
+                // T (K w - 1) - [1 on the simplex]: forming K T first would
+                // overflow near the float64 maximum, to +inf for every entry.
+                const double one = simplex ? 1.0 : 0.0;
                 for (int64_t j = 0; j < k; ++j) {
                     const bool is_live = lg[j] > -kInf;
-                    const double dy = g * (base + kd * t * wi[j]);
+                    const double dy = g * (t * (kd * wi[j] - 1.0) - one);
                     double dv = dy;
                     if (simplex) {
                         const double xj = static_cast<double>(v[j * vs]);
@@ -511,6 +529,15 @@ void rsample_vjp_rows(const RsampleVjpArgs<Real>& a, int64_t r0, int64_t r1,
             }
             const double log_sum = log_d(sum);
             const double inv_sum = 1.0 / sum;
+
+            // In log space y may lie far below any double's log, where
+            // ds_k (y_k - log_sum) overflows with either sign (inf - inf); the
+            // temperature sum is then scaled by its largest log, so that only
+            // its final product can overflow. Ordinary rows keep scale 1.
+            double ymax = 0.0;
+            for (int64_t j = 0; j < k; ++j)
+                if (yi[j] > -kInf) ymax = max_d(ymax, log_sum - yi[j]);
+            const double scale = ymax > kScaleAbove ? ymax : 1.0;
             double acc = 0.0;
             Real* gl = a.grad_logits != nullptr ? a.grad_logits + r * k : nullptr;
             for (int64_t j = 0; j < k; ++j) {
@@ -522,11 +549,11 @@ void rsample_vjp_rows(const RsampleVjpArgs<Real>& a, int64_t r0, int64_t r1,
                 } else {
                     ds = yi[j] > -kInf ? wj - (xi[j] * inv_sum) * wsum : 0.0;
                 }
-                acc += ds != 0.0 ? ds * (yi[j] - log_sum) : 0.0;
+                acc += ds != 0.0 ? ds * ((yi[j] - log_sum) / scale) : 0.0;
                 if (gl != nullptr) gl[j] = static_cast<Real>(ds / t);
             }
             if (a.grad_temperature != nullptr)
-                a.grad_temperature[r] = static_cast<Real>(-acc / t);
+                a.grad_temperature[r] = static_cast<Real>(-(acc / t) * scale);
         }
     }
 }
@@ -645,7 +672,10 @@ void probs_vjp_rows(const ProbsVjpArgs<Real>& a, int64_t r0, int64_t r1,
         for (int64_t j = 0; j < k; ++j) {
             const double qj = static_cast<double>(q[j * qs]);
             const double gj = static_cast<double>(gl[j * gs]);
-            out[j] = static_cast<Real>(qj > 0.0 ? gj / qj - gsum / qsum : 0.0);
+            // One quotient, of a finite numerator: tiny probabilities make
+            // gj / qj and gsum / qsum overflow together (inf - inf) where the
+            // gradient itself is a finite number or an infinity of one sign.
+            out[j] = static_cast<Real>(qj > 0.0 ? (gj - gsum * (qj / qsum)) / qj : 0.0);
         }
     }
 }

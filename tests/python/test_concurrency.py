@@ -1,0 +1,179 @@
+"""Concurrency: the kernels release the GIL, so Python threads may call one
+distribution object at the same time; and a long call polls for Ctrl-C between
+tasks (cpp/python/bind_kernels.cpp, run()), so SIGINT interrupts it and leaves
+the process working."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+
+import numpy as np
+import pytest
+
+import relaxcat
+
+Relaxed = relaxcat.RelaxedOneHotCategorical
+ExpRelaxed = relaxcat.ExpRelaxedOneHotCategorical
+
+PY_THREADS = 8
+ROUNDS = 3  # calls per Python thread, each with its own seed
+
+
+def _outputs(d, seed: int, num_threads: int) -> dict:
+    """Every kernel of ``d`` on one seed: sample, density, both VJPs, properties."""
+    x = d.rsample((4,), rng=seed, num_threads=num_threads)
+    w = np.random.default_rng(seed).normal(size=x.shape).astype(d.dtype)
+    out = {"x": x, "lp": d.log_prob(x, num_threads=num_threads)}
+    out.update({f"svjp{i}": a for i, a in enumerate(d.rsample_vjp(x, w, num_threads))})
+    lp_grad = np.ones(out["lp"].shape, d.dtype)
+    out.update(
+        {f"lvjp{i}": a for i, a in enumerate(d.log_prob_vjp(x, lp_grad, num_threads))}
+    )
+    out["logits"] = d.logits
+    out["probs"] = d.probs
+    return out
+
+
+def _distribution(cls, dtype):
+    rng = np.random.default_rng(9)
+    logits = rng.normal(scale=2.0, size=(500, 40)).astype(dtype)
+    logits[:, 3] = -np.inf
+    t = rng.uniform(0.1, 3.0, size=(500, 1)).astype(dtype)
+    return cls(t, logits=logits)
+
+
+@pytest.mark.parametrize("num_threads", [1, 2])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("cls", [Relaxed, ExpRelaxed], ids=["simplex", "log"])
+def test_python_threads_sharing_one_distribution_get_the_serial_results(
+    cls, dtype, num_threads
+):
+    d = _distribution(cls, dtype)
+    seeds = [[1000 * i + r for r in range(ROUNDS)] for i in range(PY_THREADS)]
+    serial = {s: _outputs(d, s, 1) for row in seeds for s in row}
+
+    # All threads start together and call the same object while the others run.
+    barrier = threading.Barrier(PY_THREADS)
+    results: dict = {}
+    errors: list = []
+
+    def work(row):
+        try:
+            barrier.wait()
+            for s in row:
+                results[s] = _outputs(d, s, num_threads)
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(row,)) for row in seeds]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert not errors, errors
+    assert results.keys() == serial.keys()
+    for s, want in serial.items():
+        for name, arr in want.items():
+            np.testing.assert_array_equal(results[s][name], arr, err_msg=f"{s} {name}")
+
+
+def test_threads_changing_the_default_thread_count_do_not_change_results(threads):
+    # set_num_threads from one thread while others sample: each call takes the
+    # count at its start, and the bits never depend on it.
+    d = _distribution(Relaxed, np.float64)
+    want = d.rsample((2,), rng=5, num_threads=1)
+    stop = threading.Event()
+    mismatches = []
+
+    def sampler():
+        while not stop.is_set():
+            if not np.array_equal(d.rsample((2,), rng=5), want):
+                mismatches.append(1)
+
+    def switcher():
+        for n in [1, 2, 3, 1, 2, 4] * 5:
+            relaxcat.set_num_threads(n)
+
+    pool = [threading.Thread(target=sampler) for _ in range(3)]
+    for th in pool:
+        th.start()
+    switcher()
+    stop.set()
+    for th in pool:
+        th.join()
+    assert not mismatches
+
+
+# ------------------------------------------------------------------ Ctrl-C
+# The child builds a call that would run for a long time without allocating
+# much: log_prob of one sample broadcast (stride 0) to 2^20 rows of 4096
+# categories, 2^32 elements of work and a 2^20-entry output. Uninterrupted it
+# takes tens of seconds at least, so SIGINT 0.5 s after it starts lands inside
+# it; the kernels poll for signals every 2^16 elements.
+CHILD = textwrap.dedent(
+    """
+    import sys, time
+    import numpy as np
+    import relaxcat
+
+    threads = int(sys.argv[1])
+    k = 4096
+    d = relaxcat.RelaxedOneHotCategorical(
+        0.7, logits=np.random.default_rng(0).normal(size=k), validate_args=False)
+    x = d.rsample(rng=1)
+    want = d.log_prob(x)
+    rows = np.broadcast_to(x, (1 << 20, k))
+    print("ready", flush=True)
+    start = time.monotonic()
+    try:
+        d.log_prob(rows, num_threads=threads)
+        print("completed", flush=True)
+    except KeyboardInterrupt:
+        print(f"interrupted {time.monotonic() - start:.3f}", flush=True)
+
+    # The process still works: the same calls give the same answers.
+    assert d.log_prob(x) == want
+    again = d.log_prob(np.broadcast_to(x, (5000, k)), num_threads=threads)
+    assert np.all(again == want)
+    np.testing.assert_array_equal(d.rsample(rng=1), x)
+    print("ok", flush=True)
+    """
+)
+
+# How long the child may take to raise after SIGINT. Tasks are milliseconds
+# long; this is generous for a loaded machine, and far below the uninterrupted
+# call.
+INTERRUPT_LATENCY_LIMIT_S = 5.0
+SIGNAL_DELAY_S = 0.5
+
+
+@pytest.mark.skipif(
+    not hasattr(signal, "SIGINT") or os.name != "posix", reason="needs POSIX signals"
+)
+@pytest.mark.parametrize("num_threads", [1, 2])
+def test_ctrl_c_interrupts_a_long_call_and_the_process_keeps_working(num_threads):
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(num_threads)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        threading.Event().wait(SIGNAL_DELAY_S)  # let the call start
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    lines = out.split()
+    assert proc.returncode == 0, err
+    assert lines[0] == "interrupted", out
+    assert float(lines[1]) < SIGNAL_DELAY_S + INTERRUPT_LATENCY_LIMIT_S, out
+    assert lines[-1] == "ok", out
