@@ -565,6 +565,16 @@ class RelaxedOneHotCategorical:
         g = _reduce_to(grad_t_rows, self._t_rows.shape)
         return g.reshape(self._temperature.shape)
 
+    def _grad(self, grad, shape: tuple, what: str) -> np.ndarray:
+        """The upstream gradient in the distribution's dtype, broadcast to shape."""
+        grad = v.as_float_array(grad, "grad", self.dtype)
+        try:
+            return np.broadcast_to(grad, shape)
+        except ValueError:
+            raise ValueError(
+                f"grad must broadcast to {what} {shape}, got {grad.shape}"
+            ) from None
+
     def rsample_vjp(self, value, grad, num_threads=None):
         """The gradient of ``sum(grad * value)`` for ``value = self.rsample(...)``.
 
@@ -578,14 +588,7 @@ class RelaxedOneHotCategorical:
             summed; a scalar temperature gets a 0-d array. Masked categories get 0.
         """
         value = self._value(value)
-        grad = v.as_float_array(grad, "grad", self.dtype)
-        try:
-            grad = np.broadcast_to(grad, value.shape)
-        except ValueError:
-            raise ValueError(
-                f"grad must broadcast to the value's shape {value.shape}, "
-                f"got {grad.shape}"
-            ) from None
+        grad = self._grad(grad, value.shape, "the value's shape")
         val, _, temp = self._broadcast_value(value)
         grad = np.broadcast_to(grad, val.shape)
         threads = _threads.resolve(num_threads)
@@ -609,14 +612,7 @@ class RelaxedOneHotCategorical:
         """
         value = self._value(value)
         val, logits, temp = self._broadcast_value(value)
-        grad = v.as_float_array(grad, "grad", self.dtype)
-        try:
-            grad = np.broadcast_to(grad, temp.shape)
-        except ValueError:
-            raise ValueError(
-                f"grad must broadcast to log_prob's shape {temp.shape}, "
-                f"got {grad.shape}"
-            ) from None
+        grad = self._grad(grad, temp.shape, "log_prob's shape")
         threads = _threads.resolve(num_threads)
         gv = np.empty(val.shape, dtype=self.dtype)
         gl = np.empty(val.shape, dtype=self.dtype)
