@@ -41,9 +41,10 @@ constexpr int kLanes = 4;
 #else
 constexpr int kLanes = 2;
 #endif
-typedef double VecD __attribute__((vector_size(8 * kLanes), aligned(8)));
-typedef int64_t VecI __attribute__((vector_size(8 * kLanes), aligned(8)));
-typedef uint64_t VecU __attribute__((vector_size(8 * kLanes), aligned(8)));
+// Natural alignment: vectors only meet memory through memcpy (load_d, store_d).
+typedef double VecD __attribute__((vector_size(8 * kLanes)));
+typedef int64_t VecI __attribute__((vector_size(8 * kLanes)));
+typedef uint64_t VecU __attribute__((vector_size(8 * kLanes)));
 
 RELAXCAT_SIMD_INLINE VecD load_d(const double* p) {
     VecD v;
@@ -71,72 +72,23 @@ RELAXCAT_SIMD_INLINE VecD as_d(VecU u) {
     return v;
 }
 
-// log_d of math.hpp, lane by lane.
+// The lane type of math.hpp's log_lanes and exp_lanes for vectors.
+template <>
+struct Lanes<VecD> {
+    using U = VecU;
+    using I = VecI;
+    static U bits(VecD v) { return as_u(v); }
+    static VecD value(U u) { return as_d(u); }
+    static VecD splat(double c) { return VecD{} + c; }
+    static I splat_i(int64_t c) { return VecI{} + c; }
+};
+
 RELAXCAT_SIMD_INLINE VecD log_v(VecD x) {
-    constexpr double kLn2Hi = 6.93147180369123816490e-01;
-    constexpr double kLn2Lo = 1.90821492927058770002e-10;
-    constexpr double kInf = std::numeric_limits<double>::infinity();
-    constexpr double kNan = std::numeric_limits<double>::quiet_NaN();
-
-    const VecI tiny = x < 2.2250738585072014e-308;
-    const VecD xs = tiny ? x * 18014398509481984.0 : x;
-    const VecI kadj = tiny ? VecI{} - 54 : VecI{};
-
-    const VecU b = as_u(xs);
-    VecU hx = (b >> 32) + (0x3ff00000 - 0x3fe6a09e);
-    const VecI k = (VecI)(hx >> 20) - 0x3ff + kadj;
-    hx = (hx & 0x000fffff) + 0x3fe6a09e;
-    const VecD f = as_d((hx << 32) | (b & 0xffffffffu)) - 1.0;
-
-    const VecD hfsq = 0.5 * f * f;
-    const VecD s = f / (2.0 + f);
-    const VecD z = s * s;
-    const VecD w = z * z;
-    const VecD t1 = w * (3.999999999940941908e-01 +
-                         w * (2.222219843214978396e-01 + w * 1.531383769920937332e-01));
-    const VecD t2 =
-        z * (6.666666666666735130e-01 +
-             w * (2.857142874366239149e-01 +
-                  w * (1.818357216161805012e-01 + w * 1.479819860511658591e-01)));
-    const VecD dk = as_d(UINT64_C(0x4338000000000000) + (VecU)k) - 6755399441055744.0;
-    const VecD r = dk * kLn2Hi - ((hfsq - (s * (hfsq + (t1 + t2)) + dk * kLn2Lo)) - f);
-
-    const VecD edge =
-        x == 0.0 ? splat_d(-kInf) : (x == kInf ? splat_d(kInf) : splat_d(kNan));
-    return (x > 0.0) & (x < kInf) ? r : edge;
+    return log_lanes(x);
 }
 
-// exp_d of math.hpp, lane by lane.
 RELAXCAT_SIMD_INLINE VecD exp_v(VecD x) {
-    constexpr double kShifter = 6755399441055744.0;
-    const VecD xc = x < -746.0 ? splat_d(-746.0) : (x > 710.0 ? splat_d(710.0) : x);
-    const VecD t = xc * 1.4426950408889634074 + kShifter;
-    const VecD kd = t - kShifter;
-    const VecI k = (VecI)(as_u(t) - UINT64_C(0x4338000000000000));
-    const VecD hi = xc - kd * 6.93147180369123816490e-01;
-    const VecD lo = kd * 1.90821492927058770002e-10;
-    const VecD r = hi - lo;
-
-    VecD p = splat_d(1.6059043836821614599e-10);
-    p = 2.0876756987868098979e-09 + r * p;
-    p = 2.5052108385441718775e-08 + r * p;
-    p = 2.7557319223985890653e-07 + r * p;
-    p = 2.7557319223985890653e-06 + r * p;
-    p = 2.4801587301587301587e-05 + r * p;
-    p = 1.9841269841269841270e-04 + r * p;
-    p = 1.3888888888888888889e-03 + r * p;
-    p = 8.3333333333333333333e-03 + r * p;
-    p = 4.1666666666666666667e-02 + r * p;
-    p = 1.6666666666666666667e-01 + r * p;
-    p = 0.5 + r * p;
-    p = 1.0 + r * p;
-    const VecD y = 1.0 + r * p;
-
-    const VecI k1 = k >> 1;
-    const VecI k2 = k - k1;
-    const VecD s1 = as_d((VecU)(k1 + 1023) << 52);
-    const VecD s2 = as_d((VecU)(k2 + 1023) << 52);
-    return y * s1 * s2;
+    return exp_lanes(x);
 }
 
 // gumbel_from_words of noise.hpp, lane by lane (words in the low 32 bits).
