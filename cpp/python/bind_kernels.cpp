@@ -193,7 +193,7 @@ void log_prob_t(int space, const py::array& logits, const py::array& temperature
 template <class Real>
 void rsample_vjp_t(int space, const py::array& value, const py::array& grad,
                    const py::array& temperature, const py::object& out_gl,
-                   const py::object& out_gt, int threads) {
+                   const py::object& out_gt, int threads, const py::object& logits) {
     const char* fn = "rsample_vjp";
     detail::RsampleVjpArgs<Real> a;
     a.shape = row_shape(value, fn, "value");
@@ -203,6 +203,9 @@ void rsample_vjp_t(int space, const py::array& value, const py::array& grad,
     a.temperature = in_arg<Real>(temperature, a.shape, false, fn, "temperature");
     a.grad_logits = out_arg<Real>(out_gl, a.shape, true, fn, "grad_logits");
     a.grad_temperature = out_arg<Real>(out_gt, a.shape, false, fn, "grad_temperature");
+    if (!logits.is_none())
+        a.logits = in_arg<Real>(py::reinterpret_borrow<py::array>(logits), a.shape,
+                                true, fn, "logits");
     run(a, kernels<Real>().rsample_vjp, threads);
 }
 
@@ -342,20 +345,21 @@ void bind_kernels(py::module_& m) {
         "rsample_vjp",
         [](int space, const py::array& value, const py::array& grad,
            const py::array& temperature, const py::object& gl, const py::object& gt,
-           int threads) {
+           int threads, const py::object& logits) {
             by_dtype(
                 value, "rsample_vjp", "value",
                 [&] {
                     rsample_vjp_t<float>(space, value, grad, temperature, gl, gt,
-                                         threads);
+                                         threads, logits);
                 },
                 [&] {
                     rsample_vjp_t<double>(space, value, grad, temperature, gl, gt,
-                                          threads);
+                                          threads, logits);
                 });
         },
         py::arg("space"), py::arg("value"), py::arg("grad"), py::arg("temperature"),
-        py::arg("grad_logits"), py::arg("grad_temperature"), py::arg("num_threads"));
+        py::arg("grad_logits"), py::arg("grad_temperature"), py::arg("num_threads"),
+        py::arg("logits") = py::none());
     m.def(
         "param",
         [](int op, const py::array& in, const py::object& out, int threads,

@@ -589,12 +589,12 @@ class RelaxedOneHotCategorical:
         """
         value = self._value(value)
         grad = self._grad(grad, value.shape, "the value's shape")
-        val, _, temp = self._broadcast_value(value)
+        val, logits, temp = self._broadcast_value(value)
         grad = np.broadcast_to(grad, val.shape)
         threads = _threads.resolve(num_threads)
         gl = np.empty(val.shape, dtype=self.dtype)
         gt = np.empty(temp.shape, dtype=self.dtype)
-        _core.rsample_vjp(self._space, val, grad, temp, gl, gt, threads)
+        _core.rsample_vjp(self._space, val, grad, temp, gl, gt, threads, logits)
         gp = self._param_grad(gl, threads)
         gt = self._temperature_grad(gt)
         cls = RsampleGradProbs if self._probs_given is not None else RsampleGrad

@@ -523,3 +523,22 @@ def test_log_prob_stays_exact_at_large_temperatures(temperature):
             - 3 * lse
         )
     assert abs(got - float(want)) <= LARGE_T_TOL * max(1.0, abs(float(want)))
+
+
+@pytest.mark.parametrize("cls", CLASSES)
+def test_rsample_vjp_gives_masked_categories_zero_even_for_an_unvalidated_value(cls):
+    # Regression: rsample_vjp read only the value, so with validate_args=False a
+    # value with weight on a masked category got a gradient there. It now reads
+    # the value as 0 (log space: -inf) wherever the logit is -inf.
+    logits = np.array([0.0, 1.0, -np.inf])
+    d = cls(1.0, logits=logits, validate_args=False)
+    x = np.array([0.2, 0.6, 0.2])
+    value = x if cls is Relaxed else np.log(x)
+    g = d.rsample_vjp(value, np.array([1.0, -2.0, 3.0]))
+    assert g.logits[2] == 0.0
+    on_support = np.array([0.25, 0.75, 0.0])
+    if cls is not Relaxed:
+        on_support = np.array([np.log(0.25), np.log(0.75), -np.inf])
+    clean = cls(1.0, logits=logits).rsample_vjp(on_support, np.array([1.0, -2.0, 3.0]))
+    assert np.all(np.isfinite(g.logits)) and np.isfinite(g.temperature)
+    assert clean.logits[2] == 0.0

@@ -81,6 +81,9 @@ struct RsampleVjpArgs {
     RowArg<const Real> value;  // the sample x (or y = log x)
     RowArg<const Real> grad;   // upstream gradient on the sample, (rows, k)
     RowArg<const Real> temperature;
+    // Optional: where a logit is -inf the value is read as an exact zero (-inf in
+    // log space), so a masked category gets no gradient whatever the value says.
+    RowArg<const Real> logits;
     Real* grad_logits = nullptr;       // (rows, k), or null
     Real* grad_temperature = nullptr;  // (rows,), or null
 };

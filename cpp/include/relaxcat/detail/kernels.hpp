@@ -484,11 +484,11 @@ void rsample_vjp_rows(const RsampleVjpArgs<Real>& a, int64_t r0, int64_t r1,
                       double* scratch) {
     const int64_t k = a.shape.k;
     const int64_t cap = block_capacity(k);
-    const int64_t* const strides[3] = {a.value.stride, a.grad.stride,
-                                       a.temperature.stride};
-    RowWalker<3> walk(a.shape, r0, strides);
+    const int64_t* const strides[4] = {a.value.stride, a.grad.stride,
+                                       a.temperature.stride, a.logits.stride};
+    RowWalker<4> walk(a.shape, r0, strides);
     const bool simplex = a.space == Space::simplex;
-    const int64_t vs = a.value.kstride, gs = a.grad.kstride;
+    const int64_t vs = a.value.kstride, gs = a.grad.kstride, ls = a.logits.kstride;
     double* x = scratch;
     double* y = scratch + cap;
     double* gb = scratch + 2 * cap;  // the upstream gradient, per element
@@ -496,13 +496,20 @@ void rsample_vjp_rows(const RsampleVjpArgs<Real>& a, int64_t r0, int64_t r1,
     for (int64_t rb = r0; rb < r1; rb += rows_per_block(k)) {
         const int64_t nb = r1 - rb < rows_per_block(k) ? r1 - rb : rows_per_block(k);
         const int64_t n = nb * k;
-        const RowWalker<3> block_start = walk;
+        const RowWalker<4> block_start = walk;
 
         // 1. x and log x for the whole block, the transcendental half flat.
         for (int64_t i = 0; i < nb; ++i, walk.advance()) {
-            load_row(a.value.data + walk.offset[0], vs, k,
-                     simplex ? x + i * k : y + i * k);
+            double* v = simplex ? x + i * k : y + i * k;
+            load_row(a.value.data + walk.offset[0], vs, k, v);
             load_row(a.grad.data + walk.offset[1], gs, k, gb + i * k);
+            if (a.logits.data != nullptr) {
+                const Real* lg = a.logits.data + walk.offset[3];
+                for (int64_t j = 0; j < k; ++j)
+                    v[j] = static_cast<double>(lg[j * ls]) == -kInf
+                               ? (simplex ? 0.0 : -kInf)
+                               : v[j];
+            }
         }
         if (simplex) {
             for (int64_t j = 0; j < n; ++j) y[j] = x[j];
