@@ -277,12 +277,20 @@ void by_dtype(const py::array& a, const char* fn, const char* name, F32 f32, F64
                std::string(py::str(a.dtype())));
 }
 
-py::array_t<double> gumbels(uint64_t key, uint64_t stream, uint64_t first, int64_t n) {
+// The noise of a stream: the double noise, or the float noise with
+// float32=True (noise.hpp; README, "The random stream").
+py::array gumbels(uint64_t key, uint64_t stream, uint64_t first, int64_t n,
+                  bool float32) {
     if (n < 0) value_error("gumbels: n must be non-negative, got " + std::to_string(n));
-    py::array_t<double> out(n);
     const KernelTable& t = active();
+    if (float32) {
+        py::array_t<float> out(n);
+        t.gumbels_f32(key, stream, first, n, out.mutable_data());
+        return std::move(out);
+    }
+    py::array_t<double> out(n);
     t.gumbels(key, stream, first, n, out.mutable_data());
-    return out;
+    return std::move(out);
 }
 
 py::array_t<double> map_math(
@@ -395,8 +403,19 @@ void bind_kernels(py::module_& m) {
         py::arg("status"), py::arg("num_threads"),
         "Per-row support check of values (0 = on the support).");
     m.def("gumbels", &gumbels, py::arg("key"), py::arg("stream"), py::arg("first"),
-          py::arg("n"),
-          "The Gumbel noise of elements first .. first + n - 1 of a stream.");
+          py::arg("n"), py::arg("float32") = false,
+          "The Gumbel noise of elements first .. first + n - 1 of a stream: the "
+          "noise of float64 samples, or with float32=True that of float32 samples.");
+    m.def(
+        "logf",
+        [](const py::array_t<float, py::array::c_style | py::array::forcecast>& in) {
+            py::array_t<float> out(in.size());
+            active().logf(in.data(), out.mutable_data(), in.size());
+            return out;
+        },
+        py::arg("x"),
+        "The float noise's own log for positive normal floats, elementwise (a test "
+        "hook).");
     m.def("math", &map_math, py::arg("name"), py::arg("x"),
           "The library's own log or exp, elementwise (a test hook).");
 }

@@ -36,8 +36,11 @@ struct KernelTable {
     int64_t (*scratch_size)(int64_t k);
     void (*gumbels)(uint64_t key, uint64_t stream, uint64_t first, int64_t n,
                     double* out);
+    void (*gumbels_f32)(uint64_t key, uint64_t stream, uint64_t first, int64_t n,
+                        float* out);
     void (*log)(const double* in, double* out, int64_t n);
     void (*exp)(const double* in, double* out, int64_t n);
+    void (*logf)(const float* in, float* out, int64_t n);
 };
 
 #define RELAXCAT_DECLARE_TABLE(fn) const KernelTable& fn();

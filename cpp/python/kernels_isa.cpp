@@ -26,13 +26,17 @@ void map_exp(const double* in, double* out, int64_t n) {
     for (int64_t i = 0; i < n; ++i) out[i] = k::exp_d(in[i]);
 }
 
+void map_logf(const float* in, float* out, int64_t n) {
+    for (int64_t i = 0; i < n; ++i) out[i] = k::logf_positive_s(in[i]);
+}
+
 }  // namespace
 
 const KernelTable& RELAXCAT_TABLE_FN() {
     static const KernelTable table{
         RELAXCAT_ISA_NAME, make_set<float>(), make_set<double>(),
-        &k::scratch_size,  &k::fill_gumbels,  &map_log,
-        &map_exp};
+        &k::scratch_size,  &k::fill_gumbels,  &k::fill_gumbels_f32<float>,
+        &map_log,          &map_exp,          &map_logf};
     return table;
 }
 

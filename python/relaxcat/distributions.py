@@ -332,9 +332,11 @@ class RelaxedOneHotCategorical:
         gumbels : array_like, optional
             Explicit Gumbel noise of the full output shape, for reproducing a
             sample made elsewhere; not together with ``rng``. Must be finite.
-            Taken in float64 for either dtype (the stream's own noise is
-            float64), so ``relaxcat._core.gumbels`` reproduces a float32 sample
-            bit for bit.
+            Taken in float64 for either dtype. The stream's own noise is
+            ``relaxcat._core.gumbels(key, stream, first, n, float32=...)``
+            (float32 samples draw the float noise, float64 samples the double
+            noise; README, "The random stream"); passed here it reproduces a
+            sample bit for bit.
         out : numpy.ndarray, optional
             A C-contiguous array of the output's shape and dtype to write into.
         num_threads : int, optional

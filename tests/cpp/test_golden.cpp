@@ -60,17 +60,27 @@ const nlohmann::json& golden() {
     return g;
 }
 
-TEST(Golden, NoiseIsBitIdenticalToThePythonModule) {
-    ASSERT_FALSE(golden()["noise"].empty());
-    for (const auto& c : golden()["noise"]) {
+// The double noise ("noise") and the float noise ("noise32") of each case.
+template <class Real>
+void check_noise(const char* field) {
+    ASSERT_FALSE(golden()[field].empty());
+    for (const auto& c : golden()[field]) {
         relaxcat::Philox gen(c["key"].get<uint64_t>(), c["stream"].get<uint64_t>(),
                              c["first"].get<uint64_t>());
-        std::vector<double> noise(c["count"].get<size_t>());
+        std::vector<Real> noise(c["count"].get<size_t>());
         relaxcat::gumbel_noise(gen, static_cast<int64_t>(noise.size()), noise.data());
         EXPECT_EQ(hex_words(noise), c["bits"].get<std::vector<std::string>>())
-            << "key " << c["key"] << " stream " << c["stream"] << " first "
+            << field << " key " << c["key"] << " stream " << c["stream"] << " first "
             << c["first"];
     }
+}
+
+TEST(Golden, NoiseIsBitIdenticalToThePythonModule) {
+    check_noise<double>("noise");
+}
+
+TEST(Golden, FloatNoiseIsBitIdenticalToThePythonModule) {
+    check_noise<float>("noise32");
 }
 
 // Two successive calls of `draws` rows against one Python call of 2 draws.

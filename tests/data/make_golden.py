@@ -149,26 +149,32 @@ def main() -> int:
             file=sys.stderr,
         )
         return 2
-    noise = [
-        {
-            "key": k,
-            "stream": s,
-            "first": f,
-            "count": n,
-            "bits": bits(_core.gumbels(k, s, f, n)),
-        }
-        for k, s, f, n in NOISE
-    ]
+    noise, noise32 = (
+        [
+            {
+                "key": k,
+                "stream": s,
+                "first": f,
+                "count": n,
+                "bits": bits(_core.gumbels(k, s, f, n, float32=float32)),
+            }
+            for k, s, f, n in NOISE
+        ]
+        for float32 in (False, True)
+    )
     doc = {
         "about": (
             "Golden noise and samples of the relaxcat Python module at SIMD level "
             "baseline, written by tests/data/make_golden.py. Bits are hex words, "
-            "row-major. Samples have shape (2 * draws, B, K); B is the number of "
-            "temperatures or parameter rows, whichever is larger."
+            "row-major. noise is the double noise (float64 samples), noise32 the "
+            "float noise (float32 samples). Samples have shape (2 * draws, B, K); "
+            "B is the number of temperatures or parameter rows, whichever is "
+            "larger."
         ),
         "version": relaxcat.__version__,
         "simd_level": level,
         "noise": noise,
+        "noise32": noise32,
         "samples": sample_cases(),
     }
     OUT.write_text(json.dumps(doc, indent=1) + "\n")

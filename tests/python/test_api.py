@@ -337,8 +337,8 @@ def test_other_arrays_are_converted_to_the_dist_dtype(cls):
     h = d.log_prob_vjp(v64, np.float64(2.0))
     assert all(a.dtype == np.float32 for a in h)
 
-    # gumbels are the one exception: taken in float64 (the stream's own noise),
-    # so a float32 sample keeps their full precision.
+    # gumbels are the one exception: taken in float64, so a float32 sample keeps
+    # their full precision (s = (a + g) / T is formed in float64 anyway).
     gum = np.random.default_rng(0).gumbel(size=(2, 3))
     assert d.rsample(gumbels=gum).dtype == np.float32
     assert d.temperature.dtype == np.float32
@@ -351,10 +351,15 @@ def test_float32_sample_is_reproduced_bit_for_bit_from_the_stream_noise(
 ):
     # Regression: gumbels were rounded to float32 for a float32 distribution, so
     # the noise of relaxcat's own stream did not reproduce its float32 sample.
+    # The float noise is exact in float32 and in float64 alike.
     logits = np.array([[0.5, -1.0, 2.0, 0.0], [1.0, 1.0, -0.5, -np.inf]], np.float32)
     d = cls(np.float32(temperature), logits=logits)
-    noise = relaxcat._core.gumbels(1234, 0, 0, logits.size).reshape(logits.shape)
+    noise = relaxcat._core.gumbels(1234, 0, 0, logits.size, float32=True)
+    noise = noise.reshape(logits.shape)
     np.testing.assert_array_equal(d.rsample(rng=1234), d.rsample(gumbels=noise))
+    np.testing.assert_array_equal(
+        d.rsample(rng=1234), d.rsample(gumbels=noise.astype(np.float64))
+    )
 
 
 def test_python_scalars_and_lists_are_accepted():

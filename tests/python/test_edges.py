@@ -361,24 +361,26 @@ def test_float32_competition_with_explicit_gumbels():
 
 
 def test_float32_competition_with_the_stream_noise():
-    # float32 and float64 use the same double noise: the rng path must also keep
-    # s in float64. Element i of the output uses stream element i.
+    # float32 samples draw the float noise, but the rng path must keep s in
+    # float64 just as explicit gumbels do. Element i of the output uses stream
+    # element i.
     key, rows = 5, 64
-    g64 = _core.gumbels(key, 0, 0, rows * 3).reshape(rows, 3)
-    logits = _competing_logits(g64)
-    want_x, _ = _competition_reference(logits, g64, T_COMPETE)
+    g = _core.gumbels(key, 0, 0, rows * 3, float32=True).astype(np.float64)
+    g = g.reshape(rows, 3)
+    logits = _competing_logits(g)
+    want_x, _ = _competition_reference(logits, g, T_COMPETE)
     assert np.mean(want_x[:, 0] > 0.05) > 0.5, "the two large logits must compete"
 
     x = Relaxed(T_COMPETE, logits=logits).rsample(rng=key)
     assert np.max(np.abs(x - want_x)) <= F32_SAMPLE_ATOL
     assert (
-        np.max(np.abs(_naive_float32(logits, g64, T_COMPETE) - want_x))
+        np.max(np.abs(_naive_float32(logits, g, T_COMPETE) - want_x))
         > NAIVE_F32_MIN_ERROR
     )
 
-    # The float64 class from the same rounded inputs and key agrees as well.
+    # The float64 class given the same rounded inputs and the same noise agrees.
     x64 = Relaxed(np.float64(T_COMPETE), logits=logits.astype(np.float64)).rsample(
-        rng=key
+        gumbels=g
     )
     assert np.max(np.abs(x - x64)) <= F32_SAMPLE_ATOL
 

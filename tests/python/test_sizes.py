@@ -31,6 +31,7 @@ import os
 
 import numpy as np
 import pytest
+from stream_oracle import oracle_gumbels, oracle_gumbels_f32
 
 import relaxcat
 from relaxcat import _core
@@ -38,7 +39,6 @@ from relaxcat import _core
 Relaxed = relaxcat.RelaxedOneHotCategorical
 ExpRelaxed = relaxcat.ExpRelaxedOneHotCategorical
 
-MASK32 = 0xFFFFFFFF
 
 # An oracle sample (NumPy exp and log) against the library's own: a few float64
 # roundings of values of order 1.
@@ -51,19 +51,6 @@ SUM_RTOL = 1e-14
 # More than the 2^47 bytes of a user address space on x86-64 (and 2^48 on
 # others): no overcommit policy can grant it.
 UNGRANTABLE_ELEMENTS = 2**45
-
-
-def _oracle_noise(key: int, stream: int, first: int, n: int) -> np.ndarray:
-    """Gumbel noise of elements first .. first + n - 1, from Philox blocks."""
-    words = []
-    for i in range(first, first + n):
-        b = i >> 1
-        counter = [b & MASK32, (b >> 32) & MASK32, stream & MASK32, stream >> 32]
-        w = _core.philox4x32(counter, [key & MASK32, key >> 32], 10)
-        lo, hi = (w[0], w[1]) if i % 2 == 0 else (w[2], w[3])
-        words.append(lo | (hi << 32))
-    u = (np.array(words, dtype=np.uint64) >> np.uint64(12)).astype(np.float64) + 0.5
-    return -np.log(-np.log(u * 2.0**-52))
 
 
 def _softmax(s):
@@ -93,7 +80,8 @@ def test_sample_elements_at_indices_beyond_2_31_use_their_documented_noise(
     y = np.empty((rows, k), dtype)
     _core.rsample(logits, temp, None, key, stream, offset, x, y, 2)
 
-    g = _oracle_noise(key, stream, offset, rows * k).reshape(rows, k)
+    oracle = oracle_gumbels_f32 if dtype == np.float32 else oracle_gumbels
+    g = oracle(key, stream, offset, rows * k).reshape(rows, k)
     a = logits.astype(np.float64)
     s = (a - a.max(axis=-1, keepdims=True) + g) / temp.astype(np.float64)[:, None]
     tol = SAMPLE_TOL if dtype == np.float64 else float(np.finfo(np.float32).eps)

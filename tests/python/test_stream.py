@@ -1,11 +1,15 @@
-"""The random stream guarantee: Philox4x32 known answers, a golden stream, the
+"""The random stream guarantee: Philox4x32 known answers, golden streams, the
 mapping from sample elements to noise indices, and independence of the bits from
 the thread count and the SIMD level.
 
-The stream (README and noise.hpp): element i of an output (row-major) reads
-Philox4x32-10 block i // 2 under counter (block_lo, block_hi, stream_lo,
-stream_hi) and key (key_lo, key_hi); even i takes words 0 and 1, odd i words 2
-and 3; w = lo | hi << 32, u = ((w >> 12) + 1/2) 2^-52 and g = -log(-log u).
+The streams (README and noise.hpp). Double noise, for float64 samples: element i
+of an output (row-major) reads Philox4x32-10 block i // 2 under counter
+(block_lo, block_hi, stream_lo, stream_hi) and key (key_lo, key_hi); even i takes
+words 0 and 1, odd i words 2 and 3; w = lo | hi << 32,
+u = ((w >> 12) + 1/2) 2^-52 and g = -log(-log u). Float noise, for float32
+samples: element i reads word i % 4 of block i // 4, w; q = (float(w & (2^31 - 1))
++ 1/2) 2^-32 in float32 arithmetic; u = q if the top bit of w is set, else 1 - q;
+g = -log(-log u) in float32 arithmetic.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import sys
 import numpy as np
 import pytest
 from conftest import DATA, LEVELS
+from stream_oracle import oracle_gumbels, oracle_gumbels_f32
 
 import relaxcat
 from relaxcat import _core
@@ -34,6 +39,11 @@ EPS32 = float(np.finfo(np.float32).eps)
 # absolute one, so the error is measured against max(1, |g|), not |g|.
 GUMBEL_TOL = 2 * EPS64
 
+# The float noise against the float64 oracle from the same q: the inner log is
+# within about an ulp of E (relative), which passes into g as an absolute error,
+# and the outer log adds an ulp of g.
+GUMBEL_TOL32 = 3 * EPS32
+
 # A sample computed by the oracle (NumPy exp and log, its own order of sums)
 # against the library's: a few float64 roundings of values of order 1, divided
 # by T >= 0.3 here.
@@ -42,11 +52,6 @@ SAMPLE_TOL64 = 1e-13
 # The same, for the float32 sample: one rounding of the final quotient to
 # float32 (half an ulp) plus the float64 differences above.
 SAMPLE_TOL32 = EPS32
-
-# float32 against float64 samples from one seed: the float32 parameters are the
-# float64 ones rounded (relative 6e-8), which moves s = (a + g) / T by a few
-# units of that for |s| ~ 10; different noise would differ by ~0.1.
-PRECISION_TOL32 = 20 * EPS32
 
 # Samples at different SIMD levels: each level's exp/log are within an ulp of
 # exact, so a sample entry can differ by a few ulps of itself.
@@ -68,6 +73,19 @@ GOLDEN = [
     "-0x1.c3115b9b3cdc0p-2",
     "0x1.d7c9d44641ff8p+0",
     "-0x1.638a561450e42p-2",
+]
+
+
+# The first eight values of the float noise under the same key and stream.
+GOLDEN32 = [
+    "0x1.77b52ep+0",
+    "-0x1.0c5dbep+0",
+    "0x1.5d6b94p-2",
+    "-0x1.4564a2p-1",
+    "0x1.2ea356p-2",
+    "0x1.069654p+1",
+    "0x1.44aa18p+0",
+    "-0x1.0ec83ap-2",
 ]
 
 
@@ -97,21 +115,10 @@ def philox_py(counter, key, rounds):
     return [c0, c1, c2, c3]
 
 
-def oracle_gumbels(key, stream, first, n):
-    """The documented stream in NumPy float64, with _core.philox4x32 for blocks."""
-    words = np.empty(n, dtype=np.uint64)
-    blocks = {}
-    for j in range(n):
-        i = first + j
-        b = i >> 1
-        if b not in blocks:
-            counter = [b & MASK32, b >> 32, stream & MASK32, stream >> 32]
-            blocks[b] = _core.philox4x32(counter, [key & MASK32, key >> 32], 10)
-        w = blocks[b]
-        lo, hi = (w[0], w[1]) if i % 2 == 0 else (w[2], w[3])
-        words[j] = lo | (hi << 32)
-    u = ((words >> np.uint64(12)).astype(np.float64) + 0.5) * 2.0**-52
-    return -np.log(-np.log(u))
+def stream_noise(key, stream, first, n, dtype):
+    """The library's noise for samples of dtype, as float64."""
+    g = _core.gumbels(key, stream, first, n, float32=np.dtype(dtype) == np.float32)
+    return g.astype(np.float64)
 
 
 def oracle_sample(logits, temperature, gumbels):
@@ -199,6 +206,18 @@ def test_golden_stream_values_match_the_oracle():
     assert gumbel_err(got, want) <= GUMBEL_TOL
 
 
+def test_golden_float_stream_values_are_pinned(simd_level):
+    got = _core.gumbels(GOLDEN_KEY, GOLDEN_STREAM, 0, len(GOLDEN32), float32=True)
+    assert got.dtype == np.float32
+    assert _hex(got) == [float.hex(float.fromhex(h)) for h in GOLDEN32]
+
+
+def test_golden_float_stream_values_match_the_oracle():
+    want = oracle_gumbels_f32(GOLDEN_KEY, GOLDEN_STREAM, 0, len(GOLDEN32))
+    got = np.array([float.fromhex(h) for h in GOLDEN32])
+    assert gumbel_err(got, want) <= GUMBEL_TOL32
+
+
 @pytest.mark.parametrize(
     "key,stream,first,n",
     [
@@ -218,13 +237,28 @@ def test_gumbels_reproduce_the_documented_stream(simd_level, key, stream, first,
     want = oracle_gumbels(key, stream, first, n)
     assert got.shape == (n,)
     assert gumbel_err(got, want) <= GUMBEL_TOL
+    got32 = _core.gumbels(key, stream, first, n, float32=True)
+    assert got32.shape == (n,) and got32.dtype == np.float32
+    assert gumbel_err(got32, oracle_gumbels_f32(key, stream, first, n)) <= GUMBEL_TOL32
 
 
-def test_gumbels_of_a_window_are_the_same_elements_of_a_longer_call():
-    whole = _core.gumbels(99, 3, 0, 101)
-    for first in (0, 1, 2, 37, 50):
-        for n in (0, 1, 2, 13, 51 - first % 2):
-            part = _core.gumbels(99, 3, first, n)
+def test_float_noise_matches_the_oracle_in_both_tails_and_both_halves(simd_level):
+    # 2^16 elements reach all three reductions of noise.hpp (top bit set; u = 1 - q
+    # with q below and above 1 - 1/sqrt 2) and values of g within 0.5 of both
+    # ends of what 2^16 draws reach.
+    n = 1 << 16
+    got = _core.gumbels(2718, 28, 3, n, float32=True)
+    want = oracle_gumbels_f32(2718, 28, 3, n)
+    assert gumbel_err(got, want) <= GUMBEL_TOL32
+    assert want.min() < -2.2 and want.max() > 10.0
+
+
+@pytest.mark.parametrize("float32", [False, True])
+def test_gumbels_of_a_window_are_the_same_elements_of_a_longer_call(float32):
+    whole = _core.gumbels(99, 3, 0, 101, float32=float32)
+    for first in (0, 1, 2, 3, 5, 37, 50):
+        for n in (0, 1, 2, 3, 13, 51 - first % 2):
+            part = _core.gumbels(99, 3, first, n, float32=float32)
             np.testing.assert_array_equal(part, whole[first : first + n])
 
 
@@ -238,14 +272,26 @@ def test_gumbels_lie_in_the_documented_range():
     assert lo <= g.min() and g.max() <= hi
 
 
-def test_gumbel_noise_has_the_standard_gumbel_mean_and_variance():
+def test_float_gumbels_lie_in_the_documented_range():
+    # q in [2^-33, 1/2] gives g in [-log(-log 2^-33), -log(-log1p(-2^-33))]:
+    # about [-3.13, 22.87]; the extreme words reach the ends exactly.
+    g = _core.gumbels(5, 0, 0, 1 << 20, float32=True)
+    lo = -np.log(-np.log(2.0**-33))
+    hi = -np.log(-np.log1p(-(2.0**-33)))
+    assert np.all(np.isfinite(g))
+    assert lo - 1e-5 <= g.min() and g.max() <= hi + 1e-5
+    assert abs(lo + 3.13) < 0.01 and abs(hi - 22.87) < 0.01
+
+
+@pytest.mark.parametrize("float32", [False, True])
+def test_gumbel_noise_has_the_standard_gumbel_mean_and_variance(float32):
     # Standard Gumbel: mean = Euler's gamma, variance = pi^2 / 6. With n = 2^20
     # the standard error of the mean is 1.28 / 1024 = 1.25e-3 and of the variance
     # sqrt(4.4) (pi^2 / 6) / 1024 = 3.4e-3 (kurtosis 5.4); 6 standard errors: a
     # false-failure rate about 2e-9 per check (the seed is fixed, so it either
     # passes always or never).
     n = 1 << 20
-    g = _core.gumbels(11, 0, 0, n)
+    g = _core.gumbels(11, 0, 0, n, float32=float32).astype(np.float64)
     var = np.pi**2 / 6
     assert abs(g.mean() - np.euler_gamma) < SIGMAS * np.sqrt(var / n)
     assert abs(g.var() - var) < SIGMAS * np.sqrt(4.4 * var**2 / n)
@@ -267,7 +313,8 @@ def test_rsample_with_an_int_seed_is_softmax_of_the_oracle_stream(dtype, tol):
     seed = 0xFEEDFACECAFEBEEF
     x = R(temp, logits=logits).rsample((2,), rng=seed)
     assert x.shape == (2, 4, 3, 7) and x.dtype == dtype
-    g = oracle_gumbels(seed, 0, 0, x.size).reshape(x.shape)
+    oracle = oracle_gumbels_f32 if dtype == np.float32 else oracle_gumbels
+    g = oracle(seed, 0, 0, x.size).reshape(x.shape)
     want = oracle_sample(logits, temp[:, None], g)
     np.testing.assert_allclose(x, want, rtol=0, atol=tol)
 
@@ -282,13 +329,19 @@ def test_log_space_rsample_is_log_softmax_of_the_oracle_stream():
     )
 
 
-def test_rsample_with_an_int_seed_uses_the_same_noise_as_explicit_gumbels(simd_level):
-    # At every level the kernel's own noise is bit for bit _core.gumbels'.
-    logits = np.linspace(-1, 1, 15 * 41).reshape(41, 15)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("k", [3, 15, 40])
+def test_rsample_with_an_int_seed_uses_the_same_noise_as_explicit_gumbels(
+    simd_level, dtype, k
+):
+    # At every level the kernel's own noise is bit for bit _core.gumbels' (the
+    # float noise for float32 samples), for short rows (taken as columns) and
+    # long ones.
+    logits = np.linspace(-1, 1, k * 41).reshape(41, k).astype(dtype)
     for cls in (R, E):
-        d = cls(0.9, logits=logits)
+        d = cls(dtype(0.9), logits=logits)
         x = d.rsample(rng=31337)
-        g = _core.gumbels(31337, 0, 0, x.size).reshape(x.shape)
+        g = stream_noise(31337, 0, 0, x.size, dtype).reshape(x.shape)
         np.testing.assert_array_equal(x, d.rsample(gumbels=g))
 
 
@@ -362,18 +415,26 @@ def test_a_generator_stream_also_maps_element_i_to_noise_index_i():
     np.testing.assert_array_equal(x[2], d.rsample(gumbels=g.reshape(logits.shape)))
 
 
-def test_float32_and_float64_samples_from_one_seed_share_the_noise():
+def test_float32_samples_draw_the_float_noise_and_float64_the_double_noise():
     rng = np.random.default_rng(3)
     logits = rng.normal(size=(50, 9))
     temp = rng.uniform(0.3, 3.0, size=(50, 1))
-    x64 = R(temp, logits=logits).rsample(rng=8)
-    x32 = R(temp.astype(np.float32), logits=logits.astype(np.float32)).rsample(rng=8)
+    d64 = R(temp, logits=logits)
+    d32 = R(temp.astype(np.float32), logits=logits.astype(np.float32))
+    x64 = d64.rsample(rng=8)
+    x32 = d32.rsample(rng=8)
     assert x32.dtype == np.float32
-    np.testing.assert_allclose(x32, x64, rtol=0, atol=PRECISION_TOL32)
+    g64 = stream_noise(8, 0, 0, x64.size, np.float64).reshape(x64.shape)
+    g32 = stream_noise(8, 0, 0, x32.size, np.float32).reshape(x32.shape)
+    np.testing.assert_array_equal(x64, d64.rsample(gumbels=g64))
+    np.testing.assert_array_equal(x32, d32.rsample(gumbels=g32))
+    # The two streams are different draws: no entry of the noise coincides.
+    assert not np.any(g32 == g64)
 
 
 # ------------------------------------------------------------------ threads
-SPLIT_SHAPES = [(3000, 50), (2, 200000)]
+# Short rows (taken as columns, K <= 16), ordinary rows and one long row.
+SPLIT_SHAPES = [(5000, 3), (3000, 50), (2, 200000)]
 
 
 def _all_outputs(shape, dtype, num_threads):
@@ -425,16 +486,20 @@ def test_the_default_thread_count_gives_the_same_bits(threads):
 def _noise_probe():
     return np.concatenate(
         [
-            _core.gumbels(GOLDEN_KEY, 0, 0, 10001),
-            _core.gumbels(1, 2**40, 3, 777),  # an odd first element and count
-            _core.gumbels(2**64 - 1, 5, 2**32 - 5, 20),
+            _core.gumbels(key, stream, first, n, float32=float32).astype(np.float64)
+            for float32 in (False, True)
+            for key, stream, first, n in (
+                (GOLDEN_KEY, 0, 0, 10001),
+                (1, 2**40, 3, 777),  # an odd first element and count
+                (2**64 - 1, 5, 2**32 - 5, 20),
+            )
         ]
     )
 
 
-def _sample_probe(dtype):
+def _sample_probe(dtype, k):
     rng = np.random.default_rng(23)
-    logits = rng.normal(scale=3.0, size=(300, 37)).astype(dtype)
+    logits = rng.normal(scale=3.0, size=(300, k)).astype(dtype)
     temp = rng.uniform(0.1, 3.0, size=(300,)).astype(dtype)
     return R(temp, logits=logits).rsample((2,), rng=555)
 
@@ -445,11 +510,12 @@ def test_noise_is_bit_identical_at_every_simd_level(simd_level):
     np.testing.assert_array_equal(here, _noise_probe())
 
 
+@pytest.mark.parametrize("k", [2, 5, 16, 37])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_samples_agree_within_a_few_ulps_at_every_simd_level(simd_level, dtype):
-    here = _sample_probe(dtype)
+def test_samples_agree_within_a_few_ulps_at_every_simd_level(simd_level, dtype, k):
+    here = _sample_probe(dtype, k)
     _core.set_simd_level("baseline")
-    base = _sample_probe(dtype)
+    base = _sample_probe(dtype, k)
     # Entries that underflow to 0 at one level must do so at both; elsewhere
     # compare in ulps of the entry.
     assert np.array_equal(here == 0, base == 0)

@@ -71,14 +71,22 @@ inline std::array<uint32_t, 4> philox4x32(const std::array<uint32_t, 4>& counter
 }
 
 // Writes the standard Gumbel noise of the next n elements of gen's stream to
-// out[0..n) as doubles in [-3.6, 36.8] and advances gen by n. This is the noise
-// rsample adds to the logits (float and double samples alike), identical on
-// every instruction-set level. n <= 0 writes nothing.
+// out[0..n) and advances gen by n: the noise rsample adds to the logits of
+// double samples (doubles in [-3.6, 36.8]) or of float samples (floats in
+// [-3.13, 22.87]), identical on every instruction-set level. n <= 0 writes
+// nothing.
 inline void gumbel_noise(Philox& gen, int64_t n, double* out) {
     if (n <= 0) return;
     const uint64_t first = gen.advance(static_cast<uint64_t>(n));
     detail::RELAXCAT_ISA_NAMESPACE::fill_gumbels(gen.key(), gen.stream(), first, n,
                                                  out);
+}
+
+inline void gumbel_noise(Philox& gen, int64_t n, float* out) {
+    if (n <= 0) return;
+    const uint64_t first = gen.advance(static_cast<uint64_t>(n));
+    detail::RELAXCAT_ISA_NAMESPACE::fill_gumbels_f32(gen.key(), gen.stream(), first, n,
+                                                     out);
 }
 
 }  // namespace RELAXCAT_ISA_NAMESPACE

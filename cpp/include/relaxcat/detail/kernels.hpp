@@ -6,7 +6,10 @@
 // Precision: whatever the storage type Real (float or double), every
 // intermediate is a double and row sums are accumulated in double. For float32
 // data this keeps the results within a few float32 ulps of the exact value; for
-// float64 data it is the natural precision.
+// float64 data it is the natural precision. The one float step is the noise of
+// float samples (noise.hpp), which is a random draw in its own right: it is
+// exact once drawn, and from there on a float sample is computed in double
+// like any other (with exp to degree 9, exp_lanes, as its result is a float).
 //
 // Note [shift before scaling]: s = (a + g) / T is formed as ((a - max a) + g) / T.
 // The density and the sample do not change when a constant is added to the
@@ -46,6 +49,7 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <type_traits>
 
 #include "args.hpp"
 #include "isa.hpp"
@@ -125,6 +129,54 @@ inline double row_max(const double* p, int64_t k) {
     return m;
 }
 
+// Note [row reductions]: rsample sums and maximises a row of fewer than 2 kSlots
+// elements in order, from the first element on. A longer row is reduced in kSlots
+// interleaved partial results: slot i starts as element i and takes elements
+// i + kSlots, i + 2 kSlots, ... in turn; then, for w = 8, 4, 2, 1, slot i (i < w)
+// takes slot i + w. Every SIMD level (one, two, four or eight vectors of slots, or
+// plain doubles) performs exactly these operations, so the bits do not depend on
+// the level, and the 16 independent chains let a long row run at the speed of
+// the arithmetic rather than of its latency.
+constexpr int kSlots = 16;
+
+template <class Op>
+inline double reduce_row(const double* p, int64_t k, double empty, Op op) {
+    if (k < 2 * kSlots) {
+        double r = empty;
+        if (k > 0) r = p[0];
+        for (int64_t j = 1; j < k; ++j) r = op(r, p[j]);
+        return r;
+    }
+    double slot[kSlots];
+    for (int i = 0; i < kSlots; ++i) slot[i] = p[i];
+    int64_t j = kSlots;
+#if defined(RELAXCAT_HAVE_VECTOR_EXTENSIONS)
+    constexpr int kVectors = kSlots / kLanes;
+    VecD acc[kVectors];
+    for (int v = 0; v < kVectors; ++v) acc[v] = load_d(slot + v * kLanes);
+    for (; j + kSlots <= k; j += kSlots)
+        for (int v = 0; v < kVectors; ++v)
+            acc[v] = op(acc[v], load_d(p + j + v * kLanes));
+    for (int v = 0; v < kVectors; ++v) store_d(slot + v * kLanes, acc[v]);
+#else
+    for (; j + kSlots <= k; j += kSlots)
+        for (int i = 0; i < kSlots; ++i) slot[i] = op(slot[i], p[j + i]);
+#endif
+    for (int i = 0; j < k; ++i, ++j) slot[i] = op(slot[i], p[j]);
+    for (int w = kSlots / 2; w >= 1; w /= 2)
+        for (int i = 0; i < w; ++i) slot[i] = op(slot[i], slot[i + w]);
+    return slot[0];
+}
+
+// Sum and maximum of a row in the order of Note [row reductions].
+inline double slot_sum(const double* p, int64_t k) {
+    return reduce_row(p, k, 0.0, [](auto a, auto b) { return a + b; });
+}
+
+inline double slot_max(const double* p, int64_t k) {
+    return reduce_row(p, k, -kInf, [](auto a, auto b) { return a > b ? a : b; });
+}
+
 // A strided row widened to doubles in a contiguous buffer; the contiguous case
 // has its own loop so that it vectorises.
 template <class Real>
@@ -168,12 +220,209 @@ inline void exp_inplace(double* p, int64_t n) {
     for (; j < n; ++j) p[j] = exp_d(p[j]);
 }
 
+// exp into another buffer, with the Taylor degree of exp_lanes.
+template <int Degree = 13>
+inline void exp_into(const double* p, double* out, int64_t n) {
+    int64_t j = 0;
+#if defined(RELAXCAT_HAVE_VECTOR_EXTENSIONS)
+    for (; j + kLanes <= n; j += kLanes) store_d(out + j, exp_v<Degree>(load_d(p + j)));
+#endif
+    for (; j < n; ++j) out[j] = exp_d<Degree>(p[j]);
+}
+
+// The Taylor degree of exp for results stored as Real (math.hpp, exp_lanes).
+template <class Real>
+constexpr int kExpDegree = std::is_same<Real, float>::value ? 9 : 13;
+
 inline void log_inplace(double* p, int64_t n) {
     int64_t j = 0;
 #if defined(RELAXCAT_HAVE_VECTOR_EXTENSIONS)
     for (; j + kLanes <= n; j += kLanes) store_d(p + j, log_v(load_d(p + j)));
 #endif
     for (; j < n; ++j) p[j] = log_d(p[j]);
+}
+
+// Note [rows as columns]: rows of up to kColumnMaxK categories are too short for
+// loops along a row to pay. rsample then copies a block into column-major
+// buffers (column j holds element j of every row of the block) and runs each
+// step as a flat loop down the columns, which vectorises across rows. Each row
+// still goes through the same operations in the same order as in the row-major
+// path (reductions in element order, Note [row reductions]), so the bits do not
+// depend on the path taken.
+constexpr int64_t kColumnMaxK = 16;
+
+// True when the rows of x follow one another, K contiguous elements each.
+template <class T>
+inline bool dense_rows(const RowArg<T>& x, const RowShape& shape) {
+    if (x.kstride != 1) return false;
+    int64_t expect = shape.k;
+    for (int d = shape.ndim - 1; d >= 0; --d) {
+        if (shape.shape[d] != 1 && x.stride[d] != expect) return false;
+        expect *= shape.shape[d];
+    }
+    return true;
+}
+
+// True when every row reads the same element of x (a scalar temperature).
+template <class T>
+inline bool same_for_all_rows(const RowArg<T>& x, const RowShape& shape) {
+    for (int d = 0; d < shape.ndim; ++d)
+        if (shape.shape[d] != 1 && x.stride[d] != 0) return false;
+    return true;
+}
+
+// Calls f with K as a compile-time constant for K = 1 .. kColumnMaxK, so that
+// the loops over a row unroll and the transpositions vectorise; otherwise with
+// K itself.
+template <class F>
+inline void with_short_k(int64_t k, F&& f) {
+    switch (k) {
+#define RELAXCAT_SHORT_K(n) \
+    case n:                 \
+        return f(std::integral_constant<int64_t, n>{});
+        RELAXCAT_SHORT_K(1)
+        RELAXCAT_SHORT_K(2)
+        RELAXCAT_SHORT_K(3)
+        RELAXCAT_SHORT_K(4)
+        RELAXCAT_SHORT_K(5)
+        RELAXCAT_SHORT_K(6)
+        RELAXCAT_SHORT_K(7)
+        RELAXCAT_SHORT_K(8)
+        RELAXCAT_SHORT_K(9)
+        RELAXCAT_SHORT_K(10)
+        RELAXCAT_SHORT_K(11)
+        RELAXCAT_SHORT_K(12)
+        RELAXCAT_SHORT_K(13)
+        RELAXCAT_SHORT_K(14)
+        RELAXCAT_SHORT_K(15)
+        RELAXCAT_SHORT_K(16)
+#undef RELAXCAT_SHORT_K
+        default:
+            return f(k);
+    }
+}
+static_assert(kColumnMaxK == 16, "with_short_k covers K = 1 .. kColumnMaxK");
+
+// nb dense rows of K elements into columns: dst[j nb + i] = src[i K + j].
+template <class Src, class K>
+inline void rows_to_columns(const Src* src, int64_t nb, K k, double* dst) {
+    for (int64_t j = 0; j < k; ++j)
+        for (int64_t i = 0; i < nb; ++i)
+            dst[j * nb + i] = static_cast<double>(src[i * k + j]);
+}
+
+// Columns back into nb dense rows: dst[i K + j] = col[j nb + i] * scale[i], or
+// col[j nb + i] - shift[i] (Subtract).
+template <bool Subtract, class Real, class K>
+inline void columns_to_rows(const double* col, const double* by, int64_t nb, K k,
+                            Real* dst) {
+    for (int64_t i = 0; i < nb; ++i)
+        for (int64_t j = 0; j < k; ++j)
+            dst[i * k + j] = static_cast<Real>(Subtract ? col[j * nb + i] - by[i]
+                                                        : col[j * nb + i] * by[i]);
+}
+
+// One block of rsample_rows in columns: rows rb .. rb + nb - 1, whose noise (if
+// drawn) is in s, row-major. s, e and la are three element buffers of the
+// block; rows points to six per-row buffers. The walker is advanced only when
+// some input needs it, which is the same for every block of a call.
+template <class Real, class Walker>
+void rsample_block_columns(const RsampleArgs<Real>& a, Walker& walk, int64_t rb,
+                           int64_t nb, double* s, double* e, double* la, double* rows) {
+    const int64_t k = a.shape.k;
+    const int64_t ks = a.logits.kstride;
+    const bool given64 = a.noise.gumbels64.data != nullptr;
+    const bool given = given64 || a.noise.gumbels.data != nullptr;
+    const bool dense_logits = dense_rows(a.logits, a.shape);
+    const bool one_t = same_for_all_rows(a.temperature, a.shape);
+    double* const u = e;     // the noise, then u, then s; column-major
+    double* const lc = la;   // the logits, column-major
+    double* const ex = s;    // exp(s), column-major, once the noise is moved
+    double* const t = rows;  // per row: T,
+    double* const inv_t = t + kBlockElements;     // 1 / T,
+    double* const amax = inv_t + kBlockElements;  // max a,
+    double* const umax = amax + kBlockElements;   // max u,
+    double* const sum = umax + kBlockElements;    // sum exp(s),
+    double* const inv = sum + kBlockElements;     // its reciprocal or log.
+
+    if (given || !dense_logits || !one_t) {
+        for (int64_t i = 0; i < nb; ++i, walk.advance()) {
+            t[i] = static_cast<double>(a.temperature.data[walk.offset[1]]);
+            if (!dense_logits) {
+                const Real* lg = a.logits.data + walk.offset[0];
+                for (int64_t j = 0; j < k; ++j)
+                    lc[j * nb + i] = static_cast<double>(lg[j * ks]);
+            }
+            if (given64) {
+                const double* g = a.noise.gumbels64.data + walk.offset[2];
+                for (int64_t j = 0; j < k; ++j)
+                    u[j * nb + i] = g[j * a.noise.gumbels64.kstride];
+            } else if (given) {
+                const Real* g = a.noise.gumbels.data + walk.offset[2];
+                for (int64_t j = 0; j < k; ++j)
+                    u[j * nb + i] = static_cast<double>(g[j * a.noise.gumbels.kstride]);
+            }
+        }
+    } else {
+        const double t0 = static_cast<double>(a.temperature.data[0]);
+        for (int64_t i = 0; i < nb; ++i) t[i] = t0;
+    }
+    with_short_k(k, [&](auto kk) {
+        if (dense_logits) rows_to_columns(a.logits.data + rb * k, nb, kk, lc);
+        if (!given) rows_to_columns(s, nb, kk, u);
+    });
+
+    // Row maxima in element order, then u = (a - max a) + g and its maxima, then
+    // s = (u - max u) / T as in rsample_rows.
+    for (int64_t i = 0; i < nb; ++i) amax[i] = lc[i];
+    for (int64_t j = 1; j < k; ++j)
+        for (int64_t i = 0; i < nb; ++i) amax[i] = max_d(amax[i], lc[j * nb + i]);
+    for (int64_t j = 0; j < k; ++j)
+        for (int64_t i = 0; i < nb; ++i)
+            u[j * nb + i] = (lc[j * nb + i] - amax[i]) + u[j * nb + i];
+    for (int64_t i = 0; i < nb; ++i) umax[i] = u[i];
+    for (int64_t j = 1; j < k; ++j)
+        for (int64_t i = 0; i < nb; ++i) umax[i] = max_d(umax[i], u[j * nb + i]);
+
+    // 1 / T, dividing once per run of equal temperatures (most calls have one).
+    double last_t = t[0], last_inv = 1.0 / t[0];
+    bool all_finite = last_inv < kInf;
+    for (int64_t i = 0; i < nb; ++i) {
+        if (t[i] != last_t) {
+            last_t = t[i];
+            last_inv = 1.0 / t[i];
+            all_finite &= last_inv < kInf;
+        }
+        inv_t[i] = last_inv;
+    }
+    if (all_finite) {
+        for (int64_t j = 0; j < k; ++j)
+            for (int64_t i = 0; i < nb; ++i)
+                u[j * nb + i] = (u[j * nb + i] - umax[i]) * inv_t[i];
+    } else {
+        for (int64_t j = 0; j < k; ++j)
+            for (int64_t i = 0; i < nb; ++i)
+                u[j * nb + i] = inv_t[i] < kInf ? (u[j * nb + i] - umax[i]) * inv_t[i]
+                                                : (u[j * nb + i] - umax[i]) / t[i];
+    }
+
+    // The exponentials and their row sums in element order.
+    exp_into<kExpDegree<Real>>(u, ex, nb * k);
+    for (int64_t i = 0; i < nb; ++i) sum[i] = ex[i];
+    for (int64_t j = 1; j < k; ++j)
+        for (int64_t i = 0; i < nb; ++i) sum[i] += ex[j * nb + i];
+
+    with_short_k(k, [&](auto kk) {
+        if (a.x != nullptr) {
+            for (int64_t i = 0; i < nb; ++i) inv[i] = 1.0 / sum[i];
+            columns_to_rows<false>(ex, inv, nb, kk, a.x + rb * k);
+        }
+        if (a.log_x != nullptr) {
+            for (int64_t i = 0; i < nb; ++i) inv[i] = sum[i];
+            log_inplace(inv, nb);
+            columns_to_rows<true>(u, inv, nb, kk, a.log_x + rb * k);
+        }
+    });
 }
 
 // rsample: x = softmax((a + g) / T) and log x; see Note [blocks of rows].
@@ -190,16 +439,29 @@ void rsample_rows(const RsampleArgs<Real>& a, int64_t r0, int64_t r1, double* sc
     double* s = scratch;
     double* e = scratch + cap;
     double* la = scratch + 2 * cap;
+    double* row_sum = scratch + 3 * cap;  // per-row buffers of the block
+    double* row_inv = row_sum + kBlockElements;
     const int64_t ks = a.logits.kstride;
+    double last_t = 0.0, inv_t = kInf;  // T > 0, so the first row sets them
 
     for (int64_t rb = r0; rb < r1; rb += rows_per_block(k)) {
         const int64_t nb = r1 - rb < rows_per_block(k) ? r1 - rb : rows_per_block(k);
         const int64_t n = nb * k;
 
-        // 1. The noise of the whole block, from the stream (contiguous indices).
-        if (!given)
-            fill_gumbels(a.noise.key, a.noise.stream,
-                         a.noise.offset + static_cast<uint64_t>(rb * k), n, s);
+        // 1. The noise of the whole block, from the stream (contiguous indices):
+        // float noise for float samples, double noise for double ones (noise.hpp).
+        if (!given) {
+            const uint64_t first = a.noise.offset + static_cast<uint64_t>(rb * k);
+            if constexpr (std::is_same<Real, float>::value)
+                fill_gumbels_f32(a.noise.key, a.noise.stream, first, n, s);
+            else
+                fill_gumbels(a.noise.key, a.noise.stream, first, n, s);
+        }
+
+        if (k <= kColumnMaxK) {
+            rsample_block_columns(a, walk, rb, nb, s, e, la, row_sum);
+            continue;
+        }
 
         // 2. Per row: u = (a - max a) + g, then s = (u - max u) / T, whose largest
         // entry is exactly 0; see Note [shift before scaling] and Note [stable
@@ -209,7 +471,10 @@ void rsample_rows(const RsampleArgs<Real>& a, int64_t r0, int64_t r1, double* sc
         for (int64_t i = 0; i < nb; ++i, walk.advance()) {
             const Real* lg = a.logits.data + walk.offset[0];
             const double t = static_cast<double>(a.temperature.data[walk.offset[1]]);
-            const double inv_t = 1.0 / t;
+            if (t != last_t) {  // one division per distinct temperature in a row
+                last_t = t;
+                inv_t = 1.0 / t;
+            }
             double* si = s + i * k;
             if (given64)
                 load_row(a.noise.gumbels64.data + walk.offset[2],
@@ -218,11 +483,16 @@ void rsample_rows(const RsampleArgs<Real>& a, int64_t r0, int64_t r1, double* sc
                 load_row(a.noise.gumbels.data + walk.offset[2], a.noise.gumbels.kstride,
                          k, si);
             load_row(lg, ks, k, la);
-            const double amax = row_max(la, k);
+            const double amax = slot_max(la, k);
             double umax = -kInf;
-            for (int64_t j = 0; j < k; ++j) {
-                si[j] = (la[j] - amax) + si[j];
-                umax = max_d(umax, si[j]);
+            if (k < 2 * kSlots) {  // the same order as slot_max, in the same loop
+                for (int64_t j = 0; j < k; ++j) {
+                    si[j] = (la[j] - amax) + si[j];
+                    umax = j == 0 ? si[0] : max_d(umax, si[j]);
+                }
+            } else {
+                for (int64_t j = 0; j < k; ++j) si[j] = (la[j] - amax) + si[j];
+                umax = slot_max(si, k);
             }
             if (inv_t < kInf) {
                 for (int64_t j = 0; j < k; ++j) si[j] = (si[j] - umax) * inv_t;
@@ -232,21 +502,24 @@ void rsample_rows(const RsampleArgs<Real>& a, int64_t r0, int64_t r1, double* sc
         }
 
         // 3. The exponentials, flat.
-        for (int64_t j = 0; j < n; ++j) e[j] = s[j];
-        exp_inplace(e, n);
+        exp_into<kExpDegree<Real>>(s, e, n);
 
-        // 4. Per row: normalise (the largest term is 1, so the sum is in [1, K]).
-        for (int64_t i = 0; i < nb; ++i) {
-            const double* ei = e + i * k;
-            double sum = 0.0;
-            for (int64_t j = 0; j < k; ++j) sum += ei[j];
-            if (a.x != nullptr) {
-                const double inv = 1.0 / sum;
+        // 4. The row sums (the largest term is 1, so each is in [1, K]), then the
+        // reciprocals or logs of all of them in one flat pass, then the rows.
+        for (int64_t i = 0; i < nb; ++i) row_sum[i] = slot_sum(e + i * k, k);
+        if (a.x != nullptr) {
+            for (int64_t i = 0; i < nb; ++i) row_inv[i] = 1.0 / row_sum[i];
+            for (int64_t i = 0; i < nb; ++i) {
+                const double* ei = e + i * k;
+                const double inv = row_inv[i];
                 Real* x = a.x + (rb + i) * k;
                 for (int64_t j = 0; j < k; ++j) x[j] = static_cast<Real>(ei[j] * inv);
             }
-            if (a.log_x != nullptr) {
-                const double lse = log_d(sum);
+        }
+        if (a.log_x != nullptr) {
+            log_inplace(row_sum, nb);
+            for (int64_t i = 0; i < nb; ++i) {
+                const double lse = row_sum[i];
                 const double* si = s + i * k;
                 Real* y = a.log_x + (rb + i) * k;
                 for (int64_t j = 0; j < k; ++j) y[j] = static_cast<Real>(si[j] - lse);

@@ -18,16 +18,21 @@ namespace relaxcat {
 namespace detail {
 namespace RELAXCAT_ISA_NAMESPACE {
 
+// The bits of x read as a To of the same size (std::bit_cast before C++20).
+template <class To, class From>
+inline To bit_cast_to(const From& x) {
+    static_assert(sizeof(To) == sizeof(From), "bit_cast_to needs equal sizes");
+    To y;
+    std::memcpy(&y, &x, sizeof y);
+    return y;
+}
+
 inline uint64_t bits_of(double x) {
-    uint64_t b;
-    std::memcpy(&b, &x, sizeof b);
-    return b;
+    return bit_cast_to<uint64_t>(x);
 }
 
 inline double double_of(uint64_t b) {
-    double x;
-    std::memcpy(&x, &b, sizeof x);
-    return x;
+    return bit_cast_to<double>(b);
 }
 
 #if defined(__GNUC__)
@@ -123,12 +128,33 @@ inline double log1p_small(double f) {
     return f - (h - s * (h + r));
 }
 
+// 1 / n! for n = 0 .. 13, the Taylor coefficients of exp.
+constexpr double kInvFactorial[14] = {
+    1.0,
+    1.0,
+    0.5,
+    1.6666666666666666667e-01,
+    4.1666666666666666667e-02,
+    8.3333333333333333333e-03,
+    1.3888888888888888889e-03,
+    1.9841269841269841270e-04,
+    2.4801587301587301587e-05,
+    2.7557319223985890653e-06,
+    2.7557319223985890653e-07,
+    2.5052108385441718775e-08,
+    2.0876756987868098979e-09,
+    1.6059043836821614599e-10,
+};
+
 // exp(x) for any x (below -746 it is 0, above 709.78 +inf, exp(-inf) = 0), lane
 // by lane. Reduction x = k ln2 + r with |r| <= ln2 / 2, then the Taylor series of
-// exp(r) to degree 13 (truncation error below 4e-18), then scaling by 2^k in two
-// factors so that subnormal results are rounded once.
-template <class D>
+// exp(r) to degree Degree, then scaling by 2^k in two factors so that subnormal
+// results are rounded once. Degree 13 (the default, for double results) leaves a
+// truncation error below 4e-18; degree 9, used where the result is rounded to
+// float, below 7e-12 (a ten-thousandth of a float ulp) at four fewer steps.
+template <int Degree = 13, class D>
 RELAXCAT_ALWAYS_INLINE D exp_lanes(D x) {
+    static_assert(Degree >= 2 && Degree <= 13, "exp_lanes takes degree 2 to 13");
     using L = Lanes<D>;
     using U = typename L::U;
     using I = typename L::I;
@@ -146,20 +172,10 @@ RELAXCAT_ALWAYS_INLINE D exp_lanes(D x) {
     const D lo = kd * 1.90821492927058770002e-10;
     const D r = hi - lo;
 
-    // Taylor series, Horner form; coefficients are 1/n!.
-    D p = L::splat(1.6059043836821614599e-10);  // 1/13!
-    p = 2.0876756987868098979e-09 + r * p;
-    p = 2.5052108385441718775e-08 + r * p;
-    p = 2.7557319223985890653e-07 + r * p;
-    p = 2.7557319223985890653e-06 + r * p;
-    p = 2.4801587301587301587e-05 + r * p;
-    p = 1.9841269841269841270e-04 + r * p;
-    p = 1.3888888888888888889e-03 + r * p;
-    p = 8.3333333333333333333e-03 + r * p;
-    p = 4.1666666666666666667e-02 + r * p;
-    p = 1.6666666666666666667e-01 + r * p;
-    p = 0.5 + r * p;
-    p = 1.0 + r * p;
+    // Taylor series, Horner form.
+    D p = L::splat(kInvFactorial[Degree]);
+#pragma GCC unroll 16
+    for (int n = Degree - 1; n >= 1; --n) p = kInvFactorial[n] + r * p;
     const D y = 1.0 + r * p;
 
     // 2^k as two powers of two, each a normal number for k in [-1077, 1025].
@@ -170,8 +186,68 @@ RELAXCAT_ALWAYS_INLINE D exp_lanes(D x) {
     return y * s1 * s2;
 }
 
+template <int Degree = 13>
 inline double exp_d(double x) {
-    return exp_lanes(x);
+    return exp_lanes<Degree>(x);
+}
+
+// Single-precision logarithm, used only by the float32 noise (noise.hpp), for
+// lane types F of floats: float itself, and the float vectors of simd.hpp.
+template <>
+struct Lanes<float> {
+    using U = uint32_t;
+    using I = int32_t;
+    static U bits(float x) { return bit_cast_to<U>(x); }
+    static float value(U b) { return bit_cast_to<float>(b); }
+    static float to_float(I k) { return static_cast<float>(k); }
+    static I splat_i(int32_t c) { return c; }
+};
+
+// log(2^k (1 + f)) for 1 + f in [sqrt(2)/2, sqrt(2)] in float arithmetic: the
+// fdlibm scheme of log_lanes with the degree-8 polynomial of FreeBSD's
+// e_logf.c (coefficients 0xaaaaaa.0p-24, 0xccce13.0p-25, 0x91e9ee.0p-25,
+// 0xf89e26.0p-26; its error as a fit of log(1+s) - log(1-s) is below 5e-11,
+// checked with mpmath). k ln2 in two parts: ln2_hi has 17 significant bits,
+// so k ln2_hi is exact for |k| < 128. With k = 0 the result keeps full relative
+// precision however small f is.
+template <class F, class I>
+RELAXCAT_ALWAYS_INLINE F logf_from_parts(I k, F f) {
+    using L = Lanes<F>;
+    constexpr float kLn2Hi = 0x1.62e3p-1f;
+    constexpr float kLn2Lo = 0x1.2fefa2p-17f;
+    const F h = 0.5f * f * f;
+    const F s = f / (2.0f + f);
+    const F z = s * s;
+    const F w = z * z;
+    const F r = z * (0x1.555554p-1f + w * 0x1.23d3dcp-2f) +
+                w * (0x1.999c26p-2f + w * 0x1.f13c4cp-3f);
+    const F dk = L::to_float(k);
+    return dk * kLn2Hi - ((h - (s * (h + r) + dk * kLn2Lo)) - f);
+}
+
+// The split x = 2^k (1 + f) with 1 + f in [sqrt(2)/2, sqrt(2)), for positive
+// normal finite x (all the noise needs; no edge cases are handled).
+template <class F>
+RELAXCAT_ALWAYS_INLINE void logf_split(F x, typename Lanes<F>::I& k, F& f) {
+    using L = Lanes<F>;
+    using U = typename L::U;
+    using I = typename L::I;
+    const U b = L::bits(x) + (0x3f800000u - 0x3f3504f3u);
+    k = (I)(b >> 23) - 127;
+    f = L::value((b & 0x007fffffu) + 0x3f3504f3u) - 1.0f;
+}
+
+// log x for positive normal finite x, within about an ulp (test_math.py).
+template <class F>
+RELAXCAT_ALWAYS_INLINE F logf_positive(F x) {
+    typename Lanes<F>::I k;
+    F f;
+    logf_split(x, k, f);
+    return logf_from_parts(k, f);
+}
+
+inline float logf_positive_s(float x) {
+    return logf_positive(x);
 }
 
 // lgamma(n) = log((n - 1)!) for a positive integer n. Exact sums of logs

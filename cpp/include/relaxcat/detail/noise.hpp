@@ -1,14 +1,24 @@
 #pragma once
 // Gumbel noise from the Philox stream. This file defines the public random
 // stream of relaxcat (README, "The random stream"); changing any bit of it is a
-// breaking change.
+// breaking change. There are two streams over the same Philox blocks: float64
+// samples read the double noise, float32 samples the float noise.
 //
-// Element i (the row-major index in the output, plus the caller's offset) reads
-// Philox4x32-10 block b = i / 2 under counter (b_lo, b_hi, stream_lo, stream_hi)
-// and key (key_lo, key_hi). Even i takes words 0 and 1 of the block, odd i words
-// 2 and 3; the pair forms w = lo | hi << 32, the uniform is
-// u = ((w >> 12) + 1/2) 2^-52, strictly inside (0, 1), and the noise is
-// g = -log(-log(u)) in [-3.6, 36.8]. float32 and float64 calls use the same noise.
+// Double noise: element i (the row-major index in the output, plus the caller's
+// offset) reads Philox4x32-10 block b = i / 2 under counter (b_lo, b_hi,
+// stream_lo, stream_hi) and key (key_lo, key_hi). Even i takes words 0 and 1 of
+// the block, odd i words 2 and 3; the pair forms w = lo | hi << 32, the uniform
+// is u = ((w >> 12) + 1/2) 2^-52, strictly inside (0, 1), and the noise is
+// g = -log(-log(u)) in [-3.6, 36.8], in double arithmetic (math.hpp's log_d).
+//
+// Float noise: element i reads word i % 4 of block i / 4, w. Its top bit picks
+// the half of (0, 1) that u lies in and the other 31 bits m give the distance
+// from the nearer end, q = (float(m) + 1/2) 2^-32 in float arithmetic (both
+// roundings to nearest), in (0, 1/2]: u = q when the top bit is set, u = 1 - q
+// otherwise. E = -log(u) is formed from q without rounding u (see
+// gumbel_from_word_lanes), so both tails keep full relative precision, and
+// g = -log(E) lies in [-3.13, 22.87]. Every step is a float operation
+// (math.hpp's logf_from_parts), so the noise is the same on every level.
 
 #include <cstdint>
 
@@ -31,6 +41,32 @@ inline double uniform_from_words(uint32_t lo, uint32_t hi) {
 
 inline double gumbel_from_words(uint32_t lo, uint32_t hi) {
     return -log_d(-log_d(uniform_from_words(lo, hi)));
+}
+
+// The float noise of one word w, lane by lane for any float lane type F (with
+// U its 32-bit unsigned lanes). E = -log(u) from q, each case an exact reduction
+// x = 2^k (1 + f) for logf_from_parts:
+//   top bit set:      u = q,     split as usual (left tail: tiny q, large E);
+//   q <= 1 - 1/sqrt2: u = 1 - q, k = 0,  f = -q (log1p, right tail: tiny q);
+//   otherwise:        u = 1 - q, k = -1, f = 1 - 2q (exact by Sterbenz).
+template <class F, class U>
+RELAXCAT_ALWAYS_INLINE F gumbel_from_word_lanes(U w) {
+    using L = Lanes<F>;
+    using I = typename L::I;
+    const F q = (L::to_float((I)(w & 0x7fffffffu)) + 0.5f) * 0x1p-32f;
+    I kq;
+    F fq;
+    logf_split(q, kq, fq);
+    const auto top = (w >> 31) != 0u;
+    const auto near_one = q <= 0.29289322f;
+    const I k = top ? kq : (near_one ? L::splat_i(0) : L::splat_i(-1));
+    const F f = top ? fq : (near_one ? -q : 1.0f - 2.0f * q);
+    const F e = -logf_from_parts(k, f);
+    return -logf_positive(e);
+}
+
+inline float gumbel_from_word(uint32_t w) {
+    return gumbel_from_word_lanes<float>(w);
 }
 
 inline Words4 noise_block(uint64_t key, uint64_t stream, uint64_t block) {
@@ -73,6 +109,49 @@ inline void fill_gumbels(uint64_t key, uint64_t stream, uint64_t first, int64_t 
         const Words4 b =
             noise_block(key, stream, block0 + static_cast<uint64_t>(pairs));
         out[n - 1] = gumbel_from_words(b.w[0], b.w[1]);
+    }
+}
+
+#if defined(RELAXCAT_HAVE_VECTOR_EXTENSIONS)
+// The float noise of the 4 kLanes elements from a multiple of 4, `first`, on:
+// blocks first / 4 .. first / 4 + kLanes - 1, computed in float vectors of
+// 2 kLanes lanes and interleaved back into element order.
+RELAXCAT_SIMD_INLINE void gumbel_group_f32(uint64_t key, uint64_t stream,
+                                           uint64_t first, float* out) {
+    VecU w[4];
+    philox_blocks(key, stream, first >> 2, w);
+    // Words 0 and 1 of each block in a, words 2 and 3 in b: (w0[0], w1[0],
+    // w0[1], w1[1], ...), taking the low halves of the 64-bit lanes.
+    const VecU32 a = __builtin_shuffle(as_u32(w[0]), as_u32(w[1]), kPairLowHalves);
+    const VecU32 b = __builtin_shuffle(as_u32(w[2]), as_u32(w[3]), kPairLowHalves);
+    const VecF ga = gumbel_from_word_lanes<VecF>(a);
+    const VecF gb = gumbel_from_word_lanes<VecF>(b);
+    store_f(out, __builtin_shuffle(ga, gb, kBlocksFirstHalf));
+    store_f(out + 2 * kLanes, __builtin_shuffle(ga, gb, kBlocksSecondHalf));
+}
+#endif
+
+// Writes the float noise of elements first, ..., first + n - 1 to out[0..n),
+// as floats or widened to doubles (Out is float or double).
+template <class Out>
+inline void fill_gumbels_f32(uint64_t key, uint64_t stream, uint64_t first, int64_t n,
+                             Out* out) {
+    int64_t i = 0;
+    // Elements before the first whole block.
+    while (i < n && ((first + static_cast<uint64_t>(i)) & 3) != 0) {
+        const uint64_t e = first + static_cast<uint64_t>(i);
+        out[i++] = gumbel_from_word(noise_block(key, stream, e >> 2).w[e & 3]);
+    }
+#if defined(RELAXCAT_HAVE_VECTOR_EXTENSIONS)
+    for (; i + 4 * kLanes <= n; i += 4 * kLanes) {
+        float g[4 * kLanes];
+        gumbel_group_f32(key, stream, first + static_cast<uint64_t>(i), g);
+        for (int j = 0; j < 4 * kLanes; ++j) out[i + j] = g[j];
+    }
+#endif
+    for (; i < n; ++i) {
+        const uint64_t e = first + static_cast<uint64_t>(i);
+        out[i] = gumbel_from_word(noise_block(key, stream, e >> 2).w[e & 3]);
     }
 }
 

@@ -61,15 +61,11 @@ RELAXCAT_SIMD_INLINE VecD splat_d(double x) {
 }
 
 RELAXCAT_SIMD_INLINE VecU as_u(VecD v) {
-    VecU u;
-    std::memcpy(&u, &v, sizeof u);
-    return u;
+    return bit_cast_to<VecU>(v);
 }
 
 RELAXCAT_SIMD_INLINE VecD as_d(VecU u) {
-    VecD v;
-    std::memcpy(&v, &u, sizeof v);
-    return v;
+    return bit_cast_to<VecD>(u);
 }
 
 // The lane type of math.hpp's log_lanes and exp_lanes for vectors.
@@ -83,12 +79,65 @@ struct Lanes<VecD> {
     static I splat_i(int64_t c) { return VecI{} + c; }
 };
 
+// Float vectors of the same byte width (2 kLanes floats), for the float noise.
+typedef float VecF __attribute__((vector_size(8 * kLanes)));
+typedef int32_t VecI32 __attribute__((vector_size(8 * kLanes)));
+typedef uint32_t VecU32 __attribute__((vector_size(8 * kLanes)));
+
+RELAXCAT_SIMD_INLINE void store_f(float* p, VecF v) {
+    std::memcpy(p, &v, sizeof v);
+}
+
+RELAXCAT_SIMD_INLINE VecU32 as_u32(VecU u) {
+    return bit_cast_to<VecU32>(u);
+}
+
+template <>
+struct Lanes<VecF> {
+    using U = VecU32;
+    using I = VecI32;
+    static U bits(VecF v) { return bit_cast_to<U>(v); }
+    static VecF value(U u) { return bit_cast_to<VecF>(u); }
+    static VecF to_float(I k) { return __builtin_convertvector(k, VecF); }
+    static I splat_i(int32_t c) { return I{} + c; }
+};
+
+// Lane numbers 0, 1, ..., kLanes - 1, and the shuffle masks of the float noise
+// (indices into the concatenation of two VecU32 or VecF; x86 is little-endian,
+// so the low half of 64-bit lane j is 32-bit lane 2 j).
+#if defined(__AVX512F__)
+RELAXCAT_SIMD_INLINE VecU lane_index() {
+    return VecU{0, 1, 2, 3, 4, 5, 6, 7};
+}
+constexpr VecI32 kPairLowHalves = {0, 16, 2,  18, 4,  20, 6,  22,
+                                   8, 24, 10, 26, 12, 28, 14, 30};
+constexpr VecI32 kBlocksFirstHalf = {0, 1, 16, 17, 2, 3, 18, 19,
+                                     4, 5, 20, 21, 6, 7, 22, 23};
+constexpr VecI32 kBlocksSecondHalf = {8,  9,  24, 25, 10, 11, 26, 27,
+                                      12, 13, 28, 29, 14, 15, 30, 31};
+#elif defined(__AVX__)
+RELAXCAT_SIMD_INLINE VecU lane_index() {
+    return VecU{0, 1, 2, 3};
+}
+constexpr VecI32 kPairLowHalves = {0, 8, 2, 10, 4, 12, 6, 14};
+constexpr VecI32 kBlocksFirstHalf = {0, 1, 8, 9, 2, 3, 10, 11};
+constexpr VecI32 kBlocksSecondHalf = {4, 5, 12, 13, 6, 7, 14, 15};
+#else
+RELAXCAT_SIMD_INLINE VecU lane_index() {
+    return VecU{0, 1};
+}
+constexpr VecI32 kPairLowHalves = {0, 4, 2, 6};
+constexpr VecI32 kBlocksFirstHalf = {0, 1, 4, 5};
+constexpr VecI32 kBlocksSecondHalf = {2, 3, 6, 7};
+#endif
+
 RELAXCAT_SIMD_INLINE VecD log_v(VecD x) {
     return log_lanes(x);
 }
 
+template <int Degree = 13>
 RELAXCAT_SIMD_INLINE VecD exp_v(VecD x) {
-    return exp_lanes(x);
+    return exp_lanes<Degree>(x);
 }
 
 // gumbel_from_words of noise.hpp, lane by lane (words in the low 32 bits).
@@ -149,28 +198,31 @@ RELAXCAT_SIMD_INLINE void philox_v(VecU c0, VecU c1, VecU c2, VecU c3, uint32_t 
     out[3] = c3;
 }
 
+// The words of the kLanes consecutive blocks from block0 of a stream.
+RELAXCAT_SIMD_INLINE void philox_blocks(uint64_t key, uint64_t stream, uint64_t block0,
+                                        VecU w[4]) {
+    const VecU block = block0 + lane_index();
+    philox_v(block & 0xffffffffu, block >> 32, VecU{} + (stream & 0xffffffffu),
+             VecU{} + (stream >> 32), static_cast<uint32_t>(key),
+             static_cast<uint32_t>(key >> 32), w);
+}
+
 // The noise of the 2 kLanes elements from an even index `first` on: blocks
 // first / 2 .. first / 2 + kLanes - 1, interleaved back into element order.
 RELAXCAT_SIMD_INLINE void gumbel_group(uint64_t key, uint64_t stream, uint64_t first,
                                        double* out) {
 #if defined(__AVX512F__)
-    const VecU lane = {0, 1, 2, 3, 4, 5, 6, 7};
     const VecI lo_mask = {0, 8, 1, 9, 2, 10, 3, 11};
     const VecI hi_mask = {4, 12, 5, 13, 6, 14, 7, 15};
 #elif defined(__AVX__)
-    const VecU lane = {0, 1, 2, 3};
     const VecI lo_mask = {0, 4, 1, 5};
     const VecI hi_mask = {2, 6, 3, 7};
 #else
-    const VecU lane = {0, 1};
     const VecI lo_mask = {0, 2};
     const VecI hi_mask = {1, 3};
 #endif
-    const VecU block = (first >> 1) + lane;
     VecU w[4];
-    philox_v(block & 0xffffffffu, block >> 32, VecU{} + (stream & 0xffffffffu),
-             VecU{} + (stream >> 32), static_cast<uint32_t>(key),
-             static_cast<uint32_t>(key >> 32), w);
+    philox_blocks(key, stream, first >> 1, w);
     const VecD even = gumbel_v(w[0], w[1]);
     const VecD odd = gumbel_v(w[2], w[3]);
     store_d(out, __builtin_shuffle(even, odd, lo_mask));
