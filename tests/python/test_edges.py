@@ -544,3 +544,33 @@ def test_rsample_vjp_gives_masked_categories_zero_even_for_an_unvalidated_value(
     clean = cls(1.0, logits=logits).rsample_vjp(on_support, np.array([1.0, -2.0, 3.0]))
     assert np.all(np.isfinite(g.logits)) and np.isfinite(g.temperature)
     assert clean.logits[2] == 0.0
+
+
+# ------------------------------------------------ short rows taken as columns
+@pytest.mark.parametrize("cls", [Relaxed, ExpRelaxed])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("k", [2, 3, 8, 16])
+def test_short_rows_give_the_bits_of_the_row_by_row_path(simd_level, cls, dtype, k):
+    # Rows of up to 16 categories are computed down columns when every row of a
+    # block is ordinary (kernels.hpp, Note [rows as columns]). One masked
+    # category anywhere in the block sends the whole block row by row, so the
+    # ordinary rows must come out the same either way. Temperatures up to 1e6
+    # exercise both branches of log_ratio (Note [large temperatures]).
+    rng = np.random.default_rng(k)
+    rows = 300
+    logits = rng.normal(scale=2.0, size=(rows, k)).astype(dtype)
+    temp = np.geomspace(0.05, 1e6, rows).astype(dtype)[:, None]
+    d = cls(temp[:, 0], logits=logits)
+    value = d.rsample(rng=3)
+    lp = d.log_prob(value)
+
+    masked = np.vstack([logits, logits[:1]])
+    masked[-1, 0] = -np.inf
+    dm = cls(np.append(temp[:, 0], dtype(1.0)), logits=masked)
+    vm = np.vstack([value, dm.rsample(rng=4)[-1:]])
+    np.testing.assert_array_equal(dm.log_prob(vm)[:-1], lp)
+
+    # Strided (not dense) inputs take the per-row loads of the same path.
+    wide = np.zeros((rows, 2 * k), dtype)
+    wide[:, ::2] = value
+    np.testing.assert_array_equal(d.log_prob(wide[:, ::2]), lp)

@@ -106,9 +106,19 @@ private:
 // are within a factor 1.25 of each other the difference of the two rounded logs
 // would keep only the digits they do not share; log1p of the exactly formed
 // relative difference keeps them all (Note [large temperatures]).
+// Lane by lane for doubles or vectors of doubles; both branches are computed
+// and one selected.
+template <class D>
+RELAXCAT_ALWAYS_INLINE D log_ratio_lanes(D x, D xref, D log_x, D log_xref) {
+    const D q = (x - xref) / xref;
+    D h, s;
+    const D r = log1p_poly(q, h, s);
+    const D near = q - (h - s * (h + r));  // log1p_small(q)
+    return ((q > -0.2) & (q < 0.25)) ? near : log_x - log_xref;
+}
+
 inline double log_ratio(double x, double xref, double log_x, double log_xref) {
-    const double q = (x - xref) / xref;
-    return (q > -0.2 && q < 0.25) ? log1p_small(q) : log_x - log_xref;
+    return log_ratio_lanes(x, xref, log_x, log_xref);
 }
 
 inline double max_d(double a, double b) {
@@ -122,14 +132,7 @@ inline double max_d(double a, double b) {
 // scale 1 and their bits.
 constexpr double kScaleAbove = 1e150;
 
-// The largest entry of a row; -inf when all are -inf.
-inline double row_max(const double* p, int64_t k) {
-    double m = -kInf;
-    for (int64_t j = 0; j < k; ++j) m = max_d(m, p[j]);
-    return m;
-}
-
-// Note [row reductions]: rsample sums and maximises a row of fewer than 2 kSlots
+// Note [row reductions]: the kernels sum and maximise a row of fewer than 2 kSlots
 // elements in order, from the first element on. A longer row is reduced in kSlots
 // interleaved partial results: slot i starts as element i and takes elements
 // i + kSlots, i + 2 kSlots, ... in turn; then, for w = 8, 4, 2, 1, slot i (i < w)
@@ -201,9 +204,9 @@ inline int64_t block_capacity(int64_t k) {
 }
 
 // Scratch a kernel needs per thread, in doubles: three element buffers of one
-// block and six per-row buffers (a block holds at most kBlockElements rows).
+// block and seven per-row buffers (a block holds at most kBlockElements rows).
 inline int64_t scratch_size(int64_t k) {
-    return 3 * block_capacity(k) + 6 * kBlockElements;
+    return 3 * block_capacity(k) + 7 * kBlockElements;
 }
 
 inline int64_t rows_per_block(int64_t k) {
@@ -243,7 +246,8 @@ inline void log_inplace(double* p, int64_t n) {
 }
 
 // Note [rows as columns]: rows of up to kColumnMaxK categories are too short for
-// loops along a row to pay. rsample then copies a block into column-major
+// loops along a row to pay. rsample, and log_prob of ordinary rows without
+// gradients (log_prob_block_columns), then copy a block into column-major
 // buffers (column j holds element j of every row of the block) and runs each
 // step as a flat loop down the columns, which vectorises across rows. Each row
 // still goes through the same operations in the same order as in the row-major
@@ -528,6 +532,130 @@ void rsample_rows(const RsampleArgs<Real>& a, int64_t r0, int64_t r1, double* sc
     }
 }
 
+// log_prob_rows for one block of short rows in columns (Note [rows as columns]),
+// for the ordinary case only: every category live and every value entry finite
+// and (on the simplex) positive, and no gradients wanted. Returns false, having
+// written nothing, when some row of the block is not ordinary; the caller then
+// takes the block row by row. The operations and their order are those of the
+// ordinary rows of log_prob_rows, so the bits are the same. xc, yc and lc are
+// element buffers of the block; rows points to six per-row buffers.
+template <class Real, class Walker>
+bool log_prob_block_columns(const LogProbArgs<Real>& a, Walker& walk, int64_t rb,
+                            int64_t nb, double* xc, double* yc, double* lc,
+                            double* rows) {
+    const int64_t k = a.shape.k;
+    const int64_t n = nb * k;
+    const bool simplex = a.space == Space::simplex;
+    const bool dense_logits = dense_rows(a.logits, a.shape);
+    const bool dense_value = dense_rows(a.value, a.shape);
+    const bool one_t = same_for_all_rows(a.temperature, a.shape);
+    double* const t = rows;                      // per row: T,
+    double* const amax = t + kBlockElements;     // max a,
+    double* const ymax = amax + kBlockElements;  // the largest y and
+    double* const xmax = ymax + kBlockElements;  // its x,
+    double* const lin = xmax + kBlockElements;   // the linear terms,
+    double* const zmax = lin + kBlockElements;   // max z, then log sum exp.
+
+    if (!dense_logits || !dense_value || !one_t) {
+        for (int64_t i = 0; i < nb; ++i, walk.advance()) {
+            t[i] = static_cast<double>(a.temperature.data[walk.offset[1]]);
+            const Real* lg = a.logits.data + walk.offset[0];
+            const Real* v = a.value.data + walk.offset[2];
+            for (int64_t j = 0; j < k; ++j) {
+                if (!dense_logits)
+                    lc[j * nb + i] = static_cast<double>(lg[j * a.logits.kstride]);
+                if (!dense_value)
+                    xc[j * nb + i] = static_cast<double>(v[j * a.value.kstride]);
+            }
+        }
+    } else {
+        const double t0 = static_cast<double>(a.temperature.data[0]);
+        for (int64_t i = 0; i < nb; ++i) t[i] = t0;
+    }
+    with_short_k(k, [&](auto kk) {
+        if (dense_logits) rows_to_columns(a.logits.data + rb * k, nb, kk, lc);
+        if (dense_value) rows_to_columns(a.value.data + rb * k, nb, kk, xc);
+    });
+
+    // Ordinary rows only.
+    const double lowest = simplex ? 0.0 : -kInf;  // a value must lie above it
+    int64_t unusual = 0;
+    for (int64_t j = 0; j < n; ++j)
+        unusual += !((lc[j] > -kInf) & (xc[j] > lowest) & (xc[j] < kInf));
+    if (unusual != 0) return false;
+
+    for (int64_t j = 0; j < n; ++j) yc[j] = xc[j];
+    if (simplex) log_inplace(yc, n);
+    for (int64_t i = 0; i < nb; ++i) {
+        amax[i] = lc[i];
+        ymax[i] = yc[i];
+        xmax[i] = xc[i];
+        lin[i] = simplex ? -yc[i] : 0.0;
+    }
+    for (int64_t j = 1; j < k; ++j) {
+        for (int64_t i = 0; i < nb; ++i) {
+            const double yj = yc[j * nb + i];
+            amax[i] = max_d(amax[i], lc[j * nb + i]);
+            xmax[i] = yj > ymax[i] ? xc[j * nb + i] : xmax[i];
+            ymax[i] = yj > ymax[i] ? yj : ymax[i];
+            lin[i] += simplex ? -yj : 0.0;
+        }
+    }
+    // z = (a - max a) - T (y - max y), y - max y as in Note [large temperatures].
+    for (int64_t j = 0; j < k; ++j) {
+        double* const yj = yc + j * nb;
+        const double* const xj = xc + j * nb;
+        const double* const aj = lc + j * nb;
+        int64_t i = 0;
+#if defined(RELAXCAT_HAVE_VECTOR_EXTENSIONS)
+        for (; i + kLanes <= nb; i += kLanes) {
+            const VecD y = load_d(yj + i);
+            const VecD d = simplex ? log_ratio_lanes(load_d(xj + i), load_d(xmax + i),
+                                                     y, load_d(ymax + i))
+                                   : y - load_d(ymax + i);
+            const VecD z = (load_d(aj + i) - load_d(amax + i)) - load_d(t + i) * d;
+            store_d(yj + i, z);
+            const VecD m = load_d(zmax + i);
+            store_d(zmax + i, j == 0 ? z : (m > z ? m : z));
+        }
+#endif
+        for (; i < nb; ++i) {
+            const double d =
+                simplex ? log_ratio(xj[i], xmax[i], yj[i], ymax[i]) : yj[i] - ymax[i];
+            const double z = (aj[i] - amax[i]) - t[i] * d;
+            yj[i] = z;
+            zmax[i] = j == 0 ? z : max_d(zmax[i], z);
+        }
+    }
+    bool finite = true;
+    for (int64_t i = 0; i < nb; ++i) finite &= zmax[i] < kInf;
+    if (!finite) return false;  // T (y - max y) overflowed: log_prob_rows's case
+    for (int64_t j = 0; j < k; ++j) {
+        for (int64_t i = 0; i < nb; ++i) {
+            yc[j * nb + i] -= zmax[i];
+            lin[i] += yc[j * nb + i];
+        }
+    }
+
+    // The density: lgamma(K) + (K - 1) log T + lin - K log(sum exp(z - max z)).
+    exp_inplace(yc, n);
+    for (int64_t i = 0; i < nb; ++i) zmax[i] = yc[i];
+    for (int64_t j = 1; j < k; ++j)
+        for (int64_t i = 0; i < nb; ++i) zmax[i] += yc[j * nb + i];
+    log_inplace(zmax, nb);
+    const double kd = static_cast<double>(k);
+    const double lgamma_k = lgamma_int(k);
+    double last_t = t[0], head = lgamma_k + (kd - 1.0) * log_d(t[0]);
+    for (int64_t i = 0; i < nb; ++i) {
+        if (t[i] != last_t) {
+            last_t = t[i];
+            head = lgamma_k + (kd - 1.0) * log_d(t[i]);
+        }
+        a.log_prob[rb + i] = static_cast<Real>(head + lin[i] - kd * zmax[i]);
+    }
+    return true;
+}
+
 // The log-density of a value (x on the simplex, or y = log x) and its
 // vector-Jacobian product. The formulas are those of tests/data/README.md:
 //   simplex: lgamma(K) + (K-1) log T + sum(a - (T+1) y) - K lse(a - T y)
@@ -558,13 +686,20 @@ void log_prob_rows(const LogProbArgs<Real>& a, int64_t r0, int64_t r1,
     double* row_lin = row_kind + kBlockElements;
     double* row_zmax = row_lin + kBlockElements;
     double* row_zeros = row_zmax + kBlockElements;
+    double* row_sum = row_zeros + kBlockElements;    // sum of exp(z - max z)
+    double* row_log_sum = row_sum + kBlockElements;  // and its log
     int64_t cached_k = -1;
     double cached_lgamma = 0.0;
+    double cached_t = 0.0, cached_log_t = -kInf;  // T > 0: the first row sets them
 
     for (int64_t rb = r0; rb < r1; rb += rows_per_block(k)) {
         const int64_t nb = r1 - rb < rows_per_block(k) ? r1 - rb : rows_per_block(k);
         const int64_t n = nb * k;
         const RowWalker<4> block_start = walk;
+        if (k <= kColumnMaxK && !want_grad && a.log_prob != nullptr) {
+            if (log_prob_block_columns(a, walk, rb, nb, y, w, la, row_live)) continue;
+            walk = block_start;
+        }
 
         // 1. Logits and value as doubles, then y = log x for the whole block, flat.
         for (int64_t i = 0; i < nb; ++i, walk.advance()) {
@@ -581,7 +716,7 @@ void log_prob_rows(const LogProbArgs<Real>& a, int64_t r0, int64_t r1,
             const double t = static_cast<double>(a.temperature.data[walk.offset[1]]);
             double* yi = y + i * k;
             double* wi = w + i * k;
-            const double amax = row_max(lg, k);
+            const double amax = slot_max(lg, k);
             int64_t live = 0, zeros = 0;
             bool off_face = false;
             for (int64_t j = 0; j < k; ++j) {
@@ -646,8 +781,11 @@ void log_prob_rows(const LogProbArgs<Real>& a, int64_t r0, int64_t r1,
             row_zmax[i] = zmax;
         }
 
-        // 3. The exponentials, flat.
+        // 3. The exponentials, flat; the row sums, and their logs in one flat pass.
         exp_inplace(w, n);
+        for (int64_t i = 0; i < nb; ++i) row_sum[i] = slot_sum(w + i * k, k);
+        for (int64_t i = 0; i < nb; ++i) row_log_sum[i] = row_sum[i];
+        log_inplace(row_log_sum, nb);
 
         // 4. Per row: the density, then the gradients.
         walk = block_start;
@@ -667,15 +805,18 @@ void log_prob_rows(const LogProbArgs<Real>& a, int64_t r0, int64_t r1,
                 cached_k = live;
                 cached_lgamma = lgamma_int(live);
             }
-            double sum = 0.0;
-            for (int64_t j = 0; j < k; ++j) sum += wi[j];
-            const double head = cached_lgamma + (kd - 1.0) * log_d(t);
+            const double sum = row_sum[i];
+            if (t != cached_t) {  // one log per run of equal temperatures
+                cached_t = t;
+                cached_log_t = log_d(t);
+            }
+            const double head = cached_lgamma + (kd - 1.0) * cached_log_t;
 
             double lp;
             if (kind == 2) {
                 lp = -kInf;  // weight on an impossible category
             } else if (kind == 0) {
-                lp = head + row_lin[i] - kd * log_d(sum);
+                lp = head + row_lin[i] - kd * row_log_sum[i];
             } else {
                 const double m = row_zeros[i];
                 // The exact sign of T (K - m) - m (one rounding): fl(1/3) with
@@ -686,7 +827,7 @@ void log_prob_rows(const LogProbArgs<Real>& a, int64_t r0, int64_t r1,
                 else if (c < 0.0)
                     lp = kInf;
                 else
-                    lp = head + row_lin[i] - kd * (row_zmax[i] + log_d(sum));
+                    lp = head + row_lin[i] - kd * (row_zmax[i] + row_log_sum[i]);
             }
             if (a.log_prob != nullptr) a.log_prob[r] = static_cast<Real>(lp);
             if (!want_grad) continue;
