@@ -142,16 +142,18 @@ constexpr double kScaleAbove = 1e150;
 // the arithmetic rather than of its latency.
 constexpr int kSlots = 16;
 
-template <class Op>
-inline double reduce_row(const double* p, int64_t k, double empty, Op op) {
+// Reduces f(p[0]), ..., f(p[k - 1]) with op (f applies lane by lane to doubles
+// and vectors alike).
+template <class Op, class F>
+inline double reduce_row(const double* p, int64_t k, double empty, Op op, F f) {
     if (k < 2 * kSlots) {
         double r = empty;
-        if (k > 0) r = p[0];
-        for (int64_t j = 1; j < k; ++j) r = op(r, p[j]);
+        if (k > 0) r = f(p[0]);
+        for (int64_t j = 1; j < k; ++j) r = op(r, f(p[j]));
         return r;
     }
     double slot[kSlots];
-    for (int i = 0; i < kSlots; ++i) slot[i] = p[i];
+    for (int i = 0; i < kSlots; ++i) slot[i] = f(p[i]);
     int64_t j = kSlots;
 #if defined(RELAXCAT_HAVE_VECTOR_EXTENSIONS)
     constexpr int kVectors = kSlots / kLanes;
@@ -159,13 +161,13 @@ inline double reduce_row(const double* p, int64_t k, double empty, Op op) {
     for (int v = 0; v < kVectors; ++v) acc[v] = load_d(slot + v * kLanes);
     for (; j + kSlots <= k; j += kSlots)
         for (int v = 0; v < kVectors; ++v)
-            acc[v] = op(acc[v], load_d(p + j + v * kLanes));
+            acc[v] = op(acc[v], f(load_d(p + j + v * kLanes)));
     for (int v = 0; v < kVectors; ++v) store_d(slot + v * kLanes, acc[v]);
 #else
     for (; j + kSlots <= k; j += kSlots)
-        for (int i = 0; i < kSlots; ++i) slot[i] = op(slot[i], p[j + i]);
+        for (int i = 0; i < kSlots; ++i) slot[i] = op(slot[i], f(p[j + i]));
 #endif
-    for (int i = 0; j < k; ++i, ++j) slot[i] = op(slot[i], p[j]);
+    for (int i = 0; j < k; ++i, ++j) slot[i] = op(slot[i], f(p[j]));
     for (int w = kSlots / 2; w >= 1; w /= 2)
         for (int i = 0; i < w; ++i) slot[i] = op(slot[i], slot[i + w]);
     return slot[0];
@@ -173,11 +175,21 @@ inline double reduce_row(const double* p, int64_t k, double empty, Op op) {
 
 // Sum and maximum of a row in the order of Note [row reductions].
 inline double slot_sum(const double* p, int64_t k) {
-    return reduce_row(p, k, 0.0, [](auto a, auto b) { return a + b; });
+    return reduce_row(
+        p, k, 0.0, [](auto a, auto b) { return a + b; }, [](auto x) { return x; });
 }
 
 inline double slot_max(const double* p, int64_t k) {
-    return reduce_row(p, k, -kInf, [](auto a, auto b) { return a > b ? a : b; });
+    return reduce_row(
+        p, k, -kInf, [](auto a, auto b) { return a > b ? a : b; },
+        [](auto x) { return x; });
+}
+
+// The sum of the entries above -inf (masked ones count as 0).
+inline double slot_sum_finite(const double* p, int64_t k) {
+    return reduce_row(
+        p, k, 0.0, [](auto a, auto b) { return a + b; },
+        [](auto x) { return x > -kInf ? x : decltype(x){}; });
 }
 
 // A strided row widened to doubles in a contiguous buffer; the contiguous case
@@ -532,6 +544,66 @@ void rsample_rows(const RsampleArgs<Real>& a, int64_t r0, int64_t r1, double* sc
     }
 }
 
+// Contiguous Reals as a vector of doubles.
+#if defined(RELAXCAT_HAVE_VECTOR_EXTENSIONS)
+RELAXCAT_SIMD_INLINE VecD load_as_d(const double* p) {
+    return load_d(p);
+}
+
+RELAXCAT_SIMD_INLINE VecD load_as_d(const float* p) {
+    typedef float Half __attribute__((vector_size(4 * kLanes)));
+    Half h;
+    std::memcpy(&h, p, sizeof h);
+    return __builtin_convertvector(h, VecD);
+}
+#endif
+
+// The ordinary case of log_prob_rows for a row of 2 kSlots or more categories:
+// the same formulas as its loop for shorter rows, vectorised, with sums and
+// maxima in the order of Note [row reductions]. On entry yi holds log x; on
+// return it holds y - max y (-inf where masked), wi holds z (not yet shifted),
+// zmax its maximum, and the result is sum_live -y (simplex) or 0. lg are the
+// logits of the row, v its value (stride vs).
+template <class Real>
+double ordinary_long_row(const double* lg, double amax, const Real* v, int64_t vs,
+                         double t, bool simplex, int64_t k, double* yi, double* wi,
+                         double& zmax) {
+    // The live category with the largest y (the first, if several).
+    for (int64_t j = 0; j < k; ++j) wi[j] = lg[j] > -kInf ? yi[j] : -kInf;
+    const double ymax = slot_max(wi, k);
+    int64_t jmax = 0;
+    while (jmax < k - 1 && !(lg[jmax] > -kInf && yi[jmax] == ymax)) ++jmax;
+    const double xmax = static_cast<double>(v[jmax * vs]);
+    for (int64_t j = 0; j < k; ++j) wi[j] = lg[j] > -kInf && simplex ? -yi[j] : 0.0;
+    const double lin = slot_sum(wi, k);
+
+    int64_t j = 0;
+#if defined(RELAXCAT_HAVE_VECTOR_EXTENSIONS)
+    if (vs == 1) {
+        for (; j + kLanes <= k; j += kLanes) {
+            const VecD y = load_d(yi + j);
+            const VecD aj = load_d(lg + j) - amax;
+            const VecD d = simplex ? log_ratio_lanes(load_as_d(v + j), splat_d(xmax), y,
+                                                     splat_d(ymax))
+                                   : y - ymax;
+            const auto live = aj > -kInf;
+            store_d(yi + j, live ? d : splat_d(-kInf));
+            store_d(wi + j, live ? aj - t * d : splat_d(-kInf));
+        }
+    }
+#endif
+    for (; j < k; ++j) {
+        const double aj = lg[j] - amax;
+        const double d =
+            simplex ? log_ratio(static_cast<double>(v[j * vs]), xmax, yi[j], ymax)
+                    : yi[j] - ymax;
+        yi[j] = aj > -kInf ? d : -kInf;
+        wi[j] = aj > -kInf ? aj - t * d : -kInf;
+    }
+    zmax = slot_max(wi, k);
+    return lin;
+}
+
 // log_prob_rows for one block of short rows in columns (Note [rows as columns]),
 // for the ordinary case only: every category live and every value entry finite
 // and (on the simplex) positive, and no gradients wanted. Returns false, having
@@ -717,20 +789,30 @@ void log_prob_rows(const LogProbArgs<Real>& a, int64_t r0, int64_t r1,
             double* yi = y + i * k;
             double* wi = w + i * k;
             const double amax = slot_max(lg, k);
-            int64_t live = 0, zeros = 0;
-            bool off_face = false;
+            int64_t live = 0, zeros = 0, stray = 0;  // counts, so that it vectorises
             for (int64_t j = 0; j < k; ++j) {
                 const bool is_live = lg[j] > -kInf;
                 live += is_live;
-                zeros += is_live && yi[j] == -kInf;
-                off_face = off_face || (!is_live && yi[j] > -kInf);
+                zeros += is_live & (yi[j] == -kInf);
+                stray += !is_live & (yi[j] > -kInf);
             }
+            const bool off_face = stray > 0;
             row_live[i] = static_cast<double>(live);
             row_zeros[i] = static_cast<double>(zeros);
             row_kind[i] = off_face ? 2.0 : (zeros > 0 ? 1.0 : 0.0);
             double zmax = -kInf, lin = 0.0;
             if (off_face) {
                 for (int64_t j = 0; j < k; ++j) wi[j] = -kInf;
+            } else if (zeros == 0 && k >= 2 * kSlots) {
+                lin = ordinary_long_row(lg, amax, a.value.data + walk.offset[2], vs, t,
+                                        simplex, k, yi, wi, zmax);
+                if (zmax == kInf) {
+                    row_kind[i] = 2.0;  // as in the loop below
+                    for (int64_t j = 0; j < k; ++j) wi[j] = -kInf;
+                    zmax = -kInf;
+                }
+                for (int64_t j = 0; j < k; ++j) wi[j] -= zmax;
+                lin += slot_sum_finite(wi, k);
             } else if (zeros == 0) {
                 // The ordinary case: z = (a - max a) - T (y - max y) over the live
                 // categories; see Note [large temperatures].
