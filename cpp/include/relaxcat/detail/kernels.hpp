@@ -1074,25 +1074,24 @@ void check_rows(const CheckArgs<Real>& a, int64_t r0, int64_t r1, double* scratc
     for (int64_t r = r0; r < r1; ++r, walk.advance()) {
         load_row(a.value.data + walk.offset[1], vs, k, v);
         const Real* lg = a.logits.data + walk.offset[0];
-        bool bad = false, masked_weight = false;
+        // Counts rather than early exits, so that the loop vectorises.
+        const double lowest = simplex ? 0.0 : -kInf;  // what a masked entry must be
+        int64_t bad = 0, masked_weight = 0;
         for (int64_t j = 0; j < k; ++j) {
-            const bool ok =
-                simplex ? (v[j] >= 0.0 && v[j] < kInf) : (v[j] == v[j] && v[j] < kInf);
-            bad = bad || !ok;
+            const bool ok = simplex ? (v[j] >= 0.0) & (v[j] < kInf)
+                                    : (v[j] == v[j]) & (v[j] < kInf);
+            bad += !ok;
             const bool masked = static_cast<double>(lg[j * ks]) == -kInf;
-            masked_weight =
-                masked_weight || (masked && (simplex ? v[j] != 0.0 : v[j] > -kInf));
+            masked_weight += masked & (v[j] > lowest);
         }
         if (!simplex) exp_inplace(v, k);
-        double sum = 0.0;
-        for (int64_t j = 0; j < k; ++j) sum += v[j];
-        const double off = sum - 1.0;
+        const double off = slot_sum(v, k) - 1.0;
         uint8_t status = 0;
-        if (bad)
+        if (bad != 0)
             status = 1;
         else if (off > a.tol || off < -a.tol)
             status = 2;
-        else if (masked_weight)
+        else if (masked_weight != 0)
             status = 3;
         a.status[r] = status;
     }
