@@ -987,7 +987,10 @@ void rsample_vjp_rows(const RsampleVjpArgs<Real>& a, int64_t r0, int64_t r1,
     const int64_t vs = a.value.kstride, gs = a.grad.kstride, ls = a.logits.kstride;
     double* x = scratch;
     double* y = scratch + cap;
-    double* gb = scratch + 2 * cap;  // the upstream gradient, per element
+    double* gb = scratch + 2 * cap;       // the upstream gradient, per element
+    double* row_sum = scratch + 3 * cap;  // per row: sum x and its log
+    double* row_log_sum = row_sum + kBlockElements;
+    double last_t = 0.0, inv_t = kInf;  // T > 0, so the first row sets them
 
     for (int64_t rb = r0; rb < r1; rb += rows_per_block(k)) {
         const int64_t nb = r1 - rb < rows_per_block(k) ? r1 - rb : rows_per_block(k);
@@ -1015,22 +1018,36 @@ void rsample_vjp_rows(const RsampleVjpArgs<Real>& a, int64_t r0, int64_t r1,
             exp_inplace(x, n);
         }
 
-        // 2. Per row; see Note [renormalised sample].
+        // 2. The row sums of x, and their logs in one flat pass.
+        for (int64_t i = 0; i < nb; ++i) {
+            const double* xi = x + i * k;
+            double sum = 0.0;
+            for (int64_t j = 0; j < k; ++j) sum += xi[j];
+            row_sum[i] = sum;
+            row_log_sum[i] = sum;
+        }
+        log_inplace(row_log_sum, nb);
+
+        // 3. Per row; see Note [renormalised sample].
         walk = block_start;
         for (int64_t i = 0; i < nb; ++i, walk.advance()) {
             const int64_t r = rb + i;
             const double* gw = gb + i * k;
             const double t = static_cast<double>(a.temperature.data[walk.offset[2]]);
+            if (t != last_t) {  // one division per run of equal temperatures
+                last_t = t;
+                inv_t = 1.0 / t;
+            }
             const double* xi = x + i * k;
             const double* yi = y + i * k;
-            double sum = 0.0, wx = 0.0, wsum = 0.0;
+            double wx = 0.0, wsum = 0.0;
             for (int64_t j = 0; j < k; ++j) {
                 const double wj = gw[j];
-                sum += xi[j];
                 wx += xi[j] > 0.0 ? wj * xi[j] : 0.0;
                 wsum += yi[j] > -kInf ? wj : 0.0;
             }
-            const double log_sum = log_d(sum);
+            const double sum = row_sum[i];
+            const double log_sum = row_log_sum[i];
             const double inv_sum = 1.0 / sum;
 
             // In log space y may lie far below any double's log, where
@@ -1041,6 +1058,10 @@ void rsample_vjp_rows(const RsampleVjpArgs<Real>& a, int64_t r0, int64_t r1,
             for (int64_t j = 0; j < k; ++j)
                 if (yi[j] > -kInf) ymax = max_d(ymax, log_sum - yi[j]);
             const double scale = ymax > kScaleAbove ? ymax : 1.0;
+            // Dividing by a scale of 1 changes nothing, and T only through 1 / T
+            // where that is finite.
+            const double inv_scale = 1.0 / scale;
+            const bool finite_inv_t = inv_t < kInf;
             double acc = 0.0;
             Real* gl = a.grad_logits != nullptr ? a.grad_logits + r * k : nullptr;
             for (int64_t j = 0; j < k; ++j) {
@@ -1052,8 +1073,11 @@ void rsample_vjp_rows(const RsampleVjpArgs<Real>& a, int64_t r0, int64_t r1,
                 } else {
                     ds = yi[j] > -kInf ? wj - (xi[j] * inv_sum) * wsum : 0.0;
                 }
-                acc += ds != 0.0 ? ds * ((yi[j] - log_sum) / scale) : 0.0;
-                if (gl != nullptr) gl[j] = static_cast<Real>(ds / t);
+                const double rel =
+                    scale == 1.0 ? yi[j] - log_sum : (yi[j] - log_sum) * inv_scale;
+                acc += ds != 0.0 ? ds * rel : 0.0;
+                if (gl != nullptr)
+                    gl[j] = static_cast<Real>(finite_inv_t ? ds * inv_t : ds / t);
             }
             if (a.grad_temperature != nullptr)
                 a.grad_temperature[r] = static_cast<Real>(-(acc / t) * scale);
