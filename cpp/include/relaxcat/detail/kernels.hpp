@@ -453,7 +453,7 @@ void rsample_rows(const RsampleArgs<Real>& a, int64_t r0, int64_t r1, double* sc
         given64 ? a.noise.gumbels64.stride : a.noise.gumbels.stride};
     RowWalker<3> walk(a.shape, r0, strides);
     double* s = scratch;
-    double* e = scratch + cap;
+    double* e_buffer = scratch + cap;
     double* la = scratch + 2 * cap;
     double* row_sum = scratch + 3 * cap;  // per-row buffers of the block
     double* row_inv = row_sum + kBlockElements;
@@ -475,7 +475,7 @@ void rsample_rows(const RsampleArgs<Real>& a, int64_t r0, int64_t r1, double* sc
         }
 
         if (k <= kColumnMaxK) {
-            rsample_block_columns(a, walk, rb, nb, s, e, la, row_sum);
+            rsample_block_columns(a, walk, rb, nb, s, e_buffer, la, row_sum);
             continue;
         }
 
@@ -517,7 +517,9 @@ void rsample_rows(const RsampleArgs<Real>& a, int64_t r0, int64_t r1, double* sc
             }
         }
 
-        // 3. The exponentials, flat.
+        // 3. The exponentials, flat; in place when s is not needed again, which
+        // keeps a long row's working set smaller.
+        double* const e = a.log_x != nullptr ? e_buffer : s;
         exp_into<kExpDegree<Real>>(s, e, n);
 
         // 4. The row sums (the largest term is 1, so each is in [1, K]), then the
