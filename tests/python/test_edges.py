@@ -612,3 +612,33 @@ def test_long_rows_log_prob_matches_a_long_double_oracle(simd_level, space, k):
         # Cancellation in the oracle's own sums: terms of size T |y| in long double.
         scale = float(np.abs(t * y).sum() + np.abs(a).sum() + 1.0)
         assert abs(got[i] - float(want)) <= 1e-13 * scale, (i, got[i], float(want))
+
+
+@pytest.mark.parametrize("cls", [Relaxed, ExpRelaxed])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("k", [2, 5, 16])
+def test_short_rows_rsample_vjp_gives_the_bits_of_the_row_by_row_path(
+    simd_level, cls, dtype, k
+):
+    # rsample_vjp takes rows of up to 16 categories down columns. Padding each
+    # row with 32 - K masked categories sends it row by row; the masked entries
+    # add exact zeros to every sum, so the live gradients must be the same bits.
+    rng = np.random.default_rng(100 + k)
+    rows = 500
+    logits = rng.normal(scale=2.0, size=(rows, k)).astype(dtype)
+    temp = np.geomspace(0.05, 50.0, rows).astype(dtype)
+    d = cls(temp, logits=logits)
+    value = d.rsample(rng=5)
+    w = rng.normal(size=(rows, k)).astype(dtype)
+    short = d.rsample_vjp(value, w)
+
+    pad = 32 - k
+    masked = np.hstack([logits, np.full((rows, pad), -np.inf, dtype)])
+    dp = cls(temp, logits=masked)
+    empty = 0.0 if cls is Relaxed else -np.inf
+    vp = np.hstack([value, np.full((rows, pad), empty, dtype)])
+    wp = np.hstack([w, rng.normal(size=(rows, pad)).astype(dtype)])
+    long = dp.rsample_vjp(vp, wp)
+    np.testing.assert_array_equal(long.logits[:, :k], short.logits)
+    np.testing.assert_array_equal(long.temperature, short.temperature)
+    assert np.all(long.logits[:, k:] == 0)

@@ -216,9 +216,9 @@ inline int64_t block_capacity(int64_t k) {
 }
 
 // Scratch a kernel needs per thread, in doubles: three element buffers of one
-// block and seven per-row buffers (a block holds at most kBlockElements rows).
+// block and ten per-row buffers (a block holds at most kBlockElements rows).
 inline int64_t scratch_size(int64_t k) {
-    return 3 * block_capacity(k) + 7 * kBlockElements;
+    return 3 * block_capacity(k) + 10 * kBlockElements;
 }
 
 inline int64_t rows_per_block(int64_t k) {
@@ -327,15 +327,12 @@ inline void rows_to_columns(const Src* src, int64_t nb, K k, double* dst) {
             dst[j * nb + i] = static_cast<double>(src[i * k + j]);
 }
 
-// Columns back into nb dense rows: dst[i K + j] = col[j nb + i] * scale[i], or
-// col[j nb + i] - shift[i] (Subtract).
-template <bool Subtract, class Real, class K>
-inline void columns_to_rows(const double* col, const double* by, int64_t nb, K k,
-                            Real* dst) {
+// Columns back into nb dense rows: dst[i K + j] = f(col[j nb + i], i).
+template <class Real, class K, class F>
+inline void columns_to_rows(const double* col, int64_t nb, K k, Real* dst, F f) {
     for (int64_t i = 0; i < nb; ++i)
         for (int64_t j = 0; j < k; ++j)
-            dst[i * k + j] = static_cast<Real>(Subtract ? col[j * nb + i] - by[i]
-                                                        : col[j * nb + i] * by[i]);
+            dst[i * k + j] = static_cast<Real>(f(col[j * nb + i], i));
 }
 
 // One block of rsample_rows in columns: rows rb .. rb + nb - 1, whose noise (if
@@ -431,12 +428,14 @@ void rsample_block_columns(const RsampleArgs<Real>& a, Walker& walk, int64_t rb,
     with_short_k(k, [&](auto kk) {
         if (a.x != nullptr) {
             for (int64_t i = 0; i < nb; ++i) inv[i] = 1.0 / sum[i];
-            columns_to_rows<false>(ex, inv, nb, kk, a.x + rb * k);
+            columns_to_rows(ex, nb, kk, a.x + rb * k,
+                            [inv](double e, int64_t i) { return e * inv[i]; });
         }
         if (a.log_x != nullptr) {
             for (int64_t i = 0; i < nb; ++i) inv[i] = sum[i];
             log_inplace(inv, nb);
-            columns_to_rows<true>(u, inv, nb, kk, a.log_x + rb * k);
+            columns_to_rows(u, nb, kk, a.log_x + rb * k,
+                            [inv](double z, int64_t i) { return z - inv[i]; });
         }
     });
 }
@@ -969,6 +968,140 @@ void log_prob_rows(const LogProbArgs<Real>& a, int64_t r0, int64_t r1,
     }
 }
 
+// rsample_vjp_rows for one block of short rows in columns (Note [rows as
+// columns]): the same operations in the same order per row, so the same bits.
+// x, y and gb are element buffers of the block; rows points to ten per-row
+// buffers.
+template <class Real, class Walker>
+void rsample_vjp_block_columns(const RsampleVjpArgs<Real>& a, Walker& walk, int64_t rb,
+                               int64_t nb, double* x, double* y, double* gb,
+                               double* rows) {
+    const int64_t k = a.shape.k;
+    const int64_t n = nb * k;
+    const bool simplex = a.space == Space::simplex;
+    const bool masks = a.logits.data != nullptr;
+    const bool dense_value = dense_rows(a.value, a.shape);
+    const bool dense_grad = dense_rows(a.grad, a.shape);
+    const bool dense_logits = !masks || dense_rows(a.logits, a.shape);
+    const bool one_t = same_for_all_rows(a.temperature, a.shape);
+    double* const lc = simplex ? y : x;  // the logits, until that buffer is needed
+    double* const v = simplex ? x : y;   // the value as given
+    double* const t = rows;              // per row: T, 1 / T, sum x, 1 / sum x,
+    double* const inv_t = t + kBlockElements;
+    double* const sum = inv_t + kBlockElements;
+    double* const inv_sum = sum + kBlockElements;
+    double* const lsum = inv_sum + kBlockElements;  // log sum x, <w, x>,
+    double* const wx = lsum + kBlockElements;
+    double* const wsum = wx + kBlockElements;          // the sum of live w,
+    double* const scale = wsum + kBlockElements;       // the scale of the T sum and
+    double* const inv_scale = scale + kBlockElements;  // its reciprocal,
+    double* const acc = inv_scale + kBlockElements;    // and that sum.
+
+    if (!dense_value || !dense_grad || !dense_logits || !one_t) {
+        for (int64_t i = 0; i < nb; ++i, walk.advance()) {
+            t[i] = static_cast<double>(a.temperature.data[walk.offset[2]]);
+            const Real* vi = a.value.data + walk.offset[0];
+            const Real* gi = a.grad.data + walk.offset[1];
+            const Real* li = masks ? a.logits.data + walk.offset[3] : nullptr;
+            for (int64_t j = 0; j < k; ++j) {
+                if (!dense_value)
+                    v[j * nb + i] = static_cast<double>(vi[j * a.value.kstride]);
+                if (!dense_grad)
+                    gb[j * nb + i] = static_cast<double>(gi[j * a.grad.kstride]);
+                if (!dense_logits)
+                    lc[j * nb + i] = static_cast<double>(li[j * a.logits.kstride]);
+            }
+        }
+    } else {
+        const double t0 = static_cast<double>(a.temperature.data[0]);
+        for (int64_t i = 0; i < nb; ++i) t[i] = t0;
+    }
+    with_short_k(k, [&](auto kk) {
+        if (dense_value) rows_to_columns(a.value.data + rb * k, nb, kk, v);
+        if (dense_grad) rows_to_columns(a.grad.data + rb * k, nb, kk, gb);
+        if (masks && dense_logits) rows_to_columns(a.logits.data + rb * k, nb, kk, lc);
+    });
+    if (masks) {
+        const double masked_value = simplex ? 0.0 : -kInf;
+        for (int64_t j = 0; j < n; ++j) v[j] = lc[j] == -kInf ? masked_value : v[j];
+    }
+    if (simplex) {
+        for (int64_t j = 0; j < n; ++j) y[j] = x[j];
+        log_inplace(y, n);
+    } else {
+        for (int64_t j = 0; j < n; ++j) x[j] = y[j];
+        exp_inplace(x, n);
+    }
+
+    // The row sums, in element order.
+    for (int64_t i = 0; i < nb; ++i) {
+        sum[i] = 0.0;
+        wx[i] = 0.0;
+        wsum[i] = 0.0;
+        scale[i] = 0.0;  // first the largest live log_sum - y
+        acc[i] = 0.0;
+    }
+    for (int64_t j = 0; j < k; ++j) {
+        const double* xj = x + j * nb;
+        const double* yj = y + j * nb;
+        const double* gj = gb + j * nb;
+        for (int64_t i = 0; i < nb; ++i) {
+            sum[i] += xj[i];
+            wx[i] += xj[i] > 0.0 ? gj[i] * xj[i] : 0.0;
+            wsum[i] += yj[i] > -kInf ? gj[i] : 0.0;
+        }
+    }
+    for (int64_t i = 0; i < nb; ++i) {
+        lsum[i] = sum[i];
+        inv_sum[i] = 1.0 / sum[i];
+    }
+    log_inplace(lsum, nb);
+    double last_t = t[0], last_inv = 1.0 / t[0];
+    for (int64_t i = 0; i < nb; ++i) {
+        if (t[i] != last_t) {
+            last_t = t[i];
+            last_inv = 1.0 / t[i];
+        }
+        inv_t[i] = last_inv;
+    }
+    for (int64_t j = 0; j < k; ++j) {
+        const double* yj = y + j * nb;
+        for (int64_t i = 0; i < nb; ++i)
+            scale[i] = yj[i] > -kInf ? max_d(scale[i], lsum[i] - yj[i]) : scale[i];
+    }
+    for (int64_t i = 0; i < nb; ++i) {
+        scale[i] = scale[i] > kScaleAbove ? scale[i] : 1.0;
+        inv_scale[i] = 1.0 / scale[i];
+    }
+
+    // ds, the temperature sum, and d/da = ds / T in place of w.
+    for (int64_t j = 0; j < k; ++j) {
+        const double* xj = x + j * nb;
+        const double* yj = y + j * nb;
+        double* gj = gb + j * nb;
+        for (int64_t i = 0; i < nb; ++i) {
+            const double ds =
+                simplex
+                    ? (xj[i] > 0.0 ? xj[i] * (gj[i] * sum[i] - wx[i]) *
+                                         (inv_sum[i] * inv_sum[i])
+                                   : 0.0)
+                    : (yj[i] > -kInf ? gj[i] - (xj[i] * inv_sum[i]) * wsum[i] : 0.0);
+            const double rel =
+                scale[i] == 1.0 ? yj[i] - lsum[i] : (yj[i] - lsum[i]) * inv_scale[i];
+            acc[i] += ds != 0.0 ? ds * rel : 0.0;
+            gj[i] = inv_t[i] < kInf ? ds * inv_t[i] : ds / t[i];
+        }
+    }
+    if (a.grad_temperature != nullptr)
+        for (int64_t i = 0; i < nb; ++i)
+            a.grad_temperature[rb + i] = static_cast<Real>(-(acc[i] / t[i]) * scale[i]);
+    if (a.grad_logits != nullptr)
+        with_short_k(k, [&](auto kk) {
+            columns_to_rows(gb, nb, kk, a.grad_logits + rb * k,
+                            [](double c, int64_t) { return c; });
+        });
+}
+
 // The vector-Jacobian product of rsample, from the sample alone:
 //   d/da_k = x_k (w_k - <w, x>) / T,
 //   d/dT   = -(1/T) sum_k x_k (w_k - <w, x>) log x_k   (a term is 0 where x_k = 0).
@@ -998,6 +1131,10 @@ void rsample_vjp_rows(const RsampleVjpArgs<Real>& a, int64_t r0, int64_t r1,
         const int64_t nb = r1 - rb < rows_per_block(k) ? r1 - rb : rows_per_block(k);
         const int64_t n = nb * k;
         const RowWalker<4> block_start = walk;
+        if (k <= kColumnMaxK) {
+            rsample_vjp_block_columns(a, walk, rb, nb, x, y, gb, row_sum);
+            continue;
+        }
 
         // 1. x and log x for the whole block, the transcendental half flat.
         for (int64_t i = 0; i < nb; ++i, walk.advance()) {
