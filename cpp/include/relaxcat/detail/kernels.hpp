@@ -335,6 +335,46 @@ inline void columns_to_rows(const double* col, int64_t nb, K k, Real* dst, F f) 
             dst[i * k + j] = static_cast<Real>(f(col[j * nb + i], i));
 }
 
+// The nb rows of a block from input x into columns, col[j nb + i]: dense inputs
+// by rows_to_columns, others through the offsets (index `which`) of a copy of
+// the walker at the block's first row.
+template <class T, class Walker>
+void block_to_columns(const RowArg<T>& x, const RowShape& shape, Walker walk, int which,
+                      int64_t rb, int64_t nb, double* col) {
+    const int64_t k = shape.k;
+    if (dense_rows(x, shape)) {
+        with_short_k(k,
+                     [&](auto kk) { rows_to_columns(x.data + rb * k, nb, kk, col); });
+        return;
+    }
+    for (int64_t i = 0; i < nb; ++i, walk.advance()) {
+        const T* p = x.data + walk.offset[which];
+        for (int64_t j = 0; j < k; ++j)
+            col[j * nb + i] = static_cast<double>(p[j * x.kstride]);
+    }
+}
+
+// The per-row temperature of a block's nb rows, as block_to_columns does.
+template <class T, class Walker>
+void block_temperatures(const RowArg<T>& temperature, const RowShape& shape,
+                        Walker walk, int which, int64_t nb, double* t) {
+    if (same_for_all_rows(temperature, shape)) {
+        const double t0 = static_cast<double>(temperature.data[0]);
+        for (int64_t i = 0; i < nb; ++i) t[i] = t0;
+        return;
+    }
+    for (int64_t i = 0; i < nb; ++i, walk.advance())
+        t[i] = static_cast<double>(temperature.data[walk.offset[which]]);
+}
+
+// Moves the walker past a block, unless no input of the call needs it (then it
+// is never read).
+template <class Walker>
+void skip_block(Walker& walk, bool needed, int64_t nb) {
+    if (needed)
+        for (int64_t i = 0; i < nb; ++i) walk.advance();
+}
+
 // One block of rsample_rows in columns: rows rb .. rb + nb - 1, whose noise (if
 // drawn) is in s, row-major. s, e and la are three element buffers of the
 // block; rows points to six per-row buffers. The walker is advanced only when
@@ -343,11 +383,8 @@ template <class Real, class Walker>
 void rsample_block_columns(const RsampleArgs<Real>& a, Walker& walk, int64_t rb,
                            int64_t nb, double* s, double* e, double* la, double* rows) {
     const int64_t k = a.shape.k;
-    const int64_t ks = a.logits.kstride;
     const bool given64 = a.noise.gumbels64.data != nullptr;
     const bool given = given64 || a.noise.gumbels.data != nullptr;
-    const bool dense_logits = dense_rows(a.logits, a.shape);
-    const bool one_t = same_for_all_rows(a.temperature, a.shape);
     double* const u = e;     // the noise, then u, then s; column-major
     double* const lc = la;   // the logits, column-major
     double* const ex = s;    // exp(s), column-major, once the noise is moved
@@ -358,32 +395,18 @@ void rsample_block_columns(const RsampleArgs<Real>& a, Walker& walk, int64_t rb,
     double* const sum = umax + kBlockElements;    // sum exp(s),
     double* const inv = sum + kBlockElements;     // its reciprocal or log.
 
-    if (given || !dense_logits || !one_t) {
-        for (int64_t i = 0; i < nb; ++i, walk.advance()) {
-            t[i] = static_cast<double>(a.temperature.data[walk.offset[1]]);
-            if (!dense_logits) {
-                const Real* lg = a.logits.data + walk.offset[0];
-                for (int64_t j = 0; j < k; ++j)
-                    lc[j * nb + i] = static_cast<double>(lg[j * ks]);
-            }
-            if (given64) {
-                const double* g = a.noise.gumbels64.data + walk.offset[2];
-                for (int64_t j = 0; j < k; ++j)
-                    u[j * nb + i] = g[j * a.noise.gumbels64.kstride];
-            } else if (given) {
-                const Real* g = a.noise.gumbels.data + walk.offset[2];
-                for (int64_t j = 0; j < k; ++j)
-                    u[j * nb + i] = static_cast<double>(g[j * a.noise.gumbels.kstride]);
-            }
-        }
-    } else {
-        const double t0 = static_cast<double>(a.temperature.data[0]);
-        for (int64_t i = 0; i < nb; ++i) t[i] = t0;
-    }
-    with_short_k(k, [&](auto kk) {
-        if (dense_logits) rows_to_columns(a.logits.data + rb * k, nb, kk, lc);
-        if (!given) rows_to_columns(s, nb, kk, u);
-    });
+    block_temperatures(a.temperature, a.shape, walk, 1, nb, t);
+    block_to_columns(a.logits, a.shape, walk, 0, rb, nb, lc);
+    if (given64)
+        block_to_columns(a.noise.gumbels64, a.shape, walk, 2, rb, nb, u);
+    else if (given)
+        block_to_columns(a.noise.gumbels, a.shape, walk, 2, rb, nb, u);
+    else
+        with_short_k(k, [&](auto kk) { rows_to_columns(s, nb, kk, u); });
+    skip_block(walk,
+               given || !dense_rows(a.logits, a.shape) ||
+                   !same_for_all_rows(a.temperature, a.shape),
+               nb);
 
     // Row maxima in element order, then u = (a - max a) + g and its maxima, then
     // s = (u - max u) / T as in rsample_rows.
@@ -619,9 +642,6 @@ bool log_prob_block_columns(const LogProbArgs<Real>& a, Walker& walk, int64_t rb
     const int64_t k = a.shape.k;
     const int64_t n = nb * k;
     const bool simplex = a.space == Space::simplex;
-    const bool dense_logits = dense_rows(a.logits, a.shape);
-    const bool dense_value = dense_rows(a.value, a.shape);
-    const bool one_t = same_for_all_rows(a.temperature, a.shape);
     double* const t = rows;                      // per row: T,
     double* const amax = t + kBlockElements;     // max a,
     double* const ymax = amax + kBlockElements;  // the largest y and
@@ -629,26 +649,13 @@ bool log_prob_block_columns(const LogProbArgs<Real>& a, Walker& walk, int64_t rb
     double* const lin = xmax + kBlockElements;   // the linear terms,
     double* const zmax = lin + kBlockElements;   // max z, then log sum exp.
 
-    if (!dense_logits || !dense_value || !one_t) {
-        for (int64_t i = 0; i < nb; ++i, walk.advance()) {
-            t[i] = static_cast<double>(a.temperature.data[walk.offset[1]]);
-            const Real* lg = a.logits.data + walk.offset[0];
-            const Real* v = a.value.data + walk.offset[2];
-            for (int64_t j = 0; j < k; ++j) {
-                if (!dense_logits)
-                    lc[j * nb + i] = static_cast<double>(lg[j * a.logits.kstride]);
-                if (!dense_value)
-                    xc[j * nb + i] = static_cast<double>(v[j * a.value.kstride]);
-            }
-        }
-    } else {
-        const double t0 = static_cast<double>(a.temperature.data[0]);
-        for (int64_t i = 0; i < nb; ++i) t[i] = t0;
-    }
-    with_short_k(k, [&](auto kk) {
-        if (dense_logits) rows_to_columns(a.logits.data + rb * k, nb, kk, lc);
-        if (dense_value) rows_to_columns(a.value.data + rb * k, nb, kk, xc);
-    });
+    block_temperatures(a.temperature, a.shape, walk, 1, nb, t);
+    block_to_columns(a.logits, a.shape, walk, 0, rb, nb, lc);
+    block_to_columns(a.value, a.shape, walk, 2, rb, nb, xc);
+    skip_block(walk,
+               !dense_rows(a.logits, a.shape) || !dense_rows(a.value, a.shape) ||
+                   !same_for_all_rows(a.temperature, a.shape),
+               nb);
 
     // Ordinary rows only.
     const double lowest = simplex ? 0.0 : -kInf;  // a value must lie above it
@@ -980,10 +987,6 @@ void rsample_vjp_block_columns(const RsampleVjpArgs<Real>& a, Walker& walk, int6
     const int64_t n = nb * k;
     const bool simplex = a.space == Space::simplex;
     const bool masks = a.logits.data != nullptr;
-    const bool dense_value = dense_rows(a.value, a.shape);
-    const bool dense_grad = dense_rows(a.grad, a.shape);
-    const bool dense_logits = !masks || dense_rows(a.logits, a.shape);
-    const bool one_t = same_for_all_rows(a.temperature, a.shape);
     double* const lc = simplex ? y : x;  // the logits, until that buffer is needed
     double* const v = simplex ? x : y;   // the value as given
     double* const t = rows;              // per row: T, 1 / T, sum x, 1 / sum x,
@@ -997,30 +1000,15 @@ void rsample_vjp_block_columns(const RsampleVjpArgs<Real>& a, Walker& walk, int6
     double* const inv_scale = scale + kBlockElements;  // its reciprocal,
     double* const acc = inv_scale + kBlockElements;    // and that sum.
 
-    if (!dense_value || !dense_grad || !dense_logits || !one_t) {
-        for (int64_t i = 0; i < nb; ++i, walk.advance()) {
-            t[i] = static_cast<double>(a.temperature.data[walk.offset[2]]);
-            const Real* vi = a.value.data + walk.offset[0];
-            const Real* gi = a.grad.data + walk.offset[1];
-            const Real* li = masks ? a.logits.data + walk.offset[3] : nullptr;
-            for (int64_t j = 0; j < k; ++j) {
-                if (!dense_value)
-                    v[j * nb + i] = static_cast<double>(vi[j * a.value.kstride]);
-                if (!dense_grad)
-                    gb[j * nb + i] = static_cast<double>(gi[j * a.grad.kstride]);
-                if (!dense_logits)
-                    lc[j * nb + i] = static_cast<double>(li[j * a.logits.kstride]);
-            }
-        }
-    } else {
-        const double t0 = static_cast<double>(a.temperature.data[0]);
-        for (int64_t i = 0; i < nb; ++i) t[i] = t0;
-    }
-    with_short_k(k, [&](auto kk) {
-        if (dense_value) rows_to_columns(a.value.data + rb * k, nb, kk, v);
-        if (dense_grad) rows_to_columns(a.grad.data + rb * k, nb, kk, gb);
-        if (masks && dense_logits) rows_to_columns(a.logits.data + rb * k, nb, kk, lc);
-    });
+    block_temperatures(a.temperature, a.shape, walk, 2, nb, t);
+    block_to_columns(a.value, a.shape, walk, 0, rb, nb, v);
+    block_to_columns(a.grad, a.shape, walk, 1, rb, nb, gb);
+    if (masks) block_to_columns(a.logits, a.shape, walk, 3, rb, nb, lc);
+    skip_block(walk,
+               !dense_rows(a.value, a.shape) || !dense_rows(a.grad, a.shape) ||
+                   (masks && !dense_rows(a.logits, a.shape)) ||
+                   !same_for_all_rows(a.temperature, a.shape),
+               nb);
     if (masks) {
         const double masked_value = simplex ? 0.0 : -kInf;
         for (int64_t j = 0; j < n; ++j) v[j] = lc[j] == -kInf ? masked_value : v[j];
