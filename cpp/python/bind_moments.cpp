@@ -83,7 +83,7 @@ void moments(int kind, const py::array& logits, const py::array& temperature,
     }
     const auto mk = static_cast<mo::MomentKind>(kind);
     const int64_t ks = kind == 2 ? k * k : k;
-    run_rows(rows, k, threads, 4 * k, [&](int64_t r, double* s) {
+    run_rows(rows, k, threads, 8 * k, [&](int64_t r, double* s) {
         mo::moments_row(a + r * k, k, t[r], mk, mean + r * k,
                         second ? second + r * ks : nullptr, s);
     });

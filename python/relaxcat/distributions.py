@@ -429,14 +429,22 @@ class RelaxedOneHotCategorical:
     def variance(self) -> np.ndarray:
         """Var[x_k], shape ``batch_shape + (K,)``; the diagonal of :meth:`covariance`.
 
-        Raises NotImplementedError for :class:`ExpRelaxedOneHotCategorical`.
+        Raises NotImplementedError for :class:`ExpRelaxedOneHotCategorical`: the
+        variance of y = log x needs E[log(S)^2] and E[G_k log S], and no accurate
+        integral for them is written yet.
         """
         return _extras.variance(self)
 
     def covariance(self) -> np.ndarray:
-        """Cov[x], shape ``batch_shape + (K, K)``, by quadrature (an expansion in
-        1/T above T = 1000); accuracy in the README. NotImplementedError in log
-        space."""
+        """Cov[x], shape ``batch_shape + (K, K)``, in float64 inside.
+
+        By quadrature of the raw moments below T = 32 and of the deviations from
+        softmax(logits / T) from T = 32 up (so the 1/T^2 covariance does not cancel
+        at large T). Within 1e-9 of the largest entry at every T (measured: about
+        2e-12 just below T = 32, 1e-15 from there up; README, "Moments, mode, entropy
+        and KL"); exact zeros on masked categories. Raises NotImplementedError
+        for :class:`ExpRelaxedOneHotCategorical` (see :attr:`variance`).
+        """
         return _extras.covariance(self)
 
     @property

@@ -1,8 +1,9 @@
 """Mean, variance, covariance, mode, entropy and KL of the Concrete distribution.
 
 References: mpmath (closed-form Bessel inner integrals at T = 1, stored by
-tests/data/make_moments.py; the logistic law of logit(x_1) for K = 2, computed
-here), long Monte Carlo runs, the K = 2 closed forms, the T -> 0 and T -> inf
+tests/data/make_moments.py; series in 1/T inner integrals at T >= 1000, stored by
+tests/data/make_moments_large_t.py; the logistic law of logit(x_1) for K = 2,
+computed here), long Monte Carlo runs, the K = 2 closed forms, the T -> 0 and T -> inf
 limits, and a direct numerical maximisation of log_prob for the mode.
 """
 
@@ -21,8 +22,13 @@ import relaxcat
 
 # The quadrature's bound (README): 1e-12 of the largest entry; measured ~4e-15.
 QUAD_TOL = 1e-12
-# The covariance above T = 1000 (anchored expansion): measured below 1e-7 relative.
-LARGE_T_TOL = 3e-7
+# The requirement from T = 32 (Note [central moments at large T]) to the largest
+# double, relative to the largest entry; measured against mpmath: at most 1.3e-14
+# (K = 50).
+CENTRAL_TOL = 1e-9
+# Where the core switches from the raw-moment quadrature to the central form
+# (kCentralT in moments.hpp).
+CENTRAL_T = 32.0
 # Monte Carlo comparisons: |estimate - exact| < 5.5 standard errors. For a normal
 # estimate the two-sided false-failure rate is 4e-8 per entry, below 1e-6 for the
 # ~100 entries compared here.
@@ -135,7 +141,7 @@ def test_moments_are_batched_and_keep_the_dtype():
 
 
 def test_mean_sums_to_one_and_covariance_rows_to_zero():
-    for t in (0.01, 0.4, 1.0, 3.0, 50.0, 5e3):
+    for t in (0.01, 0.4, 1.0, 3.0, 31.9, 50.0, 5e3, 1e12):
         d = dist([2.0, -1.0, 0.5, 0.0, -3.0], t)
         assert abs(d.mean.sum() - 1) < 1e-13
         c = d.covariance()
@@ -170,29 +176,103 @@ def test_small_temperature_tends_to_the_categorical():
     assert scale_err(tiny.mean, p) < 1e-14
 
 
-def test_large_temperature_tends_to_uniform_with_the_leading_covariance():
+def test_huge_temperatures_reach_the_limit_and_stay_finite():
+    # T^2 Cov tends to (pi^2 / 6) J^2, J = diag(s) - s s^T, s = softmax(a / T); at
+    # T = 1e100 the next term is 1e-100 relative, so this is the exact answer.
     a = np.array([1.0, 0.0, -1.0])
-    for t in (1e6, 1e12, 1e100):
-        d = dist(a, t)
-        assert scale_err(d.mean, 1 / 3 + a / (3 * t)) < 1e-10
-        k = 3
-        lead = math.pi**2 / 6 * (1 / t) ** 2 / k**2 * (np.eye(k) - 1 / k)
-        assert scale_err(d.covariance(), lead) < 5 / t + 1e-15
+    s = np.full(3, 1 / 3)
+    jac = np.diag(s) - np.outer(s, s)
+    d = dist(a, 1e100)
+    assert scale_err(d.covariance() * 1e200, math.pi**2 / 6 * jac @ jac) < 1e-15
+    assert scale_err(d.mean, s) < 1e-15
+    # At the largest doubles Cov ~ 1/T^2 underflows to exact zeros, never NaN.
     huge = dist(a, 1e300)
-    assert scale_err(huge.mean, [1 / 3] * 3) < 1e-15
-    assert np.all(np.isfinite(huge.covariance()))
+    assert scale_err(huge.mean, s) < 1e-15
+    c = huge.covariance()
+    assert np.all(c == 0) and np.all(huge.variance == 0)
 
 
-def test_covariance_is_continuous_across_the_switch_to_the_expansion():
-    # T^2 Cov changes slowly (like 1/T): the two sides of T = 1000 differ by the
-    # derivative times 0.2 (about 1e-7 relative) plus each side's error.
-    def scaled(logits, t):
-        return t**2 * dist(logits, t).covariance()
+def _k2_central_reference(delta, t):
+    """E[x_1], Var[x_1] for K = 2 from the logistic law of logit(x_1) =
+    delta / T + w / T (w standard logistic), with x_1 - sigmoid(delta / T) written
+    to full relative precision and mpmath at 40 digits: exact at every T."""
+    with mp.workdps(40):
+        s = 1 / mp.mpf(t)
+        em = mp.exp(-mp.mpf(delta) * s)
 
-    for logits in ([1.0, 0.0, -1.0], [3.0, 0.0, -2.0, 1.0]):
-        lo, hi = scaled(logits, 999.9), scaled(logits, 1000.1)
-        slope = (scaled(logits, 1050.1) - hi) / 50
-        assert scale_err(hi - 0.2 * slope, lo) < LARGE_T_TOL
+        def dev(w):
+            return em * -mp.expm1(-s * w) / ((1 + em) * (1 + em * mp.exp(-s * w)))
+
+        def pdf(w):
+            return mp.exp(-abs(w)) / (1 + mp.exp(-abs(w))) ** 2
+
+        # mp.quad's tolerance is absolute: integrate dev / scale, which is O(1).
+        scale = s * em / (1 + em) ** 2
+        pts = [-mp.inf, -40, -10, -2, 0, 2, 10, 40, mp.inf]
+        d1 = mp.quad(lambda w: dev(w) / scale * pdf(w), pts)
+        m2 = mp.quad(lambda w: (dev(w) / scale) ** 2 * pdf(w), pts)
+        return float(1 / (1 + em) + d1 * scale), float((m2 - d1 * d1) * scale**2)
+
+
+@pytest.mark.parametrize(
+    "delta,t",
+    [
+        (0.7, CENTRAL_T * (1 - 1e-12)),
+        (0.7, CENTRAL_T),
+        (-3.0, 1e3),
+        (2000.0, 1e3),
+        (1e5, 1e3),
+        (0.1, 1e4),
+        (40.0, 1e6),
+        (5.0, 1e9),
+        (40.0, 1e15),
+        (3.0, 1e100),
+        (3e100, 1e100),
+    ],
+)
+def test_k2_large_temperature_moments_match_the_logistic_law(delta, t):
+    m1, v1 = _k2_central_reference(delta, t)
+    d = dist([delta, 0.0], t)
+    assert scale_err(d.mean, [m1, 1 - m1]) < CENTRAL_TOL
+    assert scale_err(d.variance, [v1, v1]) < CENTRAL_TOL
+    assert scale_err(d.covariance(), [[v1, -v1], [-v1, v1]]) < CENTRAL_TOL
+
+
+def _large_t_cases():
+    raw = json.loads((DATA / "moments_large_t.json").read_text())
+    return raw["cases"]
+
+
+def _case_id(case):
+    k = len(case["logits"])
+    return f"K{k}-{case['logits'][:3]}-T{case['temperature']:g}"
+
+
+@pytest.mark.parametrize("case", _large_t_cases(), ids=_case_id)
+def test_large_temperature_moments_match_mpmath_series_reference(case):
+    logits = [float(x) for x in case["logits"]]
+    d = dist(logits, case["temperature"])
+    mean = np.array([float(x) for x in case["mean"]])
+    cov = np.array([[float(x) for x in r] for r in case["covariance"]])
+    assert scale_err(d.mean, mean) < CENTRAL_TOL
+    assert scale_err(d.covariance(), cov) < CENTRAL_TOL
+    assert scale_err(d.variance, np.diag(cov)) < CENTRAL_TOL
+    masked = np.isinf(logits)
+    assert np.all(d.mean[masked] == 0) and np.all(d.covariance()[masked] == 0)
+
+
+@pytest.mark.parametrize(
+    "logits", [[1.0, 0.0, -1.0], [3.0, 0.0, -2.0, 1.0], [40.0, -np.inf, 0.0, 5.0]]
+)
+def test_moments_are_continuous_across_the_switch_to_the_central_form(logits):
+    # Across a relative step of 1e-12 the true moments move by about 2e-12 of
+    # themselves; each side carries its own error (the raw-moment quadrature about
+    # 1e-15 T^2, the central form 1e-15).
+    lo = dist(logits, CENTRAL_T * (1 - 1e-12))
+    hi = dist(logits, CENTRAL_T)
+    assert scale_err(lo.mean, hi.mean) < 1e-11
+    assert scale_err(lo.covariance(), hi.covariance()) < 1e-10
+    assert scale_err(lo.variance, hi.variance) < 1e-10
 
 
 # --------------------------------------------------------------------- mode

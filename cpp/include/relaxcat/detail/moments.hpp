@@ -179,31 +179,201 @@ inline bool negligible(double a, double t) {
 // What moments_row computes.
 enum class MomentKind { mean, variance, covariance };
 
-// Note [large temperatures]: as T -> inf every x_k tends to 1/K and the
-// covariance to 0 like 1/T^2. The quadrature forms it as E[x_k x_l] - E[x_k] E[x_l]
-// from terms of size 1/K^2, losing about 1e-15 T^2 of the result, so above
-// kExpansionT the covariance comes from its expansion in eta = 1/T. With
-// alpha = a - mean(a) over the live categories, s2 = pi^2/6 and k3 = 2 zeta(3)
-// (the Gumbel variance and third cumulant) and P = I - 11^T/K, expanding
-// softmax(eta (a + G)) to second order around the uniform point gives
-//   K^2 Cov = eta^2 s2 P + eta^3 [s2 (alpha_k + alpha_l) (P_kl - 1/K)
-//                                 + k3 (1 - 2/K) P_kl] + O(eta^4).
-// The O(eta^4) remainder (relative size about (1 + alpha^2) / T^2, 3e-7 at
-// T = 2000 for logits [1, 0, -1]) is not dropped but anchored: it is measured by
-// quadrature at kAnchorT, where the quadrature is still good to 1e-10, and
-// scaled by (kAnchorT / T)^4. What is left is of relative order
-// 1 / (kAnchorT T^2) at T and shrinks from there.
-constexpr double kExpansionT = 1.0e3;
-constexpr double kAnchorT = 2.5e2;
+// Note [central moments at large T]: the quadrature of Note [moments by Laplace
+// transform] forms Cov[x] = E[x_k x_l] - E[x_k] E[x_l] from terms of size 1/K^2,
+// while the covariance is of size 1/T^2: it loses about 1e-15 T^2 of the result.
+// From kCentralT up, the moments come from the deviations from s = softmax(a / T)
+// instead. With W_j = exp(G_j / T) = 1 + delta_j and D = sum_j s_j delta_j,
+//   x_k - s_k = s_k (delta_k - D) / (1 + D),
+// where delta = expm1(G / T) is O(1/T) and exact to rounding. With
+// 1 / (1 + D)^n = int_0^inf t^(n-1) exp(-t (1 + D)) dt / (n-1)! and the
+// independence of the delta_j, exp(-t D) factors into Lam(t) = prod_j l_j, with
+// l_j = E[exp(-t s_j delta_j)], times an expectation under which the delta_j stay
+// independent with tilted means mu_j(t) and variances v_j(t). Writing
+// delta_k - D = sum_j (e_k - s)_j delta_j, with r_k = 1 - s_k = sum_{j != k} s_j,
+//   E[x_k] - s_k = s_k A_k,  A_k = int exp(-t) Lam(t) m_k(t) dt,
+//   m_k = sum_{j != k} s_j (mu_k - mu_j),
+//   Cov[x_k, x_l] = s_k s_l (int t exp(-t) Lam(t) [Q_kl(t) + m_k m_l] dt - A_k A_l),
+//   Q_kk = r_k^2 v_k + sum_{j != k} s_j^2 v_j,
+//   Q_kl = -r_k s_k v_k - r_l s_l v_l + sum_{j != k, l} s_j^2 v_j     (k != l).
+// Every term is of the size of the result (|m_k| and A_k are O(1/T^2), so A_k A_l
+// is a correction, not a cancellation), and nothing is of size 1/K^2. The sums
+// that leave out one or two indices never subtract the largest term (see
+// sum_except), so a category with s_k near 1 keeps r_k and its sums to full
+// relative accuracy. Everything is computed in units where delta is scaled by T
+// (dh = T delta, which tends to G), so T up to the largest double, and T = inf,
+// lose nothing; the (co)variance is divided by T twice at the end, which
+// underflows to 0 only when the true value is below the smallest double.
+// The representation is exact at every T > 2 (E[W^2] is finite); kCentralT is
+// where the inner grid below is set up to reach its tails (E[dh^2 e^-G] decays
+// like exp(-(1 - 2/T) G)) and where the quadrature of the raw moments still has
+// its full accuracy, both measured in tests/python/test_moments.py.
+//
+// Inner integrals: over g with the Gumbel density f(g) = exp(-g - e^-g), by the
+// trapezoidal rule with step kCentralInnerStep on [kCentralGLo, g_hi]. The
+// integrand is analytic in the strip |Im g| < pi / 2, so the rule's error is about
+// exp(-pi^2 / h) of the integral; the ends drop less than 1e-18 of it. The grid
+// (f and dh at each node) is shared by every category and outer node of a row.
+// Outer integral: over tau = log t by the trapezoidal rule with step
+// kCentralOuterStep on [kCentralTauLo, kCentralTauHi], where t^2 exp(-t) and
+// t exp(-t) Lam (Lam stays near 1: the tilt is O(t / T)) fall below 1e-18.
+constexpr double kCentralT = 32.0;
+constexpr double kCentralInnerStep = 0.2;
+constexpr double kCentralGLo = -4.5;
+constexpr int kCentralMaxNodes = 400;
+constexpr double kCentralOuterStep = 0.2;
+constexpr double kCentralTauLo = -22.0;
+constexpr double kCentralTauHi = 4.1;
 
-inline double covariance_expansion(const double* a, int64_t k, double t, int64_t j,
-                                   int64_t l, double kl, double mean_a);
+// sum_j w_j over j not in {i, i2} (i2 = -1 for one index), given the total of
+// all w_j but the largest, rest = sum_{j != big} w_j (w >= 0). The largest term
+// is added back rather than the excluded ones subtracted from a total that holds
+// it, so the error is a few ulps of rest, never of w_big.
+inline double sum_except(const double* w, double rest, int64_t big, int64_t i,
+                         int64_t i2) {
+    double s = rest;
+    if (i != big) s -= w[i];
+    if (i2 >= 0 && i2 != big) s -= w[i2];
+    if (i != big && i2 != big) s += w[big];
+    return std::fmax(s, 0.0);
+}
+
+// The total of w over j with live[j], without its largest term, and that term's
+// index.
+inline double total_but_largest(const double* w, const double* s, int64_t k,
+                                int64_t& big) {
+    big = -1;
+    for (int64_t j = 0; j < k; ++j)
+        if (s[j] > 0.0 && (big < 0 || w[j] > w[big])) big = j;
+    double rest = 0.0;
+    for (int64_t j = 0; j < k; ++j)
+        if (s[j] > 0.0 && j != big) rest += w[j];
+    return rest;
+}
+
+// Mean and (co)variance of one row by Note [central moments at large T].
+// Arguments as for moments_row; work: 8 K doubles.
+inline void central_moments_row(const double* a, int64_t k, double t, MomentKind kind,
+                                double* mean, double* second, double* work) {
+    using namespace moments_const;
+    double* s = work;
+    double* r = work + k;
+    double* log_l = work + 2 * k;
+    double* mu = work + 3 * k;
+    double* v = work + 4 * k;
+    double* sv = work + 5 * k;
+    double* m = work + 6 * k;
+    double* acc = work + 7 * k;
+    const bool want2 = kind != MomentKind::mean;
+    const bool full = kind == MomentKind::covariance;
+
+    // s = softmax(a / T) over the categories that are not negligible (others 0).
+    double amax = -kInf;
+    for (int64_t j = 0; j < k; ++j)
+        if (!negligible(a[j], t)) amax = std::fmax(amax, a[j]);
+    double total = 0.0;
+    for (int64_t j = 0; j < k; ++j) {
+        s[j] = negligible(a[j], t) ? 0.0 : std::exp((a[j] - amax) / t);
+        total += s[j];
+    }
+    for (int64_t j = 0; j < k; ++j) s[j] /= total;
+
+    // r_k = 1 - s_k as a sum of the other entries (Note [central moments at large T]).
+    int64_t big_s;
+    const double rest_s = total_but_largest(s, s, k, big_s);
+    for (int64_t j = 0; j < k; ++j)
+        r[j] = s[j] > 0.0 ? sum_except(s, rest_s, big_s, j, -1) : 0.0;
+
+    // The inner grid: Gumbel weights f (with the step) and dh = T expm1(g / T).
+    double f[kCentralMaxNodes], dh[kCentralMaxNodes];
+    const double g_hi = 50.0 / (1.0 - 2.0 / t);
+    int nodes = 0;
+    for (double g = kCentralGLo; g <= g_hi && nodes < kCentralMaxNodes;
+         g = kCentralGLo + (++nodes) * kCentralInnerStep) {
+        f[nodes] = kCentralInnerStep * std::exp(-g - std::exp(-g));
+        dh[nodes] = std::isinf(t) ? g : t * std::expm1(g / t);
+    }
+
+    for (int64_t j = 0; j < k; ++j) acc[j] = 0.0;
+    if (want2)
+        for (int64_t j = 0; j < (full ? k * k : k); ++j) second[j] = 0.0;
+    const int outer =
+        static_cast<int>((kCentralTauHi - kCentralTauLo) / kCentralOuterStep);
+    for (int step = 0; step <= outer; ++step) {
+        const double tt = std::exp(kCentralTauLo + step * kCentralOuterStep);
+
+        // Tilted transforms of every live category: log l_j, mu_j and v_j (dh units).
+        double log_lam = 0.0;
+        for (int64_t j = 0; j < k; ++j) {
+            if (!(s[j] > 0.0)) continue;
+            const double lambda = tt * s[j] / t;
+            double s0 = 0.0, s1 = 0.0, s2 = 0.0;
+            for (int i = 0; i < nodes; ++i) {
+                const double w = f[i] * std::exp(-lambda * dh[i]);
+                s0 += w;
+                s1 += w * dh[i];
+                s2 += w * dh[i] * dh[i];
+            }
+            log_l[j] = std::log(s0);
+            mu[j] = s1 / s0;
+            v[j] = s2 / s0 - mu[j] * mu[j];
+            sv[j] = s[j] * s[j] * v[j];
+            log_lam += log_l[j];
+        }
+
+        // m_j = sum_{i != j} s_i (mu_j - mu_i); the mean's integrand.
+        const double w1 = kCentralOuterStep * tt * std::exp(-tt + log_lam);
+        for (int64_t j = 0; j < k; ++j) {
+            m[j] = 0.0;
+            if (!(s[j] > 0.0)) continue;
+            for (int64_t i = 0; i < k; ++i)
+                if (i != j && s[i] > 0.0) m[j] += s[i] * (mu[j] - mu[i]);
+            acc[j] += w1 * m[j];
+        }
+        if (!want2) continue;
+
+        // The second moments' integrand t Q + m m^T, weight t^2 exp(-t) Lam dtau.
+        const double w2 = tt * w1;
+        int64_t big;
+        const double rest = total_but_largest(sv, s, k, big);
+        for (int64_t j = 0; j < k; ++j) {
+            if (!(s[j] > 0.0)) continue;
+            const double qjj = r[j] * r[j] * v[j] + sum_except(sv, rest, big, j, -1);
+            (full ? second[j * k + j] : second[j]) += w2 * (qjj + m[j] * m[j]);
+            if (!full) continue;
+            for (int64_t l = j + 1; l < k; ++l) {
+                if (!(s[l] > 0.0)) continue;
+                const double qjl = -r[j] * s[j] * v[j] - r[l] * s[l] * v[l] +
+                                   sum_except(sv, rest, big, j, l);
+                second[j * k + l] += w2 * (qjl + m[j] * m[l]);
+            }
+        }
+    }
+
+    // Assemble: E[x] = s (1 + A / T), Cov = (s_k / T)(s_l / T)(I_kl - A_k A_l).
+    const double inv_t = 1.0 / t;
+    for (int64_t j = 0; j < k; ++j) mean[j] = s[j] + s[j] * (acc[j] * inv_t);
+    if (!want2) return;
+    for (int64_t j = 0; j < k; ++j) {
+        if (!full) {
+            const double sj = s[j] * inv_t;
+            second[j] = sj * sj * (second[j] - acc[j] * acc[j]);
+            continue;
+        }
+        for (int64_t l = j; l < k; ++l) {
+            const double c =
+                (s[j] * inv_t) * (s[l] * inv_t) * (second[j * k + l] - acc[j] * acc[l]);
+            second[j * k + l] = c;
+            second[l * k + j] = c;
+        }
+    }
+}
 
 // Mean and (co)variance of one row (see Note [moments by Laplace transform]).
 // a: K normalised logits (-inf masked); mean: K outputs; second: K (variance) or
-// K * K (covariance) outputs, or null for the mean alone; work: 4 K doubles.
-// Masked and negligible categories get exact zeros. Above kExpansionT the second
-// moments follow Note [large temperatures].
+// K * K (covariance) outputs, or null for the mean alone; work: 8 K doubles.
+// Masked and negligible categories get exact zeros. From kCentralT up, all of
+// them follow Note [central moments at large T].
 inline void moments_row(const double* a, int64_t k, double t, MomentKind kind,
                         double* mean, double* second, double* work) {
     using namespace moments_const;
@@ -212,7 +382,6 @@ inline void moments_row(const double* a, int64_t k, double t, MomentKind kind,
     double* q2 = work + 2 * k;
     const bool want2 = kind != MomentKind::mean;
     const bool full = kind == MomentKind::covariance;
-    const bool expand = want2 && t > kExpansionT;
     const int64_t k2 = full ? k * k : k;
     for (int64_t j = 0; j < k; ++j) mean[j] = 0.0;
     if (want2)
@@ -224,6 +393,10 @@ inline void moments_row(const double* a, int64_t k, double t, MomentKind kind,
         if (!negligible(a[j], t)) ++live, only = j;
     if (live == 1) {
         mean[only] = 1.0;
+        return;
+    }
+    if (t >= kCentralT) {
+        central_moments_row(a, k, t, kind, mean, second, work);
         return;
     }
 
@@ -256,13 +429,13 @@ inline void moments_row(const double* a, int64_t k, double t, MomentKind kind,
                 mean[j] += pr1;
                 node = std::fmax(node, pr1);
                 q1[j] = std::exp(l1 + 0.5 * log_p);
-                if (want2 && !expand) {
+                if (want2) {
                     const double pr2 = std::exp(lam(2, a[j], t, u) - lam0[j] + log_p);
                     q2[j] = pr2;
                     node = std::fmax(node, pr2);
                 }
             }
-            if (want2 && !expand) {
+            if (want2) {
                 for (int64_t j = 0; j < k; ++j) {
                     if (!full) {
                         second[j] += q2[j];
@@ -283,50 +456,17 @@ inline void moments_row(const double* a, int64_t k, double t, MomentKind kind,
     // Trapezoid weights, then central moments from the raw ones.
     for (int64_t j = 0; j < k; ++j) mean[j] *= h;
     if (!want2) return;
-    if (!expand) {
-        for (int64_t j = 0; j < k; ++j) {
-            if (!full) {
-                second[j] = h * second[j] - mean[j] * mean[j];
-                continue;
-            }
-            for (int64_t l = j; l < k; ++l) {
-                const double c = h * second[j * k + l] - mean[j] * mean[l];
-                second[j * k + l] = c;
-                second[l * k + j] = c;
-            }
-        }
-        return;
-    }
-
-    // Large T: the expansion plus its anchored remainder (Note [large temperatures]).
-    moments_row(a, k, kAnchorT, kind, work + 3 * k, second, work);
-    double mean_a = 0.0;
-    for (int64_t j = 0; j < k; ++j)
-        if (!negligible(a[j], t)) mean_a += a[j];
-    mean_a /= static_cast<double>(live);
-    const double r = kAnchorT / t, r4 = r * r * r * r;
     for (int64_t j = 0; j < k; ++j) {
-        for (int64_t l = full ? 0 : j; l < (full ? k : j + 1); ++l) {
-            double& c = full ? second[j * k + l] : second[j];
-            const double e_t = covariance_expansion(a, k, t, j, l, live, mean_a);
-            const double e_0 = covariance_expansion(a, k, kAnchorT, j, l, live, mean_a);
-            c = e_t + r4 * (c - e_0);
+        if (!full) {
+            second[j] = h * second[j] - mean[j] * mean[j];
+            continue;
+        }
+        for (int64_t l = j; l < k; ++l) {
+            const double c = h * second[j * k + l] - mean[j] * mean[l];
+            second[j * k + l] = c;
+            second[l * k + j] = c;
         }
     }
-}
-
-// One entry of the expansion of Note [large temperatures].
-inline double covariance_expansion(const double* a, int64_t k, double t, int64_t j,
-                                   int64_t l, double kl, double mean_a) {
-    constexpr double kS2 = 1.6449340668482264365;  // pi^2 / 6
-    constexpr double kK3 = 2.4041138063191885708;  // 2 zeta(3)
-    (void)k;
-    if (negligible(a[j], t) || negligible(a[l], t)) return 0.0;
-    const double eta = 1.0 / t;
-    const double p = (j == l ? 1.0 : 0.0) - 1.0 / kl;
-    const double al = (a[j] - mean_a) + (a[l] - mean_a);
-    return eta * eta / (kl * kl) *
-           (kS2 * p + eta * (kS2 * al * (p - 1.0 / kl) + kK3 * (1.0 - 2.0 / kl) * p));
 }
 
 // E[log x_k] (the mean of ExpRelaxedOneHotCategorical). With V and S as in
