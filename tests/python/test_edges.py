@@ -569,6 +569,13 @@ def test_short_rows_give_the_bits_of_the_row_by_row_path(simd_level, cls, dtype,
     dm = cls(np.append(temp[:, 0], dtype(1.0)), logits=masked)
     vm = np.vstack([value, dm.rsample(rng=4)[-1:]])
     np.testing.assert_array_equal(dm.log_prob(vm)[:-1], lp)
+    # The gradients as well (upstream gradients of mixed signs, one 0).
+    up = np.linspace(-2.0, 3.0, rows).astype(dtype)
+    up[7] = 0.0
+    got = d.log_prob_vjp(value, up)
+    want = dm.log_prob_vjp(vm, np.append(up, dtype(1.0)))
+    for a, b in zip(got, want):
+        np.testing.assert_array_equal(b[:-1], a)
 
     # Strided (not dense) inputs take the per-row loads of the same path.
     wide = np.zeros((rows, 2 * k), dtype)

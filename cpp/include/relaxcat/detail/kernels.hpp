@@ -354,17 +354,18 @@ void block_to_columns(const RowArg<T>& x, const RowShape& shape, Walker walk, in
     }
 }
 
-// The per-row temperature of a block's nb rows, as block_to_columns does.
+// A per-row input (a temperature, an upstream gradient) of a block's nb rows,
+// as block_to_columns does.
 template <class T, class Walker>
-void block_temperatures(const RowArg<T>& temperature, const RowShape& shape,
-                        Walker walk, int which, int64_t nb, double* t) {
-    if (same_for_all_rows(temperature, shape)) {
-        const double t0 = static_cast<double>(temperature.data[0]);
-        for (int64_t i = 0; i < nb; ++i) t[i] = t0;
+void block_per_row(const RowArg<T>& x, const RowShape& shape, Walker walk, int which,
+                   int64_t nb, double* out) {
+    if (same_for_all_rows(x, shape)) {
+        const double x0 = static_cast<double>(x.data[0]);
+        for (int64_t i = 0; i < nb; ++i) out[i] = x0;
         return;
     }
     for (int64_t i = 0; i < nb; ++i, walk.advance())
-        t[i] = static_cast<double>(temperature.data[walk.offset[which]]);
+        out[i] = static_cast<double>(x.data[walk.offset[which]]);
 }
 
 // Moves the walker past a block, unless no input of the call needs it (then it
@@ -395,7 +396,7 @@ void rsample_block_columns(const RsampleArgs<Real>& a, Walker& walk, int64_t rb,
     double* const sum = umax + kBlockElements;    // sum exp(s),
     double* const inv = sum + kBlockElements;     // its reciprocal or log.
 
-    block_temperatures(a.temperature, a.shape, walk, 1, nb, t);
+    block_per_row(a.temperature, a.shape, walk, 1, nb, t);
     block_to_columns(a.logits, a.shape, walk, 0, rb, nb, lc);
     if (given64)
         block_to_columns(a.noise.gumbels64, a.shape, walk, 2, rb, nb, u);
@@ -630,11 +631,11 @@ double ordinary_long_row(const double* lg, double amax, const Real* v, int64_t v
 
 // log_prob_rows for one block of short rows in columns (Note [rows as columns]),
 // for the ordinary case only: every category live and every value entry finite
-// and (on the simplex) positive, and no gradients wanted. Returns false, having
-// written nothing, when some row of the block is not ordinary; the caller then
-// takes the block row by row. The operations and their order are those of the
-// ordinary rows of log_prob_rows, so the bits are the same. xc, yc and lc are
-// element buffers of the block; rows points to six per-row buffers.
+// and (on the simplex) positive. Returns false, having written nothing, when
+// some row of the block is not ordinary; the caller then takes the block row by
+// row. The operations and their order are those of the ordinary rows of
+// log_prob_rows, gradients included, so the bits are the same. xc, yc and lc are
+// element buffers of the block; rows points to ten per-row buffers.
 template <class Real, class Walker>
 bool log_prob_block_columns(const LogProbArgs<Real>& a, Walker& walk, int64_t rb,
                             int64_t nb, double* xc, double* yc, double* lc,
@@ -647,14 +648,22 @@ bool log_prob_block_columns(const LogProbArgs<Real>& a, Walker& walk, int64_t rb
     double* const ymax = amax + kBlockElements;  // the largest y and
     double* const xmax = ymax + kBlockElements;  // its x,
     double* const lin = xmax + kBlockElements;   // the linear terms,
-    double* const zmax = lin + kBlockElements;   // max z, then log sum exp.
+    double* const zmax = lin + kBlockElements;   // max z, then log sum exp,
+    double* const sum = zmax + kBlockElements;   // sum exp(z - max z),
+    double* const g = sum + kBlockElements;      // the upstream gradient,
+    double* const scale = g + kBlockElements;    // the scale of the T sum,
+    double* const acc = scale + kBlockElements;  // and that sum.
+    const bool want_grad = a.grad_value != nullptr || a.grad_logits != nullptr ||
+                           a.grad_temperature != nullptr;
 
-    block_temperatures(a.temperature, a.shape, walk, 1, nb, t);
+    block_per_row(a.temperature, a.shape, walk, 1, nb, t);
+    if (want_grad) block_per_row(a.grad, a.shape, walk, 3, nb, g);
     block_to_columns(a.logits, a.shape, walk, 0, rb, nb, lc);
     block_to_columns(a.value, a.shape, walk, 2, rb, nb, xc);
     skip_block(walk,
                !dense_rows(a.logits, a.shape) || !dense_rows(a.value, a.shape) ||
-                   !same_for_all_rows(a.temperature, a.shape),
+                   !same_for_all_rows(a.temperature, a.shape) ||
+                   (want_grad && !same_for_all_rows(a.grad, a.shape)),
                nb);
 
     // Ordinary rows only.
@@ -681,11 +690,12 @@ bool log_prob_block_columns(const LogProbArgs<Real>& a, Walker& walk, int64_t rb
             lin[i] += simplex ? -yj : 0.0;
         }
     }
-    // z = (a - max a) - T (y - max y), y - max y as in Note [large temperatures].
+    // z = (a - max a) - T (y - max y), y - max y as in Note [large temperatures];
+    // z in place of y, and y - max y in place of the logits.
     for (int64_t j = 0; j < k; ++j) {
         double* const yj = yc + j * nb;
         const double* const xj = xc + j * nb;
-        const double* const aj = lc + j * nb;
+        double* const aj = lc + j * nb;
         int64_t i = 0;
 #if defined(RELAXCAT_HAVE_VECTOR_EXTENSIONS)
         for (; i + kLanes <= nb; i += kLanes) {
@@ -695,6 +705,7 @@ bool log_prob_block_columns(const LogProbArgs<Real>& a, Walker& walk, int64_t rb
                                    : y - load_d(ymax + i);
             const VecD z = (load_d(aj + i) - load_d(amax + i)) - load_d(t + i) * d;
             store_d(yj + i, z);
+            store_d(aj + i, d);
             const VecD m = load_d(zmax + i);
             store_d(zmax + i, j == 0 ? z : (m > z ? m : z));
         }
@@ -704,6 +715,7 @@ bool log_prob_block_columns(const LogProbArgs<Real>& a, Walker& walk, int64_t rb
                 simplex ? log_ratio(xj[i], xmax[i], yj[i], ymax[i]) : yj[i] - ymax[i];
             const double z = (aj[i] - amax[i]) - t[i] * d;
             yj[i] = z;
+            aj[i] = d;
             zmax[i] = j == 0 ? z : max_d(zmax[i], z);
         }
     }
@@ -719,20 +731,78 @@ bool log_prob_block_columns(const LogProbArgs<Real>& a, Walker& walk, int64_t rb
 
     // The density: lgamma(K) + (K - 1) log T + lin - K log(sum exp(z - max z)).
     exp_inplace(yc, n);
-    for (int64_t i = 0; i < nb; ++i) zmax[i] = yc[i];
+    for (int64_t i = 0; i < nb; ++i) sum[i] = yc[i];
     for (int64_t j = 1; j < k; ++j)
-        for (int64_t i = 0; i < nb; ++i) zmax[i] += yc[j * nb + i];
+        for (int64_t i = 0; i < nb; ++i) sum[i] += yc[j * nb + i];
+    for (int64_t i = 0; i < nb; ++i) zmax[i] = sum[i];
     log_inplace(zmax, nb);
     const double kd = static_cast<double>(k);
-    const double lgamma_k = lgamma_int(k);
-    double last_t = t[0], head = lgamma_k + (kd - 1.0) * log_d(t[0]);
-    for (int64_t i = 0; i < nb; ++i) {
-        if (t[i] != last_t) {
-            last_t = t[i];
-            head = lgamma_k + (kd - 1.0) * log_d(t[i]);
+    if (a.log_prob != nullptr) {
+        const double lgamma_k = lgamma_int(k);
+        double last_t = t[0], head = lgamma_k + (kd - 1.0) * log_d(t[0]);
+        for (int64_t i = 0; i < nb; ++i) {
+            if (t[i] != last_t) {
+                last_t = t[i];
+                head = lgamma_k + (kd - 1.0) * log_d(t[i]);
+            }
+            a.log_prob[rb + i] = static_cast<Real>(head + lin[i] - kd * zmax[i]);
         }
-        a.log_prob[rb + i] = static_cast<Real>(head + lin[i] - kd * zmax[i]);
     }
+    if (!want_grad) return true;
+
+    // The gradients, as log_prob_rows forms them for ordinary rows, with the
+    // softmax weights w in place of the exponentials and y - max y in lc.
+    double* const inv = amax;  // 1 / sum, in a buffer no longer needed
+    for (int64_t i = 0; i < nb; ++i) inv[i] = 1.0 / sum[i];
+    for (int64_t j = 0; j < k; ++j)
+        for (int64_t i = 0; i < nb; ++i) yc[j * nb + i] *= inv[i];
+    if (a.grad_temperature != nullptr) {
+        for (int64_t i = 0; i < nb; ++i) {
+            scale[i] = 0.0;
+            acc[i] = 0.0;
+        }
+        for (int64_t j = 0; j < k; ++j)
+            for (int64_t i = 0; i < nb; ++i)
+                scale[i] = max_d(scale[i], -lc[j * nb + i]);
+        bool unit = true;  // y / 1 is y: no division when no row is scaled
+        for (int64_t i = 0; i < nb; ++i) {
+            scale[i] = scale[i] > kScaleAbove ? scale[i] : 1.0;
+            unit &= scale[i] == 1.0;
+        }
+        for (int64_t j = 0; j < k; ++j) {
+            const double* wj = yc + j * nb;
+            const double* dj = lc + j * nb;
+            if (unit) {
+                for (int64_t i = 0; i < nb; ++i) acc[i] += (kd * wj[i] - 1.0) * dj[i];
+            } else {
+                for (int64_t i = 0; i < nb; ++i)
+                    acc[i] += (kd * wj[i] - 1.0) * (dj[i] / scale[i]);
+            }
+        }
+        for (int64_t i = 0; i < nb; ++i)
+            a.grad_temperature[rb + i] = static_cast<Real>(
+                g[i] == 0.0 ? 0.0 : g[i] * ((kd - 1.0) / t[i] + acc[i] * scale[i]));
+    }
+    with_short_k(k, [&](auto kk) {
+        if (a.grad_logits != nullptr)
+            columns_to_rows(
+                yc, nb, kk, a.grad_logits + rb * k,
+                [g, kd](double w, int64_t i) { return g[i] * (1.0 - kd * w); });
+        if (a.grad_value != nullptr) {
+            // T (K w - 1) - [1 on the simplex], then divided by x on the simplex.
+            const double one = simplex ? 1.0 : 0.0;
+            for (int64_t j = 0; j < k; ++j) {
+                double* wj = yc + j * nb;
+                const double* xj = xc + j * nb;
+                for (int64_t i = 0; i < nb; ++i) {
+                    const double dy = g[i] * (t[i] * (kd * wj[i] - 1.0) - one);
+                    wj[i] = simplex ? dy / xj[i] : dy;
+                }
+            }
+            columns_to_rows(yc, nb, kk, a.grad_value + rb * k,
+                            [](double v, int64_t) { return v; });
+        }
+    });
     return true;
 }
 
@@ -776,7 +846,7 @@ void log_prob_rows(const LogProbArgs<Real>& a, int64_t r0, int64_t r1,
         const int64_t nb = r1 - rb < rows_per_block(k) ? r1 - rb : rows_per_block(k);
         const int64_t n = nb * k;
         const RowWalker<4> block_start = walk;
-        if (k <= kColumnMaxK && !want_grad && a.log_prob != nullptr) {
+        if (k <= kColumnMaxK) {
             if (log_prob_block_columns(a, walk, rb, nb, y, w, la, row_live)) continue;
             walk = block_start;
         }
@@ -1000,7 +1070,7 @@ void rsample_vjp_block_columns(const RsampleVjpArgs<Real>& a, Walker& walk, int6
     double* const inv_scale = scale + kBlockElements;  // its reciprocal,
     double* const acc = inv_scale + kBlockElements;    // and that sum.
 
-    block_temperatures(a.temperature, a.shape, walk, 2, nb, t);
+    block_per_row(a.temperature, a.shape, walk, 2, nb, t);
     block_to_columns(a.value, a.shape, walk, 0, rb, nb, v);
     block_to_columns(a.grad, a.shape, walk, 1, rb, nb, gb);
     if (masks) block_to_columns(a.logits, a.shape, walk, 3, rb, nb, lc);
