@@ -90,7 +90,7 @@ def main(path: str) -> int:
         f"{len(summary)} cells; faster than torch.distributions with validation off "
         f"in {len(beat_torch)} of {len(vs_torch)}."
     )
-    print("\n2-thread speed-up of relaxcat (1T time / 2T time), min .. max over shapes:")
+    print("\n2-thread speed-up of relaxcat (1T time / 2T time), min .. max:")
     for op in OPS:
         for dtype in ("float32", "float64"):
             ups = []
