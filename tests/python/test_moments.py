@@ -419,3 +419,56 @@ def test_categorical_kl_is_the_analytic_kl_of_the_probs():
     )
     assert relaxcat.categorical_kl(p, q) == np.inf
     assert relaxcat.categorical_kl(p, p) == 0
+
+
+def _k2_small_category(delta, t):
+    """E[x], Var[x] of the category trailing by delta > 0 (K = 2) at 60 digits,
+    with a breakpoint at logit 0 as well, where the second moment's integrand
+    peaks when T < 2."""
+    mp.mp.dps = 60
+    mu, s = -mp.mpf(delta) / t, mp.mpf(1) / t
+
+    def pdf(z):
+        e = mp.exp(-(z - mu) / s)
+        return e / (s * (1 + e) ** 2)
+
+    cuts = sorted({float(mu - 50 * s), float(mu), float(mu + 50 * s), 0.0})
+    points = [-mp.inf] + [mp.mpf(c) for c in cuts] + [mp.inf]
+
+    def moment(n):
+        return mp.quad(lambda z: (1 / (1 + mp.exp(-z))) ** n * pdf(z), points)
+
+    m1, m2 = moment(1), moment(2)
+    return float(m1), float(m2 - m1 * m1)
+
+
+@pytest.mark.parametrize(
+    "delta,t", [(50.0, 0.5), (30.0, 0.5), (40.0, 1.0), (300.0, 5.0), (3.0, 0.05)]
+)
+def test_a_dominant_category_has_the_variance_of_the_rest(delta, t):
+    # Regression: Var(x_0) was E[x_0^2] - E[x_0]^2 with both near 1, which
+    # cancelled to 0 or a negative number (-3.3e-16 for logits [50, 0], T = 0.5,
+    # where the truth is 1.5e-22). For K = 2, x_0 = 1 - x_1: both variances are
+    # equal and the covariance is -Var.
+    m, v = _k2_small_category(delta, t)
+    d = dist([delta, 0.0], t)
+    assert scale_err(d.mean, [1 - m, m]) < QUAD_TOL
+    assert scale_err(d.variance, [v, v]) < QUAD_TOL
+    assert scale_err(d.covariance(), [[v, -v], [-v, v]]) < QUAD_TOL
+
+
+@pytest.mark.parametrize(
+    "logits,t", [([40.0, 0.0, 0.0], 1.0), ([3.0, 0.0, -1.0, 2.0], 0.3)]
+)
+def test_covariance_rows_sum_to_zero_and_the_dominant_variance_is_the_rest(logits, t):
+    # sum_j x_j = 1, so each row of the covariance sums to 0 and the dominant
+    # category's variance is the sum of the covariance block of the others.
+    d = dist(logits, t)
+    cov = d.covariance()
+    top = int(np.argmax(logits))
+    rest = [j for j in range(len(logits)) if j != top]
+    scale = np.max(np.abs(cov))
+    assert np.all(np.abs(cov.sum(axis=1)) <= 1e-12 * scale)
+    assert abs(cov[top, top] - cov[np.ix_(rest, rest)].sum()) <= 1e-12 * scale
+    assert cov[top, top] > 0
+    np.testing.assert_allclose(d.variance, np.diag(cov), rtol=1e-12, atol=0)

@@ -400,6 +400,17 @@ inline void moments_row(const double* a, int64_t k, double t, MomentKind kind,
         return;
     }
 
+    // Note [dominant category]: when one category d holds most of the mass,
+    // E[x_d^2] - E[x_d]^2 cancels (both near 1, the variance near 0). Its
+    // moments then come from the rest R = 1 - x_d = sum_{j != d} x_j, whose
+    // second moment E[R^2] is integrated alongside (pairs through prefix sums,
+    // so nothing cancels): Var(x_d) = E[R^2] - E[R]^2, and since every row of
+    // the covariance sums to 0, Cov(x_d, x_j) = -sum_{i != d} Cov(x_i, x_j).
+    int64_t d = -1;  // the largest live logit
+    for (int64_t j = 0; j < k; ++j)
+        if (!negligible(a[j], t) && (d < 0 || a[j] > a[d])) d = j;
+    double rest2 = 0.0;  // the integral of E[R^2]
+
     // The outer trapezoid (Note [outer variable]): right from u0, then left.
     const double m = std::fmin(t, 1.0);
     const double u0 = t < 1.0 ? 0.0 : -std::log(static_cast<double>(live));
@@ -436,6 +447,12 @@ inline void moments_row(const double* a, int64_t k, double t, MomentKind kind,
                 }
             }
             if (want2) {
+                double prefix = 0.0;  // sum of q1 over the rest, before j
+                for (int64_t j = 0; j < k; ++j) {
+                    if (j == d) continue;
+                    rest2 += q2[j] + 2.0 * m * q1[j] * prefix;
+                    prefix += q1[j];
+                }
                 for (int64_t j = 0; j < k; ++j) {
                     if (!full) {
                         second[j] += q2[j];
@@ -467,6 +484,24 @@ inline void moments_row(const double* a, int64_t k, double t, MomentKind kind,
             second[l * k + j] = c;
         }
     }
+    if (mean[d] <= 0.5) return;  // Note [dominant category]
+    double rest = 0.0;
+    for (int64_t j = 0; j < k; ++j)
+        if (j != d) rest += mean[j];
+    const double var_d = h * rest2 - rest * rest;
+    if (!full) {
+        second[d] = var_d;
+        return;
+    }
+    for (int64_t j = 0; j < k; ++j) {
+        if (j == d) continue;
+        double c = 0.0;
+        for (int64_t i = 0; i < k; ++i)
+            if (i != d) c += second[i * k + j];
+        second[d * k + j] = -c;
+        second[j * k + d] = -c;
+    }
+    second[d * k + d] = var_d;
 }
 
 // E[log x_k] (the mean of ExpRelaxedOneHotCategorical). With V and S as in
