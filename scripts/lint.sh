@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Style checks with the pinned tools of the lint extra: ruff (Python) and
-# clang-format (C++), both at 88 columns (STYLE.md). Exits non-zero on a finding.
+# clang-format (C++), both at 88 columns (the house style). Exits non-zero on a finding.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # The tools' directory: that of $PYTHON (a venv with the lint extra), else PATH.

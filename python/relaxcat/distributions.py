@@ -7,6 +7,7 @@ state: a sample is a pure function of (rng, shapes, parameters).
 
 from __future__ import annotations
 
+import math
 import numbers
 from collections import namedtuple
 
@@ -103,7 +104,9 @@ def _reduce_to(grad: np.ndarray, shape: tuple) -> np.ndarray:
     lead = grad.ndim - len(shape)
     # Rows at exact zeros have infinite limits; +inf and -inf summed is NaN (the
     # sum has no limit), and a sum past the float range is inf: answers, not
-    # warnings.
+    # warnings. Not handled: per-row values that overflowed only because they are
+    # stored in the dtype (a temperature gradient near T = 1e-19 in float32) give
+    # NaN here too, and float32 rows are summed in float32 (README, Limitations).
     with np.errstate(invalid="ignore", over="ignore"):
         if lead:
             grad = grad.sum(axis=tuple(range(lead)))
@@ -306,6 +309,13 @@ class RelaxedOneHotCategorical:
     def _full(self, lead: tuple):
         """Logits and temperature broadcast to ``lead + batch_shape`` (views)."""
         batch = lead + self._batch_shape
+        elements = math.prod(batch + self.event_shape)
+        if elements > np.iinfo(np.intp).max:
+            raise ValueError(
+                f"sample_shape {lead} with batch_shape {self._batch_shape} and "
+                f"event_shape {self.event_shape} gives {elements} elements, more "
+                f"than an array can index ({np.iinfo(np.intp).max})"
+            )
         logits = np.broadcast_to(self._a, batch + self.event_shape)
         temp = np.broadcast_to(self._t_rows, batch)
         return logits, temp
@@ -578,6 +588,11 @@ class RelaxedOneHotCategorical:
     def _grad(self, grad, shape: tuple, what: str) -> np.ndarray:
         """The upstream gradient in the distribution's dtype, broadcast to shape."""
         grad = v.as_float_array(grad, "grad", self.dtype)
+        bad = ~np.isfinite(grad)
+        if bad.any():  # it would turn every gradient entry into NaN
+            raise ValueError(
+                f"grad must be finite, got {v.first_value(grad, bad)}{v.first_bad(bad)}"
+            )
         try:
             return np.broadcast_to(grad, shape)
         except ValueError:

@@ -853,3 +853,24 @@ def test_float16_samples_pass_validation_with_float16_tolerance():
     assert np.all(np.isfinite(d.log_prob(x16)))
     with pytest.raises(ValueError, match=r"must sum to 1"):
         d.log_prob(np.array([0.5, 0.5, 0.1], np.float16))
+
+
+@pytest.mark.parametrize("bad_value", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("cls", CLASSES)
+def test_a_non_finite_upstream_grad_is_rejected(cls, bad_value):
+    # Regression: a NaN or infinite upstream gradient turned every entry of the
+    # result into NaN without a word.
+    d = _dist(cls)
+    v = d.rsample((4,), rng=0)
+    w = np.ones(v.shape)
+    w[1, 0, 2] = bad_value
+    check_raises(
+        ValueError,
+        r"grad must be finite, got .*at index \(1, 0, 2\)",
+        lambda: d.rsample_vjp(v, w),
+        w,
+        v,
+    )
+    g = np.ones(v.shape[:-1])
+    g[2, 1] = bad_value
+    check_raises(ValueError, r"grad must be finite", lambda: d.log_prob_vjp(v, g), g, v)

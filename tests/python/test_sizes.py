@@ -154,6 +154,9 @@ def test_a_shape_whose_size_overflows_an_index_is_rejected_without_a_crash():
     d = Relaxed(0.5, logits=np.zeros(8))
     with pytest.raises((ValueError, MemoryError)):
         d.rsample((2**40, 2**40), rng=0)
+    # Regression: NumPy's own "iterator is too large" escaped, naming nothing.
+    with pytest.raises(ValueError, match=r"sample_shape \(4611686018427387904, 2\)"):
+        d.rsample((2**62, 2), rng=0)
     with pytest.raises((ValueError, MemoryError)):
         _core.gumbels(0, 0, 0, 2**62)
 

@@ -72,7 +72,7 @@ inline std::array<uint32_t, 4> philox4x32(const std::array<uint32_t, 4>& counter
 
 // Writes the standard Gumbel noise of the next n elements of gen's stream to
 // out[0..n) and advances gen by n: the noise rsample adds to the logits of
-// double samples (doubles in [-3.6, 36.8]) or of float samples (floats in
+// double samples (doubles in [-3.60, 36.74]) or of float samples (floats in
 // [-3.13, 22.87]), identical on every instruction-set level. n <= 0 writes
 // nothing.
 inline void gumbel_noise(Philox& gen, int64_t n, double* out) {

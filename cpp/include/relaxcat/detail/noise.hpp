@@ -9,7 +9,7 @@
 // stream_lo, stream_hi) and key (key_lo, key_hi). Even i takes words 0 and 1 of
 // the block, odd i words 2 and 3; the pair forms w = lo | hi << 32, the uniform
 // is u = ((w >> 12) + 1/2) 2^-52, strictly inside (0, 1), and the noise is
-// g = -log(-log(u)) in [-3.6, 36.8], in double arithmetic (math.hpp's log_d).
+// g = -log(-log(u)) in [-3.60, 36.74], in double arithmetic (math.hpp's log_d).
 //
 // Float noise: element i reads word i % 4 of block i / 4, w. Its top bit picks
 // the half of (0, 1) that u lies in and the other 31 bits m give the distance
