@@ -215,14 +215,15 @@ inline int64_t block_capacity(int64_t k) {
     return k > kBlockElements ? k : kBlockElements;
 }
 
-// Scratch a kernel needs per thread, in doubles: three element buffers of one
-// block and ten per-row buffers (a block holds at most kBlockElements rows).
-inline int64_t scratch_size(int64_t k) {
-    return 3 * block_capacity(k) + 10 * kBlockElements;
-}
-
 inline int64_t rows_per_block(int64_t k) {
     return k >= kBlockElements ? 1 : kBlockElements / (k > 0 ? k : 1);
+}
+
+// Scratch a kernel needs per thread, in doubles: three element buffers of one
+// block and ten per-row buffers of rows_per_block(k) each, so about
+// 3 kBlockElements + 10 kBlockElements / K: 208 KiB for K = 1, 68 KiB for K = 8.
+inline int64_t scratch_size(int64_t k) {
+    return 3 * block_capacity(k) + 10 * rows_per_block(k);
 }
 
 // exp and log over a buffer: vectors for whole groups of lanes, scalars for the
@@ -390,11 +391,11 @@ void rsample_block_columns(const RsampleArgs<Real>& a, Walker& walk, int64_t rb,
     double* const lc = la;   // the logits, column-major
     double* const ex = s;    // exp(s), column-major, once the noise is moved
     double* const t = rows;  // per row: T,
-    double* const inv_t = t + kBlockElements;     // 1 / T,
-    double* const amax = inv_t + kBlockElements;  // max a,
-    double* const umax = amax + kBlockElements;   // max u,
-    double* const sum = umax + kBlockElements;    // sum exp(s),
-    double* const inv = sum + kBlockElements;     // its reciprocal or log.
+    double* const inv_t = t + rows_per_block(k);     // 1 / T,
+    double* const amax = inv_t + rows_per_block(k);  // max a,
+    double* const umax = amax + rows_per_block(k);   // max u,
+    double* const sum = umax + rows_per_block(k);    // sum exp(s),
+    double* const inv = sum + rows_per_block(k);     // its reciprocal or log.
 
     block_per_row(a.temperature, a.shape, walk, 1, nb, t);
     block_to_columns(a.logits, a.shape, walk, 0, rb, nb, lc);
@@ -479,7 +480,7 @@ void rsample_rows(const RsampleArgs<Real>& a, int64_t r0, int64_t r1, double* sc
     double* e_buffer = scratch + cap;
     double* la = scratch + 2 * cap;
     double* row_sum = scratch + 3 * cap;  // per-row buffers of the block
-    double* row_inv = row_sum + kBlockElements;
+    double* row_inv = row_sum + rows_per_block(k);
     const int64_t ks = a.logits.kstride;
     double last_t = 0.0, inv_t = kInf;  // T > 0, so the first row sets them
 
@@ -643,16 +644,16 @@ bool log_prob_block_columns(const LogProbArgs<Real>& a, Walker& walk, int64_t rb
     const int64_t k = a.shape.k;
     const int64_t n = nb * k;
     const bool simplex = a.space == Space::simplex;
-    double* const t = rows;                      // per row: T,
-    double* const amax = t + kBlockElements;     // max a,
-    double* const ymax = amax + kBlockElements;  // the largest y and
-    double* const xmax = ymax + kBlockElements;  // its x,
-    double* const lin = xmax + kBlockElements;   // the linear terms,
-    double* const zmax = lin + kBlockElements;   // max z, then log sum exp,
-    double* const sum = zmax + kBlockElements;   // sum exp(z - max z),
-    double* const g = sum + kBlockElements;      // the upstream gradient,
-    double* const scale = g + kBlockElements;    // the scale of the T sum,
-    double* const acc = scale + kBlockElements;  // and that sum.
+    double* const t = rows;                         // per row: T,
+    double* const amax = t + rows_per_block(k);     // max a,
+    double* const ymax = amax + rows_per_block(k);  // the largest y and
+    double* const xmax = ymax + rows_per_block(k);  // its x,
+    double* const lin = xmax + rows_per_block(k);   // the linear terms,
+    double* const zmax = lin + rows_per_block(k);   // max z, then log sum exp,
+    double* const sum = zmax + rows_per_block(k);   // sum exp(z - max z),
+    double* const g = sum + rows_per_block(k);      // the upstream gradient,
+    double* const scale = g + rows_per_block(k);    // the scale of the T sum,
+    double* const acc = scale + rows_per_block(k);  // and that sum.
     const bool want_grad = a.grad_value != nullptr || a.grad_logits != nullptr ||
                            a.grad_temperature != nullptr;
 
@@ -828,16 +829,16 @@ void log_prob_rows(const LogProbArgs<Real>& a, int64_t r0, int64_t r1,
     const bool want_grad = a.grad_value != nullptr || a.grad_logits != nullptr ||
                            a.grad_temperature != nullptr;
     const int64_t ks = a.logits.kstride, vs = a.value.kstride;
-    double* y = scratch;                           // log x, per element
-    double* w = scratch + cap;                     // exponents, then softmax weights
-    double* la = scratch + 2 * cap;                // the logits, per element
-    double* row_live = scratch + 3 * cap;          // per-row facts of the block
-    double* row_kind = row_live + kBlockElements;  // 0 ordinary, 1 zeros, 2 off face
-    double* row_lin = row_kind + kBlockElements;
-    double* row_zmax = row_lin + kBlockElements;
-    double* row_zeros = row_zmax + kBlockElements;
-    double* row_sum = row_zeros + kBlockElements;    // sum of exp(z - max z)
-    double* row_log_sum = row_sum + kBlockElements;  // and its log
+    double* y = scratch;                              // log x, per element
+    double* w = scratch + cap;                        // exponents, then softmax weights
+    double* la = scratch + 2 * cap;                   // the logits, per element
+    double* row_live = scratch + 3 * cap;             // per-row facts of the block
+    double* row_kind = row_live + rows_per_block(k);  // 0 ordinary, 1 zeros, 2 off face
+    double* row_lin = row_kind + rows_per_block(k);
+    double* row_zmax = row_lin + rows_per_block(k);
+    double* row_zeros = row_zmax + rows_per_block(k);
+    double* row_sum = row_zeros + rows_per_block(k);    // sum of exp(z - max z)
+    double* row_log_sum = row_sum + rows_per_block(k);  // and its log
     int64_t cached_k = -1;
     double cached_lgamma = 0.0;
     double cached_t = 0.0, cached_log_t = -kInf;  // T > 0: the first row sets them
@@ -1060,15 +1061,15 @@ void rsample_vjp_block_columns(const RsampleVjpArgs<Real>& a, Walker& walk, int6
     double* const lc = simplex ? y : x;  // the logits, until that buffer is needed
     double* const v = simplex ? x : y;   // the value as given
     double* const t = rows;              // per row: T, 1 / T, sum x, 1 / sum x,
-    double* const inv_t = t + kBlockElements;
-    double* const sum = inv_t + kBlockElements;
-    double* const inv_sum = sum + kBlockElements;
-    double* const lsum = inv_sum + kBlockElements;  // log sum x, <w, x>,
-    double* const wx = lsum + kBlockElements;
-    double* const wsum = wx + kBlockElements;          // the sum of live w,
-    double* const scale = wsum + kBlockElements;       // the scale of the T sum and
-    double* const inv_scale = scale + kBlockElements;  // its reciprocal,
-    double* const acc = inv_scale + kBlockElements;    // and that sum.
+    double* const inv_t = t + rows_per_block(k);
+    double* const sum = inv_t + rows_per_block(k);
+    double* const inv_sum = sum + rows_per_block(k);
+    double* const lsum = inv_sum + rows_per_block(k);  // log sum x, <w, x>,
+    double* const wx = lsum + rows_per_block(k);
+    double* const wsum = wx + rows_per_block(k);          // the sum of live w,
+    double* const scale = wsum + rows_per_block(k);       // the scale of the T sum and
+    double* const inv_scale = scale + rows_per_block(k);  // its reciprocal,
+    double* const acc = inv_scale + rows_per_block(k);    // and that sum.
 
     block_per_row(a.temperature, a.shape, walk, 2, nb, t);
     block_to_columns(a.value, a.shape, walk, 0, rb, nb, v);
@@ -1182,7 +1183,7 @@ void rsample_vjp_rows(const RsampleVjpArgs<Real>& a, int64_t r0, int64_t r1,
     double* y = scratch + cap;
     double* gb = scratch + 2 * cap;       // the upstream gradient, per element
     double* row_sum = scratch + 3 * cap;  // per row: sum x and its log
-    double* row_log_sum = row_sum + kBlockElements;
+    double* row_log_sum = row_sum + rows_per_block(k);
     double last_t = 0.0, inv_t = kInf;  // T > 0, so the first row sets them
 
     for (int64_t rb = r0; rb < r1; rb += rows_per_block(k)) {
