@@ -1046,6 +1046,18 @@ void log_prob_rows(const LogProbArgs<Real>& a, int64_t r0, int64_t r1,
     }
 }
 
+// A value given as x (simplex) or as y = log x: the other of the two, flat over
+// n elements.
+inline void complete_x_and_log_x(bool simplex, double* x, double* y, int64_t n) {
+    if (simplex) {
+        for (int64_t j = 0; j < n; ++j) y[j] = x[j];
+        log_inplace(y, n);
+    } else {
+        for (int64_t j = 0; j < n; ++j) x[j] = y[j];
+        exp_inplace(x, n);
+    }
+}
+
 // rsample_vjp_rows for one block of short rows in columns (Note [rows as
 // columns]): the same operations in the same order per row, so the same bits.
 // x, y and gb are element buffers of the block; rows points to ten per-row
@@ -1084,13 +1096,7 @@ void rsample_vjp_block_columns(const RsampleVjpArgs<Real>& a, Walker& walk, int6
         const double masked_value = simplex ? 0.0 : -kInf;
         for (int64_t j = 0; j < n; ++j) v[j] = lc[j] == -kInf ? masked_value : v[j];
     }
-    if (simplex) {
-        for (int64_t j = 0; j < n; ++j) y[j] = x[j];
-        log_inplace(y, n);
-    } else {
-        for (int64_t j = 0; j < n; ++j) x[j] = y[j];
-        exp_inplace(x, n);
-    }
+    complete_x_and_log_x(simplex, x, y, n);
 
     // The row sums, in element order.
     for (int64_t i = 0; i < nb; ++i) {
@@ -1208,13 +1214,7 @@ void rsample_vjp_rows(const RsampleVjpArgs<Real>& a, int64_t r0, int64_t r1,
                                : v[j];
             }
         }
-        if (simplex) {
-            for (int64_t j = 0; j < n; ++j) y[j] = x[j];
-            log_inplace(y, n);
-        } else {
-            for (int64_t j = 0; j < n; ++j) x[j] = y[j];
-            exp_inplace(x, n);
-        }
+        complete_x_and_log_x(simplex, x, y, n);
 
         // 2. The row sums of x, and their logs in one flat pass.
         for (int64_t i = 0; i < nb; ++i) {
