@@ -183,7 +183,8 @@ void log_prob_t(int space, const py::array& logits, const py::array& temperature
     a.log_prob = out_arg<Real>(out_lp, a.shape, false, fn, "out");
     a.grad_value = out_arg<Real>(out_gv, a.shape, true, fn, "grad_value");
     a.grad_logits = out_arg<Real>(out_gl, a.shape, true, fn, "grad_logits");
-    a.grad_temperature = out_arg<Real>(out_gt, a.shape, false, fn, "grad_temperature");
+    a.grad_temperature =
+        out_arg<double>(out_gt, a.shape, false, fn, "grad_temperature");
     const bool wants_grad = a.grad_value || a.grad_logits || a.grad_temperature;
     if (wants_grad && a.grad.data == nullptr)
         value_error("log_prob: gradient outputs need the upstream gradient 'grad'");
@@ -202,7 +203,8 @@ void rsample_vjp_t(int space, const py::array& value, const py::array& grad,
     a.grad = in_arg<Real>(grad, a.shape, true, fn, "grad");
     a.temperature = in_arg<Real>(temperature, a.shape, false, fn, "temperature");
     a.grad_logits = out_arg<Real>(out_gl, a.shape, true, fn, "grad_logits");
-    a.grad_temperature = out_arg<Real>(out_gt, a.shape, false, fn, "grad_temperature");
+    a.grad_temperature =
+        out_arg<double>(out_gt, a.shape, false, fn, "grad_temperature");
     if (!logits.is_none())
         a.logits = in_arg<Real>(py::reinterpret_borrow<py::array>(logits), a.shape,
                                 true, fn, "logits");

@@ -328,7 +328,7 @@ def gumbel_softmax_vjp(sample_soft, grad, temperature, axis=-1):
         ``logits`` with the sample's shape, ``temperature`` with the shape of the
         temperature given (broadcast dimensions summed).
     """
-    from .distributions import RsampleGrad, _reduce_to
+    from .distributions import RsampleGrad, _reduce_to, _round_to
 
     x = v.as_float_array(sample_soft, "sample_soft")
     if x.ndim == 0:
@@ -363,6 +363,7 @@ def gumbel_softmax_vjp(sample_soft, grad, temperature, axis=-1):
     temp = np.broadcast_to(t, rows)
     threads = _threads.get_num_threads()
     gl = np.empty(x.shape, dtype=x.dtype)
-    gt = np.empty(rows, dtype=x.dtype)
+    gt = np.empty(rows, dtype=np.float64)  # per row in float64, then summed
     _core.rsample_vjp(0, x, g, temp, gl, gt, threads)
-    return RsampleGrad(np.moveaxis(gl, -1, axis), _reduce_to(gt, t.shape))
+    gt = _round_to(_reduce_to(gt, t.shape), x.dtype)
+    return RsampleGrad(np.moveaxis(gl, -1, axis), gt)

@@ -104,9 +104,9 @@ def _reduce_to(grad: np.ndarray, shape: tuple) -> np.ndarray:
     lead = grad.ndim - len(shape)
     # Rows at exact zeros have infinite limits; +inf and -inf summed is NaN (the
     # sum has no limit), and a sum past the float range is inf: answers, not
-    # warnings. Not handled: per-row values that overflowed only because they are
-    # stored in the dtype (a temperature gradient near T = 1e-19 in float32) give
-    # NaN here too, and float32 rows are summed in float32 (README, Limitations).
+    # warnings. Temperature gradients arrive per row in float64 (Note [summed
+    # gradients], args.hpp); logits gradients arrive in the dtype, so float32 ones
+    # are summed in float32 (README, Limitations).
     with np.errstate(invalid="ignore", over="ignore"):
         if lead:
             grad = grad.sum(axis=tuple(range(lead)))
@@ -114,6 +114,13 @@ def _reduce_to(grad: np.ndarray, shape: tuple) -> np.ndarray:
         if axes:
             grad = grad.sum(axis=axes, keepdims=True)
     return np.ascontiguousarray(grad).reshape(shape)
+
+
+def _round_to(x: np.ndarray, dtype) -> np.ndarray:
+    """A float64 result in the distribution's dtype; past its range it is the
+    infinity of its sign, an answer, not a warning."""
+    with np.errstate(over="ignore"):
+        return x.astype(dtype, copy=False)
 
 
 class RelaxedOneHotCategorical:
@@ -583,7 +590,7 @@ class RelaxedOneHotCategorical:
 
     def _temperature_grad(self, grad_t_rows: np.ndarray) -> np.ndarray:
         g = _reduce_to(grad_t_rows, self._t_rows.shape)
-        return g.reshape(self._temperature.shape)
+        return _round_to(g.reshape(self._temperature.shape), self.dtype)
 
     def _grad(self, grad, shape: tuple, what: str) -> np.ndarray:
         """The upstream gradient in the distribution's dtype, broadcast to shape."""
@@ -618,7 +625,7 @@ class RelaxedOneHotCategorical:
         grad = np.broadcast_to(grad, val.shape)
         threads = _threads.resolve(num_threads)
         gl = np.empty(val.shape, dtype=self.dtype)
-        gt = np.empty(temp.shape, dtype=self.dtype)
+        gt = np.empty(temp.shape, dtype=np.float64)  # Note [summed gradients]
         _core.rsample_vjp(self._space, val, grad, temp, gl, gt, threads, logits)
         gp = self._param_grad(gl, threads)
         gt = self._temperature_grad(gt)
@@ -641,7 +648,7 @@ class RelaxedOneHotCategorical:
         threads = _threads.resolve(num_threads)
         gv = np.empty(val.shape, dtype=self.dtype)
         gl = np.empty(val.shape, dtype=self.dtype)
-        gt = np.empty(temp.shape, dtype=self.dtype)
+        gt = np.empty(temp.shape, dtype=np.float64)  # Note [summed gradients]
         _core.log_prob(self._space, logits, temp, val, grad, None, gv, gl, gt, threads)
         gv = _reduce_to(gv, value.shape)
         gp = self._param_grad(gl, threads)

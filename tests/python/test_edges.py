@@ -5,6 +5,7 @@ extreme temperatures and logit spreads, and very long or very many rows."""
 from __future__ import annotations
 
 import math
+import warnings
 
 import mpmath
 import numpy as np
@@ -649,3 +650,45 @@ def test_short_rows_rsample_vjp_gives_the_bits_of_the_row_by_row_path(
     np.testing.assert_array_equal(long.logits[:, :k], short.logits)
     np.testing.assert_array_equal(long.temperature, short.temperature)
     assert np.all(long.logits[:, k:] == 0)
+
+
+# ------------------------------------------------- gradients summed over rows
+@pytest.mark.parametrize("cls", [Relaxed, ExpRelaxed])
+def test_a_shared_float32_temperature_gradient_is_the_float64_sum_rounded_once(cls):
+    # Note [summed gradients]: per-row temperature gradients are summed in
+    # float64 and rounded once. The float32 kernels form each row in double from
+    # the float32 inputs, as the float64 kernels do from the same values, so the
+    # float32 result must be the float64 one rounded (a float32 sum of rounded
+    # rows was not).
+    rng = np.random.default_rng(11)
+    logits = rng.normal(size=(20000, 5)).astype(np.float32)
+    d32 = cls(np.float32(0.7), logits=logits)
+    d64 = cls(0.7, logits=logits.astype(np.float64))
+    x = d32.rsample(rng=2)
+    w = rng.normal(size=x.shape).astype(np.float32)
+    got = d32.rsample_vjp(x, w).temperature
+    want = d64.rsample_vjp(x.astype(np.float64), w.astype(np.float64)).temperature
+    assert got.dtype == np.float32
+    assert got == np.float32(want)
+    up = rng.normal(size=x.shape[:-1]).astype(np.float32)
+    got = d32.log_prob_vjp(x, up).temperature
+    want = d64.log_prob_vjp(x.astype(np.float64), up.astype(np.float64)).temperature
+    assert got == np.float32(want)
+
+
+def test_per_row_temperature_gradients_past_float32_sum_to_an_infinity_not_nan():
+    # Regression (fresh-user review): at T = 1e-30 each row's gradient is about
+    # 1e60, past float32; stored as float32 the rows were +inf and -inf and
+    # summed to NaN. The exact sum, -2.3e60, overflows to -inf.
+    logits = np.array([[0.0, 1.0], [1.0, 0.0]], np.float32)
+    d = ExpRelaxed(np.float32(1e-30), logits=logits)
+    y = d.rsample(rng=3)
+    w = np.ones_like(y)
+    w[:, 0] = -1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        gt = d.rsample_vjp(y, w).temperature
+    d64 = ExpRelaxed(1e-30, logits=logits.astype(np.float64))
+    exact = d64.rsample_vjp(y.astype(np.float64), w.astype(np.float64)).temperature
+    assert np.isfinite(exact) and exact < -np.finfo(np.float32).max
+    assert gt == -np.inf

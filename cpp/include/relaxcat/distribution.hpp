@@ -370,7 +370,7 @@ public:
                            {detail::extent(value), detail::extent(grad)});
         const int threads = resolve_threads(fn, num_threads);
         std::vector<Real> gl(static_cast<size_t>(grad_param.data ? rows * k_ : 0));
-        std::vector<Real> gt(static_cast<size_t>(grad_temperature.data ? rows : 0));
+        std::vector<double> gt(static_cast<size_t>(grad_temperature.data ? rows : 0));
         detail::RsampleVjpArgs<Real> a;
         a.shape = shape(rows);
         a.space = kSpace;
@@ -406,7 +406,7 @@ public:
         const int threads = resolve_threads(fn, num_threads);
         detail::RowsOut<Real> gv(grad_value);
         std::vector<Real> gl(static_cast<size_t>(grad_param.data ? rows * k_ : 0));
-        std::vector<Real> gt(static_cast<size_t>(grad_temperature.data ? rows : 0));
+        std::vector<double> gt(static_cast<size_t>(grad_temperature.data ? rows : 0));
         detail::LogProbArgs<Real> a = log_prob_args(value, rows);
         a.grad.data = grad.data;
         a.grad.stride[0] = batch_ * grad.stride;
@@ -859,12 +859,11 @@ private:
         target.finish();
     }
 
-    void finish_temperature_grad(const std::vector<Real>& per_row, int64_t rows,
+    void finish_temperature_grad(const std::vector<double>& per_row, int64_t rows,
                                  VectorView<Real> out) const {
         if (out.data == nullptr) return;
         std::vector<double> acc(temperature_.size(), 0.0);
-        for (int64_t r = 0; r < rows; ++r)
-            acc[temperature_index(r)] += static_cast<double>(per_row[r]);
+        for (int64_t r = 0; r < rows; ++r) acc[temperature_index(r)] += per_row[r];
         for (int64_t i = 0; i < out.size; ++i) out[i] = static_cast<Real>(acc[i]);
     }
 

@@ -60,6 +60,12 @@ struct RsampleArgs {
 // The value space of a log-density: the simplex (x) or its logarithm (y = log x).
 enum class Space { simplex, log };
 
+// Note [summed gradients]: the temperature gradient is written per row in double
+// whatever Real is, and the callers sum rows that share a temperature in double
+// before rounding once to Real. A float32 sum of per-row values would lose
+// digits when they cancel, and per-row values past the float range (they grow
+// like 1/T^2 as T -> 0) would be +-inf and could sum to NaN where the exact sum
+// overflows to an infinity of one sign.
 template <class Real>
 struct LogProbArgs {
     RowShape shape;
@@ -71,7 +77,7 @@ struct LogProbArgs {
     Real* log_prob = nullptr;    // (rows,) output, or null
     Real* grad_value = nullptr;  // (rows, k) outputs of the VJP, each may be null
     Real* grad_logits = nullptr;
-    Real* grad_temperature = nullptr;  // (rows,)
+    double* grad_temperature = nullptr;  // (rows,); double, see Note [summed gradients]
 };
 
 template <class Real>
@@ -84,8 +90,8 @@ struct RsampleVjpArgs {
     // Optional: where a logit is -inf the value is read as an exact zero (-inf in
     // log space), so a masked category gets no gradient whatever the value says.
     RowArg<const Real> logits;
-    Real* grad_logits = nullptr;       // (rows, k), or null
-    Real* grad_temperature = nullptr;  // (rows,), or null
+    Real* grad_logits = nullptr;         // (rows, k), or null
+    double* grad_temperature = nullptr;  // (rows,), or null; double as above
 };
 
 // Row-wise transforms of the parameters (no temperature involved).

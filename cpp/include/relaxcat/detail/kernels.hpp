@@ -781,8 +781,8 @@ bool log_prob_block_columns(const LogProbArgs<Real>& a, Walker& walk, int64_t rb
             }
         }
         for (int64_t i = 0; i < nb; ++i)
-            a.grad_temperature[rb + i] = static_cast<Real>(
-                g[i] == 0.0 ? 0.0 : g[i] * ((kd - 1.0) / t[i] + acc[i] * scale[i]));
+            a.grad_temperature[rb + i] =
+                (g[i] == 0.0 ? 0.0 : g[i] * ((kd - 1.0) / t[i] + acc[i] * scale[i]));
     }
     with_short_k(k, [&](auto kk) {
         if (a.grad_logits != nullptr)
@@ -1015,7 +1015,7 @@ void log_prob_rows(const LogProbArgs<Real>& a, int64_t r0, int64_t r1,
                 } else if (kind == 1 && g != 0.0) {
                     gt = g > 0.0 ? -kInf : kInf;  // the limit tends to -inf
                 }
-                a.grad_temperature[r] = static_cast<Real>(gt);
+                a.grad_temperature[r] = gt;
             }
             if (a.grad_logits != nullptr) {
                 Real* out = a.grad_logits + r * k;
@@ -1159,7 +1159,7 @@ void rsample_vjp_block_columns(const RsampleVjpArgs<Real>& a, Walker& walk, int6
     }
     if (a.grad_temperature != nullptr)
         for (int64_t i = 0; i < nb; ++i)
-            a.grad_temperature[rb + i] = static_cast<Real>(-(acc[i] / t[i]) * scale[i]);
+            a.grad_temperature[rb + i] = (-(acc[i] / t[i]) * scale[i]);
     if (a.grad_logits != nullptr)
         with_short_k(k, [&](auto kk) {
             columns_to_rows(gb, nb, kk, a.grad_logits + rb * k,
@@ -1278,7 +1278,7 @@ void rsample_vjp_rows(const RsampleVjpArgs<Real>& a, int64_t r0, int64_t r1,
                     gl[j] = static_cast<Real>(finite_inv_t ? ds * inv_t : ds / t);
             }
             if (a.grad_temperature != nullptr)
-                a.grad_temperature[r] = static_cast<Real>(-(acc / t) * scale);
+                a.grad_temperature[r] = -(acc / t) * scale;
         }
     }
 }
