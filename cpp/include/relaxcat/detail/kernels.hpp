@@ -842,14 +842,19 @@ void log_prob_rows(const LogProbArgs<Real>& a, int64_t r0, int64_t r1,
     int64_t cached_k = -1;
     double cached_lgamma = 0.0;
     double cached_t = 0.0, cached_log_t = -kInf;  // T > 0: the first row sets them
+    bool columns = k <= kColumnMaxK;              // Note [rows as columns]
 
     for (int64_t rb = r0; rb < r1; rb += rows_per_block(k)) {
         const int64_t nb = r1 - rb < rows_per_block(k) ? r1 - rb : rows_per_block(k);
         const int64_t n = nb * k;
         const RowWalker<4> block_start = walk;
-        if (k <= kColumnMaxK) {
+        // Short rows go down columns until a block is not ordinary; masked
+        // categories or zeros are usually in every block of a call, so later
+        // blocks go row by row without trying (the bits are the same either way).
+        if (columns) {
             if (log_prob_block_columns(a, walk, rb, nb, y, w, la, row_live)) continue;
             walk = block_start;
+            columns = false;
         }
 
         // 1. Logits and value as doubles, then y = log x for the whole block, flat.
