@@ -874,3 +874,80 @@ def test_a_non_finite_upstream_grad_is_rejected(cls, bad_value):
     g = np.ones(v.shape[:-1])
     g[2, 1] = bad_value
     check_raises(ValueError, r"grad must be finite", lambda: d.log_prob_vjp(v, g), g, v)
+
+
+def _oracle_status(space: int, logits, value, tol: float) -> np.ndarray:
+    """The support check's per-row status in NumPy: 1 for a bad entry, 2 for a
+    sum off 1 by more than tol, 3 for weight on a masked category, else 0."""
+    v = value.astype(np.float64)
+    if space == 0:
+        bad = ~(np.isfinite(v) & (v >= 0))
+        masked = (logits == -INF) & (v > 0)
+        x = v
+    else:
+        bad = np.isnan(v) | (v == INF)
+        masked = (logits == -INF) & (v > -INF)
+        with np.errstate(over="ignore", invalid="ignore"):
+            x = np.exp(v)
+    with np.errstate(invalid="ignore"):
+        off = np.abs(x.sum(axis=-1) - 1.0) > tol
+    status = np.zeros(v.shape[:-1], dtype=np.uint8)
+    status[masked.any(axis=-1)] = 3
+    status[off] = 2
+    status[bad.any(axis=-1)] = 1
+    return status
+
+
+@pytest.mark.parametrize("space", [0, 1])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("k", [1, 2, 3, 5, 8, 16, 17, 40])
+@pytest.mark.parametrize("layout", ["dense", "strided", "shared_logits"])
+def test_support_check_status_matches_oracle(space, dtype, k, layout):
+    """The C++ support check gives every row the status of a NumPy oracle, over
+    several blocks of rows where some blocks hold only good rows and others a
+    few bad ones of every kind (the kernel takes a fast path for clean dense
+    blocks and counts row by row otherwise)."""
+    from relaxcat import _core
+
+    rng = np.random.default_rng(k * 10 + space)
+    rows = 5000
+    logits = rng.standard_normal((rows, k))
+    x = rng.dirichlet(np.ones(k), size=rows)
+    # Bad rows only in the second half, so that the first blocks are clean.
+    bad_rows = rng.choice(np.arange(rows // 2, rows), size=60, replace=False)
+    kinds = ["negative", "nan", "inf", "off", "masked", "masked_zero"]
+    value = x.copy()
+    for n, r in enumerate(bad_rows):
+        kind, j = kinds[n % len(kinds)], rng.integers(k)
+        if kind == "negative":
+            value[r, j] = -0.25
+        elif kind == "nan":
+            value[r, j] = NAN
+        elif kind == "inf":
+            value[r, j] = INF
+        elif kind == "off":
+            value[r] *= 1.01
+        elif kind in ("masked", "masked_zero") and k > 1:
+            logits[r, j] = -INF
+            if kind == "masked_zero":  # valid: the weight moves elsewhere
+                w = value[r, j]
+                value[r, j] = 0.0
+                value[r, (j + 1) % k] += w
+    with np.errstate(divide="ignore", invalid="ignore"):
+        value = value if space == 0 else np.log(value)
+    value = value.astype(dtype)
+    logits = logits.astype(dtype)
+    tol = 1e-5
+    if layout == "strided":  # every other category of a wider array
+        wide_v = np.zeros((rows, 2 * k), dtype)
+        wide_v[:, ::2] = value
+        wide_l = np.zeros((rows, 2 * k), dtype)
+        wide_l[:, ::2] = logits
+        value, logits = wide_v[:, ::2], wide_l[:, ::2]
+    elif layout == "shared_logits":  # one row of logits for every row
+        logits = np.broadcast_to(logits[:1], value.shape)
+    status = np.empty(rows, dtype=np.uint8)
+    _core.check_values(space, logits, value, tol, status, 1)
+    expected = _oracle_status(space, logits, value, tol)
+    np.testing.assert_array_equal(status, expected)
+    assert expected[: rows // 2].max() == 0 and expected.max() > 0

@@ -228,12 +228,13 @@ inline int64_t scratch_size(int64_t k) {
 
 // exp and log over a buffer: vectors for whole groups of lanes, scalars for the
 // rest; both give the same bits.
+template <int Degree = 13>
 inline void exp_inplace(double* p, int64_t n) {
     int64_t j = 0;
 #if defined(RELAXCAT_HAVE_VECTOR_EXTENSIONS)
-    for (; j + kLanes <= n; j += kLanes) store_d(p + j, exp_v(load_d(p + j)));
+    for (; j + kLanes <= n; j += kLanes) store_d(p + j, exp_v<Degree>(load_d(p + j)));
 #endif
-    for (; j < n; ++j) p[j] = exp_d(p[j]);
+    for (; j < n; ++j) p[j] = exp_d<Degree>(p[j]);
 }
 
 // exp into another buffer, with the Taylor degree of exp_lanes.
@@ -259,8 +260,8 @@ inline void log_inplace(double* p, int64_t n) {
 }
 
 // Note [rows as columns]: rows of up to kColumnMaxK categories are too short for
-// loops along a row to pay. rsample, and log_prob of ordinary rows without
-// gradients (log_prob_block_columns), then copy a block into column-major
+// loops along a row to pay. rsample, log_prob and its gradients for ordinary
+// rows, rsample_vjp and the support check then copy a block into column-major
 // buffers (column j holds element j of every row of the block) and runs each
 // step as a flat loop down the columns, which vectorises across rows. Each row
 // still goes through the same operations in the same order as in the row-major
@@ -1288,6 +1289,82 @@ void rsample_vjp_rows(const RsampleVjpArgs<Real>& a, int64_t r0, int64_t r1,
     }
 }
 
+// The status of one row from its counts of bad entries and of weight on masked
+// categories, and the distance of its sum from 1 (see CheckArgs).
+inline uint8_t check_status(int64_t bad, int64_t masked_weight, double off,
+                            double tol) {
+    if (bad != 0) return 1;
+    if (off > tol || off < -tol) return 2;
+    if (masked_weight != 0) return 3;
+    return 0;
+}
+
+// One block of check_rows in columns (Note [rows as columns]): rows rb .. rb +
+// nb - 1. The same tests and the same sums in element order as the row loop, so
+// the same status; v and lc are element buffers of the block, rows three per-row
+// buffers.
+// True when some entry of the n contiguous values (with their logits) is not
+// finite-and-valid, or carries weight on a masked category: the block then
+// needs the row-by-row counts.
+template <class Real>
+inline bool check_flagged(const Real* v, const Real* lg, int64_t n, bool simplex) {
+    const Real inf = std::numeric_limits<Real>::infinity();
+    const Real lowest = simplex ? Real(0) : -inf;
+    int flagged = 0;
+    if (simplex) {
+        for (int64_t i = 0; i < n; ++i)
+            flagged |= !((v[i] >= Real(0)) & (v[i] < inf)) |
+                       ((lg[i] == -inf) & (v[i] > lowest));
+    } else {
+        for (int64_t i = 0; i < n; ++i)
+            flagged |=
+                !((v[i] == v[i]) & (v[i] < inf)) | ((lg[i] == -inf) & (v[i] > lowest));
+    }
+    return flagged != 0;
+}
+
+// Row sums in element order, in double, of nb dense rows of K entries.
+template <class T, class K>
+inline void dense_row_sums(const T* p, int64_t nb, K k, double* sum) {
+    for (int64_t i = 0; i < nb; ++i) {
+        double s = static_cast<double>(p[i * k]);
+        for (int64_t j = 1; j < k; ++j) s += static_cast<double>(p[i * k + j]);
+        sum[i] = s;
+    }
+}
+
+template <class Real, class Walker>
+void check_block_columns(const CheckArgs<Real>& a, const Walker& walk, int64_t rb,
+                         int64_t nb, double* v, double* lc, double* rows) {
+    const int64_t k = a.shape.k;
+    const bool simplex = a.space == Space::simplex;
+    double* const bad = rows;                        // per row: bad entries,
+    double* const masked = bad + rows_per_block(k);  // weight where masked,
+    double* const sum = masked + rows_per_block(k);  // the sum of x.
+    block_to_columns(a.value, a.shape, walk, 1, rb, nb, v);
+    block_to_columns(a.logits, a.shape, walk, 0, rb, nb, lc);
+
+    const double lowest = simplex ? 0.0 : -kInf;  // what a masked entry must be
+    for (int64_t i = 0; i < nb; ++i) bad[i] = masked[i] = 0.0;
+    for (int64_t j = 0; j < k; ++j) {
+        const double* vj = v + j * nb;
+        const double* lj = lc + j * nb;
+        for (int64_t i = 0; i < nb; ++i) {
+            const bool ok = simplex ? (vj[i] >= 0.0) & (vj[i] < kInf)
+                                    : (vj[i] == vj[i]) & (vj[i] < kInf);
+            bad[i] += ok ? 0.0 : 1.0;
+            masked[i] += (lj[i] == -kInf) & (vj[i] > lowest) ? 1.0 : 0.0;
+        }
+    }
+    if (!simplex) exp_inplace<kExpDegree<Real>>(v, nb * k);
+    for (int64_t i = 0; i < nb; ++i) sum[i] = v[i];
+    for (int64_t j = 1; j < k; ++j)
+        for (int64_t i = 0; i < nb; ++i) sum[i] += v[j * nb + i];
+    for (int64_t i = 0; i < nb; ++i)
+        a.status[rb + i] =
+            check_status(bad[i] != 0.0, masked[i] != 0.0, sum[i] - 1.0, a.tol);
+}
+
 // The support check of values; see CheckArgs. One pass, no allocation.
 template <class Real>
 void check_rows(const CheckArgs<Real>& a, int64_t r0, int64_t r1, double* scratch) {
@@ -1297,6 +1374,48 @@ void check_rows(const CheckArgs<Real>& a, int64_t r0, int64_t r1, double* scratc
     const bool simplex = a.space == Space::simplex;
     const int64_t ks = a.logits.kstride, vs = a.value.kstride;
     double* v = scratch;
+
+    if (k <= kColumnMaxK && dense_rows(a.logits, a.shape) &&
+        dense_rows(a.value, a.shape)) {
+        for (int64_t rb = r0; rb < r1; rb += rows_per_block(k)) {
+            const int64_t nb =
+                r1 - rb < rows_per_block(k) ? r1 - rb : rows_per_block(k);
+            const Real* vb = a.value.data + rb * k;
+            if (check_flagged(vb, a.logits.data + rb * k, nb * k, simplex)) {
+                check_block_columns(a, walk, rb, nb, scratch,
+                                    scratch + block_capacity(k),
+                                    scratch + 2 * block_capacity(k));
+                continue;
+            }
+            double* const e = scratch;
+            double* const sum = scratch + block_capacity(k);
+            if (simplex) {
+                with_short_k(k, [&](auto kk) { dense_row_sums(vb, nb, kk, sum); });
+            } else {
+                for (int64_t i = 0; i < nb * k; ++i) e[i] = static_cast<double>(vb[i]);
+                exp_inplace<kExpDegree<Real>>(e, nb * k);
+                with_short_k(k, [&](auto kk) { dense_row_sums(e, nb, kk, sum); });
+            }
+            for (int64_t i = 0; i < nb; ++i) {
+                const double off = sum[i] - 1.0;
+                a.status[rb + i] =
+                    static_cast<uint8_t>(((off > a.tol) | (off < -a.tol)) * 2);
+            }
+        }
+        return;
+    }
+    if (k <= kColumnMaxK) {
+        const bool walked =
+            !dense_rows(a.logits, a.shape) || !dense_rows(a.value, a.shape);
+        for (int64_t rb = r0; rb < r1; rb += rows_per_block(k)) {
+            const int64_t nb =
+                r1 - rb < rows_per_block(k) ? r1 - rb : rows_per_block(k);
+            check_block_columns(a, walk, rb, nb, scratch, scratch + block_capacity(k),
+                                scratch + 2 * block_capacity(k));
+            skip_block(walk, walked, nb);
+        }
+        return;
+    }
 
     for (int64_t r = r0; r < r1; ++r, walk.advance()) {
         load_row(a.value.data + walk.offset[1], vs, k, v);
@@ -1311,16 +1430,8 @@ void check_rows(const CheckArgs<Real>& a, int64_t r0, int64_t r1, double* scratc
             const bool masked = static_cast<double>(lg[j * ks]) == -kInf;
             masked_weight += masked & (v[j] > lowest);
         }
-        if (!simplex) exp_inplace(v, k);
-        const double off = slot_sum(v, k) - 1.0;
-        uint8_t status = 0;
-        if (bad != 0)
-            status = 1;
-        else if (off > a.tol || off < -a.tol)
-            status = 2;
-        else if (masked_weight != 0)
-            status = 3;
-        a.status[r] = status;
+        if (!simplex) exp_inplace<kExpDegree<Real>>(v, k);
+        a.status[r] = check_status(bad, masked_weight, slot_sum(v, k) - 1.0, a.tol);
     }
 }
 
