@@ -5,6 +5,7 @@
 
 #include <relaxcat/relaxcat.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <numeric>
@@ -214,3 +215,57 @@ TEST(Api, EmptyBatchesAreAllowed) {
 }
 
 }  // namespace
+
+// With one value row per parameter row the VJPs write the logits gradient
+// straight into the caller's grad_param; with more rows they sum per-row
+// gradients. Extra rows with a zero upstream gradient add exact zeros, so both
+// routes, and a strided grad_param, give the same bits.
+TEST(Api, VjpWritesOneDrawPerParameterRowLikeTheSummedRoute) {
+    const std::vector<double> lg = ramp(12, 0.3);
+    const RelaxedOneHotCategorical<double> d(
+        0.7, relaxcat::logits(MatrixView<const double>(lg.data(), 3, 4)));
+    std::vector<double> x(24);
+    Philox gen(11);
+    d.rsample(MatrixView<double>(x.data(), 6, 4), gen);
+    std::vector<double> w = ramp(24, 0.25);
+    std::fill(w.begin() + 12, w.end(), 0.0);
+    const std::vector<double> g = {1.0, -2.0, 0.5, 0.0, 0.0, 0.0};
+
+    std::vector<double> direct(12), summed(12), wide(24, -7.0), t1(1), t2(1), t3(1);
+    const MatrixView<double> strided(wide.data(), 3, 4, 8, 2);
+    std::vector<double> gv3(12), gv6(24);
+    auto check = [&] {
+        EXPECT_EQ(direct, summed);
+        for (int i = 0; i < 3; ++i)
+            for (int j = 0; j < 4; ++j) EXPECT_EQ(strided(i, j), direct[i * 4 + j]);
+        for (int i = 0; i < 3; ++i) EXPECT_EQ(wide[i * 8 + 1], -7.0);  // untouched
+        EXPECT_EQ(t1, t2);
+        EXPECT_EQ(t1, t3);
+    };
+
+    d.rsample_vjp(MatrixView<const double>(x.data(), 3, 4),
+                  MatrixView<const double>(w.data(), 3, 4),
+                  MatrixView<double>(direct.data(), 3, 4),
+                  VectorView<double>(t1.data(), 1));
+    d.rsample_vjp(MatrixView<const double>(x.data(), 6, 4),
+                  MatrixView<const double>(w.data(), 6, 4),
+                  MatrixView<double>(summed.data(), 3, 4),
+                  VectorView<double>(t2.data(), 1));
+    d.rsample_vjp(MatrixView<const double>(x.data(), 3, 4),
+                  MatrixView<const double>(w.data(), 3, 4), strided,
+                  VectorView<double>(t3.data(), 1));
+    check();
+
+    d.log_prob_vjp(
+        MatrixView<const double>(x.data(), 3, 4), VectorView<const double>(g.data(), 3),
+        MatrixView<double>(gv3.data(), 3, 4), MatrixView<double>(direct.data(), 3, 4),
+        VectorView<double>(t1.data(), 1));
+    d.log_prob_vjp(
+        MatrixView<const double>(x.data(), 6, 4), VectorView<const double>(g.data(), 6),
+        MatrixView<double>(gv6.data(), 6, 4), MatrixView<double>(summed.data(), 3, 4),
+        VectorView<double>(t2.data(), 1));
+    d.log_prob_vjp(MatrixView<const double>(x.data(), 3, 4),
+                   VectorView<const double>(g.data(), 3), MatrixView<double>(), strided,
+                   VectorView<double>(t3.data(), 1));
+    check();
+}

@@ -369,7 +369,7 @@ public:
         check_grad_outputs(fn, grad_param, grad_temperature,
                            {detail::extent(value), detail::extent(grad)});
         const int threads = resolve_threads(fn, num_threads);
-        std::vector<Real> gl(static_cast<size_t>(grad_param.data ? rows * k_ : 0));
+        ParamGrad gl(*this, grad_param, rows);
         std::vector<double> gt(static_cast<size_t>(grad_temperature.data ? rows : 0));
         detail::RsampleVjpArgs<Real> a;
         a.shape = shape(rows);
@@ -377,10 +377,10 @@ public:
         a.value = value_arg(value);
         a.grad = value_arg(grad);
         a.temperature = temperature_arg();
-        a.grad_logits = grad_param.data ? gl.data() : nullptr;
+        a.grad_logits = gl.get();
         a.grad_temperature = grad_temperature.data ? gt.data() : nullptr;
         run(a, threads);
-        finish_param_grad(gl, rows, grad_param, threads);
+        gl.finish(threads);
         finish_temperature_grad(gt, rows, grad_temperature);
     }
 
@@ -405,18 +405,18 @@ public:
                            {inputs[0], inputs[1], detail::extent(grad_value)});
         const int threads = resolve_threads(fn, num_threads);
         detail::RowsOut<Real> gv(grad_value);
-        std::vector<Real> gl(static_cast<size_t>(grad_param.data ? rows * k_ : 0));
+        ParamGrad gl(*this, grad_param, rows);
         std::vector<double> gt(static_cast<size_t>(grad_temperature.data ? rows : 0));
         detail::LogProbArgs<Real> a = log_prob_args(value, rows);
         a.grad.data = grad.data;
         a.grad.stride[0] = batch_ * grad.stride;
         a.grad.stride[1] = grad.stride;
         a.grad_value = gv.get();
-        a.grad_logits = grad_param.data ? gl.data() : nullptr;
+        a.grad_logits = gl.get();
         a.grad_temperature = grad_temperature.data ? gt.data() : nullptr;
         if (a.grad_value || a.grad_logits || a.grad_temperature) run(a, threads);
         gv.finish();
-        finish_param_grad(gl, rows, grad_param, threads);
+        gl.finish(threads);
         finish_temperature_grad(gt, rows, grad_temperature);
     }
 
@@ -826,6 +826,39 @@ private:
                        double* s) {
         detail::RELAXCAT_ISA_NAMESPACE::probs_vjp_rows(a, r0, r1, s);
     }
+
+    // Where a VJP kernel writes its per-row logits gradient (rows, K). With one
+    // value row per parameter row and logits as the parameter, the sum that
+    // finish_param_grad forms has a single term and rounds back to it, so the
+    // kernel writes into the caller's grad_param (through RowsOut) and nothing is
+    // copied; otherwise into a buffer that finish_param_grad reduces.
+    class ParamGrad {
+    public:
+        ParamGrad(const RelaxedBase& d, MatrixView<Real> out, int64_t rows)
+            : d_(d),
+              out_(out),
+              rows_(rows),
+              direct_(out.data != nullptr && !d.has_probs() && d.param_rows_ == rows),
+              target_(direct_ ? out : MatrixView<Real>()),
+              buffer_(static_cast<size_t>(out.data && !direct_ ? rows * d.k_ : 0)) {}
+        Real* get() {
+            return direct_ ? target_.get() : buffer_.empty() ? nullptr : buffer_.data();
+        }
+        void finish(int threads) {
+            if (direct_)
+                target_.finish();
+            else
+                d_.finish_param_grad(buffer_, rows_, out_, threads);
+        }
+
+    private:
+        const RelaxedBase& d_;
+        MatrixView<Real> out_;
+        int64_t rows_;
+        bool direct_;
+        detail::RowsOut<Real> target_;
+        std::vector<Real> buffer_;
+    };
 
     // Sums per-row logits gradients (rows, K) over the draws into the parameter's
     // rows, in row order and in double, so the result does not depend on the
