@@ -35,7 +35,7 @@ import numpy as np
 DEFAULT_SHAPES = [(1 << 20, 8), (4096, 256), (32, 128000), (1 << 21, 2), (1 << 20, 3)]
 # Both at most CHECK_ROWS rows, so checks and timing share one JAX compilation.
 QUICK_SHAPES = [(2048, 256), (1 << 14, 3)]
-OPS = ("rsample", "log_prob", "rsample_vjp", "log_prob_vjp", "fwd_bwd")
+OPS = ("rsample", "log_prob", "rsample_vjp", "log_prob_vjp", "fwd_bwd", "lp_fwd_bwd")
 
 # Usual Gumbel-softmax training range; low enough that exp((a + g) / T) spans ~20
 # decades at K = 128000, which exercises the stable softmax without underflow.

@@ -14,7 +14,10 @@ What a timed call includes (the same rule for every library):
   validating arguments) is a real per-step cost;
 * ``rsample_vjp`` and ``log_prob_vjp`` time the backward pass alone: relaxcat's
   distribution, torch's autograd graph and JAX's residuals are built before timing;
-* ``fwd_bwd`` times construction, a fresh sample and its VJP.
+* ``fwd_bwd`` times construction, a fresh sample and its VJP;
+* ``lp_fwd_bwd`` times construction, ``log_prob`` and its VJP for an upstream
+  gradient known in advance (a sum or mean of log-densities): each library's own
+  way of getting both, which for relaxcat is the one-pass ``log_prob_and_vjp``.
 
 Results are returned as the library's own arrays; :func:`to_numpy` converts them.
 """
@@ -30,6 +33,17 @@ import numpy as np
 # wins.  Measured on this machine for K = 2..256.
 _COLUMN_LOOP_MAX_K = 16
 _COLUMN_SUM_MAX_K = 4
+
+
+# Every operation; F.gumbel_softmax has rsample only.
+ALL_OPS = (
+    "rsample",
+    "log_prob",
+    "rsample_vjp",
+    "log_prob_vjp",
+    "fwd_bwd",
+    "lp_fwd_bwd",
+)
 
 
 def to_numpy(result):
@@ -136,8 +150,31 @@ def numpy_log_prob_vjp(a: np.ndarray, t: float, x: np.ndarray, gl: np.ndarray):
     s = np.multiply(y, -tt)
     s += a
     _softmax_rows_inplace(s)
+    return _log_prob_grads(s, y, x, gl, k, tt, _row_sum(y))
 
-    row = (k - 1) / tt - _row_sum(y) + k * np.einsum("ij,ij->i", s, y)
+
+def numpy_log_prob_and_vjp(a: np.ndarray, t: float, x: np.ndarray, gl: np.ndarray):
+    """log_prob and its VJP sharing log x, the softmax and its normaliser."""
+    k = a.shape[-1]
+    tt = a.dtype.type(t)
+    y = np.log(x)
+    sum_y = _row_sum(y)
+    s = np.multiply(y, -tt)
+    s += a
+    m = _row_max(s)
+    s -= m
+    np.exp(s, out=s)
+    total = _row_sum(s)
+    s *= (1 / total)[:, None]
+    lse = np.log(total) + m[:, 0]
+    head = math.lgamma(k) + (k - 1) * np.log(tt)
+    lp = head + _row_sum(a) - (tt + 1) * sum_y - k * lse
+    return (lp, *_log_prob_grads(s, y, x, gl, k, tt, sum_y))
+
+
+def _log_prob_grads(s, y, x, gl, k, tt, sum_y):
+    """The log_prob VJP from the softmax s of a - T y and y = log x (both consumed)."""
+    row = (k - 1) / tt - sum_y + k * np.einsum("ij,ij->i", s, y)
     g_t = np.einsum("i,i->", gl, row)  # not np.dot: BLAS could add threads
 
     # y is free now: it becomes d/dx = gl * (K T s - (T + 1)) / x, then s becomes
@@ -155,7 +192,7 @@ def numpy_log_prob_vjp(a: np.ndarray, t: float, x: np.ndarray, gl: np.ndarray):
 class NumpyImpl:
     name = "numpy"
     label = "NumPy"
-    ops = ("rsample", "log_prob", "rsample_vjp", "log_prob_vjp", "fwd_bwd")
+    ops = ALL_OPS
 
     def __init__(self, threads: int):
         # Elementwise ufuncs and these reductions run on one thread whatever the BLAS.
@@ -174,6 +211,8 @@ class NumpyImpl:
             return lambda: numpy_rsample_vjp(c.x, c.w, t)
         if op == "log_prob_vjp":
             return lambda: numpy_log_prob_vjp(c.logits, t, c.x, c.gl)
+        if op == "lp_fwd_bwd":
+            return lambda: numpy_log_prob_and_vjp(c.logits, t, c.x, c.gl)
 
         def fwd_bwd():
             x = numpy_rsample(c.logits, t, rng)
@@ -192,7 +231,7 @@ class TorchDistImpl:
     """torch.distributions.RelaxedOneHotCategorical, with torch's default validation
     (``validate=None``) or with ``validate_args=False``."""
 
-    ops = ("rsample", "log_prob", "rsample_vjp", "log_prob_vjp", "fwd_bwd")
+    ops = ALL_OPS
 
     def __init__(self, threads: int, validate):
         import torch
@@ -234,6 +273,14 @@ class TorchDistImpl:
             x, a, t = self._leaves(self.x, self.a, self.t)
             lp = self._dist(a, t).log_prob(x)
             return lambda: grad(lp, (x, a, t), self.gl, retain_graph=True)
+        if op == "lp_fwd_bwd":
+            x, a, t = self._leaves(self.x, self.a, self.t)
+
+            def lp_fwd_bwd():
+                lp = self._dist(a, t).log_prob(x)
+                return (lp.detach(), *grad(lp, (x, a, t), self.gl))
+
+            return lp_fwd_bwd
 
         a, t = self._leaves(self.a, self.t)
 
@@ -283,7 +330,7 @@ class TorchGumbelSoftmaxImpl:
 class JaxImpl:
     name = "jax"
     label = "JAX (jit)"
-    ops = ("rsample", "log_prob", "rsample_vjp", "log_prob_vjp", "fwd_bwd")
+    ops = ALL_OPS
 
     def __init__(self, threads: int):
         # The thread count comes from the CPU affinity set before this import.
@@ -315,6 +362,12 @@ class JaxImpl:
         self._log_prob = jax.jit(log_prob)
         self._fwd_bwd = jax.jit(fwd_bwd)
 
+        def lp_fwd_bwd(x, a, t, gl):
+            lp, pullback = jax.vjp(log_prob, x, a, t)
+            return (lp, *pullback(gl))
+
+        self._lp_fwd_bwd = jax.jit(lp_fwd_bwd)
+
         # A pullback is a pytree of residuals, so jit compiles the backward pass alone.
         self._pull = jax.jit(lambda pullback, ct: pullback(ct))
 
@@ -344,6 +397,8 @@ class JaxImpl:
         if op == "log_prob_vjp":
             _, pullback = self.jax.vjp(self._log_prob, self.x, self.a, self.t)
             return lambda: ready(self._pull(pullback, self.gl))
+        if op == "lp_fwd_bwd":
+            return lambda: ready(self._lp_fwd_bwd(self.x, self.a, self.t, self.gl))
         return lambda: ready(self._fwd_bwd(self.key, self.a, self.t, self.w))
 
     def check_sample(self):
@@ -357,7 +412,7 @@ class JaxImpl:
 
 
 class RelaxcatImpl:
-    ops = ("rsample", "log_prob", "rsample_vjp", "log_prob_vjp", "fwd_bwd")
+    ops = ALL_OPS
 
     def __init__(self, threads: int, validate):
         import relaxcat
@@ -394,6 +449,13 @@ class RelaxcatImpl:
         if op == "log_prob_vjp":
             d = self._dist()
             return lambda: tuple(d.log_prob_vjp(c.x, c.gl))
+        if op == "lp_fwd_bwd":
+
+            def lp_fwd_bwd():
+                lp, grads = self._dist().log_prob_and_vjp(c.x, c.gl)
+                return (lp, *grads)
+
+            return lp_fwd_bwd
 
         def fwd_bwd():
             d = self._dist()

@@ -13,6 +13,7 @@ OP_TITLES = {
     "rsample_vjp": "rsample VJP (d logits, d temperature; backward only)",
     "log_prob_vjp": "log_prob VJP (d value, d logits, d temperature; backward only)",
     "fwd_bwd": "forward + backward (construct, rsample, its VJP)",
+    "lp_fwd_bwd": "log_prob forward + backward (construct, log_prob, its VJP)",
 }
 
 # How a cell reads when there is no time: the check failed, the call raised, the library

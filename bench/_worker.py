@@ -92,8 +92,15 @@ def check_op(impl, op: str, c: cs.Case) -> dict:
         units["d_logits"] = cs.agreement(g_a, ref_a, scale_a, k, dt)
         units["d_temperature"] = cs.agreement(g_t, ref_t, scale_t, c.elements, dt)
 
-    elif op == "log_prob_vjp":
-        g_x, g_a, g_t = _impls.to_numpy(impl.timed(op)())
+    elif op == "log_prob_vjp" or op == "lp_fwd_bwd":
+        if op == "log_prob_vjp":
+            g_x, g_a, g_t = _impls.to_numpy(impl.timed(op)())
+        else:
+            lp, g_x, g_a, g_t = _impls.to_numpy(impl.timed(op)())
+            problems += _dtype_problems([lp], dt)
+            ref = cs.ref_log_prob(c.logits, t, c.x)
+            scale = cs.scale_log_prob(c.logits, t, c.x)
+            units["log_prob"] = cs.agreement(lp, ref, scale, k, dt)
         problems += _dtype_problems([g_x, g_a, g_t], dt)
         refs = cs.ref_log_prob_vjp(c.logits, t, c.x, c.gl)
         scales = cs.scale_log_prob_vjp(c.logits, t, c.x, c.gl)

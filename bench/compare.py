@@ -14,8 +14,9 @@ Libraries compared, on every operation each one offers:
 * JAX, written with ``jax.numpy``, differentiated with ``jax.vjp``, all under ``jit``;
 * NumPy: a tuned vectorised implementation with analytic gradients (bench/_impls.py).
 
-Operations: ``rsample``, ``log_prob``, ``rsample_vjp``, ``log_prob_vjp`` and ``fwd_bwd``
-(construct, sample, differentiate the sample).  bench/_impls.py says exactly what each
+Operations: ``rsample``, ``log_prob``, ``rsample_vjp``, ``log_prob_vjp``, ``fwd_bwd``
+(construct, sample, differentiate the sample) and ``lp_fwd_bwd`` (construct, log_prob
+and its VJP).  bench/_impls.py says exactly what each
 timed call includes.  Before anything is timed every answer is compared with a float64
 reference on the same inputs (bench/_cases.py states the tolerance) and every sampler's
 output is checked for normalisation and for the Gumbel-max law of its argmax.  A library

@@ -19,7 +19,7 @@ from _report import LABELS
 HERE = pathlib.Path(__file__).resolve().parent
 SHAPES = [(1048576, 8), (4096, 256), (32, 128000), (2097152, 2), (1048576, 3)]
 SHAPE_NAMES = ["(2^20, 8)", "(4096, 256)", "(32, 128000)", "(2^21, 2)", "(2^20, 3)"]
-OPS = ["rsample", "log_prob", "rsample_vjp", "log_prob_vjp", "fwd_bwd"]
+OPS = ["rsample", "log_prob", "rsample_vjp", "log_prob_vjp", "fwd_bwd", "lp_fwd_bwd"]
 # The float32 targets: speed-up over the fastest competitor, 1 thread / 2 threads,
 # for the first three shapes.
 TARGETS = {

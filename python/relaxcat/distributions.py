@@ -642,19 +642,38 @@ class RelaxedOneHotCategorical:
             derivatives); each entry has the shape of the argument as given.
             Masked categories get 0.
         """
+        return self._log_prob_vjp(value, grad, num_threads, False)[1]
+
+    def log_prob_and_vjp(self, value, grad, num_threads=None):
+        """``log_prob(value)`` and ``log_prob_vjp(value, grad)`` from one pass.
+
+        The kernel that forms the gradients has every term of the log-density at
+        hand, so this costs about as much as ``log_prob_vjp`` alone, where the two
+        calls read the value twice. Use it when the upstream gradient is known
+        before the forward pass (a sum or mean of log-densities, a score-function
+        estimator); the results are the same bits as the two separate calls.
+
+        Returns
+        -------
+        (log_prob, LogProbGrad or LogProbGradProbs)
+        """
+        return self._log_prob_vjp(value, grad, num_threads, True)
+
+    def _log_prob_vjp(self, value, grad, num_threads, want_log_prob: bool):
         value = self._value(value)
         val, logits, temp = self._broadcast_value(value)
         grad = self._grad(grad, temp.shape, "log_prob's shape")
         threads = _threads.resolve(num_threads)
+        lp = np.empty(temp.shape, dtype=self.dtype) if want_log_prob else None
         gv = np.empty(val.shape, dtype=self.dtype)
         gl = np.empty(val.shape, dtype=self.dtype)
         gt = np.empty(temp.shape, dtype=np.float64)  # Note [summed gradients]
-        _core.log_prob(self._space, logits, temp, val, grad, None, gv, gl, gt, threads)
+        _core.log_prob(self._space, logits, temp, val, grad, lp, gv, gl, gt, threads)
         gv = _reduce_to(gv, value.shape)
         gp = self._param_grad(gl, threads)
         gt = self._temperature_grad(gt)
         cls = LogProbGradProbs if self._probs_given is not None else LogProbGrad
-        return cls(gv, gp, gt)
+        return lp, cls(gv, gp, gt)
 
 
 class ExpRelaxedOneHotCategorical(RelaxedOneHotCategorical):

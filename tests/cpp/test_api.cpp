@@ -269,3 +269,51 @@ TEST(Api, VjpWritesOneDrawPerParameterRowLikeTheSummedRoute) {
                    VectorView<double>(t3.data(), 1));
     check();
 }
+
+// The fused call gives the bits of log_prob and log_prob_vjp, for float and for
+// rows that take both the column and the row paths (K = 3 and K = 40).
+template <class Real>
+void check_log_prob_and_vjp(int64_t k) {
+    std::vector<Real> lg(static_cast<size_t>(2 * k));
+    for (size_t i = 0; i < lg.size(); ++i) lg[i] = static_cast<Real>(std::sin(0.7 * i));
+    lg[1] = -std::numeric_limits<Real>::infinity();
+    const std::vector<Real> t = {Real(0.4), Real(1.5)};
+    const RelaxedOneHotCategorical<Real> d(
+        VectorView<const Real>(t.data(), 2),
+        relaxcat::logits(MatrixView<const Real>(lg.data(), 2, k)));
+    const int64_t rows = 6;
+    std::vector<Real> x(static_cast<size_t>(rows * k));
+    Philox gen(5);
+    d.rsample(MatrixView<Real>(x.data(), rows, k), gen);
+    const std::vector<Real> g = {1, -2, Real(0.5), 3, Real(-0.25), 0};
+    const MatrixView<const Real> xv(x.data(), rows, k);
+    const VectorView<const Real> gvw(g.data(), rows);
+
+    std::vector<Real> lp1(rows), lp2(rows), gv1(x.size()), gv2(x.size()),
+        gl1(lg.size()), gl2(lg.size()), gt1(2), gt2(2);
+    d.log_prob(xv, VectorView<Real>(lp1.data(), rows), 2);
+    d.log_prob_vjp(xv, gvw, MatrixView<Real>(gv1.data(), rows, k),
+                   MatrixView<Real>(gl1.data(), 2, k), VectorView<Real>(gt1.data(), 2),
+                   2);
+    d.log_prob_and_vjp(xv, gvw, VectorView<Real>(lp2.data(), rows),
+                       MatrixView<Real>(gv2.data(), rows, k),
+                       MatrixView<Real>(gl2.data(), 2, k),
+                       VectorView<Real>(gt2.data(), 2), 1);
+    EXPECT_EQ(lp1, lp2);
+    EXPECT_EQ(gv1, gv2);
+    EXPECT_EQ(gl1, gl2);
+    EXPECT_EQ(gt1, gt2);
+
+    // out may not alias an input or another output.
+    EXPECT_THROW(d.log_prob_and_vjp(xv, gvw, VectorView<Real>(gv2.data(), rows),
+                                    MatrixView<Real>(gv2.data(), rows, k),
+                                    MatrixView<Real>(), VectorView<Real>(), 1),
+                 std::invalid_argument);
+}
+
+TEST(Api, LogProbAndVjpEqualsTheTwoCalls) {
+    check_log_prob_and_vjp<float>(3);
+    check_log_prob_and_vjp<float>(40);
+    check_log_prob_and_vjp<double>(3);
+    check_log_prob_and_vjp<double>(40);
+}

@@ -388,3 +388,35 @@ def test_near_vertex_case_defeats_a_naive_float32_vjp():
     want = d64.rsample_vjp(x64, w32.astype(np.float64)).logits
     assert _rel_to_max(naive, want) > 20 * F32_PIPELINE_RTOL
     assert _rel_to_max(d32.rsample_vjp(x32, w32).logits, want) <= F32_PIPELINE_RTOL
+
+
+@pytest.mark.parametrize("cls", CLASSES, ids=CLASS_IDS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("k", [2, 3, 8, 17, 40])
+@pytest.mark.parametrize("param", ["logits", "probs"])
+def test_log_prob_and_vjp_equals_the_two_calls(cls, dtype, k, param):
+    """The fused call returns the bits of log_prob and of log_prob_vjp, on
+    ordinary rows and on rows with a masked category, an exact zero and a
+    broadcast value row."""
+    rng = np.random.default_rng(k)
+    logits = rng.standard_normal((3, k))
+    logits[1, 0] = -np.inf
+    temperature = np.array([0.3, 1.0, 2.5]).astype(dtype)
+    if param == "probs":
+        d = cls(temperature, probs=np.exp(logits).astype(dtype))
+    else:
+        d = cls(temperature, logits=logits.astype(dtype))
+    value = d.rsample((5,), rng=3)
+    if cls is relaxcat.RelaxedOneHotCategorical:  # weight moved off category 1
+        value[0, 2, 0] += value[0, 2, 1]
+        value[0, 2, 1] = 0.0
+    grad = rng.standard_normal((5, 3)).astype(dtype)
+    for v in (value, value[:1, 1:2]):  # the second broadcasts over the batch
+        g = np.broadcast_to(grad[: len(v)], np.broadcast_shapes(v.shape[:-1], (3,)))
+        lp, both = d.log_prob_and_vjp(v, g)
+        np.testing.assert_array_equal(lp, d.log_prob(v))
+        assert lp.dtype == dtype
+        for a, b in zip(both, d.log_prob_vjp(v, g)):
+            np.testing.assert_array_equal(a, b)
+            assert a.shape == b.shape and a.dtype == b.dtype
+        assert type(both) is type(d.log_prob_vjp(v, g))

@@ -392,32 +392,21 @@ public:
     void log_prob_vjp(MatrixView<const Real> value, VectorView<const Real> grad,
                       MatrixView<Real> grad_value, MatrixView<Real> grad_param,
                       VectorView<Real> grad_temperature, int num_threads = 1) const {
-        const std::string fn = method("log_prob_vjp");
-        const int64_t rows = check_value(fn, value);
-        check_vector(fn, "grad", grad, rows, false);
-        if (grad_value.data != nullptr)
-            check_matrix(fn, "grad_value", grad_value, rows);
-        const detail::Extent inputs[] = {detail::extent(value), detail::extent(grad)};
-        for (const detail::Extent& e : inputs)
-            check_no_overlap(fn, "grad_value", detail::extent(grad_value), "an input",
-                             e);
-        check_grad_outputs(fn, grad_param, grad_temperature,
-                           {inputs[0], inputs[1], detail::extent(grad_value)});
-        const int threads = resolve_threads(fn, num_threads);
-        detail::RowsOut<Real> gv(grad_value);
-        ParamGrad gl(*this, grad_param, rows);
-        std::vector<double> gt(static_cast<size_t>(grad_temperature.data ? rows : 0));
-        detail::LogProbArgs<Real> a = log_prob_args(value, rows);
-        a.grad.data = grad.data;
-        a.grad.stride[0] = batch_ * grad.stride;
-        a.grad.stride[1] = grad.stride;
-        a.grad_value = gv.get();
-        a.grad_logits = gl.get();
-        a.grad_temperature = grad_temperature.data ? gt.data() : nullptr;
-        if (a.grad_value || a.grad_logits || a.grad_temperature) run(a, threads);
-        gv.finish();
-        gl.finish(threads);
-        finish_temperature_grad(gt, rows, grad_temperature);
+        log_prob_with_vjp(method("log_prob_vjp"), value, grad, VectorView<Real>(),
+                          grad_value, grad_param, grad_temperature, num_threads);
+    }
+
+    // log_prob(value, out) and log_prob_vjp(value, grad, ...) in one pass over
+    // the value, with the same bits as the two calls.
+    void log_prob_and_vjp(MatrixView<const Real> value, VectorView<const Real> grad,
+                          VectorView<Real> out, MatrixView<Real> grad_value,
+                          MatrixView<Real> grad_param,
+                          VectorView<Real> grad_temperature,
+                          int num_threads = 1) const {
+        const std::string fn = method("log_prob_and_vjp");
+        check_vector(fn, "out", out, check_value(fn, value), true);
+        log_prob_with_vjp(fn, value, grad, out, grad_value, grad_param,
+                          grad_temperature, num_threads);
     }
 
     // The normalised log-probabilities logits - logsumexp(logits) into out (L, K).
@@ -825,6 +814,47 @@ private:
     static void kernel(const detail::ProbsVjpArgs<Real>& a, int64_t r0, int64_t r1,
                        double* s) {
         detail::RELAXCAT_ISA_NAMESPACE::probs_vjp_rows(a, r0, r1, s);
+    }
+
+    // log_prob_vjp, and the log-density too when out has data.
+    void log_prob_with_vjp(const std::string& fn, MatrixView<const Real> value,
+                           VectorView<const Real> grad, VectorView<Real> out,
+                           MatrixView<Real> grad_value, MatrixView<Real> grad_param,
+                           VectorView<Real> grad_temperature, int num_threads) const {
+        const int64_t rows = check_value(fn, value);
+        check_vector(fn, "grad", grad, rows, false);
+        if (grad_value.data != nullptr)
+            check_matrix(fn, "grad_value", grad_value, rows);
+        const detail::Extent inputs[] = {detail::extent(value), detail::extent(grad)};
+        for (const detail::Extent& e : inputs) {
+            check_no_overlap(fn, "grad_value", detail::extent(grad_value), "an input",
+                             e);
+            check_no_overlap(fn, "out", detail::extent(out), "an input", e);
+        }
+        check_no_overlap(fn, "out", detail::extent(out), "grad_value",
+                         detail::extent(grad_value));
+        check_grad_outputs(
+            fn, grad_param, grad_temperature,
+            {inputs[0], inputs[1], detail::extent(grad_value), detail::extent(out)});
+        const int threads = resolve_threads(fn, num_threads);
+        detail::RowsOut<Real> lp(out);
+        detail::RowsOut<Real> gv(grad_value);
+        ParamGrad gl(*this, grad_param, rows);
+        std::vector<double> gt(static_cast<size_t>(grad_temperature.data ? rows : 0));
+        detail::LogProbArgs<Real> a = log_prob_args(value, rows);
+        a.grad.data = grad.data;
+        a.grad.stride[0] = batch_ * grad.stride;
+        a.grad.stride[1] = grad.stride;
+        a.log_prob = lp.get();
+        a.grad_value = gv.get();
+        a.grad_logits = gl.get();
+        a.grad_temperature = grad_temperature.data ? gt.data() : nullptr;
+        if (a.log_prob || a.grad_value || a.grad_logits || a.grad_temperature)
+            run(a, threads);
+        lp.finish();
+        gv.finish();
+        gl.finish(threads);
+        finish_temperature_grad(gt, rows, grad_temperature);
     }
 
     // Where a VJP kernel writes its per-row logits gradient (rows, K). With one
