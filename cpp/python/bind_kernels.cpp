@@ -114,6 +114,18 @@ Real* out_arg(const py::object& o, const RowShape& s, bool with_k, const char* f
     return static_cast<Real*>(a.mutable_data());
 }
 
+// The logits gradient output of a VJP: an array of the call's dtype, or a
+// float64 one for a float32 call, which gets the per-row gradient in double
+// (Note [summed gradients]).
+template <class Real, class Args>
+void set_grad_logits(Args& a, const py::object& o, const char* fn) {
+    if (!std::is_same<Real, double>::value && py::isinstance<py::array>(o) &&
+        holds<double>(py::reinterpret_borrow<py::array>(o)))
+        a.grad_logits_wide = out_arg<double>(o, a.shape, true, fn, "grad_logits");
+    else
+        a.grad_logits = out_arg<Real>(o, a.shape, true, fn, "grad_logits");
+}
+
 // Runs kernel(args, r0, r1, scratch) over all rows without the GIL, polling for
 // Ctrl-C between tasks.
 template <class Args, class Kernel>
@@ -182,10 +194,11 @@ void log_prob_t(int space, const py::array& logits, const py::array& temperature
                               fn, "grad");
     a.log_prob = out_arg<Real>(out_lp, a.shape, false, fn, "out");
     a.grad_value = out_arg<Real>(out_gv, a.shape, true, fn, "grad_value");
-    a.grad_logits = out_arg<Real>(out_gl, a.shape, true, fn, "grad_logits");
+    set_grad_logits<Real>(a, out_gl, fn);
     a.grad_temperature =
         out_arg<double>(out_gt, a.shape, false, fn, "grad_temperature");
-    const bool wants_grad = a.grad_value || a.grad_logits || a.grad_temperature;
+    const bool wants_grad =
+        a.grad_value || a.grad_logits || a.grad_logits_wide || a.grad_temperature;
     if (wants_grad && a.grad.data == nullptr)
         value_error("log_prob: gradient outputs need the upstream gradient 'grad'");
     run(a, kernels<Real>().log_prob, threads);
@@ -202,7 +215,7 @@ void rsample_vjp_t(int space, const py::array& value, const py::array& grad,
     a.value = in_arg<Real>(value, a.shape, true, fn, "value");
     a.grad = in_arg<Real>(grad, a.shape, true, fn, "grad");
     a.temperature = in_arg<Real>(temperature, a.shape, false, fn, "temperature");
-    a.grad_logits = out_arg<Real>(out_gl, a.shape, true, fn, "grad_logits");
+    set_grad_logits<Real>(a, out_gl, fn);
     a.grad_temperature =
         out_arg<double>(out_gt, a.shape, false, fn, "grad_temperature");
     if (!logits.is_none())
@@ -243,7 +256,7 @@ void probs_vjp_t(const py::array& probs, const py::array& grad_logits,
     detail::ProbsVjpArgs<Real> a;
     a.shape = row_shape(probs, fn, "probs");
     a.probs = in_arg<Real>(probs, a.shape, true, fn, "probs");
-    a.grad_logits = in_arg<Real>(grad_logits, a.shape, true, fn, "grad_logits");
+    a.grad_logits = in_arg<double>(grad_logits, a.shape, true, fn, "grad_logits");
     a.grad_probs = out_arg<Real>(out, a.shape, true, fn, "out");
     if (a.grad_probs == nullptr) value_error("probs_vjp: out must be an array");
     run(a, kernels<Real>().probs_vjp, threads);

@@ -104,9 +104,8 @@ def _reduce_to(grad: np.ndarray, shape: tuple) -> np.ndarray:
     lead = grad.ndim - len(shape)
     # Rows at exact zeros have infinite limits; +inf and -inf summed is NaN (the
     # sum has no limit), and a sum past the float range is inf: answers, not
-    # warnings. Temperature gradients arrive per row in float64 (Note [summed
-    # gradients], args.hpp); logits gradients arrive in the dtype, so float32 ones
-    # are summed in float32 (README, Limitations).
+    # warnings. Gradients that are summed arrive per row in float64 (Note
+    # [summed gradients], args.hpp) and are rounded once, after the sum.
     with np.errstate(invalid="ignore", over="ignore"):
         if lead:
             grad = grad.sum(axis=tuple(range(lead)))
@@ -579,11 +578,19 @@ class RelaxedOneHotCategorical:
         return out
 
     # ---------------------------------------------------------------- gradients
+    def _logits_grad_rows(self, shape: tuple) -> np.ndarray:
+        """Where a VJP kernel writes the per-row logits gradient: in the dtype when
+        that is the result (one row per parameter row, logits given), else in
+        float64, summed over rows and taken through the probs transform before
+        one rounding (Note [summed gradients])."""
+        direct = self._probs_given is None and tuple(shape) == self._a.shape
+        return np.empty(shape, dtype=self.dtype if direct else np.float64)
+
     def _param_grad(self, grad_logits_rows: np.ndarray, threads: int) -> np.ndarray:
         """Reduce a (rows, K) logits gradient to the parameter the user gave."""
         g = _reduce_to(grad_logits_rows, self._a.shape)
         if self._probs_given is None:
-            return g
+            return _round_to(g, self.dtype)
         out = np.empty(self._probs_given.shape, dtype=self.dtype)
         _core.probs_vjp(self._probs_given, g, out, threads)
         return out
@@ -624,7 +631,7 @@ class RelaxedOneHotCategorical:
         val, logits, temp = self._broadcast_value(value)
         grad = np.broadcast_to(grad, val.shape)
         threads = _threads.resolve(num_threads)
-        gl = np.empty(val.shape, dtype=self.dtype)
+        gl = self._logits_grad_rows(val.shape)
         gt = np.empty(temp.shape, dtype=np.float64)  # Note [summed gradients]
         _core.rsample_vjp(self._space, val, grad, temp, gl, gt, threads, logits)
         gp = self._param_grad(gl, threads)
@@ -666,7 +673,7 @@ class RelaxedOneHotCategorical:
         threads = _threads.resolve(num_threads)
         lp = np.empty(temp.shape, dtype=self.dtype) if want_log_prob else None
         gv = np.empty(val.shape, dtype=self.dtype)
-        gl = np.empty(val.shape, dtype=self.dtype)
+        gl = self._logits_grad_rows(val.shape)
         gt = np.empty(temp.shape, dtype=np.float64)  # Note [summed gradients]
         _core.log_prob(self._space, logits, temp, val, grad, lp, gv, gl, gt, threads)
         gv = _reduce_to(gv, value.shape)

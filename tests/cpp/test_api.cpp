@@ -317,3 +317,29 @@ TEST(Api, LogProbAndVjpEqualsTheTwoCalls) {
     check_log_prob_and_vjp<double>(3);
     check_log_prob_and_vjp<double>(40);
 }
+
+// Note [summed gradients]: two float rows whose logits gradients (about +-866)
+// cancel to -0.119 are summed in double and rounded once; float sums of rounded
+// rows were 4.8e-5 off.
+TEST(Api, FloatLogitsGradientsAreSummedInDouble) {
+    const std::vector<float> lg = {0.3f, -0.2f};
+    const std::vector<double> lg64 = {0.3f, -0.2f};
+    const std::vector<float> x = {0.5f, 0.5f, 0.5f, 0.5f};
+    const std::vector<float> w = {3.4641016f, 0.0f, -3.4645774f, 0.0f};
+    const std::vector<double> x64(x.begin(), x.end()), w64(w.begin(), w.end());
+    const RelaxedOneHotCategorical<float> d(
+        1e-3f, relaxcat::logits(MatrixView<const float>(lg.data(), 1, 2)));
+    const RelaxedOneHotCategorical<double> d64(
+        static_cast<double>(1e-3f),
+        relaxcat::logits(MatrixView<const double>(lg64.data(), 1, 2)));
+    std::vector<float> g(2);
+    std::vector<double> g64(2);
+    d.rsample_vjp(MatrixView<const float>(x.data(), 2, 2),
+                  MatrixView<const float>(w.data(), 2, 2),
+                  MatrixView<float>(g.data(), 1, 2), VectorView<float>());
+    d64.rsample_vjp(MatrixView<const double>(x64.data(), 2, 2),
+                    MatrixView<const double>(w64.data(), 2, 2),
+                    MatrixView<double>(g64.data(), 1, 2), VectorView<double>());
+    ASSERT_GT(std::abs(g64[0]), 0.1);
+    for (int j = 0; j < 2; ++j) EXPECT_EQ(g[j], static_cast<float>(g64[j]));
+}

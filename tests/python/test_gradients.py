@@ -420,3 +420,60 @@ def test_log_prob_and_vjp_equals_the_two_calls(cls, dtype, k, param):
             np.testing.assert_array_equal(a, b)
             assert a.shape == b.shape and a.dtype == b.dtype
         assert type(both) is type(d.log_prob_vjp(v, g))
+
+
+# Two sample rows share one logits row. Their rsample_vjp logits gradients are
+# about +-866 and sum to -0.119; their log_prob_vjp ones (upstream 1e4 and
+# -9999.9) about +-2449 and sum to -0.0245. Rounded to float32 per row and then
+# summed, as before Note [summed gradients], each was off by more than the
+# float32 bound of 1e-5 (4.8e-5 and 7.8e-5).
+SHARED_T = np.float32(1e-3)
+SHARED_X = np.array([[0.5, 0.5], [0.5, 0.5]], dtype=np.float32)
+SHARED_W = np.array([[3.4641016, 0.0], [-3.4645774, 0.0]], dtype=np.float32)
+SHARED_G = np.array([1e4, -9999.9], dtype=np.float32)
+
+
+@pytest.mark.parametrize("param", ["logits", "probs"])
+@pytest.mark.parametrize("op", ["rsample_vjp", "log_prob_vjp"])
+def test_float32_gradients_of_shared_parameters_are_summed_before_rounding(op, param):
+    """Note [summed gradients]: per-row logits gradients that cancel are summed in
+    float64 (and taken through the probs transform in float64) and rounded once,
+    so the float32 result is the float64 one rounded."""
+    R = relaxcat.RelaxedOneHotCategorical
+    logits = np.array([0.3, -0.2])
+    kw32 = {param: (logits if param == "logits" else np.exp(logits)).astype(np.float32)}
+    kw64 = {param: kw32[param].astype(np.float64)}
+    up = SHARED_W if op == "rsample_vjp" else SHARED_G
+
+    def grad(kw, x, g):
+        return getattr(
+            getattr(R(kw[param].dtype.type(SHARED_T), **kw), op)(x, g), param
+        )
+
+    got = grad(kw32, SHARED_X, up)
+    ref = grad(kw64, SHARED_X.astype(np.float64), up.astype(np.float64))
+    assert abs(ref[0]) > 0.01  # the sum is far from 0 ...
+    np.testing.assert_allclose(got, ref, rtol=2.0**-23, atol=0)  # ... and exact
+
+    # What summing rounded rows gave: the case does need the float64 sum.
+    naive = grad(kw32, SHARED_X[0], up[0]) + grad(kw32, SHARED_X[1], up[1])
+    assert np.max(np.abs(naive - ref)) > 1e-5
+
+
+def test_float32_probs_gradient_is_formed_before_rounding():
+    """At T = 1e-45 the float32 logits gradient (about 1e44) is past float32's
+    range while the probs gradient of probs near 1e10 is not: the probs transform
+    takes the float64 logits gradient (Note [summed gradients]) and gives the
+    float64 result rounded, where rounding first gave inf."""
+    R = relaxcat.RelaxedOneHotCategorical
+    q = np.array([5e9, 3e9, 2e9], dtype=np.float32)
+    t = np.float32(1e-45)
+    x = np.array([0.2, 0.5, 0.3], dtype=np.float32)
+    w = np.array([1.0, -0.5, 0.25], dtype=np.float32)
+    got = R(t, probs=q).rsample_vjp(x, w)
+    ref = R(np.float64(t), probs=q.astype(np.float64)).rsample_vjp(
+        x.astype(np.float64), w.astype(np.float64)
+    )
+    assert np.all(np.isfinite(got.probs)) and np.max(np.abs(ref.probs)) > 1e34
+    np.testing.assert_allclose(got.probs, ref.probs, rtol=2.0**-23, atol=0)
+    assert got.temperature == np.inf and ref.temperature > 1e44  # past float32

@@ -377,7 +377,7 @@ public:
         a.value = value_arg(value);
         a.grad = value_arg(grad);
         a.temperature = temperature_arg();
-        a.grad_logits = gl.get();
+        gl.set(a);
         a.grad_temperature = grad_temperature.data ? gt.data() : nullptr;
         run(a, threads);
         gl.finish(threads);
@@ -752,8 +752,9 @@ private:
         return a;
     }
 
-    detail::RowArg<const Real> contiguous_arg(const Real* data) const {
-        detail::RowArg<const Real> a;
+    template <class T>
+    detail::RowArg<const T> contiguous_arg(const T* data) const {
+        detail::RowArg<const T> a;
         a.data = data;
         a.stride[0] = k_;
         return a;
@@ -847,9 +848,10 @@ private:
         a.grad.stride[1] = grad.stride;
         a.log_prob = lp.get();
         a.grad_value = gv.get();
-        a.grad_logits = gl.get();
+        gl.set(a);
         a.grad_temperature = grad_temperature.data ? gt.data() : nullptr;
-        if (a.log_prob || a.grad_value || a.grad_logits || a.grad_temperature)
+        if (a.log_prob || a.grad_value || a.grad_logits || a.grad_logits_wide ||
+            a.grad_temperature)
             run(a, threads);
         lp.finish();
         gv.finish();
@@ -858,10 +860,10 @@ private:
     }
 
     // Where a VJP kernel writes its per-row logits gradient (rows, K). With one
-    // value row per parameter row and logits as the parameter, the sum that
-    // finish_param_grad forms has a single term and rounds back to it, so the
-    // kernel writes into the caller's grad_param (through RowsOut) and nothing is
-    // copied; otherwise into a buffer that finish_param_grad reduces.
+    // value row per parameter row and logits as the parameter, that gradient is
+    // the result, so the kernel writes it in Real into the caller's grad_param
+    // (through RowsOut) and nothing is copied; otherwise in double into a
+    // buffer that finish_param_grad reduces (Note [summed gradients]).
     class ParamGrad {
     public:
         ParamGrad(const RelaxedBase& d, MatrixView<Real> out, int64_t rows)
@@ -871,8 +873,10 @@ private:
               direct_(out.data != nullptr && !d.has_probs() && d.param_rows_ == rows),
               target_(direct_ ? out : MatrixView<Real>()),
               buffer_(static_cast<size_t>(out.data && !direct_ ? rows * d.k_ : 0)) {}
-        Real* get() {
-            return direct_ ? target_.get() : buffer_.empty() ? nullptr : buffer_.data();
+        template <class Args>
+        void set(Args& a) {
+            a.grad_logits = direct_ ? target_.get() : nullptr;
+            a.grad_logits_wide = buffer_.empty() ? nullptr : buffer_.data();
         }
         void finish(int threads) {
             if (direct_)
@@ -887,20 +891,21 @@ private:
         int64_t rows_;
         bool direct_;
         detail::RowsOut<Real> target_;
-        std::vector<Real> buffer_;
+        std::vector<double> buffer_;
     };
 
     // Sums per-row logits gradients (rows, K) over the draws into the parameter's
     // rows, in row order and in double, so the result does not depend on the
-    // thread count; for probs, then through the normalisation (probs_vjp).
-    void finish_param_grad(const std::vector<Real>& per_row, int64_t rows,
+    // thread count; for probs, then through the normalisation (probs_vjp), still
+    // in double; rounds once to Real.
+    void finish_param_grad(const std::vector<double>& per_row, int64_t rows,
                            MatrixView<Real> out, int threads) const {
         if (out.data == nullptr) return;
         std::vector<double> acc(static_cast<size_t>(param_rows_ * k_), 0.0);
         for (int64_t r = 0; r < rows; ++r) {
             double* dst = acc.data() + param_row(r) * k_;
-            const Real* src = per_row.data() + r * k_;
-            for (int64_t j = 0; j < k_; ++j) dst[j] += static_cast<double>(src[j]);
+            const double* src = per_row.data() + r * k_;
+            for (int64_t j = 0; j < k_; ++j) dst[j] += src[j];
         }
         if (!has_probs()) {
             for (int64_t i = 0; i < param_rows_; ++i)
@@ -908,7 +913,6 @@ private:
                     out(i, j) = static_cast<Real>(acc[i * k_ + j]);
             return;
         }
-        std::vector<Real> gl(acc.begin(), acc.end());
         detail::RowsOut<Real> target(out);
         detail::ProbsVjpArgs<Real> a;
         a.shape.ndim = 1;
@@ -916,7 +920,7 @@ private:
         a.shape.rows = param_rows_;
         a.shape.k = k_;
         a.probs = contiguous_arg(probs_.data());
-        a.grad_logits = contiguous_arg(gl.data());
+        a.grad_logits = contiguous_arg<double>(acc.data());
         a.grad_probs = target.get();
         run(a, threads);
         target.finish();

@@ -65,7 +65,12 @@ enum class Space { simplex, log };
 // before rounding once to Real. A float32 sum of per-row values would lose
 // digits when they cancel, and per-row values past the float range (they grow
 // like 1/T^2 as T -> 0) would be +-inf and could sum to NaN where the exact sum
-// overflows to an infinity of one sign.
+// overflows to an infinity of one sign. The logits gradient is written in Real
+// when each parameter row has one value row and no probs transform follows (it
+// is then the result), and otherwise in double (grad_logits_wide, at most one of
+// the two is set): summed over the rows that share a parameter row in double,
+// and passed through the probs transform (ProbsVjpArgs) in double, it is rounded
+// to Real once, at the end.
 template <class Real>
 struct LogProbArgs {
     RowShape shape;
@@ -77,6 +82,7 @@ struct LogProbArgs {
     Real* log_prob = nullptr;    // (rows,) output, or null
     Real* grad_value = nullptr;  // (rows, k) outputs of the VJP, each may be null
     Real* grad_logits = nullptr;
+    double* grad_logits_wide = nullptr;  // or in double, see Note [summed gradients]
     double* grad_temperature = nullptr;  // (rows,); double, see Note [summed gradients]
 };
 
@@ -91,6 +97,7 @@ struct RsampleVjpArgs {
     // log space), so a masked category gets no gradient whatever the value says.
     RowArg<const Real> logits;
     Real* grad_logits = nullptr;         // (rows, k), or null
+    double* grad_logits_wide = nullptr;  // or in double, see Note [summed gradients]
     double* grad_temperature = nullptr;  // (rows,), or null; double as above
 };
 
@@ -123,8 +130,8 @@ template <class Real>
 struct ProbsVjpArgs {
     RowShape shape;
     RowArg<const Real> probs;
-    RowArg<const Real> grad_logits;
-    Real* grad_probs = nullptr;  // C-contiguous (rows, k)
+    RowArg<const double> grad_logits;  // double: Note [summed gradients]
+    Real* grad_probs = nullptr;        // C-contiguous (rows, k)
 };
 
 // The support check of values (validate_args): status[r] is 0 for a row on the

@@ -337,6 +337,30 @@ inline void columns_to_rows(const double* col, int64_t nb, K k, Real* dst, F f) 
             dst[i * k + j] = static_cast<Real>(f(col[j * nb + i], i));
 }
 
+// A (rows, K) logits gradient output, in Real or in double (at most one of the
+// two pointers set; Note [summed gradients]): row r, element j, set from a double.
+template <class Real>
+struct GradOut {
+    Real* real;
+    double* wide;
+
+    explicit operator bool() const { return real != nullptr || wide != nullptr; }
+    void set(int64_t r, int64_t k, int64_t j, double v) const {
+        if (wide != nullptr)
+            wide[r * k + j] = v;
+        else
+            real[r * k + j] = static_cast<Real>(v);
+    }
+    // Rows rb .. rb + nb - 1 from columns, as columns_to_rows.
+    template <class K, class F>
+    void from_columns(const double* col, int64_t nb, K k, int64_t rb, F f) const {
+        if (wide != nullptr)
+            columns_to_rows(col, nb, k, wide + rb * k, f);
+        else if (real != nullptr)
+            columns_to_rows(col, nb, k, real + rb * k, f);
+    }
+};
+
 // The nb rows of a block from input x into columns, col[j nb + i]: dense inputs
 // by rows_to_columns, others through the offsets (index `which`) of a copy of
 // the walker at the block's first row.
@@ -655,8 +679,9 @@ bool log_prob_block_columns(const LogProbArgs<Real>& a, Walker& walk, int64_t rb
     double* const g = sum + rows_per_block(k);      // the upstream gradient,
     double* const scale = g + rows_per_block(k);    // the scale of the T sum,
     double* const acc = scale + rows_per_block(k);  // and that sum.
-    const bool want_grad = a.grad_value != nullptr || a.grad_logits != nullptr ||
-                           a.grad_temperature != nullptr;
+    const GradOut<Real> grad_logits{a.grad_logits, a.grad_logits_wide};
+    const bool want_grad =
+        a.grad_value != nullptr || bool(grad_logits) || a.grad_temperature != nullptr;
 
     block_per_row(a.temperature, a.shape, walk, 1, nb, t);
     if (want_grad) block_per_row(a.grad, a.shape, walk, 3, nb, g);
@@ -786,10 +811,9 @@ bool log_prob_block_columns(const LogProbArgs<Real>& a, Walker& walk, int64_t rb
                 (g[i] == 0.0 ? 0.0 : g[i] * ((kd - 1.0) / t[i] + acc[i] * scale[i]));
     }
     with_short_k(k, [&](auto kk) {
-        if (a.grad_logits != nullptr)
-            columns_to_rows(
-                yc, nb, kk, a.grad_logits + rb * k,
-                [g, kd](double w, int64_t i) { return g[i] * (1.0 - kd * w); });
+        grad_logits.from_columns(yc, nb, kk, rb, [g, kd](double w, int64_t i) {
+            return g[i] * (1.0 - kd * w);
+        });
         if (a.grad_value != nullptr) {
             // T (K w - 1) - [1 on the simplex], then divided by x on the simplex.
             const double one = simplex ? 1.0 : 0.0;
@@ -827,8 +851,9 @@ void log_prob_rows(const LogProbArgs<Real>& a, int64_t r0, int64_t r1,
                                        a.value.stride, a.grad.stride};
     RowWalker<4> walk(a.shape, r0, strides);
     const bool simplex = a.space == Space::simplex;
-    const bool want_grad = a.grad_value != nullptr || a.grad_logits != nullptr ||
-                           a.grad_temperature != nullptr;
+    const GradOut<Real> grad_logits{a.grad_logits, a.grad_logits_wide};
+    const bool want_grad =
+        a.grad_value != nullptr || bool(grad_logits) || a.grad_temperature != nullptr;
     const int64_t ks = a.logits.kstride, vs = a.value.kstride;
     double* y = scratch;                              // log x, per element
     double* w = scratch + cap;                        // exponents, then softmax weights
@@ -1023,12 +1048,11 @@ void log_prob_rows(const LogProbArgs<Real>& a, int64_t r0, int64_t r1,
                 }
                 a.grad_temperature[r] = gt;
             }
-            if (a.grad_logits != nullptr) {
-                Real* out = a.grad_logits + r * k;
+            if (grad_logits) {
                 for (int64_t j = 0; j < k; ++j) {
                     const bool is_live = lg[j] > -kInf;
-                    out[j] = static_cast<Real>(
-                        is_live && kind != 2 ? g * (1.0 - kd * wi[j]) : 0.0);
+                    grad_logits.set(
+                        r, k, j, is_live && kind != 2 ? g * (1.0 - kd * wi[j]) : 0.0);
                 }
             }
             if (a.grad_value != nullptr) {
@@ -1166,11 +1190,10 @@ void rsample_vjp_block_columns(const RsampleVjpArgs<Real>& a, Walker& walk, int6
     if (a.grad_temperature != nullptr)
         for (int64_t i = 0; i < nb; ++i)
             a.grad_temperature[rb + i] = (-(acc[i] / t[i]) * scale[i]);
-    if (a.grad_logits != nullptr)
-        with_short_k(k, [&](auto kk) {
-            columns_to_rows(gb, nb, kk, a.grad_logits + rb * k,
-                            [](double c, int64_t) { return c; });
-        });
+    with_short_k(k, [&](auto kk) {
+        GradOut<Real>{a.grad_logits, a.grad_logits_wide}.from_columns(
+            gb, nb, kk, rb, [](double c, int64_t) { return c; });
+    });
 }
 
 // The vector-Jacobian product of rsample, from the sample alone:
@@ -1267,7 +1290,7 @@ void rsample_vjp_rows(const RsampleVjpArgs<Real>& a, int64_t r0, int64_t r1,
             const double inv_scale = 1.0 / scale;
             const bool finite_inv_t = inv_t < kInf;
             double acc = 0.0;
-            Real* gl = a.grad_logits != nullptr ? a.grad_logits + r * k : nullptr;
+            const GradOut<Real> gl{a.grad_logits, a.grad_logits_wide};
             for (int64_t j = 0; j < k; ++j) {
                 const double wj = gw[j];
                 double ds;  // the gradient with respect to s_k = (a_k + g_k) / T
@@ -1280,8 +1303,7 @@ void rsample_vjp_rows(const RsampleVjpArgs<Real>& a, int64_t r0, int64_t r1,
                 const double rel =
                     scale == 1.0 ? yi[j] - log_sum : (yi[j] - log_sum) * inv_scale;
                 acc += ds != 0.0 ? ds * rel : 0.0;
-                if (gl != nullptr)
-                    gl[j] = static_cast<Real>(finite_inv_t ? ds * inv_t : ds / t);
+                if (gl) gl.set(r, k, j, finite_inv_t ? ds * inv_t : ds / t);
             }
             if (a.grad_temperature != nullptr)
                 a.grad_temperature[r] = -(acc / t) * scale;
@@ -1501,17 +1523,17 @@ void probs_vjp_rows(const ProbsVjpArgs<Real>& a, int64_t r0, int64_t r1,
 
     for (int64_t r = r0; r < r1; ++r, walk.advance()) {
         const Real* q = a.probs.data + walk.offset[0];
-        const Real* gl = a.grad_logits.data + walk.offset[1];
+        const double* gl = a.grad_logits.data + walk.offset[1];
         const int64_t qs = a.probs.kstride, gs = a.grad_logits.kstride;
         double qsum = 0.0, gsum = 0.0;
         for (int64_t j = 0; j < k; ++j) {
             qsum += static_cast<double>(q[j * qs]);
-            gsum += static_cast<double>(gl[j * gs]);
+            gsum += gl[j * gs];
         }
         Real* out = a.grad_probs + r * k;
         for (int64_t j = 0; j < k; ++j) {
             const double qj = static_cast<double>(q[j * qs]);
-            const double gj = static_cast<double>(gl[j * gs]);
+            const double gj = gl[j * gs];
             // One quotient, of a finite numerator: tiny probabilities make
             // gj / qj and gsum / qsum overflow together (inf - inf) where the
             // gradient itself is a finite number or an infinity of one sign.
