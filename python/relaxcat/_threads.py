@@ -27,11 +27,18 @@ def get_num_threads() -> int:
     return _num_threads
 
 
+# The kernels take the count as a C int; a call never starts more threads than
+# it has useful work for, whatever the count.
+MAX_THREADS = 2**31 - 1
+
+
 def _checked(n, name: str) -> int:
     if not isinstance(n, numbers.Integral) or isinstance(n, bool):
         raise TypeError(f"{name} must be a positive int, got {type(n).__name__}")
-    if n < 1:
-        raise ValueError(f"{name} must be a positive int, got {n}")
+    if not 1 <= n <= MAX_THREADS:
+        raise ValueError(
+            f"{name} must be a positive int of at most {MAX_THREADS}, got {n}"
+        )
     return int(n)
 
 

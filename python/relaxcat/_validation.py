@@ -129,59 +129,92 @@ def simplex_tolerance(k: int, dtype) -> float:
 SIMPLEX_TOLERANCE_FLOOR = 1e-6
 
 
-def _check_masked(
-    value_is_zero: np.ndarray, logits: np.ndarray, name: str, zero: str
+def _check_rows(
+    v: np.ndarray,
+    bad: np.ndarray,
+    total: np.ndarray,
+    logits: np.ndarray,
+    zero: float,
+    name: str,
+    tol: float,
+    what: tuple,
 ) -> None:
-    bad = (logits == -np.inf) & ~value_is_zero
-    if bad.any():
-        raise ValueError(
-            f"{name} must be {zero} on masked categories (logit -inf), which have "
-            f"probability zero; got weight{first_bad(bad)}"
-        )
+    """Raise for the first row (in row-major order) that fails any test, naming
+    that row's first problem: a bad entry (bad), a sum off 1 (total, the row
+    sums of x), or weight on a masked category (v not ``zero`` where the logit
+    is -inf). ``what`` holds the three messages up to the value they show."""
+    shape = np.broadcast_shapes(v.shape, logits.shape)
+    v, bad = np.broadcast_to(v, shape), np.broadcast_to(bad, shape)
+    total = np.broadcast_to(total, shape[:-1])
+    with np.errstate(invalid="ignore"):
+        off = ~bad.any(axis=-1) & ~(np.abs(total - 1.0) <= tol)
+    masked = (np.broadcast_to(logits, shape) == -np.inf) & (v != zero) & ~bad
+    failing = bad.any(axis=-1) | off | masked.any(axis=-1)
+    if not failing.any():
+        return
+    row = tuple(int(i) for i in np.argwhere(failing)[0]) if failing.ndim else ()
+    opening_bad, opening_sum, opening_masked = what
+    for mask, opening in ((bad, opening_bad), (masked, opening_masked)):
+        in_row = mask[row]
+        if in_row.any():
+            j = int(np.argmax(in_row))
+            raise ValueError(
+                f"{name} {opening} {float(v[row + (j,)])} at index {row + (j,)}"
+            )
+        if mask is bad and off[row]:
+            where = f" at batch index {row}" if row else ""
+            raise ValueError(f"{name} {opening_sum} {float(total[row])}{where}")
 
 
 def check_simplex(
     x: np.ndarray, logits: np.ndarray, name: str = "value", tol: float | None = None
 ) -> None:
-    """``x`` must lie on the probability simplex of the live categories."""
-    bad = ~(np.isfinite(x) & (x >= 0))
-    if bad.any():
-        raise ValueError(
-            f"{name} must be non-negative and finite (a point on the simplex), got "
-            f"{first_value(x, bad)}{first_bad(bad)}"
-        )
+    """``x`` must lie on the probability simplex of the live categories. The
+    message names the first row that fails, and its first problem."""
     with np.errstate(over="ignore"):
         total = x.sum(axis=-1, dtype=np.float64)
     tol = simplex_tolerance(x.shape[-1], x.dtype) if tol is None else tol
-    off = np.abs(total - 1.0) > tol
-    if off.any():
-        raise ValueError(
-            f"{name} must sum to 1 over the last axis within {tol:.3g}, got sum "
-            f"{first_value(total, off)}{first_bad(off, 'batch index')}"
-        )
-    _check_masked(x == 0, logits, name, "0")
+    _check_rows(
+        x,
+        ~(np.isfinite(x) & (x >= 0)),
+        total,
+        logits,
+        0.0,
+        name,
+        tol,
+        (
+            "must be non-negative and finite (a point on the simplex), got",
+            f"must sum to 1 over the last axis within {tol:.3g}, got sum",
+            "must be 0 on masked categories (probability 0, logit -inf); got weight",
+        ),
+    )
 
 
 def check_log_simplex(
     y: np.ndarray, logits: np.ndarray, name: str = "value", tol: float | None = None
 ) -> None:
-    """``y`` must be the logarithm of a point on the simplex of the live categories."""
-    bad = np.isnan(y) | (y == np.inf)
-    if bad.any():
-        raise ValueError(
-            f"{name} must be the log of a point on the simplex (finite or -inf), got "
-            f"{first_value(y, bad)}{first_bad(bad)}"
-        )
+    """``y`` must be the logarithm of a point on the simplex of the live
+    categories. The message names the first row that fails, and its first
+    problem."""
     with np.errstate(over="ignore"):
         total = np.exp(y.astype(np.float64)).sum(axis=-1)
     tol = simplex_tolerance(y.shape[-1], y.dtype) if tol is None else tol
-    off = np.abs(total - 1.0) > tol
-    if off.any():
-        raise ValueError(
-            f"{name} must satisfy sum(exp({name})) = 1 over the last axis within "
-            f"{tol:.3g}, got {first_value(total, off)}{first_bad(off, 'batch index')}"
-        )
-    _check_masked(y == -np.inf, logits, name, "-inf")
+    _check_rows(
+        y,
+        np.isnan(y) | (y == np.inf),
+        total,
+        logits,
+        -np.inf,
+        name,
+        tol,
+        (
+            "must be the log of a point on the simplex (finite or -inf), got",
+            f"must satisfy sum(exp({name})) = 1 over the last axis within "
+            f"{tol:.3g}, got",
+            "must be -inf on masked categories (probability 0, logit -inf); got "
+            "log weight",
+        ),
+    )
 
 
 def key_and_stream(rng) -> tuple[int, int]:

@@ -321,10 +321,9 @@ SIMPLEX_CASES = [
     (
         "masked",
         [[0.5, 0.25, 0.25], [0.5, 0.25, 0.25]],
-        r"value must be 0 on masked categories \(logit -inf\), "
-        r"which have probability zero; "
-        r"got weight at index \(0, 2\)",
-        None,
+        r"value must be 0 on masked categories \(probability 0, logit -inf\); "
+        r"got weight {v} at index \(0, 2\)",
+        0.25,
     ),
 ]
 
@@ -404,8 +403,8 @@ def test_log_value_with_weight_on_a_masked_category_names_the_log_space_expectat
     value = np.log(np.array([[0.5, 0.25, 0.25], [0.5, 0.25, 0.25]]))
     check_raises(
         ValueError,
-        r"value must be -inf on masked categories \(logit -inf\).*got weight at "
-        r"index \(0, 2\)",
+        r"value must be -inf on masked categories \(probability 0, logit -inf\); "
+        r"got log weight " + num(np.log(0.25)) + r" at index \(0, 2\)",
         lambda: _value_methods(d)[method](value),
         value,
         *_params(d),
@@ -676,8 +675,18 @@ def test_int_seeds_at_the_ends_of_the_range_are_accepted():
 @pytest.mark.parametrize(
     "n,exc,pattern",
     [
-        (0, ValueError, r"num_threads must be a positive int, got 0"),
-        (-1, ValueError, r"num_threads must be a positive int, got -1"),
+        (
+            0,
+            ValueError,
+            r"num_threads must be a positive int of at most 2147483647, got 0",
+        ),
+        (-1, ValueError, r"num_threads must be a positive int.*, got -1"),
+        (2**31, ValueError, r"num_threads must be a positive int.*, got 2147483648"),
+        (
+            2**64,
+            ValueError,
+            r"num_threads must be a positive int.*, got 18446744073709551616",
+        ),
         (1.5, TypeError, r"num_threads must be a positive int, got float"),
         (True, TypeError, r"num_threads must be a positive int, got bool"),
         ("2", TypeError, r"num_threads must be a positive int, got str"),
@@ -951,3 +960,45 @@ def test_support_check_status_matches_oracle(space, dtype, k, layout):
     expected = _oracle_status(space, logits, value, tol)
     np.testing.assert_array_equal(status, expected)
     assert expected[: rows // 2].max() == 0 and expected.max() > 0
+
+
+@pytest.mark.parametrize("cls", CLASSES)
+def test_support_error_names_the_first_failing_row(cls):
+    """The message names the first row that fails any test, with that row's own
+    problem, whatever kinds of failure later rows have: weight on a masked
+    category (row 1) before a bad sum (row 2) before a bad entry (row 4)."""
+    logits = np.zeros((6, 3))
+    logits[1, 2] = -INF
+    d = cls(0.5, logits=logits)
+    x = np.array(
+        [
+            [0.5, 0.5, 0.0],
+            [0.25, 0.25, 0.5],  # weight 0.5 on the masked category
+            [0.75, 0.375, 0.375],  # sums to 1.5
+            [0.5, 0.25, 0.25],
+            [-0.25, 0.75, 0.5],  # a negative entry (NaN in log space)
+            [0.5, 0.25, 0.25],
+        ]
+    )
+    log = cls is E
+    with np.errstate(invalid="ignore", divide="ignore"):
+        value = np.log(x) if log else x
+    weight = r"log weight " + num(np.log(0.5)) if log else r"weight 0\.5"
+    check_raises(
+        ValueError, weight + r" at index \(1, 2\)", lambda: d.log_prob(value), value
+    )
+    value[1] = value[0]
+    check_raises(
+        ValueError,
+        r"within 1e-06, got (sum )?1\.5 at batch index \(2,\)",
+        lambda: d.log_prob(value),
+        value,
+    )
+    value[2] = value[0]
+    entry = "nan" if log else num(-0.25)
+    check_raises(
+        ValueError,
+        r"got " + entry + r" at index \(4, 0\)",
+        lambda: d.log_prob(value),
+        value,
+    )

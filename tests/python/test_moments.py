@@ -332,6 +332,26 @@ def test_k2_mode_matches_the_logistic_law():
 
 
 @pytest.mark.parametrize(
+    "delta,t", [(300.0, 32.0), (1000.0, 10.0), (1000.0, 1.5), (40.0, 1.01), (5.0, 2.0)]
+)
+def test_k2_mode_with_far_apart_logits_matches_the_stationary_point(delta, t):
+    """For K = 2 the mode x = (sigmoid(z), sigmoid(-z)) solves
+    -T - 1 + 2 T sigmoid(delta - T z) + 2 sigmoid(z) = 0 (the derivative of the
+    logistic law's log-density of z, test above). Logits far apart once sent
+    Newton away from the root from its start at log_softmax(a / (T + 1))."""
+    mp.mp.dps = 40
+    dm, tm = mp.mpf(delta), mp.mpf(t)
+
+    def g(z):
+        return -tm - 1 + 2 * tm / (1 + mp.exp(tm * z - dm)) + 2 / (1 + mp.exp(-z))
+
+    z = mp.findroot(g, (dm / tm - 5, dm / tm + 5), solver="anderson")
+    want = [float(1 / (1 + mp.exp(-z))), float(1 / (1 + mp.exp(z)))]
+    got = dist([0.0, -delta], t).mode
+    np.testing.assert_allclose(got, want, rtol=1e-10, atol=0)
+
+
+@pytest.mark.parametrize(
     "logits,t", [([1.0, 0.0, -1.0], 1.5), ([0.0, 1.0], 1.0), ([0.0, 1.0, 1.0], 0.2)]
 )
 def test_mode_is_the_most_probable_vertex_without_an_interior_mode(logits, t):
@@ -367,6 +387,23 @@ def test_log_space_mean_is_e_log_x():
         e.variance  # noqa: B018 (the property access is what raises)
     with pytest.raises(NotImplementedError, match="ExpRelaxedOneHotCategorical"):
         e.covariance()
+
+
+@pytest.mark.parametrize(
+    "logits,t,want",
+    [
+        ([0.0, -1000.0], 1.0, [0.0, -1000.0]),
+        ([0.0, -745.0], 1.0, [0.0, -745.0]),
+        ([0.0, -1000.0], 0.5, [0.0, -2000.0]),
+        ([-1000.0, 0.0, -np.inf], 0.25, [-4000.0, 0.0, -np.inf]),
+    ],
+)
+def test_log_space_mean_with_far_apart_logits(logits, t, want):
+    """E[log x] when one category dwarfs the rest: log x_0 is within e^-700 of 0
+    and log x_1 = (a_1 - a_0 + G_1 - G_0) / T less that, whose mean is
+    (a_1 - a_0) / T. The quadrature's far tails once gave NaN (0 * inf)."""
+    e = dist(logits, t, relaxcat.ExpRelaxedOneHotCategorical)
+    np.testing.assert_allclose(e.mean, want, rtol=1e-12, atol=1e-12)
 
 
 # ------------------------------------------------------------ entropy and KL

@@ -44,6 +44,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <initializer_list>
 #include <limits>
 
 #include "isa.hpp"
@@ -533,11 +534,17 @@ inline void log_mean_row(const double* a, int64_t k, double t, double* out) {
             for (int64_t j = 0; j < k; ++j)
                 if (!negligible(a[j], t)) log_p += lam(0, a[j], t, u);
             const double log_z = lam(0, 0.0, t, u);
-            // exp(log_z) - exp(log_p) without cancelling the common part.
-            const double d = std::exp(log_p) * std::expm1(log_z - log_p);
+            // exp(log_z) - exp(log_p) without cancelling the common part; where
+            // both have underflowed to -inf (far tails) the term is 0, not NaN.
+            const double d = log_p == log_z ? 0.0
+                             : log_p > -kInf
+                                 ? std::exp(log_p) * std::expm1(log_z - log_p)
+                                 : std::exp(log_z);
             sum += d;
             peak = std::fmax(peak, std::fabs(d));
-            small = std::fabs(d) < std::exp(-kTailCut) * peak ? small + 1 : 0;
+            // <=: an integrand that is 0 throughout (one category outweighs all
+            // the others beyond kNegligible) stops after two nodes, too.
+            small = std::fabs(d) <= std::exp(-kTailCut) * peak ? small + 1 : 0;
         }
     }
     const double i_over_m = h * sum / m;
@@ -587,48 +594,12 @@ inline double mode_residual(const double* a, const double* y, int64_t k, double 
     return r;
 }
 
-// The mode of one row. space 0: x on the simplex; 1: y = log x. work: 6 K doubles.
-// Returns false if Newton failed to converge (out then holds its last iterate).
-inline bool mode_row(const double* a, int64_t k, double t, int space, double* out,
-                     double* work) {
+// Newton's method for the stationary point of Note [mode] from
+// y = log_softmax(a / scale). work: 6 K doubles; on return work[K .. 2K) holds
+// x. Returns whether it converged.
+inline bool mode_newton(const double* a, int64_t k, double t, double kl, double amax,
+                        double scale, double* work) {
     using moments_const::kInf;
-    int64_t live = 0, best = -1;
-    double amax = -kInf, asum = 0.0;
-    for (int64_t j = 0; j < k; ++j) {
-        if (!(a[j] > -kInf)) continue;
-        ++live, asum += a[j];
-        if (a[j] > amax) amax = a[j], best = j;
-    }
-    const double kl = static_cast<double>(live);
-
-    // Log space: y = log_softmax(a / T).
-    if (space == 1) {
-        double s = 0.0;
-        for (int64_t j = 0; j < k; ++j)
-            s += a[j] > -kInf ? std::exp((a[j] - amax) / t) : 0.0;
-        for (int64_t j = 0; j < k; ++j)
-            out[j] = a[j] > -kInf ? (a[j] - amax) / t - std::log(s) : -kInf;
-        return true;
-    }
-
-    // No interior mode: the vertex of the most probable category.
-    if (!interior_mode_exists(live, t)) {
-        for (int64_t j = 0; j < k; ++j) out[j] = j == best ? 1.0 : 0.0;
-        return true;
-    }
-
-    // Huge temperatures: the first-order expansion (Note [mode]).
-    double amin = kInf;
-    for (int64_t j = 0; j < k; ++j)
-        if (a[j] > -kInf) amin = std::fmin(amin, a[j]);
-    const double spread = std::fmax(amax - asum / kl, asum / kl - amin);
-    if (t > 1e8 && t > 3e8 * spread) {
-        for (int64_t j = 0; j < k; ++j)
-            out[j] = a[j] > -kInf ? (1.0 + (a[j] - asum / kl) / t) / kl : 0.0;
-        return true;
-    }
-
-    // Newton in y from y = log_softmax(a / (T + 1)).
     double* y = work;
     double* x = work + k;
     double* w = work + 2 * k;
@@ -637,9 +608,9 @@ inline bool mode_row(const double* a, int64_t k, double t, int space, double* ou
     double* yt = work + 5 * k;
     double s = 0.0;
     for (int64_t j = 0; j < k; ++j)
-        s += a[j] > -kInf ? std::exp((a[j] - amax) / (t + 1.0)) : 0.0;
+        s += a[j] > -kInf ? std::exp((a[j] - amax) / scale) : 0.0;
     for (int64_t j = 0; j < k; ++j)
-        y[j] = a[j] > -kInf ? (a[j] - amax) / (t + 1.0) - std::log(s) : -kInf;
+        y[j] = a[j] > -kInf ? (a[j] - amax) / scale - std::log(s) : -kInf;
     double r = mode_residual(a, y, k, t, kl, x, w, f);
     bool converged = false;
     for (int it = 0; it < 200 && !converged; ++it) {
@@ -681,11 +652,67 @@ inline bool mode_row(const double* a, int64_t k, double t, int space, double* ou
         converged = tiny_step || (stalled && r <= 1e-20 * (t + 1.0) * (t + 1.0) * kl);
     }
 
+    return converged && r <= 1e-16 * (t + 1.0) * (t + 1.0) * kl;
+}
+
+// The mode of one row. space 0: x on the simplex; 1: y = log x. work: 6 K doubles.
+// Returns false if Newton failed to converge (out then holds its last iterate).
+inline bool mode_row(const double* a, int64_t k, double t, int space, double* out,
+                     double* work) {
+    using moments_const::kInf;
+    int64_t live = 0, best = -1;
+    double amax = -kInf, asum = 0.0;
+    for (int64_t j = 0; j < k; ++j) {
+        if (!(a[j] > -kInf)) continue;
+        ++live, asum += a[j];
+        if (a[j] > amax) amax = a[j], best = j;
+    }
+    const double kl = static_cast<double>(live);
+
+    // Log space: y = log_softmax(a / T).
+    if (space == 1) {
+        double s = 0.0;
+        for (int64_t j = 0; j < k; ++j)
+            s += a[j] > -kInf ? std::exp((a[j] - amax) / t) : 0.0;
+        for (int64_t j = 0; j < k; ++j)
+            out[j] = a[j] > -kInf ? (a[j] - amax) / t - std::log(s) : -kInf;
+        return true;
+    }
+
+    // No interior mode: the vertex of the most probable category.
+    if (!interior_mode_exists(live, t)) {
+        for (int64_t j = 0; j < k; ++j) out[j] = j == best ? 1.0 : 0.0;
+        return true;
+    }
+
+    // Huge temperatures: the first-order expansion (Note [mode]).
+    double amin = kInf;
+    for (int64_t j = 0; j < k; ++j)
+        if (a[j] > -kInf) amin = std::fmin(amin, a[j]);
+    const double spread = std::fmax(amax - asum / kl, asum / kl - amin);
+    if (t > 1e8 && t > 3e8 * spread) {
+        for (int64_t j = 0; j < k; ++j)
+            out[j] = a[j] > -kInf ? (1.0 + (a[j] - asum / kl) / t) / kl : 0.0;
+        return true;
+    }
+
+    // Newton from y = log_softmax(a / T), where w = 1/K and F_k = K x_k - 1:
+    // near the root when T is large against the logits' spread (the root moves
+    // y by O(1/T)). From log_softmax(a / (T + 1)) instead, w can be off by
+    // exp(spread / (T + 1)) and Newton may walk off (logits (0, -300), T = 32),
+    // but that start suits T near the threshold; each is tried in turn.
+    bool converged = false;
+    for (double scale : {t, t + 1.0}) {
+        converged = mode_newton(a, k, t, kl, amax, scale, work);
+        if (converged) break;
+    }
+
     // Renormalise the sum (1 within rounding) and report.
+    const double* x = work + k;
     double xs = 0.0;
     for (int64_t j = 0; j < k; ++j) xs += x[j];
     for (int64_t j = 0; j < k; ++j) out[j] = x[j] / xs;
-    return converged && r <= 1e-16 * (t + 1.0) * (t + 1.0) * kl;
+    return converged;
 }
 
 // KL(Cat(p) || Cat(q)) from normalised logits: sum_k p_k (a_k - b_k), with
