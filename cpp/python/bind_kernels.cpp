@@ -114,16 +114,17 @@ Real* out_arg(const py::object& o, const RowShape& s, bool with_k, const char* f
     return static_cast<Real*>(a.mutable_data());
 }
 
-// The logits gradient output of a VJP: an array of the call's dtype, or a
+// A (rows, K) gradient output of a VJP: an array of the call's dtype, or a
 // float64 one for a float32 call, which gets the per-row gradient in double
 // (Note [summed gradients]).
-template <class Real, class Args>
-void set_grad_logits(Args& a, const py::object& o, const char* fn) {
+template <class Real>
+void set_grad_out(Real*& real, double*& wide, const RowShape& shape,
+                  const py::object& o, const char* fn, const char* name) {
     if (!std::is_same<Real, double>::value && py::isinstance<py::array>(o) &&
         holds<double>(py::reinterpret_borrow<py::array>(o)))
-        a.grad_logits_wide = out_arg<double>(o, a.shape, true, fn, "grad_logits");
+        wide = out_arg<double>(o, shape, true, fn, name);
     else
-        a.grad_logits = out_arg<Real>(o, a.shape, true, fn, "grad_logits");
+        real = out_arg<Real>(o, shape, true, fn, name);
 }
 
 // Runs kernel(args, r0, r1, scratch) over all rows without the GIL, polling for
@@ -193,12 +194,14 @@ void log_prob_t(int space, const py::array& logits, const py::array& temperature
         a.grad = in_arg<Real>(py::reinterpret_borrow<py::array>(grad), a.shape, false,
                               fn, "grad");
     a.log_prob = out_arg<Real>(out_lp, a.shape, false, fn, "out");
-    a.grad_value = out_arg<Real>(out_gv, a.shape, true, fn, "grad_value");
-    set_grad_logits<Real>(a, out_gl, fn);
+    set_grad_out<Real>(a.grad_value, a.grad_value_wide, a.shape, out_gv, fn,
+                       "grad_value");
+    set_grad_out<Real>(a.grad_logits, a.grad_logits_wide, a.shape, out_gl, fn,
+                       "grad_logits");
     a.grad_temperature =
         out_arg<double>(out_gt, a.shape, false, fn, "grad_temperature");
-    const bool wants_grad =
-        a.grad_value || a.grad_logits || a.grad_logits_wide || a.grad_temperature;
+    const bool wants_grad = a.grad_value || a.grad_value_wide || a.grad_logits ||
+                            a.grad_logits_wide || a.grad_temperature;
     if (wants_grad && a.grad.data == nullptr)
         value_error("log_prob: gradient outputs need the upstream gradient 'grad'");
     run(a, kernels<Real>().log_prob, threads);
@@ -215,7 +218,8 @@ void rsample_vjp_t(int space, const py::array& value, const py::array& grad,
     a.value = in_arg<Real>(value, a.shape, true, fn, "value");
     a.grad = in_arg<Real>(grad, a.shape, true, fn, "grad");
     a.temperature = in_arg<Real>(temperature, a.shape, false, fn, "temperature");
-    set_grad_logits<Real>(a, out_gl, fn);
+    set_grad_out<Real>(a.grad_logits, a.grad_logits_wide, a.shape, out_gl, fn,
+                       "grad_logits");
     a.grad_temperature =
         out_arg<double>(out_gt, a.shape, false, fn, "grad_temperature");
     if (!logits.is_none())

@@ -138,11 +138,13 @@ def _check_rows(
     name: str,
     tol: float,
     what: tuple,
+    at: tuple = (),
 ) -> None:
     """Raise for the first row (in row-major order) that fails any test, naming
     that row's first problem: a bad entry (bad), a sum off 1 (total, the row
     sums of x), or weight on a masked category (v not ``zero`` where the logit
-    is -inf). ``what`` holds the three messages up to the value they show."""
+    is -inf). ``what`` holds the three messages up to the value they show; ``at``
+    is put before every index shown (the batch index of a row checked alone)."""
     shape = np.broadcast_shapes(v.shape, logits.shape)
     v, bad = np.broadcast_to(v, shape), np.broadcast_to(bad, shape)
     total = np.broadcast_to(total, shape[:-1])
@@ -153,21 +155,26 @@ def _check_rows(
     if not failing.any():
         return
     row = tuple(int(i) for i in np.argwhere(failing)[0]) if failing.ndim else ()
+    shown = at + row
     opening_bad, opening_sum, opening_masked = what
     for mask, opening in ((bad, opening_bad), (masked, opening_masked)):
         in_row = mask[row]
         if in_row.any():
             j = int(np.argmax(in_row))
             raise ValueError(
-                f"{name} {opening} {float(v[row + (j,)])} at index {row + (j,)}"
+                f"{name} {opening} {float(v[row + (j,)])} at index {shown + (j,)}"
             )
         if mask is bad and off[row]:
-            where = f" at batch index {row}" if row else ""
+            where = f" at batch index {shown}" if shown else ""
             raise ValueError(f"{name} {opening_sum} {float(total[row])}{where}")
 
 
 def check_simplex(
-    x: np.ndarray, logits: np.ndarray, name: str = "value", tol: float | None = None
+    x: np.ndarray,
+    logits: np.ndarray,
+    name: str = "value",
+    tol: float | None = None,
+    at: tuple = (),
 ) -> None:
     """``x`` must lie on the probability simplex of the live categories. The
     message names the first row that fails, and its first problem."""
@@ -187,11 +194,16 @@ def check_simplex(
             f"must sum to 1 over the last axis within {tol:.3g}, got sum",
             "must be 0 on masked categories (probability 0, logit -inf); got weight",
         ),
+        at,
     )
 
 
 def check_log_simplex(
-    y: np.ndarray, logits: np.ndarray, name: str = "value", tol: float | None = None
+    y: np.ndarray,
+    logits: np.ndarray,
+    name: str = "value",
+    tol: float | None = None,
+    at: tuple = (),
 ) -> None:
     """``y`` must be the logarithm of a point on the simplex of the live
     categories. The message names the first row that fails, and its first
@@ -214,6 +226,7 @@ def check_log_simplex(
             "must be -inf on masked categories (probability 0, logit -inf); got "
             "log weight",
         ),
+        at,
     )
 
 

@@ -533,11 +533,17 @@ class RelaxedOneHotCategorical:
         )
         if not status.any():
             return
-        check = v.check_simplex if self._space == _SIMPLEX else v.check_log_simplex
-        check(value, logits, name, tol)
+        # The first failing row by the kernel's verdict, described from NumPy.
         where = tuple(int(i) for i in np.argwhere(status)[0])
+        check = v.check_simplex if self._space == _SIMPLEX else v.check_log_simplex
+        check(full[where], logits[where], name, tol, at=where)
+        # NumPy's own sum put the row just inside the tolerance: the two sums
+        # differ in the last bits, and the kernel's decides.
+        row = full[where].astype(np.float64)
+        total = float((row if self._space == _SIMPLEX else np.exp(row)).sum())
         raise ValueError(
-            f"{name} is not on the support {self.support!r} at batch index {where}"
+            f"{name} is not on the support {self.support!r} at batch index {where}: "
+            f"its sum of x is {total!r}, 1 within {tol:.3g} only up to rounding"
         )
 
     def _broadcast_value(self, value: np.ndarray):
@@ -672,11 +678,13 @@ class RelaxedOneHotCategorical:
         grad = self._grad(grad, temp.shape, "log_prob's shape")
         threads = _threads.resolve(num_threads)
         lp = np.empty(temp.shape, dtype=self.dtype) if want_log_prob else None
-        gv = np.empty(val.shape, dtype=self.dtype)
+        # The value gradient is summed over the batch rows a broadcast value
+        # serves, in float64 then (Note [summed gradients]).
+        gv = np.empty(val.shape, self.dtype if val.shape == value.shape else np.float64)
         gl = self._logits_grad_rows(val.shape)
         gt = np.empty(temp.shape, dtype=np.float64)  # Note [summed gradients]
         _core.log_prob(self._space, logits, temp, val, grad, lp, gv, gl, gt, threads)
-        gv = _reduce_to(gv, value.shape)
+        gv = _round_to(_reduce_to(gv, value.shape), self.dtype)
         gp = self._param_grad(gl, threads)
         gt = self._temperature_grad(gt)
         cls = LogProbGradProbs if self._probs_given is not None else LogProbGrad

@@ -159,7 +159,7 @@ TEST(Errors, ValuesMustLieOnTheSupportWhenValidating) {
     EXPECT_MESSAGE(
         d.log_prob(MatrixView<const double>(off.data(), 2, 3), out),
         "RelaxedOneHotCategorical::log_prob: value must sum to 1 over each row "
-        "within 2.6645352591003757e-15, got 1.1000000000000001 at row 0");
+        "within 9.9999999999999995e-07, got 1.1000000000000001 at row 0");
     const std::vector<double> masked = {0.2, 0.3, 0.5, 0.4, 0.5, 0.1};
     EXPECT_MESSAGE(
         d.log_prob(MatrixView<const double>(masked.data(), 2, 3), out),
@@ -211,3 +211,22 @@ TEST(Errors, GumbelsMustBeFiniteAndOutputsMustNotOverlapInputs) {
 }
 
 }  // namespace
+
+// validate_args names the first failing row, whatever kinds of failure later
+// rows have: here row 1's sum comes before row 2's negative entry.
+TEST(Errors, ValueErrorNamesTheFirstFailingRow) {
+    const Dist d(0.5, relaxcat::logits(MatrixView<const double>(kLogits.data(), 1, 3)));
+    const std::vector<double> x = {0.5, 0.25, 0.25, 0.5, 0.3, 0.1, -0.1, 0.6, 0.5};
+    double out[3];
+    const std::string m = message_of([&] {
+        d.log_prob(MatrixView<const double>(x.data(), 3, 3),
+                   VectorView<double>(out, 3));
+    });
+    EXPECT_EQ(
+        m.rfind("RelaxedOneHotCategorical::log_prob: value must sum to 1 over each "
+                "row within ",
+                0),
+        0u)
+        << m;
+    EXPECT_NE(m.find(" at row 1"), std::string::npos) << m;
+}

@@ -1002,3 +1002,18 @@ def test_support_error_names_the_first_failing_row(cls):
         lambda: d.log_prob(value),
         value,
     )
+
+
+def test_a_sum_at_the_edge_of_the_tolerance_gets_a_message_with_the_sum():
+    """The kernel's float64 sum and NumPy's differ in the last bits; a row the
+    kernel puts just outside the tolerance and NumPy just inside still gets a
+    message naming the row and its sum (sum(exp(y)) - 1 = -9.99999e-7 here)."""
+    e = E(np.float32(0.7), logits=np.zeros(2, np.float32))
+    value = np.array([-1.3013065, -0.31769735], np.float32)
+    check_raises(
+        ValueError,
+        r"value (is not on the support LogSimplex\(\) at batch index \(\): its sum "
+        r"of x is 0\.99999\d+, 1 within 1e-06 only up to rounding|must satisfy)",
+        lambda: e.log_prob(value),
+        value,
+    )

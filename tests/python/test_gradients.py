@@ -477,3 +477,25 @@ def test_float32_probs_gradient_is_formed_before_rounding():
     assert np.all(np.isfinite(got.probs)) and np.max(np.abs(ref.probs)) > 1e34
     np.testing.assert_allclose(got.probs, ref.probs, rtol=2.0**-23, atol=0)
     assert got.temperature == np.inf and ref.temperature > 1e44  # past float32
+
+
+@pytest.mark.parametrize("cls", CLASSES, ids=CLASS_IDS)
+@pytest.mark.parametrize("k", [4, 40])
+def test_float32_value_gradient_of_a_broadcast_value_is_summed_before_rounding(cls, k):
+    """One value row against many batch rows: log_prob_vjp's value gradient sums
+    the per-row gradients in float64 and rounds once, so with upstream gradients
+    of both signs it is the float64 result (same float32 inputs) rounded."""
+    rng = np.random.default_rng(k)
+    logits = rng.standard_normal((20000, k)).astype(np.float32)
+    x = rng.dirichlet(np.ones(k)).astype(np.float64)
+    x /= x.sum()
+    value = (np.log(x) if cls is relaxcat.ExpRelaxedOneHotCategorical else x).astype(
+        np.float32
+    )
+    grad = rng.standard_normal(20000).astype(np.float32)
+    d32 = cls(np.float32(0.5), logits=logits, validate_args=False)
+    d64 = cls(0.5, logits=logits.astype(np.float64), validate_args=False)
+    got = d32.log_prob_vjp(value, grad).value
+    ref = d64.log_prob_vjp(value.astype(np.float64), grad.astype(np.float64)).value
+    assert got.shape == (k,) and got.dtype == np.float32
+    np.testing.assert_allclose(got, ref, rtol=2.0**-23, atol=0)

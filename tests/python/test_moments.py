@@ -396,6 +396,7 @@ def test_log_space_mean_is_e_log_x():
         ([0.0, -745.0], 1.0, [0.0, -745.0]),
         ([0.0, -1000.0], 0.5, [0.0, -2000.0]),
         ([-1000.0, 0.0, -np.inf], 0.25, [-4000.0, 0.0, -np.inf]),
+        ([0.0, -100.0], 1.0, [0.0, -100.0]),  # once +7e-14 for category 0
     ],
 )
 def test_log_space_mean_with_far_apart_logits(logits, t, want):
@@ -404,6 +405,7 @@ def test_log_space_mean_with_far_apart_logits(logits, t, want):
     (a_1 - a_0) / T. The quadrature's far tails once gave NaN (0 * inf)."""
     e = dist(logits, t, relaxcat.ExpRelaxedOneHotCategorical)
     np.testing.assert_allclose(e.mean, want, rtol=1e-12, atol=1e-12)
+    assert np.all(e.mean <= 0)  # log x <= 0
 
 
 # ------------------------------------------------------------ entropy and KL

@@ -665,43 +665,31 @@ private:
         const int64_t rows = check_rows(fn, "value", value.rows);
         if (!validate_) return rows;
 
-        // Each entry: x finite and >= 0, or y not NaN and not +inf.
+        // Row by row, so that the first failing row is the one named; in each,
+        // the entries (x finite and >= 0, or y not NaN and not +inf), then the
+        // sum (1 within max(4 K eps, 1e-6), the Python package's tolerance),
+        // then weight on masked categories.
         const bool simplex = kSpace == detail::Space::simplex;
-        int64_t count = 0;
-        const int64_t n = rows * k_;
-        const int64_t bad = detail::first_bad(
-            n,
-            [&](int64_t i) {
-                const Real v = value(i / k_, i % k_);
-                return simplex ? !(std::isfinite(v) && v >= 0)
-                               : (std::isnan(v) || v == kInf);
-            },
-            &count);
-        if (bad >= 0)
-            detail::fail(
-                fn,
-                std::string("value must be ") +
-                    (simplex ? "non-negative and finite (a point on the simplex)"
-                             : "the log of a point on the simplex (finite or -inf)") +
-                    ", got " + detail::show(value(bad / k_, bad % k_)) + " at " +
-                    where(bad / k_, bad % k_) + detail::count_note(count));
-
-        // Each row: sums to 1, and no weight on a masked category.
-        const double tol =
-            4.0 * static_cast<double>(k_) * std::numeric_limits<Real>::epsilon();
+        const double tol = std::max(
+            4.0 * static_cast<double>(k_) * std::numeric_limits<Real>::epsilon(), 1e-6);
         for (int64_t r = 0; r < rows; ++r) {
-            const Real* lg = logits_.data() + param_row(r) * k_;
+            for (int64_t j = 0; j < k_; ++j) {
+                const Real v = value(r, j);
+                if (simplex ? !(std::isfinite(v) && v >= 0)
+                            : (std::isnan(v) || v == kInf))
+                    detail::fail(
+                        fn,
+                        std::string("value must be ") +
+                            (simplex
+                                 ? "non-negative and finite (a point on the simplex)"
+                                 : "the log of a point on the simplex (finite or "
+                                   "-inf)") +
+                            ", got " + detail::show(v) + " at " + where(r, j));
+            }
             double sum = 0.0;
             for (int64_t j = 0; j < k_; ++j) {
                 const double v = static_cast<double>(value(r, j));
-                const double x = simplex ? v : std::exp(v);
-                sum += x;
-                if (lg[j] == -kInf && x != 0.0)
-                    detail::fail(
-                        fn, "value must be " + std::string(simplex ? "0" : "-inf") +
-                                " on masked categories (logit -inf), which have "
-                                "probability zero; got " +
-                                detail::show(value(r, j)) + " at " + where(r, j));
+                sum += simplex ? v : std::exp(v);
             }
             if (!(std::abs(sum - 1.0) <= tol))
                 detail::fail(
@@ -709,6 +697,15 @@ private:
                             (simplex ? "sum to 1" : "satisfy sum(exp(value)) = 1") +
                             " over each row within " + detail::show(tol) + ", got " +
                             detail::show(sum) + " at row " + detail::show(r));
+            const Real* lg = logits_.data() + param_row(r) * k_;
+            for (int64_t j = 0; j < k_; ++j)
+                if (lg[j] == -kInf &&
+                    (simplex ? value(r, j) != 0 : value(r, j) != -kInf))
+                    detail::fail(
+                        fn, "value must be " + std::string(simplex ? "0" : "-inf") +
+                                " on masked categories (logit -inf), which have "
+                                "probability zero; got " +
+                                detail::show(value(r, j)) + " at " + where(r, j));
         }
         return rows;
     }

@@ -70,7 +70,8 @@ enum class Space { simplex, log };
 // is then the result), and otherwise in double (grad_logits_wide, at most one of
 // the two is set): summed over the rows that share a parameter row in double,
 // and passed through the probs transform (ProbsVjpArgs) in double, it is rounded
-// to Real once, at the end.
+// to Real once, at the end. The same holds for log_prob's value gradient when
+// one value row serves several batch rows (a broadcast value).
 template <class Real>
 struct LogProbArgs {
     RowShape shape;
@@ -81,6 +82,7 @@ struct LogProbArgs {
     RowArg<const Real> grad;     // upstream gradient per row; only read by the VJP
     Real* log_prob = nullptr;    // (rows,) output, or null
     Real* grad_value = nullptr;  // (rows, k) outputs of the VJP, each may be null
+    double* grad_value_wide = nullptr;  // or in double, see Note [summed gradients]
     Real* grad_logits = nullptr;
     double* grad_logits_wide = nullptr;  // or in double, see Note [summed gradients]
     double* grad_temperature = nullptr;  // (rows,); double, see Note [summed gradients]

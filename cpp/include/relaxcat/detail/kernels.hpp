@@ -337,8 +337,8 @@ inline void columns_to_rows(const double* col, int64_t nb, K k, Real* dst, F f) 
             dst[i * k + j] = static_cast<Real>(f(col[j * nb + i], i));
 }
 
-// A (rows, K) logits gradient output, in Real or in double (at most one of the
-// two pointers set; Note [summed gradients]): row r, element j, set from a double.
+// A (rows, K) gradient output, in Real or in double (at most one of the two
+// pointers set; Note [summed gradients]): row r, element j, set from a double.
 template <class Real>
 struct GradOut {
     Real* real;
@@ -680,8 +680,9 @@ bool log_prob_block_columns(const LogProbArgs<Real>& a, Walker& walk, int64_t rb
     double* const scale = g + rows_per_block(k);    // the scale of the T sum,
     double* const acc = scale + rows_per_block(k);  // and that sum.
     const GradOut<Real> grad_logits{a.grad_logits, a.grad_logits_wide};
+    const GradOut<Real> grad_value{a.grad_value, a.grad_value_wide};
     const bool want_grad =
-        a.grad_value != nullptr || bool(grad_logits) || a.grad_temperature != nullptr;
+        bool(grad_value) || bool(grad_logits) || a.grad_temperature != nullptr;
 
     block_per_row(a.temperature, a.shape, walk, 1, nb, t);
     if (want_grad) block_per_row(a.grad, a.shape, walk, 3, nb, g);
@@ -814,7 +815,7 @@ bool log_prob_block_columns(const LogProbArgs<Real>& a, Walker& walk, int64_t rb
         grad_logits.from_columns(yc, nb, kk, rb, [g, kd](double w, int64_t i) {
             return g[i] * (1.0 - kd * w);
         });
-        if (a.grad_value != nullptr) {
+        if (grad_value) {
             // T (K w - 1) - [1 on the simplex], then divided by x on the simplex.
             const double one = simplex ? 1.0 : 0.0;
             for (int64_t j = 0; j < k; ++j) {
@@ -825,8 +826,8 @@ bool log_prob_block_columns(const LogProbArgs<Real>& a, Walker& walk, int64_t rb
                     wj[i] = simplex ? dy / xj[i] : dy;
                 }
             }
-            columns_to_rows(yc, nb, kk, a.grad_value + rb * k,
-                            [](double v, int64_t) { return v; });
+            grad_value.from_columns(yc, nb, kk, rb,
+                                    [](double v, int64_t) { return v; });
         }
     });
     return true;
@@ -852,8 +853,9 @@ void log_prob_rows(const LogProbArgs<Real>& a, int64_t r0, int64_t r1,
     RowWalker<4> walk(a.shape, r0, strides);
     const bool simplex = a.space == Space::simplex;
     const GradOut<Real> grad_logits{a.grad_logits, a.grad_logits_wide};
+    const GradOut<Real> grad_value{a.grad_value, a.grad_value_wide};
     const bool want_grad =
-        a.grad_value != nullptr || bool(grad_logits) || a.grad_temperature != nullptr;
+        bool(grad_value) || bool(grad_logits) || a.grad_temperature != nullptr;
     const int64_t ks = a.logits.kstride, vs = a.value.kstride;
     double* y = scratch;                              // log x, per element
     double* w = scratch + cap;                        // exponents, then softmax weights
@@ -1055,8 +1057,7 @@ void log_prob_rows(const LogProbArgs<Real>& a, int64_t r0, int64_t r1,
                         r, k, j, is_live && kind != 2 ? g * (1.0 - kd * wi[j]) : 0.0);
                 }
             }
-            if (a.grad_value != nullptr) {
-                Real* out = a.grad_value + r * k;
+            if (grad_value) {
                 // T (K w - 1) - [1 on the simplex]: forming K T first would
                 // overflow near the float64 maximum, to +inf for every entry.
                 const double one = simplex ? 1.0 : 0.0;
@@ -1069,7 +1070,7 @@ void log_prob_rows(const LogProbArgs<Real>& a, int64_t r0, int64_t r1,
                         dv = xj > 0.0 ? dy / xj
                                       : (dy == 0.0 ? 0.0 : (dy > 0.0 ? kInf : -kInf));
                     }
-                    out[j] = static_cast<Real>(is_live && kind != 2 ? dv : 0.0);
+                    grad_value.set(r, k, j, is_live && kind != 2 ? dv : 0.0);
                 }
             }
         }

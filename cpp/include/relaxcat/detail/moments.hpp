@@ -548,7 +548,10 @@ inline void log_mean_row(const double* a, int64_t k, double t, double* out) {
         }
     }
     const double i_over_m = h * sum / m;
-    for (int64_t j = 0; j < k; ++j) out[j] = a[j] > -kInf ? a[j] / t - i_over_m : -kInf;
+    // log x <= 0, so its mean is too; the quadrature's error (small against the
+    // largest |entry|) can put a dominant category's tiny mean just above 0.
+    for (int64_t j = 0; j < k; ++j)
+        out[j] = a[j] > -kInf ? std::fmin(a[j] / t - i_over_m, 0.0) : -kInf;
 }
 
 // Note [mode]: on the simplex, log p(x) = const + sum_k (a_k - (T + 1) y_k)
