@@ -393,7 +393,7 @@ public:
                       MatrixView<Real> grad_value, MatrixView<Real> grad_param,
                       VectorView<Real> grad_temperature, int num_threads = 1) const {
         log_prob_with_vjp(method("log_prob_vjp"), value, grad, VectorView<Real>(),
-                          grad_value, grad_param, grad_temperature, num_threads);
+                          grad_value, grad_param, grad_temperature, num_threads, false);
     }
 
     // log_prob(value, out) and log_prob_vjp(value, grad, ...) in one pass over
@@ -403,10 +403,8 @@ public:
                           MatrixView<Real> grad_param,
                           VectorView<Real> grad_temperature,
                           int num_threads = 1) const {
-        const std::string fn = method("log_prob_and_vjp");
-        check_vector(fn, "out", out, check_value(fn, value), true);
-        log_prob_with_vjp(fn, value, grad, out, grad_value, grad_param,
-                          grad_temperature, num_threads);
+        log_prob_with_vjp(method("log_prob_and_vjp"), value, grad, out, grad_value,
+                          grad_param, grad_temperature, num_threads, true);
     }
 
     // The normalised log-probabilities logits - logsumexp(logits) into out (L, K).
@@ -814,12 +812,14 @@ private:
         detail::RELAXCAT_ISA_NAMESPACE::probs_vjp_rows(a, r0, r1, s);
     }
 
-    // log_prob_vjp, and the log-density too when out has data.
+    // log_prob_vjp, and with want_log_prob the log-density into out too.
     void log_prob_with_vjp(const std::string& fn, MatrixView<const Real> value,
                            VectorView<const Real> grad, VectorView<Real> out,
                            MatrixView<Real> grad_value, MatrixView<Real> grad_param,
-                           VectorView<Real> grad_temperature, int num_threads) const {
+                           VectorView<Real> grad_temperature, int num_threads,
+                           bool want_log_prob) const {
         const int64_t rows = check_value(fn, value);
+        if (want_log_prob) check_vector(fn, "out", out, rows, true);
         check_vector(fn, "grad", grad, rows, false);
         if (grad_value.data != nullptr)
             check_matrix(fn, "grad_value", grad_value, rows);

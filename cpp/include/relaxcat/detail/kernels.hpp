@@ -1322,10 +1322,6 @@ inline uint8_t check_status(int64_t bad, int64_t masked_weight, double off,
     return 0;
 }
 
-// One block of check_rows in columns (Note [rows as columns]): rows rb .. rb +
-// nb - 1. The same tests and the same sums in element order as the row loop, so
-// the same status; v and lc are element buffers of the block, rows three per-row
-// buffers.
 // True when some entry of the n contiguous values (with their logits) is not
 // finite-and-valid, or carries weight on a masked category: the block then
 // needs the row-by-row counts.
@@ -1356,6 +1352,10 @@ inline void dense_row_sums(const T* p, int64_t nb, K k, double* sum) {
     }
 }
 
+// One block of check_rows in columns (Note [rows as columns]): rows rb .. rb +
+// nb - 1. The same tests and the same sums in element order as the row loop, so
+// the same status; v and lc are element buffers of the block, rows three per-row
+// buffers.
 template <class Real, class Walker>
 void check_block_columns(const CheckArgs<Real>& a, const Walker& walk, int64_t rb,
                          int64_t nb, double* v, double* lc, double* rows) {
@@ -1398,44 +1398,33 @@ void check_rows(const CheckArgs<Real>& a, int64_t r0, int64_t r1, double* scratc
     const int64_t ks = a.logits.kstride, vs = a.value.kstride;
     double* v = scratch;
 
-    if (k <= kColumnMaxK && dense_rows(a.logits, a.shape) &&
-        dense_rows(a.value, a.shape)) {
+    // Short rows by blocks: a dense block with no flagged entry needs only its
+    // row sums, in one flat pass; any other block is counted down columns.
+    if (k <= kColumnMaxK) {
+        const bool dense =
+            dense_rows(a.logits, a.shape) && dense_rows(a.value, a.shape);
         for (int64_t rb = r0; rb < r1; rb += rows_per_block(k)) {
             const int64_t nb =
                 r1 - rb < rows_per_block(k) ? r1 - rb : rows_per_block(k);
             const Real* vb = a.value.data + rb * k;
-            if (check_flagged(vb, a.logits.data + rb * k, nb * k, simplex)) {
-                check_block_columns(a, walk, rb, nb, scratch,
-                                    scratch + block_capacity(k),
-                                    scratch + 2 * block_capacity(k));
+            if (dense && !check_flagged(vb, a.logits.data + rb * k, nb * k, simplex)) {
+                double* const e = scratch;
+                double* const sum = scratch + block_capacity(k);
+                if (simplex) {
+                    with_short_k(k, [&](auto kk) { dense_row_sums(vb, nb, kk, sum); });
+                } else {
+                    for (int64_t i = 0; i < nb * k; ++i)
+                        e[i] = static_cast<double>(vb[i]);
+                    exp_inplace<kExpDegree<Real>>(e, nb * k);
+                    with_short_k(k, [&](auto kk) { dense_row_sums(e, nb, kk, sum); });
+                }
+                for (int64_t i = 0; i < nb; ++i)
+                    a.status[rb + i] = check_status(0, 0, sum[i] - 1.0, a.tol);
                 continue;
             }
-            double* const e = scratch;
-            double* const sum = scratch + block_capacity(k);
-            if (simplex) {
-                with_short_k(k, [&](auto kk) { dense_row_sums(vb, nb, kk, sum); });
-            } else {
-                for (int64_t i = 0; i < nb * k; ++i) e[i] = static_cast<double>(vb[i]);
-                exp_inplace<kExpDegree<Real>>(e, nb * k);
-                with_short_k(k, [&](auto kk) { dense_row_sums(e, nb, kk, sum); });
-            }
-            for (int64_t i = 0; i < nb; ++i) {
-                const double off = sum[i] - 1.0;
-                a.status[rb + i] =
-                    static_cast<uint8_t>(((off > a.tol) | (off < -a.tol)) * 2);
-            }
-        }
-        return;
-    }
-    if (k <= kColumnMaxK) {
-        const bool walked =
-            !dense_rows(a.logits, a.shape) || !dense_rows(a.value, a.shape);
-        for (int64_t rb = r0; rb < r1; rb += rows_per_block(k)) {
-            const int64_t nb =
-                r1 - rb < rows_per_block(k) ? r1 - rb : rows_per_block(k);
             check_block_columns(a, walk, rb, nb, scratch, scratch + block_capacity(k),
                                 scratch + 2 * block_capacity(k));
-            skip_block(walk, walked, nb);
+            skip_block(walk, !dense, nb);
         }
         return;
     }
