@@ -107,9 +107,25 @@ private:
 // would keep only the digits they do not share; log1p of the exactly formed
 // relative difference keeps them all (Note [large temperatures]).
 // Lane by lane for doubles or vectors of doubles; both branches are computed
-// and one selected.
+// and one selected, unless every lane has x < xref / 2: then q <= -1/2 in every
+// lane (the rounded difference is at most -xref / 2, and rounding is monotone),
+// so the select would take the difference of the logs anyway, and the two
+// divisions are skipped. Most entries of a row are far below its largest one.
+inline bool all_lanes(bool b) {
+    return b;
+}
+
+#if defined(RELAXCAT_HAVE_VECTOR_EXTENSIONS)
+RELAXCAT_SIMD_INLINE bool all_lanes(VecI m) {
+    bool all = true;
+    for (int l = 0; l < kLanes; ++l) all &= m[l] != 0;
+    return all;
+}
+#endif
+
 template <class D>
 RELAXCAT_ALWAYS_INLINE D log_ratio_lanes(D x, D xref, D log_x, D log_xref) {
+    if (all_lanes(x < 0.5 * xref)) return log_x - log_xref;
     const D q = (x - xref) / xref;
     D h, s;
     const D r = log1p_poly(q, h, s);
@@ -710,7 +726,22 @@ bool log_prob_block_columns(const LogProbArgs<Real>& a, Walker& walk, int64_t rb
         lin[i] = simplex ? -yc[i] : 0.0;
     }
     for (int64_t j = 1; j < k; ++j) {
-        for (int64_t i = 0; i < nb; ++i) {
+        int64_t i = 0;
+#if defined(RELAXCAT_HAVE_VECTOR_EXTENSIONS)
+        // The loop below in vectors (GCC leaves it scalar, with a branch).
+        for (; i + kLanes <= nb; i += kLanes) {
+            const VecD yj = load_d(yc + j * nb + i);
+            const VecD lj = load_d(lc + j * nb + i);
+            const VecD am = load_d(amax + i);
+            const VecD ym = load_d(ymax + i);
+            const auto up = yj > ym;
+            store_d(amax + i, am > lj ? am : lj);
+            store_d(xmax + i, up ? load_d(xc + j * nb + i) : load_d(xmax + i));
+            store_d(ymax + i, up ? yj : ym);
+            if (simplex) store_d(lin + i, load_d(lin + i) + -yj);
+        }
+#endif
+        for (; i < nb; ++i) {
             const double yj = yc[j * nb + i];
             amax[i] = max_d(amax[i], lc[j * nb + i]);
             xmax[i] = yj > ymax[i] ? xc[j * nb + i] : xmax[i];
@@ -1141,7 +1172,18 @@ void rsample_vjp_block_columns(const RsampleVjpArgs<Real>& a, Walker& walk, int6
         const double* xj = x + j * nb;
         const double* yj = y + j * nb;
         const double* gj = gb + j * nb;
-        for (int64_t i = 0; i < nb; ++i) {
+        int64_t i = 0;
+#if defined(RELAXCAT_HAVE_VECTOR_EXTENSIONS)
+        // The loop below in vectors (GCC leaves it scalar).
+        for (; i + kLanes <= nb; i += kLanes) {
+            const VecD xv = load_d(xj + i);
+            const VecD gv = load_d(gj + i);
+            store_d(sum + i, load_d(sum + i) + xv);
+            store_d(wx + i, load_d(wx + i) + (xv > 0.0 ? gv * xv : VecD{}));
+            store_d(wsum + i, load_d(wsum + i) + (load_d(yj + i) > -kInf ? gv : VecD{}));
+        }
+#endif
+        for (; i < nb; ++i) {
             sum[i] += xj[i];
             wx[i] += xj[i] > 0.0 ? gj[i] * xj[i] : 0.0;
             wsum[i] += yj[i] > -kInf ? gj[i] : 0.0;
@@ -1153,10 +1195,12 @@ void rsample_vjp_block_columns(const RsampleVjpArgs<Real>& a, Walker& walk, int6
     }
     log_inplace(lsum, nb);
     double last_t = t[0], last_inv = 1.0 / t[0];
+    bool all_finite = last_inv < kInf;  // 1 / T finite in every row
     for (int64_t i = 0; i < nb; ++i) {
         if (t[i] != last_t) {
             last_t = t[i];
             last_inv = 1.0 / t[i];
+            all_finite &= last_inv < kInf;
         }
         inv_t[i] = last_inv;
     }
@@ -1175,7 +1219,26 @@ void rsample_vjp_block_columns(const RsampleVjpArgs<Real>& a, Walker& walk, int6
         const double* xj = x + j * nb;
         const double* yj = y + j * nb;
         double* gj = gb + j * nb;
-        for (int64_t i = 0; i < nb; ++i) {
+        int64_t i = 0;
+#if defined(RELAXCAT_HAVE_VECTOR_EXTENSIONS)
+        // The loop below in vectors, when 1 / T is finite in every row (GCC
+        // leaves it scalar); both sides of each select are computed.
+        for (; all_finite && i + kLanes <= nb; i += kLanes) {
+            const VecD xv = load_d(xj + i), yv = load_d(yj + i), gv = load_d(gj + i);
+            const VecD is = load_d(inv_sum + i);
+            const VecD ds =
+                simplex ? (xv > 0.0 ? xv * (gv * load_d(sum + i) - load_d(wx + i)) *
+                                          (is * is)
+                                    : VecD{})
+                        : (yv > -kInf ? gv - (xv * is) * load_d(wsum + i) : VecD{});
+            const VecD sc = load_d(scale + i);
+            const VecD ls = load_d(lsum + i);
+            const VecD rel = sc == 1.0 ? yv - ls : (yv - ls) * load_d(inv_scale + i);
+            store_d(acc + i, load_d(acc + i) + (ds != 0.0 ? ds * rel : VecD{}));
+            store_d(gj + i, ds * load_d(inv_t + i));
+        }
+#endif
+        for (; i < nb; ++i) {
             const double ds =
                 simplex
                     ? (xj[i] > 0.0 ? xj[i] * (gj[i] * sum[i] - wx[i]) *
