@@ -121,6 +121,12 @@ RELAXCAT_SIMD_INLINE bool all_lanes(VecI m) {
     for (int l = 0; l < kLanes; ++l) all &= m[l] != 0;
     return all;
 }
+
+RELAXCAT_SIMD_INLINE bool any_lane(VecI m) {
+    bool any = false;
+    for (int l = 0; l < kLanes; ++l) any |= m[l] != 0;
+    return any;
+}
 #endif
 
 template <class D>
@@ -297,6 +303,17 @@ inline bool dense_rows(const RowArg<T>& x, const RowShape& shape) {
     return true;
 }
 
+// True when a per-row array holds one element per row, the rows in order.
+template <class T>
+inline bool dense_per_row(const RowArg<T>& x, const RowShape& shape) {
+    int64_t expect = 1;
+    for (int d = shape.ndim - 1; d >= 0; --d) {
+        if (shape.shape[d] != 1 && x.stride[d] != expect) return false;
+        expect *= shape.shape[d];
+    }
+    return true;
+}
+
 // True when every row reads the same element of x (a scalar temperature).
 template <class T>
 inline bool same_for_all_rows(const RowArg<T>& x, const RowShape& shape) {
@@ -404,6 +421,11 @@ void block_per_row(const RowArg<T>& x, const RowShape& shape, Walker walk, int w
     if (same_for_all_rows(x, shape)) {
         const double x0 = static_cast<double>(x.data[0]);
         for (int64_t i = 0; i < nb; ++i) out[i] = x0;
+        return;
+    }
+    if (dense_per_row(x, shape)) {
+        const T* p = x.data + walk.offset[which];
+        for (int64_t i = 0; i < nb; ++i) out[i] = static_cast<double>(p[i]);
         return;
     }
     for (int64_t i = 0; i < nb; ++i, walk.advance())
@@ -639,6 +661,12 @@ double ordinary_long_row(const double* lg, double amax, const Real* v, int64_t v
     for (int64_t j = 0; j < k; ++j) wi[j] = lg[j] > -kInf ? yi[j] : -kInf;
     const double ymax = slot_max(wi, k);
     int64_t jmax = 0;
+#if defined(RELAXCAT_HAVE_VECTOR_EXTENSIONS)
+    // Whole vectors with no live entry equal to ymax first (wi is -inf where
+    // masked), then the search below within the vector that has one.
+    while (jmax + kLanes <= k - 1 && !any_lane(load_d(wi + jmax) == ymax))
+        jmax += kLanes;
+#endif
     while (jmax < k - 1 && !(lg[jmax] > -kInf && yi[jmax] == ymax)) ++jmax;
     const double xmax = static_cast<double>(v[jmax * vs]);
     for (int64_t j = 0; j < k; ++j) wi[j] = lg[j] > -kInf && simplex ? -yi[j] : 0.0;
@@ -1180,7 +1208,8 @@ void rsample_vjp_block_columns(const RsampleVjpArgs<Real>& a, Walker& walk, int6
             const VecD gv = load_d(gj + i);
             store_d(sum + i, load_d(sum + i) + xv);
             store_d(wx + i, load_d(wx + i) + (xv > 0.0 ? gv * xv : VecD{}));
-            store_d(wsum + i, load_d(wsum + i) + (load_d(yj + i) > -kInf ? gv : VecD{}));
+            store_d(wsum + i,
+                    load_d(wsum + i) + (load_d(yj + i) > -kInf ? gv : VecD{}));
         }
 #endif
         for (; i < nb; ++i) {
@@ -1227,10 +1256,11 @@ void rsample_vjp_block_columns(const RsampleVjpArgs<Real>& a, Walker& walk, int6
             const VecD xv = load_d(xj + i), yv = load_d(yj + i), gv = load_d(gj + i);
             const VecD is = load_d(inv_sum + i);
             const VecD ds =
-                simplex ? (xv > 0.0 ? xv * (gv * load_d(sum + i) - load_d(wx + i)) *
-                                          (is * is)
-                                    : VecD{})
-                        : (yv > -kInf ? gv - (xv * is) * load_d(wsum + i) : VecD{});
+                simplex
+                    ? (xv > 0.0
+                           ? xv * (gv * load_d(sum + i) - load_d(wx + i)) * (is * is)
+                           : VecD{})
+                    : (yv > -kInf ? gv - (xv * is) * load_d(wsum + i) : VecD{});
             const VecD sc = load_d(scale + i);
             const VecD ls = load_d(lsum + i);
             const VecD rel = sc == 1.0 ? yv - ls : (yv - ls) * load_d(inv_scale + i);
