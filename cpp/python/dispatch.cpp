@@ -2,6 +2,7 @@
 
 #include "dispatch.hpp"
 
+#include <cctype>
 #include <atomic>
 #include <cstdlib>
 #include <stdexcept>
@@ -50,9 +51,13 @@ const Level kLevels[] = {
 
 std::atomic<const KernelTable*> g_active{nullptr};
 
+// The level called name, in any case ("AVX2" is avx2), if this CPU runs it.
 const KernelTable* find(const std::string& name) {
+    std::string lower = name;
+    for (char& c : lower)
+        c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
     for (const Level& level : kLevels)
-        if (name == level.name && level.supported()) return &level.table();
+        if (lower == level.name && level.supported()) return &level.table();
     return nullptr;
 }
 

@@ -23,7 +23,7 @@ def check_simd_environment() -> None:
     without this warning that fallback would be silent.
     """
     wanted = os.environ.get("RELAXCAT_SIMD", "")
-    if wanted and wanted != _core.simd_level():
+    if wanted and wanted.lower() != _core.simd_level():
         levels = ", ".join(_core.available_simd_levels())
         warnings.warn(
             f"RELAXCAT_SIMD={wanted!r} is not a level this build and CPU offer "

@@ -51,7 +51,11 @@ def as_float_array(value, name: str, dtype=None) -> np.ndarray:
     With ``dtype`` given, the result has that dtype. Complex, object, string and
     other kinds raise TypeError.
     """
-    arr = np.asarray(value)
+    try:
+        arr = np.asarray(value)
+    except ValueError as exc:  # ragged nested lists, for one
+        msg = f"{name} must be a rectangular array of numbers: {exc}"
+        raise ValueError(msg) from None
     kind = arr.dtype.kind
     if kind not in "biuf":
         raise TypeError(

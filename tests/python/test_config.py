@@ -30,7 +30,15 @@ def test_relaxcat_simd_selects_an_available_level_silently(level):
     assert "RelaxcatWarning" not in done.stderr
 
 
-@pytest.mark.parametrize("wrong", ["bogus", "AVX2", "avx1024"])
+@pytest.mark.parametrize("level", _core.available_simd_levels())
+def test_relaxcat_simd_ignores_case(level):
+    # A fresh-user review set RELAXCAT_SIMD=AVX2 and got a warning and avx512.
+    done = _run(level.upper())
+    assert done.stdout.strip() == level
+    assert "RelaxcatWarning" not in done.stderr
+
+
+@pytest.mark.parametrize("wrong", ["bogus", "avx 2", "avx1024"])
 def test_relaxcat_simd_naming_no_available_level_warns(wrong):
     # Regression: a misspelt level fell back to the best one without a word.
     done = _run(wrong)

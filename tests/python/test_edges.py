@@ -617,6 +617,35 @@ def test_a_rows_bits_do_not_depend_on_its_lane(simd_level, cls, dtype, k):
             np.testing.assert_array_equal(a, b[r])
 
 
+def test_gradients_at_a_large_temperature_stay_within_the_float64_bound(simd_level):
+    # Regression (fresh-user review): at T = 1e5 the entries far below the row's
+    # largest took log x - log xref, whose ulp of log x times T put the logits
+    # gradient 9e-11 and the value gradient 3.5e-10 (relative) from the exact
+    # value. Above T = 64 the kernel takes the log of the rounded ratio
+    # (kernels.hpp, log_ratio_lanes): measured 8e-12 and 8e-11. The oracle is
+    # mpmath at 40 digits on the same float64 inputs.
+    mpmath.mp.dps = 40
+    rng = np.random.default_rng(0)
+    k, t = 5000, 1e5
+    x = np.concatenate([[1.0], 0.5 * (1 + rng.uniform(-1e-3, 1e-3, k - 1))])
+    x /= x.sum()
+    d = Relaxed(t, logits=np.zeros(k))
+    _, g = d.log_prob_and_vjp(x, 1.0)
+    z = [-mpmath.mpf(t) * mpmath.log(mpmath.mpf(v)) for v in x]
+    zmax = max(z)
+    e = [mpmath.exp(v - zmax) for v in z]
+    total = mpmath.fsum(e)
+    w = [v / total for v in e]
+    want_logits = np.array([float(1 - k * wk) for wk in w])
+    want_value = np.array(
+        [float((k * t * wk - (t + 1)) / mpmath.mpf(v)) for wk, v in zip(w, x)]
+    )
+    err_logits = np.max(np.abs(g.logits - want_logits)) / np.max(np.abs(want_logits))
+    err_value = np.max(np.abs(g.value - want_value) / np.maximum(1, np.abs(want_value)))
+    assert err_logits < 3e-11
+    assert err_value < 1e-10
+
+
 @pytest.mark.parametrize("space", ["simplex", "log"])
 @pytest.mark.parametrize("k", [32, 33, 300])
 def test_long_rows_log_prob_matches_a_long_double_oracle(simd_level, space, k):

@@ -143,6 +143,23 @@ def test_bad_probs_are_rejected(cls, probs, pattern):
     check_raises(ValueError, pattern, lambda: cls(1.0, probs=probs), probs)
 
 
+@pytest.mark.parametrize("name", ["logits", "probs", "temperature", "value", "grad"])
+def test_ragged_nested_lists_name_their_argument(name):
+    # Regression (fresh-user review): NumPy's own "setting an array element with
+    # a sequence" came through without the argument's name.
+    ragged = [[0.5, 0.5], [1.0]]
+    d = R(1.0, logits=[0.0, 0.0])
+    calls = {
+        "logits": lambda: R(1.0, logits=ragged),
+        "probs": lambda: R(1.0, probs=ragged),
+        "temperature": lambda: R(ragged, logits=[0.0, 0.0]),
+        "value": lambda: d.log_prob(ragged),
+        "grad": lambda: d.rsample_vjp([0.5, 0.5], ragged),
+    }
+    with pytest.raises(ValueError, match=f"^{name} must be a rectangular array"):
+        calls[name]()
+
+
 def test_probs_whose_sum_overflows_are_rejected_without_a_numpy_warning():
     # Each entry is finite, the row sum is not: the documented ValueError, and no
     # stray RuntimeWarning from NumPy's sum on the way (warnings are errors here).

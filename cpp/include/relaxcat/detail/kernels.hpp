@@ -28,10 +28,12 @@
 // Note [large temperatures]: the density depends on z = a - T y only through
 // sum(z) - K lse(z), which does not change when a constant is added to z. The
 // kernel therefore uses z = (a - max a) - T (y - max y), with y - max y formed
-// as log1p of the relative difference of the two values when they are close
-// (log_ratio), so that its product with T is accurate to a few ulps. Forming T y
-// first cancelled terms of size T |y| (2e-3 relative error at T = 1e100), and
-// even the difference of two rounded logs loses T eps (3e-9 at T = 1e10).
+// as log1p of the relative difference of the two values when they are close,
+// and above T = 64 as the log of their ratio when they are not (log_ratio), so
+// that its product with T is accurate to a few ulps. Forming T y first
+// cancelled terms of size T |y| (2e-3 relative error at T = 1e100), and even
+// the difference of two rounded logs loses T eps |y| (3e-9 at T = 1e10; at
+// T = 1e5 and K = 5000, logits gradients 9e-11 from the exact ones).
 //
 // Note [zeros in a value]: when a value x has exact zeros on m of the K live
 // categories (a low-temperature sample that underflowed), the density is its
@@ -102,16 +104,30 @@ private:
     int64_t idx_[kMaxBatchDims] = {};
 };
 
-// log(x / xref) for x and xref on the simplex, given their logs. When the two
-// are within a factor 1.25 of each other the difference of the two rounded logs
-// would keep only the digits they do not share; log1p of the exactly formed
-// relative difference keeps them all (Note [large temperatures]).
-// Lane by lane for doubles or vectors of doubles; both branches are computed
-// and one selected, unless every lane has x < xref / 2: then q <= -1/2 in every
-// lane (the rounded difference is at most -xref / 2, and rounding is monotone),
-// so the select would take the difference of the logs anyway, and the two
-// divisions are skipped. Most entries of a row are far below its largest one.
+// log(x / xref) for x and xref on the simplex, given their logs, with error small
+// against 1 / T (Note [large temperatures]). When the two are within a factor
+// 1.25 of each other the difference of the two rounded logs would keep only the
+// digits they do not share; log1p of the exactly formed relative difference
+// keeps them all. Further apart, that difference errs by up to an ulp of
+// log x, and T times that (T eps |log x|) matters once T is large: above
+// kRatioAbove the log of the rounded ratio is taken instead, whose error is an
+// ulp of log(x / xref) plus half an ulp of the ratio, whenever the ratio is a
+// normal number (a subnormal one has lost bits; its difference of logs is kept).
+//
+// Lane by lane for doubles or vectors of doubles; every branch is computed and
+// one selected, unless every lane has x < xref / 2 and T <= kRatioAbove: then
+// q <= -1/2 in every lane (the rounded difference is at most -xref / 2, and
+// rounding is monotone), so the selects would take the difference of the logs
+// anyway, and the divisions are skipped. Most entries of a row are far below
+// its largest one, and most temperatures are small; the ratio's log is taken
+// only when some lane's T is above kRatioAbove.
+constexpr double kRatioAbove = 64.0;
+
 inline bool all_lanes(bool b) {
+    return b;
+}
+
+inline bool any_lane(bool b) {
     return b;
 }
 
@@ -130,17 +146,26 @@ RELAXCAT_SIMD_INLINE bool any_lane(VecI m) {
 #endif
 
 template <class D>
-RELAXCAT_ALWAYS_INLINE D log_ratio_lanes(D x, D xref, D log_x, D log_xref) {
-    if (all_lanes(x < 0.5 * xref)) return log_x - log_xref;
+RELAXCAT_ALWAYS_INLINE D log_ratio_lanes(D x, D xref, D log_x, D log_xref, D t) {
+    const D diff = log_x - log_xref;
+    const auto hot = t > kRatioAbove;
+    const auto cold = t <= kRatioAbove;
+    if (all_lanes(static_cast<decltype(cold)>((x < 0.5 * xref) & cold))) return diff;
     const D q = (x - xref) / xref;
     D h, s;
     const D r = log1p_poly(q, h, s);
     const D near = q - (h - s * (h + r));  // log1p_small(q)
-    return ((q > -0.2) & (q < 0.25)) ? near : log_x - log_xref;
+    D far = diff;
+    if (any_lane(hot)) {
+        const D ratio = x / xref;
+        far = hot & (ratio >= 2.2250738585072014e-308) ? log_lanes(ratio) : diff;
+    }
+    return ((q > -0.2) & (q < 0.25)) ? near : far;
 }
 
-inline double log_ratio(double x, double xref, double log_x, double log_xref) {
-    return log_ratio_lanes(x, xref, log_x, log_xref);
+inline double log_ratio(double x, double xref, double log_x, double log_xref,
+                        double t) {
+    return log_ratio_lanes(x, xref, log_x, log_xref, t);
 }
 
 inline double max_d(double a, double b) {
@@ -679,7 +704,7 @@ double ordinary_long_row(const double* lg, double amax, const Real* v, int64_t v
             const VecD y = load_d(yi + j);
             const VecD aj = load_d(lg + j) - amax;
             const VecD d = simplex ? log_ratio_lanes(load_as_d(v + j), splat_d(xmax), y,
-                                                     splat_d(ymax))
+                                                     splat_d(ymax), splat_d(t))
                                    : y - ymax;
             const auto live = aj > -kInf;
             store_d(yi + j, live ? d : splat_d(-kInf));
@@ -690,7 +715,7 @@ double ordinary_long_row(const double* lg, double amax, const Real* v, int64_t v
     for (; j < k; ++j) {
         const double aj = lg[j] - amax;
         const double d =
-            simplex ? log_ratio(static_cast<double>(v[j * vs]), xmax, yi[j], ymax)
+            simplex ? log_ratio(static_cast<double>(v[j * vs]), xmax, yi[j], ymax, t)
                     : yi[j] - ymax;
         yi[j] = aj > -kInf ? d : -kInf;
         wi[j] = aj > -kInf ? aj - t * d : -kInf;
@@ -788,7 +813,7 @@ bool log_prob_block_columns(const LogProbArgs<Real>& a, Walker& walk, int64_t rb
         for (; i + kLanes <= nb; i += kLanes) {
             const VecD y = load_d(yj + i);
             const VecD d = simplex ? log_ratio_lanes(load_d(xj + i), load_d(xmax + i),
-                                                     y, load_d(ymax + i))
+                                                     y, load_d(ymax + i), load_d(t + i))
                                    : y - load_d(ymax + i);
             const VecD z = (load_d(aj + i) - load_d(amax + i)) - load_d(t + i) * d;
             store_d(yj + i, z);
@@ -798,8 +823,8 @@ bool log_prob_block_columns(const LogProbArgs<Real>& a, Walker& walk, int64_t rb
         }
 #endif
         for (; i < nb; ++i) {
-            const double d =
-                simplex ? log_ratio(xj[i], xmax[i], yj[i], ymax[i]) : yj[i] - ymax[i];
+            const double d = simplex ? log_ratio(xj[i], xmax[i], yj[i], ymax[i], t[i])
+                                     : yj[i] - ymax[i];
             const double z = (aj[i] - amax[i]) - t[i] * d;
             yj[i] = z;
             aj[i] = d;
@@ -997,7 +1022,7 @@ void log_prob_rows(const LogProbArgs<Real>& a, int64_t r0, int64_t r1,
                     const double aj = lg[j] - amax;
                     lin += aj > -kInf && simplex ? -yi[j] : 0.0;
                     const double d = simplex ? log_ratio(static_cast<double>(v[j * vs]),
-                                                         xmax, yi[j], ymax)
+                                                         xmax, yi[j], ymax, t)
                                              : yi[j] - ymax;
                     yi[j] = aj > -kInf ? d : -kInf;  // from here on, y - max y
                     wi[j] = aj > -kInf ? aj - t * d : -kInf;
