@@ -115,12 +115,13 @@ private:
 // normal number (a subnormal one has lost bits; its difference of logs is kept).
 //
 // Lane by lane for doubles or vectors of doubles; every branch is computed and
-// one selected, unless every lane has x < xref / 2 and T <= kRatioAbove: then
-// q <= -1/2 in every lane (the rounded difference is at most -xref / 2, and
-// rounding is monotone), so the selects would take the difference of the logs
-// anyway, and the divisions are skipped. Most entries of a row are far below
-// its largest one, and most temperatures are small; the ratio's log is taken
-// only when some lane's T is above kRatioAbove.
+// one selected, unless T <= kRatioAbove and every lane has x < xref / 2 or
+// x = xref. Then the selects would take the difference of the logs anyway (for
+// x < xref / 2, q <= -1/2: the rounded difference is at most -xref / 2, and
+// rounding is monotone), or give 0, which that difference is when x = xref (the
+// same log of the same value), and the divisions are skipped. Most entries of
+// a row are far below its largest one, and most temperatures are small; the
+// ratio's log is taken only when some lane's T is above kRatioAbove.
 constexpr double kRatioAbove = 64.0;
 
 inline bool all_lanes(bool b) {
@@ -150,7 +151,8 @@ RELAXCAT_ALWAYS_INLINE D log_ratio_lanes(D x, D xref, D log_x, D log_xref, D t) 
     const D diff = log_x - log_xref;
     const auto hot = t > kRatioAbove;
     const auto cold = t <= kRatioAbove;
-    if (all_lanes(static_cast<decltype(cold)>((x < 0.5 * xref) & cold))) return diff;
+    const auto simple = (x < 0.5 * xref) | (x == xref);
+    if (all_lanes(static_cast<decltype(cold)>(simple & cold))) return diff;
     const D q = (x - xref) / xref;
     D h, s;
     const D r = log1p_poly(q, h, s);
