@@ -691,8 +691,10 @@ def test_short_rows_rsample_vjp_gives_the_bits_of_the_row_by_row_path(
     simd_level, cls, dtype, k
 ):
     # rsample_vjp takes rows of up to 16 categories down columns. Padding each
-    # row with 32 - K masked categories sends it row by row; the masked entries
-    # add exact zeros to every sum, so the live gradients must be the same bits.
+    # row with 24 - K masked categories sends it row by row, where rows of fewer
+    # than 32 categories are summed in order (Note [row reductions]); the masked
+    # entries add exact zeros to every sum, so the live gradients must be the
+    # same bits.
     rng = np.random.default_rng(100 + k)
     rows = 500
     logits = rng.normal(scale=2.0, size=(rows, k)).astype(dtype)
@@ -702,7 +704,7 @@ def test_short_rows_rsample_vjp_gives_the_bits_of_the_row_by_row_path(
     w = rng.normal(size=(rows, k)).astype(dtype)
     short = d.rsample_vjp(value, w)
 
-    pad = 32 - k
+    pad = 24 - k
     masked = np.hstack([logits, np.full((rows, pad), -np.inf, dtype)])
     dp = cls(temp, logits=masked)
     empty = 0.0 if cls is Relaxed else -np.inf

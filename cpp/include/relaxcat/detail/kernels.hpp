@@ -191,6 +191,55 @@ constexpr double kScaleAbove = 1e150;
 // the arithmetic rather than of its latency.
 constexpr int kSlots = 16;
 
+// Element j (D = double) or elements j .. j + kLanes - 1 (D = VecD) of p.
+template <class D>
+D load_lanes(const double* p);
+
+template <>
+inline double load_lanes<double>(const double* p) {
+    return *p;
+}
+
+inline void store_lanes(double* p, double v) {
+    *p = v;
+}
+
+#if defined(RELAXCAT_HAVE_VECTOR_EXTENSIONS)
+template <>
+RELAXCAT_SIMD_INLINE VecD load_lanes<VecD>(const double* p) {
+    return load_d(p);
+}
+
+RELAXCAT_SIMD_INLINE void store_lanes(double* p, VecD v) {
+    store_d(p, v);
+}
+#endif
+
+// The slots of Note [row reductions] for a row of k >= 2 kSlots terms, given as
+// reduce_terms gives them.
+template <class Op, class F>
+inline double slot_reduce(int64_t k, Op op, F f) {
+    double slot[kSlots];
+    for (int i = 0; i < kSlots; ++i) slot[i] = f(0.0, i);
+    int64_t j = kSlots;
+#if defined(RELAXCAT_HAVE_VECTOR_EXTENSIONS)
+    constexpr int kVectors = kSlots / kLanes;
+    VecD acc[kVectors];
+    for (int v = 0; v < kVectors; ++v) acc[v] = load_d(slot + v * kLanes);
+    for (; j + kSlots <= k; j += kSlots)
+        for (int v = 0; v < kVectors; ++v)
+            acc[v] = op(acc[v], f(VecD{}, j + v * kLanes));
+    for (int v = 0; v < kVectors; ++v) store_d(slot + v * kLanes, acc[v]);
+#else
+    for (; j + kSlots <= k; j += kSlots)
+        for (int i = 0; i < kSlots; ++i) slot[i] = op(slot[i], f(0.0, j + i));
+#endif
+    for (int i = 0; j < k; ++i, ++j) slot[i] = op(slot[i], f(0.0, j));
+    for (int w = kSlots / 2; w >= 1; w /= 2)
+        for (int i = 0; i < w; ++i) slot[i] = op(slot[i], slot[i + w]);
+    return slot[0];
+}
+
 // Reduces f(p[0]), ..., f(p[k - 1]) with op (f applies lane by lane to doubles
 // and vectors alike).
 template <class Op, class F>
@@ -201,25 +250,8 @@ inline double reduce_row(const double* p, int64_t k, double empty, Op op, F f) {
         for (int64_t j = 1; j < k; ++j) r = op(r, f(p[j]));
         return r;
     }
-    double slot[kSlots];
-    for (int i = 0; i < kSlots; ++i) slot[i] = f(p[i]);
-    int64_t j = kSlots;
-#if defined(RELAXCAT_HAVE_VECTOR_EXTENSIONS)
-    constexpr int kVectors = kSlots / kLanes;
-    VecD acc[kVectors];
-    for (int v = 0; v < kVectors; ++v) acc[v] = load_d(slot + v * kLanes);
-    for (; j + kSlots <= k; j += kSlots)
-        for (int v = 0; v < kVectors; ++v)
-            acc[v] = op(acc[v], f(load_d(p + j + v * kLanes)));
-    for (int v = 0; v < kVectors; ++v) store_d(slot + v * kLanes, acc[v]);
-#else
-    for (; j + kSlots <= k; j += kSlots)
-        for (int i = 0; i < kSlots; ++i) slot[i] = op(slot[i], f(p[j + i]));
-#endif
-    for (int i = 0; j < k; ++i, ++j) slot[i] = op(slot[i], f(p[j]));
-    for (int w = kSlots / 2; w >= 1; w /= 2)
-        for (int i = 0; i < w; ++i) slot[i] = op(slot[i], slot[i + w]);
-    return slot[0];
+    return slot_reduce(
+        k, op, [p, f](auto d, int64_t j) { return f(load_lanes<decltype(d)>(p + j)); });
 }
 
 // Sum and maximum of a row in the order of Note [row reductions].
@@ -240,6 +272,26 @@ inline double slot_sum_finite(const double* p, int64_t k) {
         p, k, 0.0, [](auto a, auto b) { return a + b; },
         [](auto x) { return x > -kInf ? x : decltype(x){}; });
 }
+
+// A reduction of a row whose terms are computed: f(D{}, j) gives element j as a
+// double (D = double) or elements j .. j + kLanes - 1 as a vector (D = VecD),
+// lane by lane with the same operations, so any loop in the row can feed it.
+// Rows of fewer than 2 kSlots reduce in order from `empty` (empty op f(0) op
+// f(1) ...), as the per-row loops they replace did; longer rows in the slots of
+// Note [row reductions]. Each element is visited once, in increasing order of
+// its group, so f may also write an output of its own elements.
+template <class Op, class F>
+inline double reduce_terms(int64_t k, double empty, Op op, F f) {
+    if (k < 2 * kSlots) {
+        double r = empty;
+        for (int64_t j = 0; j < k; ++j) r = op(r, f(0.0, j));
+        return r;
+    }
+    return slot_reduce(k, op, f);
+}
+
+constexpr auto kPlus = [](auto a, auto b) { return a + b; };
+constexpr auto kMax = [](auto a, auto b) { return a > b ? a : b; };
 
 // A strided row widened to doubles in a contiguous buffer; the contiguous case
 // has its own loop so that it vectorises.
@@ -410,6 +462,13 @@ struct GradOut {
             wide[r * k + j] = v;
         else
             real[r * k + j] = static_cast<Real>(v);
+    }
+    // Row r (of K elements) from src.
+    void set_row(int64_t r, int64_t k, const double* src) const {
+        if (wide != nullptr)
+            for (int64_t j = 0; j < k; ++j) wide[r * k + j] = src[j];
+        else if (real != nullptr)
+            for (int64_t j = 0; j < k; ++j) real[r * k + j] = static_cast<Real>(src[j]);
     }
     // Rows rb .. rb + nb - 1 from columns, as columns_to_rows.
     template <class K, class F>
@@ -1076,7 +1135,7 @@ void log_prob_rows(const LogProbArgs<Real>& a, int64_t r0, int64_t r1,
             const double t = static_cast<double>(a.temperature.data[walk.offset[1]]);
             const double g =
                 want_grad ? static_cast<double>(a.grad.data[walk.offset[3]]) : 0.0;
-            const double* yi = y + i * k;
+            double* yi = y + i * k;
             double* wi = w + i * k;
             const int64_t live = static_cast<int64_t>(row_live[i]);
             const double kd = row_live[i];
@@ -1120,15 +1179,23 @@ void log_prob_rows(const LogProbArgs<Real>& a, int64_t r0, int64_t r1,
                     // sum_k (K w_k - 1) = 0, so y may be shifted by its maximum;
                     // pass 2 left y - max y in yi for ordinary rows.
                     // Scaled as in rsample_vjp_rows (kScaleAbove) when a log is huge.
-                    double ymax = 0.0;
-                    for (int64_t j = 0; j < k; ++j)
-                        if (lg[j] > -kInf) ymax = max_d(ymax, -yi[j]);
+                    const double ymax =
+                        reduce_terms(k, 0.0, kMax, [lg, yi](auto d, int64_t j) {
+                            using D = decltype(d);
+                            return load_lanes<D>(lg + j) > -kInf
+                                       ? -load_lanes<D>(yi + j)
+                                       : D{};
+                        });
                     const double scale = ymax > kScaleAbove ? ymax : 1.0;
-                    double acc = 0.0;
-                    for (int64_t j = 0; j < k; ++j) {
-                        const bool is_live = lg[j] > -kInf;
-                        acc += is_live ? (kd * wi[j] - 1.0) * (yi[j] / scale) : 0.0;
-                    }
+                    // y / 1 is y: no division when the row is not scaled.
+                    const double acc =
+                        reduce_terms(k, 0.0, kPlus, [&](auto d, int64_t j) {
+                            using D = decltype(d);
+                            const D yv = load_lanes<D>(yi + j);
+                            const D term = (kd * load_lanes<D>(wi + j) - 1.0) *
+                                           (scale == 1.0 ? yv : yv / scale);
+                            return load_lanes<D>(lg + j) > -kInf ? term : D{};
+                        });
                     // g = 0 contributes 0 even where the sum overflowed.
                     gt = g == 0.0 ? 0.0 : g * ((kd - 1.0) / t + acc * scale);
                 } else if (kind == 1 && g != 0.0) {
@@ -1136,19 +1203,31 @@ void log_prob_rows(const LogProbArgs<Real>& a, int64_t r0, int64_t r1,
                 }
                 a.grad_temperature[r] = gt;
             }
-            if (grad_logits) {
-                for (int64_t j = 0; j < k; ++j) {
-                    const bool is_live = lg[j] > -kInf;
-                    grad_logits.set(
-                        r, k, j, is_live && kind != 2 ? g * (1.0 - kd * wi[j]) : 0.0);
-                }
-            }
+            // The value gradient into yi (no longer needed), then the logits
+            // gradient in place of w; both 0 for masked categories and for
+            // values off the face.
+            const bool face = kind != 2;
             if (grad_value) {
                 // T (K w - 1) - [1 on the simplex]: forming K T first would
                 // overflow near the float64 maximum, to +inf for every entry.
                 const double one = simplex ? 1.0 : 0.0;
-                for (int64_t j = 0; j < k; ++j) {
-                    const bool is_live = lg[j] > -kInf;
+                int64_t j = 0;
+#if defined(RELAXCAT_HAVE_VECTOR_EXTENSIONS)
+                for (; vs == 1 && j + kLanes <= k; j += kLanes) {
+                    const VecD dy = g * (t * (kd * load_d(wi + j) - 1.0) - one);
+                    VecD dv = dy;
+                    if (simplex) {
+                        const VecD xv = load_as_d(v + j);
+                        const VecD edge =
+                            dy == 0.0 ? VecD{}
+                                      : (dy > 0.0 ? splat_d(kInf) : splat_d(-kInf));
+                        dv = xv > 0.0 ? dy / xv : edge;
+                    }
+                    store_d(yi + j,
+                            face ? (load_d(lg + j) > -kInf ? dv : VecD{}) : VecD{});
+                }
+#endif
+                for (; j < k; ++j) {
                     const double dy = g * (t * (kd * wi[j] - 1.0) - one);
                     double dv = dy;
                     if (simplex) {
@@ -1156,8 +1235,14 @@ void log_prob_rows(const LogProbArgs<Real>& a, int64_t r0, int64_t r1,
                         dv = xj > 0.0 ? dy / xj
                                       : (dy == 0.0 ? 0.0 : (dy > 0.0 ? kInf : -kInf));
                     }
-                    grad_value.set(r, k, j, is_live && kind != 2 ? dv : 0.0);
+                    yi[j] = lg[j] > -kInf && face ? dv : 0.0;
                 }
+                grad_value.set_row(r, k, yi);
+            }
+            if (grad_logits) {
+                for (int64_t j = 0; j < k; ++j)
+                    wi[j] = lg[j] > -kInf && face ? g * (1.0 - kd * wi[j]) : 0.0;
+                grad_logits.set_row(r, k, wi);
             }
         }
     }
@@ -1369,8 +1454,9 @@ void rsample_vjp_rows(const RsampleVjpArgs<Real>& a, int64_t r0, int64_t r1,
         // 2. The row sums of x, and their logs in one flat pass.
         for (int64_t i = 0; i < nb; ++i) {
             const double* xi = x + i * k;
-            double sum = 0.0;
-            for (int64_t j = 0; j < k; ++j) sum += xi[j];
+            const double sum = reduce_terms(k, 0.0, kPlus, [xi](auto d, int64_t j) {
+                return load_lanes<decltype(d)>(xi + j);
+            });
             row_sum[i] = sum;
             row_log_sum[i] = sum;
         }
@@ -1380,7 +1466,7 @@ void rsample_vjp_rows(const RsampleVjpArgs<Real>& a, int64_t r0, int64_t r1,
         walk = block_start;
         for (int64_t i = 0; i < nb; ++i, walk.advance()) {
             const int64_t r = rb + i;
-            const double* gw = gb + i * k;
+            double* gw = gb + i * k;
             const double t = static_cast<double>(a.temperature.data[walk.offset[2]]);
             if (t != last_t) {  // one division per run of equal temperatures
                 last_t = t;
@@ -1388,12 +1474,18 @@ void rsample_vjp_rows(const RsampleVjpArgs<Real>& a, int64_t r0, int64_t r1,
             }
             const double* xi = x + i * k;
             const double* yi = y + i * k;
-            double wx = 0.0, wsum = 0.0;
-            for (int64_t j = 0; j < k; ++j) {
-                const double wj = gw[j];
-                wx += xi[j] > 0.0 ? wj * xi[j] : 0.0;
-                wsum += yi[j] > -kInf ? wj : 0.0;
-            }
+            // The sums and the maximum of Note [renormalised sample], each in the
+            // order of reduce_terms.
+            const double wx = reduce_terms(k, 0.0, kPlus, [xi, gw](auto d, int64_t j) {
+                using D = decltype(d);
+                const D xv = load_lanes<D>(xi + j);
+                return xv > 0.0 ? load_lanes<D>(gw + j) * xv : D{};
+            });
+            const double wsum =
+                reduce_terms(k, 0.0, kPlus, [yi, gw](auto d, int64_t j) {
+                    using D = decltype(d);
+                    return load_lanes<D>(yi + j) > -kInf ? load_lanes<D>(gw + j) : D{};
+                });
             const double sum = row_sum[i];
             const double log_sum = row_log_sum[i];
             const double inv_sum = 1.0 / sum;
@@ -1402,30 +1494,32 @@ void rsample_vjp_rows(const RsampleVjpArgs<Real>& a, int64_t r0, int64_t r1,
             // ds_k (y_k - log_sum) overflows with either sign (inf - inf); the
             // temperature sum is then scaled by its largest log, so that only
             // its final product can overflow. Ordinary rows keep scale 1.
-            double ymax = 0.0;
-            for (int64_t j = 0; j < k; ++j)
-                if (yi[j] > -kInf) ymax = max_d(ymax, log_sum - yi[j]);
+            const double ymax =
+                reduce_terms(k, 0.0, kMax, [yi, log_sum](auto d, int64_t j) {
+                    using D = decltype(d);
+                    const D yv = load_lanes<D>(yi + j);
+                    return yv > -kInf ? log_sum - yv : D{};
+                });
             const double scale = ymax > kScaleAbove ? ymax : 1.0;
             // Dividing by a scale of 1 changes nothing, and T only through 1 / T
             // where that is finite.
             const double inv_scale = 1.0 / scale;
             const bool finite_inv_t = inv_t < kInf;
-            double acc = 0.0;
-            const GradOut<Real> gl{a.grad_logits, a.grad_logits_wide};
-            for (int64_t j = 0; j < k; ++j) {
-                const double wj = gw[j];
-                double ds;  // the gradient with respect to s_k = (a_k + g_k) / T
-                if (simplex) {
-                    ds = xi[j] > 0.0 ? xi[j] * (wj * sum - wx) * (inv_sum * inv_sum)
-                                     : 0.0;
-                } else {
-                    ds = yi[j] > -kInf ? wj - (xi[j] * inv_sum) * wsum : 0.0;
-                }
-                const double rel =
-                    scale == 1.0 ? yi[j] - log_sum : (yi[j] - log_sum) * inv_scale;
-                acc += ds != 0.0 ? ds * rel : 0.0;
-                if (gl) gl.set(r, k, j, finite_inv_t ? ds * inv_t : ds / t);
-            }
+            // The gradient with respect to s_k = (a_k + g_k) / T, ds, and the
+            // temperature sum; d/da = ds / T replaces the upstream gradient in gw.
+            const double acc = reduce_terms(k, 0.0, kPlus, [&](auto d, int64_t j) {
+                using D = decltype(d);
+                const D xv = load_lanes<D>(xi + j), yv = load_lanes<D>(yi + j);
+                const D wv = load_lanes<D>(gw + j);
+                const D ds =
+                    simplex
+                        ? (xv > 0.0 ? xv * (wv * sum - wx) * (inv_sum * inv_sum) : D{})
+                        : (yv > -kInf ? wv - (xv * inv_sum) * wsum : D{});
+                const D rel = scale == 1.0 ? yv - log_sum : (yv - log_sum) * inv_scale;
+                store_lanes(gw + j, finite_inv_t ? ds * inv_t : ds / t);
+                return ds != 0.0 ? ds * rel : D{};
+            });
+            GradOut<Real>{a.grad_logits, a.grad_logits_wide}.set_row(r, k, gw);
             if (a.grad_temperature != nullptr)
                 a.grad_temperature[r] = -(acc / t) * scale;
         }
