@@ -109,10 +109,12 @@ private:
 // 1.25 of each other the difference of the two rounded logs would keep only the
 // digits they do not share; log1p of the exactly formed relative difference
 // keeps them all. Further apart, that difference errs by up to an ulp of
-// log x, and T times that (T eps |log x|) matters once T is large: above
-// kRatioAbove the log of the rounded ratio is taken instead, whose error is an
-// ulp of log(x / xref) plus half an ulp of the ratio, whenever the ratio is a
-// normal number (a subnormal one has lost bits; its difference of logs is kept).
+// log x and of log xref, and T times that (T eps (|log x| + |log xref|)) matters
+// once T is large: above kRatioAbove the log of the rounded ratio is taken
+// instead, whose error is an ulp of log(x / xref) plus half an ulp of the ratio,
+// whenever the ratio is a normal number (a subnormal one has lost bits) and
+// log xref < -1/2 (for a largest entry near 1 the difference errs less: log
+// xref is then small, and the ratio's own rounding is not).
 //
 // Lane by lane for doubles or vectors of doubles; every branch is computed and
 // one selected, unless T <= kRatioAbove and every lane has x < xref / 2 or
@@ -149,8 +151,8 @@ RELAXCAT_SIMD_INLINE bool any_lane(VecI m) {
 template <class D>
 RELAXCAT_ALWAYS_INLINE D log_ratio_lanes(D x, D xref, D log_x, D log_xref, D t) {
     const D diff = log_x - log_xref;
-    const auto hot = t > kRatioAbove;
-    const auto cold = t <= kRatioAbove;
+    const auto hot = (t > kRatioAbove) & (log_xref < -0.5);
+    const auto cold = (t <= kRatioAbove) | (log_xref >= -0.5);
     const auto simple = (x < 0.5 * xref) | (x == xref);
     if (all_lanes(static_cast<decltype(cold)>(simple & cold))) return diff;
     const D q = (x - xref) / xref;
