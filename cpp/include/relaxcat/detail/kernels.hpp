@@ -835,7 +835,16 @@ bool log_prob_block_columns(const LogProbArgs<Real>& a, Walker& walk, int64_t rb
 
     for (int64_t j = 0; j < n; ++j) yc[j] = xc[j];
     if (simplex) log_inplace(yc, n);
-    for (int64_t i = 0; i < nb; ++i) {
+    int64_t i0 = 0;
+#if defined(RELAXCAT_HAVE_VECTOR_EXTENSIONS)
+    for (; i0 + kLanes <= nb; i0 += kLanes) {  // GCC leaves the loop below scalar
+        store_d(amax + i0, load_d(lc + i0));
+        store_d(ymax + i0, load_d(yc + i0));
+        store_d(xmax + i0, load_d(xc + i0));
+        store_d(lin + i0, simplex ? -load_d(yc + i0) : VecD{});
+    }
+#endif
+    for (int64_t i = i0; i < nb; ++i) {
         amax[i] = lc[i];
         ymax[i] = yc[i];
         xmax[i] = xc[i];
