@@ -622,8 +622,10 @@ def test_gradients_at_a_large_temperature_stay_within_the_float64_bound(simd_lev
     # largest took log x - log xref, whose ulp of log x times T put the logits
     # gradient 9e-11 and the value gradient 3.5e-10 (relative) from the exact
     # value. Above T = 64 the kernel takes the log of the rounded ratio
-    # (kernels.hpp, log_ratio_lanes): measured 8e-12 and 8e-11. The oracle is
-    # mpmath at 40 digits on the same float64 inputs.
+    # (kernels.hpp, log_ratio_lanes), and this row, whose weights sit on its
+    # smaller entries, is formed against its dominant entry (Note [dominant
+    # reference]): measured 1.6e-16 and 4.7e-15. The oracle is mpmath at 40
+    # digits on the same float64 inputs.
     mpmath.mp.dps = 40
     rng = np.random.default_rng(0)
     k, t = 5000, 1e5
@@ -642,8 +644,63 @@ def test_gradients_at_a_large_temperature_stay_within_the_float64_bound(simd_lev
     )
     err_logits = np.max(np.abs(g.logits - want_logits)) / np.max(np.abs(want_logits))
     err_value = np.max(np.abs(g.value - want_value) / np.maximum(1, np.abs(want_value)))
-    assert err_logits < 3e-11
-    assert err_value < 1e-10
+    assert err_logits < 1e-14
+    assert err_value < 1e-13
+
+
+@pytest.mark.parametrize("cls", [Relaxed, ExpRelaxed])
+@pytest.mark.parametrize("k", [16, 40])
+@pytest.mark.parametrize("t", [1e3, 1e5])
+def test_tiny_entries_at_a_large_temperature_keep_their_gradients_exact(
+    simd_level, cls, k, t
+):
+    # Regression (second fresh-user review): with entries of 1e-300 at T = 1e3,
+    # z = a - T y was formed against the largest entry, so the dominant z were
+    # near 7e5 and their rounding put the gradients 3e-11 (T = 1e5: 1e-8) from
+    # the exact ones. Such rows are now formed against their dominant entry
+    # (kernels.hpp, Note [dominant reference]); K = 16 takes the short-row path,
+    # K = 40 the long-row one. mpmath at 50 digits on the same float64 inputs.
+    mpmath.mp.dps = 50
+    rng = np.random.default_rng(5)
+    a = rng.standard_normal(k) * 2
+    v = rng.random(k) + 0.1
+    v[::3] = 1e-300
+    v[0] = 2.0
+    x = v / v.sum()
+    simplex = cls is Relaxed
+    value = x if simplex else np.log(x)
+    lp, g = cls(t, logits=a).log_prob_and_vjp(value, 1.0)
+
+    tm = mpmath.mpf(t)
+    y = [
+        mpmath.log(mpmath.mpf(float(xj))) if simplex else mpmath.mpf(float(yj))
+        for xj, yj in zip(x, value)
+    ]
+    z = [mpmath.mpf(float(aj)) - tm * yj for aj, yj in zip(a, y)]
+    zmax = max(z)
+    e = [mpmath.exp(zj - zmax) for zj in z]
+    total = mpmath.fsum(e)
+    w = [ej / total for ej in e]
+    lse = zmax + mpmath.log(total)
+    lin = mpmath.fsum(zj - (yj if simplex else 0) for zj, yj in zip(z, y))
+    want_lp = mpmath.loggamma(k) + (k - 1) * mpmath.log(tm) + lin - k * lse
+    want_logits = np.array([float(1 - k * wj) for wj in w])
+    dy = [-(tm + (1 if simplex else 0)) + k * tm * wj for wj in w]
+    want_value = np.array(
+        [float(d / mpmath.mpf(float(xj)) if simplex else d) for d, xj in zip(dy, x)]
+    )
+    want_t = float(
+        (k - 1) / tm + mpmath.fsum((k * wj - 1) * yj for wj, yj in zip(w, y))
+    )
+
+    assert abs(float(lp) - float(want_lp)) <= 1e-15 * max(1.0, abs(float(want_lp)))
+    scale = np.max(np.abs(want_logits))
+    assert np.max(np.abs(g.logits - want_logits)) <= 1e-14 * scale
+    assert abs(float(g.temperature) - want_t) <= 1e-14 * max(1.0, abs(want_t))
+    finite = np.isfinite(want_value)
+    np.testing.assert_array_equal(g.value[~finite], want_value[~finite])
+    err = np.abs(g.value[finite] - want_value[finite])
+    assert np.all(err <= 1e-14 * np.maximum(1.0, np.abs(want_value[finite])))
 
 
 @pytest.mark.parametrize("space", ["simplex", "log"])

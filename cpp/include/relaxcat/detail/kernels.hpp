@@ -162,7 +162,9 @@ RELAXCAT_ALWAYS_INLINE D log_ratio_lanes(D x, D xref, D log_x, D log_xref, D t) 
     D far = diff;
     if (any_lane(hot)) {
         const D ratio = x / xref;
-        far = hot & (ratio >= 2.2250738585072014e-308) ? log_lanes(ratio) : diff;
+        far = hot & (ratio >= 2.2250738585072014e-308) & (ratio < kInf)
+                  ? log_lanes(ratio)
+                  : diff;
     }
     return ((q > -0.2) & (q < 0.25)) ? near : far;
 }
@@ -735,6 +737,43 @@ RELAXCAT_SIMD_INLINE VecD load_as_d(const float* p) {
 }
 #endif
 
+// Note [dominant reference]: z = (a - max a) - T (y - y_ref) is formed against
+// the row's largest entry x_ref (Note [large temperatures]), but the softmax
+// weights of z concentrate where z is largest. When T |y - y_ref| is large
+// there (a value with tiny entries at a large temperature: 7e5 for x = 1e-300
+// at T = 1e3), the rounding of that product, an ulp of a number that large,
+// moves the competing z against one another: gradients 1e-8 from the exact
+// ones at T = 1e5. Such a row (T |y - y_ref| above kRereferenceAbove at its
+// largest z) is formed again against its dominant entry x_dom instead, with
+// d = log(x / x_dom) from log_ratio, 0 for every entry equal to x_dom, so that
+// the competing z are as exact as their own size allows. The density and its
+// gradients do not depend on the reference (sum_k (K w_k - 1) = 0). Samples
+// never need it: there T |y - y_ref| is a difference of perturbed logits.
+constexpr double kRereferenceAbove = 512.0;
+
+// log_prob_rows for an ordinary row (every category live or masked, no zeros)
+// once yi holds y - y_ref (-inf where masked), wi holds z and zmax its maximum
+// (finite): the row again against its dominant entry when Note [dominant
+// reference] asks for it.
+template <class Real>
+void rereference_row(const double* lg, double amax, const Real* v, int64_t vs, double t,
+                     bool simplex, int64_t k, double* yi, double* wi, double& zmax) {
+    int64_t jz = 0;  // the first entry at the largest z
+    while (jz < k - 1 && !(wi[jz] == zmax)) ++jz;
+    if (!(t * std::fabs(yi[jz]) > kRereferenceAbove)) return;
+    const double xz = static_cast<double>(v[jz * vs]);
+    const double yz = simplex ? log_d(xz) : xz;
+    zmax = -kInf;
+    for (int64_t j = 0; j < k; ++j) {
+        if (!(lg[j] > -kInf)) continue;  // masked: yi and wi stay -inf
+        const double xj = static_cast<double>(v[j * vs]);
+        const double d = simplex ? log_ratio(xj, xz, log_d(xj), yz, t) : xj - yz;
+        yi[j] = d;
+        wi[j] = (lg[j] - amax) - t * d;
+        zmax = max_d(zmax, wi[j]);
+    }
+}
+
 // The ordinary case of log_prob_rows for a row of 2 kSlots or more categories:
 // the same formulas as its loop for shorter rows, vectorised, with sums and
 // maxima in the order of Note [row reductions]. On entry yi holds log x; on
@@ -906,6 +945,12 @@ bool log_prob_block_columns(const LogProbArgs<Real>& a, Walker& walk, int64_t rb
     bool finite = true;
     for (int64_t i = 0; i < nb; ++i) finite &= zmax[i] < kInf;
     if (!finite) return false;  // T (y - max y) overflowed: log_prob_rows's case
+    int64_t far_reference = 0;  // rows for Note [dominant reference]
+    for (int64_t j = 0; j < k; ++j)
+        for (int64_t i = 0; i < nb; ++i)
+            far_reference += (yc[j * nb + i] == zmax[i]) &
+                             (t[i] * std::fabs(lc[j * nb + i]) > kRereferenceAbove);
+    if (far_reference != 0) return false;
     for (int64_t j = 0; j < k; ++j) {
         for (int64_t i = 0; i < nb; ++i) {
             yc[j * nb + i] -= zmax[i];
@@ -1078,6 +1123,9 @@ void log_prob_rows(const LogProbArgs<Real>& a, int64_t r0, int64_t r1,
                     row_kind[i] = 2.0;  // as in the loop below
                     for (int64_t j = 0; j < k; ++j) wi[j] = -kInf;
                     zmax = -kInf;
+                } else {
+                    rereference_row(lg, amax, a.value.data + walk.offset[2], vs, t,
+                                    simplex, k, yi, wi, zmax);
                 }
                 for (int64_t j = 0; j < k; ++j) wi[j] -= zmax;
                 lin += slot_sum_finite(wi, k);
@@ -1106,6 +1154,8 @@ void log_prob_rows(const LogProbArgs<Real>& a, int64_t r0, int64_t r1,
                     row_kind[i] = 2.0;
                     for (int64_t j = 0; j < k; ++j) wi[j] = -kInf;
                     zmax = -kInf;
+                } else {
+                    rereference_row(lg, amax, v, vs, t, simplex, k, yi, wi, zmax);
                 }
                 for (int64_t j = 0; j < k; ++j) {
                     const bool is_live = wi[j] > -kInf;
