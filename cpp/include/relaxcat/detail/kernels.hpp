@@ -29,11 +29,13 @@
 // sum(z) - K lse(z), which does not change when a constant is added to z. The
 // kernel therefore uses z = (a - max a) - T (y - max y), with y - max y formed
 // as log1p of the relative difference of the two values when they are close,
-// and above T = 64 as the log of their ratio when they are not (log_ratio), so
-// that its product with T is accurate to a few ulps. Forming T y first
-// cancelled terms of size T |y| (2e-3 relative error at T = 1e100), and even
-// the difference of two rounded logs loses T eps |y| (3e-9 at T = 1e10; at
-// T = 1e5 and K = 5000, logits gradients 9e-11 from the exact ones).
+// and above T = 64 as the log of their ratio when they are not and the largest
+// is below e^-1/2 (log_ratio), so that its product with T is accurate to a few
+// ulps. Forming T y first cancelled terms of size T |y| (2e-3 relative error at
+// T = 1e100), and even the difference of two rounded logs loses T eps |y| (3e-9
+// at T = 1e10; at T = 1e5 and K = 5000, logits gradients 9e-11 from the exact
+// ones). Rows whose weights sit far from the largest entry are formed against
+// their dominant entry instead (Note [dominant reference]).
 //
 // Note [zeros in a value]: when a value x has exact zeros on m of the K live
 // categories (a low-temperature sample that underflowed), the density is its
@@ -104,8 +106,8 @@ private:
     int64_t idx_[kMaxBatchDims] = {};
 };
 
-// log(x / xref) for x and xref on the simplex, given their logs, with error small
-// against 1 / T (Note [large temperatures]). When the two are within a factor
+// log(x / xref) for x and xref on the simplex, given their logs, accurate enough
+// that T times it is too (Note [large temperatures]). When the two are within a factor
 // 1.25 of each other the difference of the two rounded logs would keep only the
 // digits they do not share; log1p of the exactly formed relative difference
 // keeps them all. Further apart, that difference errs by up to an ulp of
@@ -154,7 +156,7 @@ RELAXCAT_ALWAYS_INLINE D log_ratio_lanes(D x, D xref, D log_x, D log_xref, D t) 
     const auto hot = (t > kRatioAbove) & (log_xref < -0.5);
     const auto cold = (t <= kRatioAbove) | (log_xref >= -0.5);
     const auto simple = (x < 0.5 * xref) | (x == xref);
-    if (all_lanes(static_cast<decltype(cold)>(simple & cold))) return diff;
+    if (all_lanes(simple & cold)) return diff;
     const D q = (x - xref) / xref;
     D h, s;
     const D r = log1p_poly(q, h, s);
