@@ -299,6 +299,22 @@ inline double reduce_terms(int64_t k, double empty, Op op, F f) {
 constexpr auto kPlus = [](auto a, auto b) { return a + b; };
 constexpr auto kMax = [](auto a, auto b) { return a > b ? a : b; };
 
+// Runs f(D{}, i) for i = 0 .. n - 1: on vectors of elements i .. i + kLanes - 1
+// (D = VecD) while whole ones fit and `vectors` allows, then on single elements
+// (D = double). f does the same operations lane by lane either way, so one body
+// serves both and an element's bits do not depend on where it falls (GCC leaves
+// several such loops scalar when written for doubles).
+template <class F>
+inline void for_lanes(int64_t n, bool vectors, F f) {
+    int64_t i = 0;
+#if defined(RELAXCAT_HAVE_VECTOR_EXTENSIONS)
+    for (; vectors && i + kLanes <= n; i += kLanes) f(VecD{}, i);
+#else
+    (void)vectors;
+#endif
+    for (; i < n; ++i) f(0.0, i);
+}
+
 // A strided row widened to doubles in a contiguous buffer; the contiguous case
 // has its own loop so that it vectorises.
 template <class Real>
@@ -739,6 +755,22 @@ RELAXCAT_SIMD_INLINE VecD load_as_d(const float* p) {
 }
 #endif
 
+// load_lanes for contiguous floats, widened to doubles.
+template <class D>
+D load_lanes(const float* p);
+
+template <>
+inline double load_lanes<double>(const float* p) {
+    return static_cast<double>(*p);
+}
+
+#if defined(RELAXCAT_HAVE_VECTOR_EXTENSIONS)
+template <>
+RELAXCAT_SIMD_INLINE VecD load_lanes<VecD>(const float* p) {
+    return load_as_d(p);
+}
+#endif
+
 // Note [dominant reference]: z = (a - max a) - T (y - y_ref) is formed against
 // the row's largest entry x_ref (Note [large temperatures]), but the softmax
 // weights of z concentrate where z is largest. When T |y - y_ref| is large
@@ -876,44 +908,26 @@ bool log_prob_block_columns(const LogProbArgs<Real>& a, Walker& walk, int64_t rb
 
     for (int64_t j = 0; j < n; ++j) yc[j] = xc[j];
     if (simplex) log_inplace(yc, n);
-    int64_t i0 = 0;
-#if defined(RELAXCAT_HAVE_VECTOR_EXTENSIONS)
-    for (; i0 + kLanes <= nb; i0 += kLanes) {  // GCC leaves the loop below scalar
-        store_d(amax + i0, load_d(lc + i0));
-        store_d(ymax + i0, load_d(yc + i0));
-        store_d(xmax + i0, load_d(xc + i0));
-        store_d(lin + i0, simplex ? -load_d(yc + i0) : VecD{});
-    }
-#endif
-    for (int64_t i = i0; i < nb; ++i) {
-        amax[i] = lc[i];
-        ymax[i] = yc[i];
-        xmax[i] = xc[i];
-        lin[i] = simplex ? -yc[i] : 0.0;
-    }
+    for_lanes(nb, true, [&](auto d, int64_t i) {
+        using D = decltype(d);
+        store_lanes(amax + i, load_lanes<D>(lc + i));
+        store_lanes(ymax + i, load_lanes<D>(yc + i));
+        store_lanes(xmax + i, load_lanes<D>(xc + i));
+        store_lanes(lin + i, simplex ? -load_lanes<D>(yc + i) : D{});
+    });
     for (int64_t j = 1; j < k; ++j) {
-        int64_t i = 0;
-#if defined(RELAXCAT_HAVE_VECTOR_EXTENSIONS)
-        // The loop below in vectors (GCC leaves it scalar, with a branch).
-        for (; i + kLanes <= nb; i += kLanes) {
-            const VecD yj = load_d(yc + j * nb + i);
-            const VecD lj = load_d(lc + j * nb + i);
-            const VecD am = load_d(amax + i);
-            const VecD ym = load_d(ymax + i);
+        for_lanes(nb, true, [&](auto d, int64_t i) {
+            using D = decltype(d);
+            const D yj = load_lanes<D>(yc + j * nb + i);
+            const D ym = load_lanes<D>(ymax + i);
             const auto up = yj > ym;
-            store_d(amax + i, am > lj ? am : lj);
-            store_d(xmax + i, up ? load_d(xc + j * nb + i) : load_d(xmax + i));
-            store_d(ymax + i, up ? yj : ym);
-            if (simplex) store_d(lin + i, load_d(lin + i) + -yj);
-        }
-#endif
-        for (; i < nb; ++i) {
-            const double yj = yc[j * nb + i];
-            amax[i] = max_d(amax[i], lc[j * nb + i]);
-            xmax[i] = yj > ymax[i] ? xc[j * nb + i] : xmax[i];
-            ymax[i] = yj > ymax[i] ? yj : ymax[i];
-            lin[i] += simplex ? -yj : 0.0;
-        }
+            store_lanes(amax + i,
+                        kMax(load_lanes<D>(amax + i), load_lanes<D>(lc + j * nb + i)));
+            store_lanes(xmax + i,
+                        up ? load_lanes<D>(xc + j * nb + i) : load_lanes<D>(xmax + i));
+            store_lanes(ymax + i, up ? yj : ym);
+            if (simplex) store_lanes(lin + i, load_lanes<D>(lin + i) + -yj);
+        });
     }
     // z = (a - max a) - T (y - max y), y - max y as in Note [large temperatures];
     // z in place of y, and y - max y in place of the logits.
@@ -1274,32 +1288,21 @@ void log_prob_rows(const LogProbArgs<Real>& a, int64_t r0, int64_t r1,
                 // T (K w - 1) - [1 on the simplex]: forming K T first would
                 // overflow near the float64 maximum, to +inf for every entry.
                 const double one = simplex ? 1.0 : 0.0;
-                int64_t j = 0;
-#if defined(RELAXCAT_HAVE_VECTOR_EXTENSIONS)
-                for (; vs == 1 && j + kLanes <= k; j += kLanes) {
-                    const VecD dy = g * (t * (kd * load_d(wi + j) - 1.0) - one);
-                    VecD dv = dy;
+                // Vectors read the value contiguously, so only where it is.
+                for_lanes(k, vs == 1, [&](auto d, int64_t j) {
+                    using D = decltype(d);
+                    const D dy = g * (t * (kd * load_lanes<D>(wi + j) - 1.0) - one);
+                    D dv = dy;
                     if (simplex) {
-                        const VecD xv = load_as_d(v + j);
-                        const VecD edge =
-                            dy == 0.0 ? VecD{}
-                                      : (dy > 0.0 ? splat_d(kInf) : splat_d(-kInf));
+                        const D xv = load_lanes<D>(v + j * vs);
+                        const D edge =
+                            dy == 0.0 ? D{} : (dy > 0.0 ? D{} + kInf : D{} - kInf);
                         dv = xv > 0.0 ? dy / xv : edge;
                     }
-                    store_d(yi + j,
-                            face ? (load_d(lg + j) > -kInf ? dv : VecD{}) : VecD{});
-                }
-#endif
-                for (; j < k; ++j) {
-                    const double dy = g * (t * (kd * wi[j] - 1.0) - one);
-                    double dv = dy;
-                    if (simplex) {
-                        const double xj = static_cast<double>(v[j * vs]);
-                        dv = xj > 0.0 ? dy / xj
-                                      : (dy == 0.0 ? 0.0 : (dy > 0.0 ? kInf : -kInf));
-                    }
-                    yi[j] = lg[j] > -kInf && face ? dv : 0.0;
-                }
+                    store_lanes(yi + j, face
+                                            ? (load_lanes<D>(lg + j) > -kInf ? dv : D{})
+                                            : D{});
+                });
                 grad_value.set_row(r, k, yi);
             }
             if (grad_logits) {
@@ -1375,23 +1378,15 @@ void rsample_vjp_block_columns(const RsampleVjpArgs<Real>& a, Walker& walk, int6
         const double* xj = x + j * nb;
         const double* yj = y + j * nb;
         const double* gj = gb + j * nb;
-        int64_t i = 0;
-#if defined(RELAXCAT_HAVE_VECTOR_EXTENSIONS)
-        // The loop below in vectors (GCC leaves it scalar).
-        for (; i + kLanes <= nb; i += kLanes) {
-            const VecD xv = load_d(xj + i);
-            const VecD gv = load_d(gj + i);
-            store_d(sum + i, load_d(sum + i) + xv);
-            store_d(wx + i, load_d(wx + i) + (xv > 0.0 ? gv * xv : VecD{}));
-            store_d(wsum + i,
-                    load_d(wsum + i) + (load_d(yj + i) > -kInf ? gv : VecD{}));
-        }
-#endif
-        for (; i < nb; ++i) {
-            sum[i] += xj[i];
-            wx[i] += xj[i] > 0.0 ? gj[i] * xj[i] : 0.0;
-            wsum[i] += yj[i] > -kInf ? gj[i] : 0.0;
-        }
+        for_lanes(nb, true, [&](auto d, int64_t i) {
+            using D = decltype(d);
+            const D xv = load_lanes<D>(xj + i);
+            const D gv = load_lanes<D>(gj + i);
+            store_lanes(sum + i, load_lanes<D>(sum + i) + xv);
+            store_lanes(wx + i, load_lanes<D>(wx + i) + (xv > 0.0 ? gv * xv : D{}));
+            store_lanes(wsum + i, load_lanes<D>(wsum + i) +
+                                      (load_lanes<D>(yj + i) > -kInf ? gv : D{}));
+        });
     }
     for (int64_t i = 0; i < nb; ++i) {
         lsum[i] = sum[i];
@@ -1423,38 +1418,32 @@ void rsample_vjp_block_columns(const RsampleVjpArgs<Real>& a, Walker& walk, int6
         const double* xj = x + j * nb;
         const double* yj = y + j * nb;
         double* gj = gb + j * nb;
-        int64_t i = 0;
-#if defined(RELAXCAT_HAVE_VECTOR_EXTENSIONS)
-        // The loop below in vectors, when 1 / T is finite in every row (GCC
-        // leaves it scalar); both sides of each select are computed.
-        for (; all_finite && i + kLanes <= nb; i += kLanes) {
-            const VecD xv = load_d(xj + i), yv = load_d(yj + i), gv = load_d(gj + i);
-            const VecD is = load_d(inv_sum + i);
-            const VecD ds =
+        // Vectors only when 1 / T is finite in every row: both sides of each
+        // select are computed, and the division by T is then never needed.
+        for_lanes(nb, all_finite, [&](auto d, int64_t i) {
+            using D = decltype(d);
+            const D xv = load_lanes<D>(xj + i), yv = load_lanes<D>(yj + i);
+            const D gv = load_lanes<D>(gj + i);
+            const D is = load_lanes<D>(inv_sum + i);
+            const D ds =
                 simplex
                     ? (xv > 0.0
-                           ? xv * (gv * load_d(sum + i) - load_d(wx + i)) * (is * is)
-                           : VecD{})
-                    : (yv > -kInf ? gv - (xv * is) * load_d(wsum + i) : VecD{});
-            const VecD sc = load_d(scale + i);
-            const VecD ls = load_d(lsum + i);
-            const VecD rel = sc == 1.0 ? yv - ls : (yv - ls) * load_d(inv_scale + i);
-            store_d(acc + i, load_d(acc + i) + (ds != 0.0 ? ds * rel : VecD{}));
-            store_d(gj + i, ds * load_d(inv_t + i));
-        }
-#endif
-        for (; i < nb; ++i) {
-            const double ds =
-                simplex
-                    ? (xj[i] > 0.0 ? xj[i] * (gj[i] * sum[i] - wx[i]) *
-                                         (inv_sum[i] * inv_sum[i])
-                                   : 0.0)
-                    : (yj[i] > -kInf ? gj[i] - (xj[i] * inv_sum[i]) * wsum[i] : 0.0);
-            const double rel =
-                scale[i] == 1.0 ? yj[i] - lsum[i] : (yj[i] - lsum[i]) * inv_scale[i];
-            acc[i] += ds != 0.0 ? ds * rel : 0.0;
-            gj[i] = inv_t[i] < kInf ? ds * inv_t[i] : ds / t[i];
-        }
+                           ? xv *
+                                 (gv * load_lanes<D>(sum + i) - load_lanes<D>(wx + i)) *
+                                 (is * is)
+                           : D{})
+                    : (yv > -kInf ? gv - (xv * is) * load_lanes<D>(wsum + i) : D{});
+            const D ls = load_lanes<D>(lsum + i);
+            const D rel = load_lanes<D>(scale + i) == 1.0
+                              ? yv - ls
+                              : (yv - ls) * load_lanes<D>(inv_scale + i);
+            store_lanes(acc + i, load_lanes<D>(acc + i) + (ds != 0.0 ? ds * rel : D{}));
+            const D it = load_lanes<D>(inv_t + i);
+            if (all_finite)
+                store_lanes(gj + i, ds * it);
+            else
+                store_lanes(gj + i, it < kInf ? ds * it : ds / load_lanes<D>(t + i));
+        });
     }
     if (a.grad_temperature != nullptr)
         for (int64_t i = 0; i < nb; ++i)
