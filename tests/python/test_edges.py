@@ -617,6 +617,48 @@ def test_a_rows_bits_do_not_depend_on_its_lane(simd_level, cls, dtype, k):
             np.testing.assert_array_equal(a, b[r])
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_long_rows_give_the_bits_of_the_block_path(simd_level, dtype):
+    # rsample_vjp on the simplex takes its own one-buffer passes for rows of 2048
+    # categories or more (kernels.hpp, Note [long rows]); shorter rows go through
+    # the block buffers. Masked categories appended to a row of 2047 change none
+    # of its sums (their terms are exact zeros), so the padded row of 2050, on
+    # the long path, must reproduce the short row's bits. rsample's fused row
+    # path serves both lengths; there the padding must change nothing either.
+    rng = np.random.default_rng(2047)
+    k, pad = 2047, 3
+    logits = rng.normal(scale=2.0, size=(4, k)).astype(dtype)
+    temp = np.array([0.05, 0.7, 30.0, 1e4], dtype)
+    noise = rng.gumbel(size=(4, k))
+    padded = np.concatenate([logits, np.full((4, pad), -np.inf, dtype)], axis=1)
+    noise_padded = np.concatenate([noise, np.zeros((4, pad))], axis=1)
+    short, long_ = Relaxed(temp, logits=logits), Relaxed(temp, logits=padded)
+    x = short.rsample(gumbels=noise)
+    x_long = long_.rsample(gumbels=noise_padded)
+    np.testing.assert_array_equal(x_long[:, :k], x)
+    assert np.all(x_long[:, k:] == 0.0)
+    # Log space takes the same fused passes with log x as well.
+    y = ExpRelaxed(temp, logits=logits).rsample(gumbels=noise)
+    y_long = ExpRelaxed(temp, logits=padded).rsample(gumbels=noise_padded)
+    np.testing.assert_array_equal(y_long[:, :k], y)
+
+    # rsample_vjp: contiguous and strided upstream gradients, one entry 0, and a
+    # value with an exact zero.
+    x[1, 5] = 0.0
+    x_long[1, 5] = 0.0
+    up = rng.normal(size=(4, k)).astype(dtype)
+    up[2, 7] = 0.0
+    up_long = np.concatenate([up, rng.normal(size=(4, pad)).astype(dtype)], axis=1)
+    strided = np.zeros((4, 2 * (k + pad)), dtype)
+    strided[:, ::2] = up_long
+    want = short.rsample_vjp(x, up)
+    for upstream in (up_long, strided[:, ::2]):
+        got = long_.rsample_vjp(x_long, upstream)
+        np.testing.assert_array_equal(got.logits[:, :k], want.logits)
+        assert np.all(got.logits[:, k:] == 0.0)
+        np.testing.assert_array_equal(got.temperature, want.temperature)
+
+
 def test_gradients_at_a_large_temperature_stay_within_the_float64_bound(simd_level):
     # Regression (fresh-user review): at T = 1e5 the entries far below the row's
     # largest took log x - log xref, whose ulp of log x times T put the logits

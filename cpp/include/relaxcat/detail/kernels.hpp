@@ -221,6 +221,36 @@ RELAXCAT_SIMD_INLINE void store_lanes(double* p, VecD v) {
 }
 #endif
 
+// Contiguous Reals as a vector of doubles.
+#if defined(RELAXCAT_HAVE_VECTOR_EXTENSIONS)
+RELAXCAT_SIMD_INLINE VecD load_as_d(const double* p) {
+    return load_d(p);
+}
+
+RELAXCAT_SIMD_INLINE VecD load_as_d(const float* p) {
+    typedef float Half __attribute__((vector_size(4 * kLanes)));
+    Half h;
+    std::memcpy(&h, p, sizeof h);
+    return __builtin_convertvector(h, VecD);
+}
+#endif
+
+// load_lanes for contiguous floats, widened to doubles.
+template <class D>
+D load_lanes(const float* p);
+
+template <>
+inline double load_lanes<double>(const float* p) {
+    return static_cast<double>(*p);
+}
+
+#if defined(RELAXCAT_HAVE_VECTOR_EXTENSIONS)
+template <>
+RELAXCAT_SIMD_INLINE VecD load_lanes<VecD>(const float* p) {
+    return load_as_d(p);
+}
+#endif
+
 // The slots of Note [row reductions] for a row of k >= 2 kSlots terms, given as
 // reduce_terms gives them.
 template <class Op, class F>
@@ -651,7 +681,6 @@ void rsample_rows(const RsampleArgs<Real>& a, int64_t r0, int64_t r1, double* sc
     double* e_buffer = scratch + cap;
     double* la = scratch + 2 * cap;
     double* row_sum = scratch + 3 * cap;  // per-row buffers of the block
-    double* row_inv = row_sum + rows_per_block(k);
     const int64_t ks = a.logits.kstride;
     double last_t = 0.0, inv_t = kInf;  // T > 0, so the first row sets them
 
@@ -674,11 +703,15 @@ void rsample_rows(const RsampleArgs<Real>& a, int64_t r0, int64_t r1, double* sc
             continue;
         }
 
-        // 2. Per row: u = (a - max a) + g, then s = (u - max u) / T, whose largest
-        // entry is exactly 0; see Note [shift before scaling] and Note [stable
+        // 2. Per row, each step fused into one pass that also reduces it (Note
+        // [row reductions]): max a; u = (a - max a) + g and max u; then
+        // s = (u - max u) / T, whose largest entry is exactly 0, with exp(s) and
+        // its sum (in [1, K]); see Note [shift before scaling] and Note [stable
         // log-sum-exp]. Shifting before dividing keeps a tiny T from turning the
-        // largest entry into inf - inf. Division is replaced by a multiply only
-        // where 1/T is finite.
+        // largest entry into inf - inf; division is replaced by a multiply only
+        // where 1/T is finite. Contiguous logits are read where they are, so that
+        // a long row's working set is its noise buffer (and exp(s) when log x is
+        // also wanted) rather than three buffers (Note [long rows]).
         for (int64_t i = 0; i < nb; ++i, walk.advance()) {
             const Real* lg = a.logits.data + walk.offset[0];
             const double t = static_cast<double>(a.temperature.data[walk.offset[1]]);
@@ -693,83 +726,53 @@ void rsample_rows(const RsampleArgs<Real>& a, int64_t r0, int64_t r1, double* sc
             else if (given)
                 load_row(a.noise.gumbels.data + walk.offset[2], a.noise.gumbels.kstride,
                          k, si);
-            load_row(lg, ks, k, la);
-            const double amax = slot_max(la, k);
-            double umax = -kInf;
-            if (k < 2 * kSlots) {  // the same order as slot_max, in the same loop
-                for (int64_t j = 0; j < k; ++j) {
-                    si[j] = (la[j] - amax) + si[j];
-                    umax = j == 0 ? si[0] : max_d(umax, si[j]);
-                }
+            double* const ei = a.log_x != nullptr ? e_buffer : si;
+            const auto row = [&](const auto* src) {
+                const double amax =
+                    reduce_terms(k, -kInf, kMax, [src](auto d, int64_t j) {
+                        return load_lanes<decltype(d)>(src + j);
+                    });
+                const double umax =
+                    reduce_terms(k, -kInf, kMax, [&](auto d, int64_t j) {
+                        using D = decltype(d);
+                        const D u =
+                            (load_lanes<D>(src + j) - amax) + load_lanes<D>(si + j);
+                        store_lanes(si + j, u);
+                        return u;
+                    });
+                const bool multiply = inv_t < kInf;
+                return reduce_terms(k, 0.0, kPlus, [&](auto d, int64_t j) {
+                    using D = decltype(d);
+                    const D u = load_lanes<D>(si + j) - umax;
+                    const D sj = multiply ? u * inv_t : u / t;
+                    const D ej = exp_lanes<kExpDegree<Real>>(sj);
+                    store_lanes(si + j, sj);
+                    store_lanes(ei + j, ej);
+                    return ej;
+                });
+            };
+            double sum;
+            if (ks == 1) {
+                sum = row(lg);
             } else {
-                for (int64_t j = 0; j < k; ++j) si[j] = (la[j] - amax) + si[j];
-                umax = slot_max(si, k);
+                load_row(lg, ks, k, la);
+                sum = row(static_cast<const double*>(la));
             }
-            if (inv_t < kInf) {
-                for (int64_t j = 0; j < k; ++j) si[j] = (si[j] - umax) * inv_t;
-            } else {
-                for (int64_t j = 0; j < k; ++j) si[j] = (si[j] - umax) / t;
-            }
-        }
 
-        // 3. The exponentials, flat; in place when s is not needed again, which
-        // keeps a long row's working set smaller.
-        double* const e = a.log_x != nullptr ? e_buffer : s;
-        exp_into<kExpDegree<Real>>(s, e, n);
-
-        // 4. The row sums (the largest term is 1, so each is in [1, K]), then the
-        // reciprocals or logs of all of them in one flat pass, then the rows.
-        for (int64_t i = 0; i < nb; ++i) row_sum[i] = slot_sum(e + i * k, k);
-        if (a.x != nullptr) {
-            for (int64_t i = 0; i < nb; ++i) row_inv[i] = 1.0 / row_sum[i];
-            for (int64_t i = 0; i < nb; ++i) {
-                const double* ei = e + i * k;
-                const double inv = row_inv[i];
+            // 3. The row: x = exp(s) / sum and log x = s - log(sum).
+            if (a.x != nullptr) {
+                const double inv = 1.0 / sum;
                 Real* x = a.x + (rb + i) * k;
                 for (int64_t j = 0; j < k; ++j) x[j] = static_cast<Real>(ei[j] * inv);
             }
-        }
-        if (a.log_x != nullptr) {
-            log_inplace(row_sum, nb);
-            for (int64_t i = 0; i < nb; ++i) {
-                const double lse = row_sum[i];
-                const double* si = s + i * k;
+            if (a.log_x != nullptr) {
+                const double lse = log_d(sum);
                 Real* y = a.log_x + (rb + i) * k;
                 for (int64_t j = 0; j < k; ++j) y[j] = static_cast<Real>(si[j] - lse);
             }
         }
     }
 }
-
-// Contiguous Reals as a vector of doubles.
-#if defined(RELAXCAT_HAVE_VECTOR_EXTENSIONS)
-RELAXCAT_SIMD_INLINE VecD load_as_d(const double* p) {
-    return load_d(p);
-}
-
-RELAXCAT_SIMD_INLINE VecD load_as_d(const float* p) {
-    typedef float Half __attribute__((vector_size(4 * kLanes)));
-    Half h;
-    std::memcpy(&h, p, sizeof h);
-    return __builtin_convertvector(h, VecD);
-}
-#endif
-
-// load_lanes for contiguous floats, widened to doubles.
-template <class D>
-D load_lanes(const float* p);
-
-template <>
-inline double load_lanes<double>(const float* p) {
-    return static_cast<double>(*p);
-}
-
-#if defined(RELAXCAT_HAVE_VECTOR_EXTENSIONS)
-template <>
-RELAXCAT_SIMD_INLINE VecD load_lanes<VecD>(const float* p) {
-    return load_as_d(p);
-}
-#endif
 
 // Note [dominant reference]: z = (a - max a) - T (y - y_ref) is formed against
 // the row's largest entry x_ref (Note [large temperatures]), but the softmax
@@ -1462,6 +1465,57 @@ void rsample_vjp_block_columns(const RsampleVjpArgs<Real>& a, Walker& walk, int6
 // amplified by 1/T. The kernel therefore uses x / S with S = sum x, and forms
 // w_k S - <w, x> in double: for float32 data the products are exact and the
 // result is the exact gradient at the renormalised float32 sample.
+// Note [long rows]: a row of kBlockElements or more is a block of its own, and
+// its element buffers of doubles are its working set; at 128000 categories
+// three of them (3 MiB) no longer fit the per-core L2 cache (2 MiB here), and
+// every pass over the row goes out to L3 (log_prob, rsample_vjp and rsample
+// took 30-80% longer per element than at 256 categories). rsample's row path
+// (every row above kColumnMaxK) and rsample_vjp's on the simplex for such rows
+// therefore keep one element buffer: each step is fused into the pass that
+// reduces it, contiguous inputs are read where they are, and log x is formed
+// where it is used. The operations and their order are those of the unfused
+// passes, so the bits are the same. log_prob and its gradients still hold three
+// buffers per row (their row path has more steps to fuse), and so does
+// rsample_vjp in log space.
+
+// rsample_vjp_rows for one row of kBlockElements or more on the simplex (Note
+// [long rows]), x holding the row's value (masked) on entry; x and gb are
+// element buffers.
+template <class Real>
+void rsample_vjp_long_row(const RsampleVjpArgs<Real>& a, const Real* gp, int64_t r,
+                          double t, double inv_t, double* x, double* gb) {
+    const int64_t k = a.shape.k;
+    const int64_t gs = a.grad.kstride;
+    if (gs != 1) load_row(gp, gs, k, gb);
+    const auto row = [&](const auto* g) {
+        const double sum = reduce_terms(k, 0.0, kPlus, [x](auto d, int64_t j) {
+            return load_lanes<decltype(d)>(x + j);
+        });
+        const double wx = reduce_terms(k, 0.0, kPlus, [x, g](auto d, int64_t j) {
+            using D = decltype(d);
+            const D xv = load_lanes<D>(x + j);
+            return xv > 0.0 ? load_lanes<D>(g + j) * xv : D{};
+        });
+        const double log_sum = log_d(sum);
+        const double inv_sum = 1.0 / sum;
+        const bool finite_inv_t = inv_t < kInf;
+        // On the simplex log_sum - log x stays below 1500 (x is at least the
+        // smallest subnormal), so the scale of rsample_vjp_rows is 1.
+        return reduce_terms(k, 0.0, kPlus, [&](auto d, int64_t j) {
+            using D = decltype(d);
+            const D xv = load_lanes<D>(x + j);
+            const D wv = load_lanes<D>(g + j);
+            const D ds = xv > 0.0 ? xv * (wv * sum - wx) * (inv_sum * inv_sum) : D{};
+            const D rel = log_lanes(xv) - log_sum;
+            store_lanes(x + j, finite_inv_t ? ds * inv_t : ds / t);
+            return ds != 0.0 ? ds * rel : D{};
+        });
+    };
+    const double acc = gs == 1 ? row(gp) : row(static_cast<const double*>(gb));
+    GradOut<Real>{a.grad_logits, a.grad_logits_wide}.set_row(r, k, x);
+    if (a.grad_temperature != nullptr) a.grad_temperature[r] = -(acc / t);
+}
+
 template <class Real>
 void rsample_vjp_rows(const RsampleVjpArgs<Real>& a, int64_t r0, int64_t r1,
                       double* scratch) {
@@ -1488,11 +1542,13 @@ void rsample_vjp_rows(const RsampleVjpArgs<Real>& a, int64_t r0, int64_t r1,
             continue;
         }
 
-        // 1. x and log x for the whole block, the transcendental half flat.
+        // 1. x and log x for the whole block, the transcendental half flat; a
+        // long row on the simplex takes rsample_vjp_long_row instead.
+        const bool long_row = simplex && k >= kBlockElements;
         for (int64_t i = 0; i < nb; ++i, walk.advance()) {
             double* v = simplex ? x + i * k : y + i * k;
             load_row(a.value.data + walk.offset[0], vs, k, v);
-            load_row(a.grad.data + walk.offset[1], gs, k, gb + i * k);
+            if (!long_row) load_row(a.grad.data + walk.offset[1], gs, k, gb + i * k);
             if (a.logits.data != nullptr) {
                 const Real* lg = a.logits.data + walk.offset[3];
                 for (int64_t j = 0; j < k; ++j)
@@ -1500,6 +1556,20 @@ void rsample_vjp_rows(const RsampleVjpArgs<Real>& a, int64_t r0, int64_t r1,
                                ? (simplex ? 0.0 : -kInf)
                                : v[j];
             }
+        }
+        if (long_row) {
+            walk = block_start;
+            for (int64_t i = 0; i < nb; ++i, walk.advance()) {
+                const double t =
+                    static_cast<double>(a.temperature.data[walk.offset[2]]);
+                if (t != last_t) {
+                    last_t = t;
+                    inv_t = 1.0 / t;
+                }
+                rsample_vjp_long_row(a, a.grad.data + walk.offset[1], rb + i, t, inv_t,
+                                     x + i * k, gb);
+            }
+            continue;
         }
         complete_x_and_log_x(simplex, x, y, n);
 
