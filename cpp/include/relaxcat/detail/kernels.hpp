@@ -251,6 +251,34 @@ RELAXCAT_SIMD_INLINE VecD load_lanes<VecD>(const float* p) {
 }
 #endif
 
+// store_lanes to contiguous floats, each lane rounded once.
+inline void store_lanes(float* p, double v) {
+    *p = static_cast<float>(v);
+}
+
+#if defined(RELAXCAT_HAVE_VECTOR_EXTENSIONS)
+RELAXCAT_SIMD_INLINE void store_lanes(float* p, VecD v) {
+    typedef float Half __attribute__((vector_size(4 * kLanes)));
+    const Half h = __builtin_convertvector(v, Half);
+    std::memcpy(p, &h, sizeof h);
+}
+#endif
+
+// Element j (D = double) or elements j .. j + kLanes - 1 (D = VecD) of the
+// strided Reals p[0], p[stride], ..., widened to doubles.
+template <class D, class Real>
+RELAXCAT_ALWAYS_INLINE D load_strided_lanes(const Real* p, int64_t stride) {
+    if constexpr (std::is_same<D, double>::value) {
+        return static_cast<double>(*p);
+    } else {
+        if (stride == 1) return load_lanes<D>(p);
+        double lanes[sizeof(D) / sizeof(double)];
+        for (size_t l = 0; l < sizeof(D) / sizeof(double); ++l)
+            lanes[l] = static_cast<double>(p[static_cast<int64_t>(l) * stride]);
+        return load_lanes<D>(static_cast<const double*>(lanes));
+    }
+}
+
 // The slots of Note [row reductions] for a row of k >= 2 kSlots terms, given as
 // reduce_terms gives them.
 template <class Op, class F>
@@ -514,6 +542,14 @@ struct GradOut {
             wide[r * k + j] = v;
         else
             real[r * k + j] = static_cast<Real>(v);
+    }
+    // Element j (D = double) or elements j .. j + kLanes - 1 (D = VecD) of row r.
+    template <class D>
+    void set_lanes(int64_t r, int64_t k, int64_t j, D v) const {
+        if (wide != nullptr)
+            store_lanes(wide + r * k + j, v);
+        else
+            store_lanes(real + r * k + j, v);
     }
     // Row r (of K elements) from src.
     void set_row(int64_t r, int64_t k, const double* src) const {
@@ -813,53 +849,51 @@ void rereference_row(const double* lg, double amax, const Real* v, int64_t vs, d
 
 // The ordinary case of log_prob_rows for a row of 2 kSlots or more categories:
 // the same formulas as its loop for shorter rows, vectorised, with sums and
-// maxima in the order of Note [row reductions]. On entry yi holds log x; on
-// return it holds y - max y (-inf where masked), wi holds z (not yet shifted),
-// zmax its maximum, and the result is sum_live -y (simplex) or 0. lg are the
-// logits of the row, v its value (stride vs).
+// maxima in the order of Note [row reductions], each fused into the pass that
+// forms its terms (Note [long rows]). On entry yi holds log x; on return it
+// holds y - max y (-inf where masked), wi holds z (not yet shifted), zmax its
+// maximum, and the result is sum_live -y (simplex) or 0. lg are the logits of
+// the row, v its value (stride vs).
 template <class Real>
 double ordinary_long_row(const double* lg, double amax, const Real* v, int64_t vs,
                          double t, bool simplex, int64_t k, double* yi, double* wi,
                          double& zmax) {
     // The live category with the largest y (the first, if several).
-    for (int64_t j = 0; j < k; ++j) wi[j] = lg[j] > -kInf ? yi[j] : -kInf;
-    const double ymax = slot_max(wi, k);
+    const auto live_y = [lg, yi](auto d, int64_t j) {
+        using D = decltype(d);
+        return load_lanes<D>(lg + j) > -kInf ? load_lanes<D>(yi + j) : D{} - kInf;
+    };
+    const double ymax = reduce_terms(k, -kInf, kMax, live_y);
     int64_t jmax = 0;
 #if defined(RELAXCAT_HAVE_VECTOR_EXTENSIONS)
-    // Whole vectors with no live entry equal to ymax first (wi is -inf where
-    // masked), then the search below within the vector that has one.
-    while (jmax + kLanes <= k - 1 && !any_lane(load_d(wi + jmax) == ymax))
+    // Whole vectors with no live entry equal to ymax first, then the search
+    // below within the vector that has one.
+    while (jmax + kLanes <= k - 1 && !any_lane(live_y(VecD{}, jmax) == ymax))
         jmax += kLanes;
 #endif
     while (jmax < k - 1 && !(lg[jmax] > -kInf && yi[jmax] == ymax)) ++jmax;
     const double xmax = static_cast<double>(v[jmax * vs]);
-    for (int64_t j = 0; j < k; ++j) wi[j] = lg[j] > -kInf && simplex ? -yi[j] : 0.0;
-    const double lin = slot_sum(wi, k);
+    const double lin =
+        reduce_terms(k, 0.0, kPlus, [lg, yi, simplex](auto d, int64_t j) {
+            using D = decltype(d);
+            return load_lanes<D>(lg + j) > -kInf && simplex ? -load_lanes<D>(yi + j)
+                                                            : D{};
+        });
 
-    int64_t j = 0;
-#if defined(RELAXCAT_HAVE_VECTOR_EXTENSIONS)
-    if (vs == 1) {
-        for (; j + kLanes <= k; j += kLanes) {
-            const VecD y = load_d(yi + j);
-            const VecD aj = load_d(lg + j) - amax;
-            const VecD d = simplex ? log_ratio_lanes(load_as_d(v + j), splat_d(xmax), y,
-                                                     splat_d(ymax), splat_d(t))
-                                   : y - ymax;
-            const auto live = aj > -kInf;
-            store_d(yi + j, live ? d : splat_d(-kInf));
-            store_d(wi + j, live ? aj - t * d : splat_d(-kInf));
-        }
-    }
-#endif
-    for (; j < k; ++j) {
-        const double aj = lg[j] - amax;
-        const double d =
-            simplex ? log_ratio(static_cast<double>(v[j * vs]), xmax, yi[j], ymax, t)
-                    : yi[j] - ymax;
-        yi[j] = aj > -kInf ? d : -kInf;
-        wi[j] = aj > -kInf ? aj - t * d : -kInf;
-    }
-    zmax = slot_max(wi, k);
+    zmax = reduce_terms(k, -kInf, kMax, [&](auto dd, int64_t j) {
+        using D = decltype(dd);
+        const D y = load_lanes<D>(yi + j);
+        const D aj = load_lanes<D>(lg + j) - amax;
+        const D d = simplex ? log_ratio_lanes(load_strided_lanes<D>(v + j * vs, vs),
+                                              Lanes<D>::splat(xmax), y,
+                                              Lanes<D>::splat(ymax), Lanes<D>::splat(t))
+                            : y - ymax;
+        const auto live = aj > -kInf;
+        const D z = live ? aj - t * d : D{} - kInf;
+        store_lanes(yi + j, live ? d : D{} - kInf);
+        store_lanes(wi + j, z);
+        return z;
+    });
     return lin;
 }
 
@@ -1105,12 +1139,25 @@ void log_prob_rows(const LogProbArgs<Real>& a, int64_t r0, int64_t r1,
             columns = false;
         }
 
-        // 1. Logits and value as doubles, then y = log x for the whole block, flat.
+        // 1. Logits and value as doubles, then y = log x for the whole block, flat;
+        // a long row (a block of its own) takes its logs as it loads the value
+        // (Note [long rows]).
+        const bool long_row = k >= kBlockElements;
         for (int64_t i = 0; i < nb; ++i, walk.advance()) {
             load_row(a.logits.data + walk.offset[0], ks, k, la + i * k);
-            load_row(a.value.data + walk.offset[2], vs, k, y + i * k);
+            const Real* v = a.value.data + walk.offset[2];
+            double* yi = y + i * k;
+            if (long_row && simplex) {
+                for_lanes(k, true, [v, vs, yi](auto d, int64_t j) {
+                    using D = decltype(d);
+                    store_lanes(yi + j,
+                                log_lanes(load_strided_lanes<D>(v + j * vs, vs)));
+                });
+            } else {
+                load_row(v, vs, k, yi);
+            }
         }
-        if (simplex) log_inplace(y, n);
+        if (simplex && !long_row) log_inplace(y, n);
 
         // 2. Per row: classify (Notes [masked categories], [zeros in a value]) and
         // write the exponents z - max z of the softmax weights.
@@ -1146,8 +1193,12 @@ void log_prob_rows(const LogProbArgs<Real>& a, int64_t r0, int64_t r1,
                     rereference_row(lg, amax, a.value.data + walk.offset[2], vs, t,
                                     simplex, k, yi, wi, zmax);
                 }
-                for (int64_t j = 0; j < k; ++j) wi[j] -= zmax;
-                lin += slot_sum_finite(wi, k);
+                lin += reduce_terms(k, 0.0, kPlus, [wi, zmax](auto d, int64_t j) {
+                    using D = decltype(d);
+                    const D w = load_lanes<D>(wi + j) - zmax;
+                    store_lanes(wi + j, w);
+                    return w > -kInf ? w : D{};
+                });
             } else if (zeros == 0) {
                 // The ordinary case: z = (a - max a) - T (y - max y) over the live
                 // categories; see Note [large temperatures].
@@ -1200,9 +1251,21 @@ void log_prob_rows(const LogProbArgs<Real>& a, int64_t r0, int64_t r1,
             row_zmax[i] = zmax;
         }
 
-        // 3. The exponentials, flat; the row sums, and their logs in one flat pass.
-        exp_inplace(w, n);
-        for (int64_t i = 0; i < nb; ++i) row_sum[i] = slot_sum(w + i * k, k);
+        // 3. The exponentials, flat, and the row sums (a long row's in one pass);
+        // their logs in one flat pass.
+        if (long_row) {
+            for (int64_t i = 0; i < nb; ++i) {
+                double* wi = w + i * k;
+                row_sum[i] = reduce_terms(k, 0.0, kPlus, [wi](auto d, int64_t j) {
+                    const auto e = exp_lanes(load_lanes<decltype(d)>(wi + j));
+                    store_lanes(wi + j, e);
+                    return e;
+                });
+            }
+        } else {
+            exp_inplace(w, n);
+            for (int64_t i = 0; i < nb; ++i) row_sum[i] = slot_sum(w + i * k, k);
+        }
         for (int64_t i = 0; i < nb; ++i) row_log_sum[i] = row_sum[i];
         log_inplace(row_log_sum, nb);
 
@@ -1258,14 +1321,19 @@ void log_prob_rows(const LogProbArgs<Real>& a, int64_t r0, int64_t r1,
                 if (kind == 0) {
                     // sum_k (K w_k - 1) = 0, so y may be shifted by its maximum;
                     // pass 2 left y - max y in yi for ordinary rows.
-                    // Scaled as in rsample_vjp_rows (kScaleAbove) when a log is huge.
+                    // Scaled as in rsample_vjp_rows (kScaleAbove) when a log is huge,
+                    // which only log space allows: on the simplex |y - y_ref| is
+                    // below 1500 (x lies between the smallest subnormal and the
+                    // largest double), so the scale is 1 without a pass.
                     const double ymax =
-                        reduce_terms(k, 0.0, kMax, [lg, yi](auto d, int64_t j) {
-                            using D = decltype(d);
-                            return load_lanes<D>(lg + j) > -kInf
-                                       ? -load_lanes<D>(yi + j)
-                                       : D{};
-                        });
+                        simplex
+                            ? 0.0
+                            : reduce_terms(k, 0.0, kMax, [lg, yi](auto d, int64_t j) {
+                                  using D = decltype(d);
+                                  return load_lanes<D>(lg + j) > -kInf
+                                             ? -load_lanes<D>(yi + j)
+                                             : D{};
+                              });
                     const double scale = ymax > kScaleAbove ? ymax : 1.0;
                     // y / 1 is y: no division when the row is not scaled.
                     const double acc =
@@ -1291,27 +1359,29 @@ void log_prob_rows(const LogProbArgs<Real>& a, int64_t r0, int64_t r1,
                 // T (K w - 1) - [1 on the simplex]: forming K T first would
                 // overflow near the float64 maximum, to +inf for every entry.
                 const double one = simplex ? 1.0 : 0.0;
-                // Vectors read the value contiguously, so only where it is.
-                for_lanes(k, vs == 1, [&](auto d, int64_t j) {
+                for_lanes(k, true, [&](auto d, int64_t j) {
                     using D = decltype(d);
                     const D dy = g * (t * (kd * load_lanes<D>(wi + j) - 1.0) - one);
                     D dv = dy;
                     if (simplex) {
-                        const D xv = load_lanes<D>(v + j * vs);
+                        const D xv = load_strided_lanes<D>(v + j * vs, vs);
                         const D edge =
                             dy == 0.0 ? D{} : (dy > 0.0 ? D{} + kInf : D{} - kInf);
                         dv = xv > 0.0 ? dy / xv : edge;
                     }
-                    store_lanes(yi + j, face
-                                            ? (load_lanes<D>(lg + j) > -kInf ? dv : D{})
-                                            : D{});
+                    grad_value.set_lanes(
+                        r, k, j,
+                        face ? (load_lanes<D>(lg + j) > -kInf ? dv : D{}) : D{});
                 });
-                grad_value.set_row(r, k, yi);
             }
             if (grad_logits) {
-                for (int64_t j = 0; j < k; ++j)
-                    wi[j] = lg[j] > -kInf && face ? g * (1.0 - kd * wi[j]) : 0.0;
-                grad_logits.set_row(r, k, wi);
+                for_lanes(k, true, [&](auto d, int64_t j) {
+                    using D = decltype(d);
+                    const D gl = g * (1.0 - kd * load_lanes<D>(wi + j));
+                    grad_logits.set_lanes(
+                        r, k, j,
+                        face ? (load_lanes<D>(lg + j) > -kInf ? gl : D{}) : D{});
+                });
             }
         }
     }

@@ -56,8 +56,10 @@ RELAXCAT_SIMD_INLINE void store_d(double* p, VecD v) {
     std::memcpy(p, &v, sizeof v);
 }
 
+// x in every lane; x - 0 is x exactly, -0 included (0 + x would turn -0 into +0
+// in the vector lanes but not in the scalar tails).
 RELAXCAT_SIMD_INLINE VecD splat_d(double x) {
-    return VecD{} + x;
+    return x - VecD{};
 }
 
 RELAXCAT_SIMD_INLINE VecU as_u(VecD v) {
@@ -75,7 +77,7 @@ struct Lanes<VecD> {
     using I = VecI;
     static U bits(VecD v) { return as_u(v); }
     static VecD value(U u) { return as_d(u); }
-    static VecD splat(double c) { return VecD{} + c; }
+    static VecD splat(double c) { return splat_d(c); }
     static I splat_i(int64_t c) { return VecI{} + c; }
 };
 
