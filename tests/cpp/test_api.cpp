@@ -7,7 +7,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <limits>
+#include <mutex>
 #include <numeric>
 #include <vector>
 
@@ -342,4 +344,34 @@ TEST(Api, FloatLogitsGradientsAreSummedInDouble) {
                     MatrixView<double>(g64.data(), 1, 2), VectorView<double>());
     ASSERT_GT(std::abs(g64[0]), 0.1);
     for (int j = 0; j < 2; ++j) EXPECT_EQ(g[j], static_cast<float>(g64[j]));
+}
+
+// parallel_rows hands each thread scratch that starts on a 64-byte boundary
+// whatever the heap returns, for any length asked for; the kernels' buffer
+// lengths keep the buffers inside it aligned as well.
+TEST(Api, ScratchIsAlignedForVectors) {
+    for (int64_t doubles : {1, 7, 8, 13, 6200}) {
+        for (int threads : {1, 2, 3}) {
+            std::vector<uintptr_t> seen;
+            std::mutex lock;
+            relaxcat::detail::parallel_rows(
+                64, 1 << 16, threads, doubles,
+                [&](int64_t, int64_t, double* scratch) {
+                    scratch[0] = 1.0;
+                    scratch[doubles - 1] = 1.0;  // the whole length is usable
+                    const std::lock_guard<std::mutex> hold(lock);
+                    seen.push_back(reinterpret_cast<uintptr_t>(scratch));
+                },
+                [] { return false; });
+            ASSERT_FALSE(seen.empty());
+            for (uintptr_t p : seen) EXPECT_EQ(p % 64, 0u) << doubles << " " << threads;
+        }
+    }
+    namespace k = relaxcat::detail::native;
+    for (int64_t kk : {1, 2, 3, 7, 8, 16, 17, 255, 2047, 2048, 5001})
+        EXPECT_EQ(k::block_capacity(kk) % k::kAlignDoubles, 0) << kk;
+    for (int64_t kk : {1, 2, 3, 5, 8, 16}) {
+        EXPECT_EQ(k::rows_per_block(kk) % k::kAlignDoubles, 0) << kk;
+        EXPECT_LE(k::rows_per_block(kk) * kk, k::kBlockElements) << kk;
+    }
 }

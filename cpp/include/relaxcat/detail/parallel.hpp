@@ -45,11 +45,16 @@ bool parallel_rows(int64_t rows, int64_t k, int requested_threads,
     // All scratch is allocated here, in the calling thread, so that a failed
     // allocation surfaces as std::bad_alloc to the caller instead of ending the
     // process from inside a worker.
-    std::vector<double> scratch(static_cast<size_t>(nthreads) *
-                                static_cast<size_t>(scratch_doubles));
+    // Each thread's part starts on a 64-byte boundary (8 doubles), so that the
+    // kernels' vector loads of their buffers do not span two cache lines.
+    const size_t per_thread = (static_cast<size_t>(scratch_doubles) + 7) / 8 * 8;
+    std::vector<double> scratch(static_cast<size_t>(nthreads) * per_thread + 7);
+    double* const base =
+        scratch.data() +
+        (8 - reinterpret_cast<uintptr_t>(scratch.data()) / sizeof(double) % 8) % 8;
 
     auto worker = [&](int id) {
-        double* mine = scratch.data() + static_cast<size_t>(id) * scratch_doubles;
+        double* mine = base + static_cast<size_t>(id) * per_thread;
         for (;;) {
             if (id == 0 && stop()) {
                 cancelled.store(true);
