@@ -127,6 +127,18 @@ void set_grad_out(Real*& real, double*& wide, const RowShape& shape,
         real = out_arg<Real>(o, shape, true, fn, name);
 }
 
+// Scratch per thread for a kernel's arguments (rsample needs less than the others
+// on rows above 16 categories).
+template <class Args>
+int64_t scratch_for(const KernelTable& table, const Args& args) {
+    return table.scratch_size(args.shape.k);
+}
+
+template <class Real>
+int64_t scratch_for(const KernelTable& table, const detail::RsampleArgs<Real>& args) {
+    return table.rsample_scratch_size(args.shape.k, args.log_x != nullptr);
+}
+
 // Runs kernel(args, r0, r1, scratch) over all rows without the GIL, polling for
 // Ctrl-C between tasks.
 template <class Args, class Kernel>
@@ -137,7 +149,7 @@ void run(const Args& args, Kernel kernel, int threads) {
     {
         py::gil_scoped_release nogil;
         finished = detail::parallel_rows(
-            args.shape.rows, k, threads, table.scratch_size(k),
+            args.shape.rows, k, threads, scratch_for(table, args),
             [&](int64_t r0, int64_t r1, double* scratch) {
                 kernel(args, r0, r1, scratch);
             },

@@ -33,10 +33,16 @@ void map_logf(const float* in, float* out, int64_t n) {
 }  // namespace
 
 const KernelTable& RELAXCAT_TABLE_FN() {
-    static const KernelTable table{
-        RELAXCAT_ISA_NAME, make_set<float>(), make_set<double>(),
-        &k::scratch_size,  &k::fill_gumbels,  &k::fill_gumbels_f32<float>,
-        &map_log,          &map_exp,          &map_logf};
+    static const KernelTable table{RELAXCAT_ISA_NAME,
+                                   make_set<float>(),
+                                   make_set<double>(),
+                                   &k::scratch_size,
+                                   &k::rsample_scratch_size,
+                                   &k::fill_gumbels,
+                                   &k::fill_gumbels_f32<float>,
+                                   &map_log,
+                                   &map_exp,
+                                   &map_logf};
     return table;
 }
 

@@ -659,6 +659,37 @@ def test_long_rows_give_the_bits_of_the_block_path(simd_level, dtype):
         np.testing.assert_array_equal(got.temperature, want.temperature)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("k", [3, 40, 3000])
+def test_strided_logits_give_the_bits_of_contiguous_ones(simd_level, dtype, k):
+    # The kernels read strided logits lane by lane where contiguous ones are
+    # loaded as vectors (rsample's fused row path reads them in place, Note [long
+    # rows]); the distribution classes always pass contiguous copies, so this goes
+    # to the module directly.
+    rng = np.random.default_rng(k)
+    rows = 5
+    logits = rng.normal(scale=2.0, size=(rows, k)).astype(dtype)
+    logits[1, ::4] = -np.inf
+    temp = np.array([0.05, 0.5, 1.0, 7.0, 1e3], dtype)
+    key, stream = 12345, 6
+
+    def draw(lg):
+        x, y = np.empty((rows, k), dtype), np.empty((rows, k), dtype)
+        _core.rsample(lg, temp, None, key, stream, 0, x, y, 1)
+        x_only = np.empty((rows, k), dtype)
+        _core.rsample(lg, temp, None, key, stream, 0, x_only, None, 1)
+        return x, y, x_only
+
+    want = draw(logits)
+    np.testing.assert_array_equal(want[2], want[0])
+    wide = np.zeros((rows, 3 * k), dtype)
+    wide[:, ::3] = logits
+    for strided in (np.asfortranarray(logits), wide[:, ::3]):
+        assert not strided.flags["C_CONTIGUOUS"]
+        for a, b in zip(draw(strided), want):
+            np.testing.assert_array_equal(a, b)
+
+
 def test_gradients_at_a_large_temperature_stay_within_the_float64_bound(simd_level):
     # Regression (fresh-user review): at T = 1e5 the entries far below the row's
     # largest took log x - log xref, whose ulp of log x times T put the logits

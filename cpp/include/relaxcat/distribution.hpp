@@ -781,14 +781,23 @@ private:
     // an embedder's call, so the stop poll always answers no.
     template <class Args>
     static void run(const Args& a, int threads) {
-        namespace isa = detail::RELAXCAT_ISA_NAMESPACE;
         if (a.shape.rows <= 0) return;
         detail::parallel_rows(
-            a.shape.rows, a.shape.k, threads, isa::scratch_size(a.shape.k),
+            a.shape.rows, a.shape.k, threads, scratch_for(a),
             [&a](int64_t r0, int64_t r1, double* scratch) {
                 kernel(a, r0, r1, scratch);
             },
             [] { return false; });
+    }
+
+    // Scratch per thread (rsample needs less than the others above 16 categories).
+    template <class Args>
+    static int64_t scratch_for(const Args& a) {
+        return detail::RELAXCAT_ISA_NAMESPACE::scratch_size(a.shape.k);
+    }
+    static int64_t scratch_for(const detail::RsampleArgs<Real>& a) {
+        return detail::RELAXCAT_ISA_NAMESPACE::rsample_scratch_size(a.shape.k,
+                                                                    a.log_x != nullptr);
     }
 
     static void kernel(const detail::RsampleArgs<Real>& a, int64_t r0, int64_t r1,

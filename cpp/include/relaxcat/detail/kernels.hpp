@@ -470,6 +470,13 @@ inline void log_inplace(double* p, int64_t n) {
 // depend on the path taken.
 constexpr int64_t kColumnMaxK = 16;
 
+// rsample needs less on rows above kColumnMaxK (Note [long rows]): the noise
+// buffer, and a second element buffer when log x is wanted. For a row of 128000
+// that is 1 MiB per thread instead of 3.
+inline int64_t rsample_scratch_size(int64_t k, bool log_x) {
+    return k <= kColumnMaxK ? scratch_size(k) : (log_x ? 2 : 1) * block_capacity(k);
+}
+
 // True when the rows of x follow one another, K contiguous elements each.
 template <class T>
 inline bool dense_rows(const RowArg<T>& x, const RowShape& shape) {
@@ -733,10 +740,13 @@ void rsample_rows(const RsampleArgs<Real>& a, int64_t r0, int64_t r1, double* sc
         a.logits.stride, a.temperature.stride,
         given64 ? a.noise.gumbels64.stride : a.noise.gumbels.stride};
     RowWalker<3> walk(a.shape, r0, strides);
+    // Short rows use three element buffers and the per-row buffers; longer ones
+    // only the noise buffer, and exp(s) when log x is wanted (rsample_scratch_size).
+    const bool columns = k <= kColumnMaxK;
     double* s = scratch;
-    double* e_buffer = scratch + cap;
-    double* la = scratch + 2 * cap;
-    double* row_sum = scratch + 3 * cap;  // per-row buffers of the block
+    double* e_buffer = columns || a.log_x != nullptr ? scratch + cap : nullptr;
+    double* la = columns ? scratch + 2 * cap : nullptr;
+    double* row_sum = columns ? scratch + 3 * cap : nullptr;  // per-row buffers
     const int64_t ks = a.logits.kstride;
     double last_t = 0.0, inv_t = kInf;  // T > 0, so the first row sets them
 
@@ -754,7 +764,7 @@ void rsample_rows(const RsampleArgs<Real>& a, int64_t r0, int64_t r1, double* sc
                 fill_gumbels(a.noise.key, a.noise.stream, first, n, s);
         }
 
-        if (k <= kColumnMaxK) {
+        if (columns) {
             rsample_block_columns(a, walk, rb, nb, s, e_buffer, la, row_sum);
             continue;
         }
@@ -783,37 +793,26 @@ void rsample_rows(const RsampleArgs<Real>& a, int64_t r0, int64_t r1, double* sc
                 load_row(a.noise.gumbels.data + walk.offset[2], a.noise.gumbels.kstride,
                          k, si);
             double* const ei = a.log_x != nullptr ? e_buffer : si;
-            const auto row = [&](const auto* src) {
-                const double amax =
-                    reduce_terms(k, -kInf, kMax, [src](auto d, int64_t j) {
-                        return load_lanes<decltype(d)>(src + j);
-                    });
-                const double umax =
-                    reduce_terms(k, -kInf, kMax, [&](auto d, int64_t j) {
-                        using D = decltype(d);
-                        const D u =
-                            (load_lanes<D>(src + j) - amax) + load_lanes<D>(si + j);
-                        store_lanes(si + j, u);
-                        return u;
-                    });
-                const bool multiply = inv_t < kInf;
-                return reduce_terms(k, 0.0, kPlus, [&](auto d, int64_t j) {
-                    using D = decltype(d);
-                    const D u = load_lanes<D>(si + j) - umax;
-                    const D sj = multiply ? u * inv_t : u / t;
-                    const D ej = exp_lanes<kExpDegree<Real>>(sj);
-                    store_lanes(si + j, sj);
-                    store_lanes(ei + j, ej);
-                    return ej;
-                });
+            const auto logit = [lg, ks](auto d, int64_t j) {
+                return load_strided_lanes<decltype(d)>(lg + j * ks, ks);
             };
-            double sum;
-            if (ks == 1) {
-                sum = row(lg);
-            } else {
-                load_row(lg, ks, k, la);
-                sum = row(static_cast<const double*>(la));
-            }
+            const double amax = reduce_terms(k, -kInf, kMax, logit);
+            const double umax = reduce_terms(k, -kInf, kMax, [&](auto d, int64_t j) {
+                using D = decltype(d);
+                const D u = (logit(d, j) - amax) + load_lanes<D>(si + j);
+                store_lanes(si + j, u);
+                return u;
+            });
+            const bool multiply = inv_t < kInf;
+            const double sum = reduce_terms(k, 0.0, kPlus, [&](auto d, int64_t j) {
+                using D = decltype(d);
+                const D u = load_lanes<D>(si + j) - umax;
+                const D sj = multiply ? u * inv_t : u / t;
+                const D ej = exp_lanes<kExpDegree<Real>>(sj);
+                store_lanes(si + j, sj);
+                store_lanes(ei + j, ej);
+                return ej;
+            });
 
             // 3. The row: x = exp(s) / sum and log x = s - log(sum).
             if (a.x != nullptr) {
