@@ -56,6 +56,7 @@ sys.path.insert(0, HERE)
 
 import _cases  # noqa: E402
 import _report  # noqa: E402
+import readme_table  # noqa: E402
 from _impls import IMPL_NAMES  # noqa: E402
 
 # Set on some processors, where they slow NumPy; removed for the workers only.
@@ -249,7 +250,7 @@ def write_outputs(
     results_md = os.path.join(out_dir, "RESULTS.md")
     kept = _memory_section(results_md)
     with open(results_md, "w") as f:
-        f.write(text + "\n" + kept)
+        f.write(text + "\n" + readme_table.targets_summary(summary) + "\n" + kept)
     with open(os.path.join(out_dir, "results.json"), "w") as f:
         json.dump(
             {"meta": meta, "config": base, "summary": summary, "workers": workers},
