@@ -11,9 +11,11 @@
 #                                      from scratch on 2 cores
 #
 # Everything is built outside the checkout, in $RELAXCAT_SANITIZE_DIR (default
-# /tmp/relaxcat-sanitize): a virtual environment of its own (the instrumented module
-# must not replace the one of the everyday environment) and the CMake build trees,
-# which later runs reuse. PYTHON picks the interpreter (default python3).
+# /tmp/relaxcat-sanitize-N, N a checksum of the checkout's path, so that two
+# checkouts never share it): a virtual environment of its own (the instrumented
+# module must not replace the one of the everyday environment) and the CMake build
+# trees, which later runs of the same checkout reuse. PYTHON picks the interpreter
+# (default python3).
 #
 # How it works: the extension is a shared object loaded by an uninstrumented
 # python, so the ASan runtime has to come first in the process: LD_PRELOAD of
@@ -41,7 +43,8 @@ case "${1:-}" in
 esac
 
 python=${PYTHON:-python3}
-work=${RELAXCAT_SANITIZE_DIR:-/tmp/relaxcat-sanitize}
+checkout_id=$(pwd -P | cksum | cut -d' ' -f1)
+work=${RELAXCAT_SANITIZE_DIR:-/tmp/relaxcat-sanitize-$checkout_id}
 venv="$work/venv"
 jobs=$(nproc 2>/dev/null || echo 2)
 san_flags="-fsanitize=address,undefined -fno-omit-frame-pointer"

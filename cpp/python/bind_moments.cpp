@@ -11,6 +11,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <limits>
 #include <string>
 
 #include "relaxcat/detail/moments.hpp"
@@ -105,7 +106,8 @@ void log_mean(const py::array& logits, const py::array& temperature,
     });
 }
 
-// Returns the number of rows where Newton did not converge.
+// Returns the number of rows where Newton did not converge; their first entry of
+// `out` is NaN, so that the caller can name them.
 int64_t mode(int space, const py::array& logits, const py::array& temperature,
              const py::array& out, int threads) {
     const char* fn = "mode";
@@ -119,7 +121,10 @@ int64_t mode(int space, const py::array& logits, const py::array& temperature,
         static_cast<double*>(checked(out, fn, "out", rows, k, 1).mutable_data());
     std::atomic<int64_t> failed{0};
     run_rows(rows, k, threads, 6 * k, [&](int64_t r, double* s) {
-        if (!mo::mode_row(a + r * k, k, t[r], space, o + r * k, s)) failed.fetch_add(1);
+        if (!mo::mode_row(a + r * k, k, t[r], space, o + r * k, s)) {
+            failed.fetch_add(1);
+            o[r * k] = std::numeric_limits<double>::quiet_NaN();
+        }
     });
     return failed.load();
 }

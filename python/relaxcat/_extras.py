@@ -100,9 +100,13 @@ def mode(d) -> np.ndarray:
         1 if _is_log(d) else 0, logits, temp, out, _threads.get_num_threads()
     )
     if failed:
+        first = int(np.flatnonzero(np.isnan(out[:, 0]))[0])
+        where = tuple(int(i) for i in np.unravel_index(first, batch)) if batch else ()
         raise RuntimeError(
             f"mode: Newton's method did not converge in {failed} of {logits.shape[0]} "
-            "rows; please report the parameters"
+            f"rows, the first at batch index {where} (normalised logits "
+            f"{np.array2string(logits[first], threshold=8)}, temperature "
+            f"{float(temp[first])!r}); please report these parameters"
         )
     return out.reshape(batch + (k,)).astype(d.dtype, copy=False)
 
@@ -347,7 +351,7 @@ def gumbel_softmax_vjp(sample_soft, grad, temperature, axis=-1):
             f"grad must broadcast to the sample's shape, got {np.shape(grad)}"
         ) from None
     t = v.as_float_array(temperature, "temperature", x.dtype)
-    v.check_temperature(t)
+    v.check_temperature(t, temperature)
     try:
         rows = np.broadcast_shapes(t.shape, x.shape[:-1])
     except ValueError:

@@ -77,13 +77,25 @@ def as_float_array(value, name: str, dtype=None) -> np.ndarray:
     return arr
 
 
-def check_temperature(t: np.ndarray) -> None:
+def check_temperature(t: np.ndarray, given=None) -> None:
+    """Raise unless every entry of ``t`` is positive and finite. ``given`` is what
+    the caller passed before ``t`` was converted to a narrower dtype: an entry
+    that was fine as given but not after the conversion is reported with both."""
     bad = ~(np.isfinite(t) & (t > 0))
-    if bad.any():
+    if not bad.any():
+        return
+    if given is not None:
+        wide = as_float_array(given, "temperature", np.float64)
+        check_temperature(wide)
         raise ValueError(
-            "temperature must be positive and finite, got "
+            f"temperature must be positive and finite in {t.dtype.name} (the "
+            f"distribution's dtype), got {first_value(wide, bad)}, which becomes "
             f"{first_value(t, bad)}{first_bad(bad)}"
         )
+    raise ValueError(
+        "temperature must be positive and finite, got "
+        f"{first_value(t, bad)}{first_bad(bad)}"
+    )
 
 
 def check_logits(logits: np.ndarray) -> None:
@@ -98,6 +110,19 @@ def check_logits(logits: np.ndarray) -> None:
         raise ValueError(
             "logits must leave at least one category possible in every row, got a "
             f"row of all -inf{first_bad(dead, 'batch index')}"
+        )
+    # The kernels shift a row by its largest logit; a finite logit that ends up
+    # -inf would be a masked category that still counts in K.
+    live = logits > -np.inf
+    with np.errstate(over="ignore", invalid="ignore"):
+        hi = np.where(live, logits, -np.inf).max(axis=-1).astype(np.float64)
+        lo = np.where(live, logits, np.inf).min(axis=-1).astype(np.float64)
+        wide = ~(hi - lo < np.inf)
+    if wide.any():
+        raise ValueError(
+            "logits must differ by less than the largest float64 within a row "
+            f"(mask a category with -inf instead), got largest {first_value(hi, wide)}"
+            f" and smallest {first_value(lo, wide)}{first_bad(wide, 'batch index')}"
         )
 
 

@@ -64,25 +64,28 @@ def _is_int(n) -> bool:
     return isinstance(n, numbers.Integral) and not isinstance(n, (bool, np.bool_))
 
 
-def _sample_shape(sample_shape) -> tuple:
-    """``sample_shape`` as a tuple of non-negative ints (an int means (int,))."""
-    if _is_int(sample_shape):
-        sample_shape = (sample_shape,)
-    if isinstance(sample_shape, (str, bytes)) or not hasattr(sample_shape, "__iter__"):
-        raise TypeError(
-            f"sample_shape must be a tuple of ints, got {type(sample_shape).__name__}"
-        )
-    lead = tuple(sample_shape)
+def _int_shape(shape, name: str) -> tuple:
+    """``shape`` as a tuple of non-negative ints (an int means (int,)); errors
+    name the argument as ``name``."""
+    if _is_int(shape):
+        shape = (shape,)
+    if isinstance(shape, (str, bytes)) or not hasattr(shape, "__iter__"):
+        raise TypeError(f"{name} must be a tuple of ints, got {type(shape).__name__}")
+    lead = tuple(shape)
     for n in lead:
         if not _is_int(n):
             raise TypeError(
-                f"sample_shape must be a tuple of ints, got an entry {n!r} of type "
+                f"{name} must be a tuple of ints, got an entry {n!r} of type "
                 f"{type(n).__name__}"
             )
     lead = tuple(int(n) for n in lead)
     if any(n < 0 for n in lead):
-        raise ValueError(f"sample_shape must not have negative sizes, got {lead}")
+        raise ValueError(f"{name} must not have negative sizes, got {lead}")
     return lead
+
+
+def _sample_shape(sample_shape) -> tuple:
+    return _int_shape(sample_shape, "sample_shape")
 
 
 # The kernels take at most this many batch dimensions (kMaxBatchDims in
@@ -197,7 +200,7 @@ class RelaxedOneHotCategorical:
         _check_batch_rank(param.ndim - 1, self._param_name)
         dtype = param.dtype
         temp = v.as_float_array(temperature, "temperature", dtype)
-        v.check_temperature(temp)
+        v.check_temperature(temp, temperature)
         per_row = temp.ndim == param.ndim and temp.shape[-1] == 1
         rows = temp[..., 0] if per_row else temp
         _check_batch_rank(rows.ndim, "temperature")
@@ -288,7 +291,7 @@ class RelaxedOneHotCategorical:
 
     def expand(self, batch_shape) -> RelaxedOneHotCategorical:
         """The same distribution broadcast to a larger ``batch_shape`` (views)."""
-        batch_shape = tuple(int(n) for n in batch_shape)
+        batch_shape = _int_shape(batch_shape, "expand: batch_shape")
         _check_batch_rank(len(batch_shape), "expand: batch_shape")
         try:
             np.broadcast_shapes(batch_shape, self._batch_shape)

@@ -81,6 +81,12 @@ TEST(Errors, LogitsMustBeFiniteOrMinusInfWithALiveCategory) {
         Dist(1.0, relaxcat::logits(MatrixView<const double>(dead.data(), 2, 2))),
         "RelaxedOneHotCategorical: logits must leave at least one category "
         "possible in every row, got a row of all -inf at row 1");
+    const std::vector<double> wide = {0.0, 1.0, 1e308, -1e308};
+    EXPECT_MESSAGE(
+        Dist(1.0, relaxcat::logits(MatrixView<const double>(wide.data(), 2, 2))),
+        "RelaxedOneHotCategorical: logits must differ by less than the largest "
+        "double within a row (mask a category with -inf instead), got largest "
+        "1e+308 and smallest -1e+308 at row 1");
     EXPECT_MESSAGE(
         Dist(1.0, relaxcat::logits(MatrixView<const double>(dead.data(), 2, 0))),
         "RelaxedOneHotCategorical: logits must have at least one category per "

@@ -628,6 +628,25 @@ def test_expand_to_an_incompatible_batch_raises():
     assert d.batch_shape == (3,)
 
 
+@pytest.mark.parametrize(
+    "shape, error, says",
+    [
+        ((2.7,), TypeError, r"got an entry 2\.7 of type float"),
+        ((True, 2), TypeError, r"got an entry True of type bool"),
+        ("ab", TypeError, r"got str"),
+        ((-1,), ValueError, r"must not have negative sizes"),
+    ],
+)
+def test_expand_checks_its_batch_shape_like_a_sample_shape(shape, error, says):
+    # expand once truncated 2.7 to 2, read True as 1, and let int() or iter()
+    # speak for it; now every entry must be an int, and the error names it.
+    d = R(np.ones(3), logits=np.zeros(4))
+    with pytest.raises(error, match=r"expand: batch_shape .*" + says):
+        d.expand(shape)
+    assert d.expand(3).batch_shape == (3,)
+    assert d.expand((np.int64(2), 3)).batch_shape == (2, 3)
+
+
 # --------------------------------------------------------- sample, rsample
 @pytest.mark.parametrize("cls", CLASSES)
 def test_sample_is_rsample(cls):

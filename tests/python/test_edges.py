@@ -179,6 +179,42 @@ def _mp_softmax_weights(logits, temperature, x):
     return [v / total for v in e]
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("k, masked", [(2, 0), (3, 0), (4, 0), (3, 1), (40, 0)])
+def test_value_gradient_of_a_dominant_tiny_entry_keeps_its_digits(
+    simd_level, dtype, k, masked
+):
+    # At T = 1 / (K - 1) the value gradient T (K w - 1) - 1 of an entry whose
+    # weight is near 1 cancels: x = (1e-20, 1) at K = 2, T = 1 gave 0 where the
+    # exact gradient is -1.21 (Note [dominant value gradient]). K = 2, 3, 4 run
+    # down columns; a masked category (which does not count in K) sends K = 3 row
+    # by row, and K = 40 is always row by row.
+    t = dtype(1.0) / dtype(k - 1)
+    tinies = [1e-8, 1e-12, 1e-20, 1e-30] + ([1e-300] if dtype == np.float64 else [])
+    logits = np.linspace(0.3, -0.2, k)
+    x = np.empty((len(tinies), k + masked))
+    for r, tiny in enumerate(tinies):
+        x[r, :k] = np.full(k, (1.0 - tiny) / (k - 1))
+        x[r, 0] = tiny
+        x[r, k:] = 0.0
+    x = x.astype(dtype)
+    full = np.concatenate([logits, np.full(masked, -np.inf)]).astype(dtype)
+    up = np.linspace(1.0, 2.0, len(tinies)).astype(dtype)
+    got = Relaxed(t, logits=full).log_prob_vjp(x, up).value
+    tol = 1e-12 if dtype == np.float64 else 2e-7
+    # 1 - w_0 is about x_0: 1e-300 needs over 300 digits to survive.
+    with mpmath.workdps(360):
+        for r in range(len(tinies)):
+            xr = [mpmath.mpf(float(v)) for v in x[r, :k]]
+            w = _mp_softmax_weights([float(v) for v in full[:k]], float(t), xr)
+            tt = mpmath.mpf(float(t))
+            for j in range(k):
+                want = mpmath.mpf(float(up[r])) * (tt * (k * w[j] - 1) - 1) / xr[j]
+                err = abs(mpmath.mpf(float(got[r, j])) - want) / abs(want)
+                assert err <= tol, (r, j, float(got[r, j]), float(want))
+            assert np.all(got[r, k:] == 0.0)
+
+
 # (logits, x, T): m zeros among K live categories; the sign of T (K - m) - m.
 ZERO_CASES = {
     "K3_m1_T0.5_finite": ([0.3, -0.4, 1.1], [0.0, 0.35, 0.65], 0.5),

@@ -70,6 +70,28 @@ def test_bad_temperature_is_rejected_with_the_first_bad_index(cls, temp, where, 
 
 
 @pytest.mark.parametrize("cls", CLASSES)
+@pytest.mark.parametrize(
+    "temp, where, given, becomes",
+    [
+        (1e-300, "", 1e-300, 0.0),
+        (1e300, "", 1e300, INF),
+        (np.array([1.0, 1e-60]), r" at index \(1,\)", 1e-60, 0.0),
+    ],
+)
+def test_a_temperature_lost_in_float32_is_reported_as_given(
+    cls, temp, where, given, becomes
+):
+    # A float64 temperature that float32 logits turn into 0 or inf was reported
+    # as the converted value ("got 0.0"), which the caller never passed.
+    logits = np.zeros(3, np.float32)
+    pattern = (
+        r"^temperature must be positive and finite in float32 \(the distribution's "
+        rf"dtype\), got {num(given)}, which becomes {num(becomes)}{where}$"
+    )
+    check_raises(ValueError, pattern, lambda: cls(temp, logits=logits), temp, logits)
+
+
+@pytest.mark.parametrize("cls", CLASSES)
 def test_exactly_one_of_probs_and_logits(cls):
     p = np.ones(3)
     check_raises(
@@ -107,6 +129,15 @@ def test_exactly_one_of_probs_and_logits(cls):
         (
             np.array([-INF, -INF]),
             r"logits must leave at least one category possible in every row",
+        ),
+        # Finite logits whose spread overflows: shifted by the largest, the
+        # smallest became -inf, a masked category still counted in K, and
+        # log_prob was NaN. A masked category is spelled -inf.
+        (
+            np.array([[0.0, 1.0, -INF], [1e308, -INF, -1e308]]),
+            r"logits must differ by less than the largest float64 within a row "
+            r"\(mask a category with -inf instead\), got largest 1e\+308 and "
+            r"smallest -1e\+308 at batch index \(1,\)",
         ),
     ],
 )

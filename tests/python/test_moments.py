@@ -361,6 +361,20 @@ def test_mode_is_the_most_probable_vertex_without_an_interior_mode(logits, t):
     assert mode.tolist() == want.tolist()
 
 
+def test_mode_that_does_not_converge_names_its_row():
+    # Newton's method fails on (0, -40, -40) at T = 2 (Limitations); the error
+    # names the first such row and its parameters instead of only counting them.
+    d = relaxcat.RelaxedOneHotCategorical(
+        2.0, logits=np.array([[0.0, 0.5, -0.5], [0.0, -40.0, -40.0]])
+    )
+    with pytest.raises(
+        RuntimeError,
+        match=r"did not converge in 1 of 2 rows, the first at batch index \(1,\) "
+        r"\(normalised logits \[ *0\. -40\. -40\.\], temperature 2\.0\)",
+    ):
+        _ = d.mode
+
+
 def test_mode_is_batched_with_masks():
     logits = np.array([[2.0, -np.inf, 0.0, -1.0], [0.0, 0.0, 0.0, 0.0]])
     d = relaxcat.RelaxedOneHotCategorical(np.array([2.0, 3.0]), logits=logits)

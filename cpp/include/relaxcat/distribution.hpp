@@ -27,6 +27,7 @@
 #include <string>
 #include <thread>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "detail/args.hpp"
@@ -529,6 +530,33 @@ private:
             detail::fail(kName,
                          "logits must leave at least one category possible in "
                          "every row, got a row of all -inf at row " +
+                             detail::show(bad) + detail::count_note(count));
+        // Rows are shifted by their largest logit; a finite logit that became
+        // -inf there would be a masked category still counted in K.
+        const auto extremes = [&](int64_t r) {
+            double hi = -kInf, lo = kInf;
+            for (int64_t j = 0; j < k_; ++j) {
+                const double d = static_cast<double>(l[r * k_ + j]);
+                if (d > -kInf) {
+                    hi = std::max(hi, d);
+                    lo = std::min(lo, d);
+                }
+            }
+            return std::make_pair(hi, lo);
+        };
+        bad = detail::first_bad(
+            param_rows_,
+            [&](int64_t r) {
+                const auto e = extremes(r);
+                return !(e.first - e.second < kInf);
+            },
+            &count);
+        if (bad >= 0)
+            detail::fail(kName,
+                         "logits must differ by less than the largest double within a "
+                         "row (mask a category with -inf instead), got largest " +
+                             detail::show(extremes(bad).first) + " and smallest " +
+                             detail::show(extremes(bad).second) + " at row " +
                              detail::show(bad) + detail::count_note(count));
     }
 

@@ -110,7 +110,8 @@ enum class ParamOp {
     probs_from_logits,  // out = softmax(logits)
     normalize_probs,    // out = probs / sum(probs)
     // out = a copy of the logits; status[r] = 1 if a logit is NaN or +inf,
-    // 2 if all are -inf (no category possible), else 0.
+    // 2 if all are -inf (no category possible), 3 if the largest minus the
+    // smallest finite logit overflows, else 0.
     check_logits,
     // out = a copy of the probs; status[r] = 1 if an entry is negative, NaN or
     // inf, 2 if the row's sum is not positive and finite, else 0.

@@ -642,12 +642,14 @@ void skip_block(Walker& walk, bool needed, int64_t nb) {
 }
 
 // One block of rsample_rows in columns: rows rb .. rb + nb - 1, whose noise (if
-// drawn) is in s, row-major. s, e and la are three element buffers of the
+// drawn) is in s, row-major, or already in e down columns when noise_in_columns
+// (fill_gumbels_f32_columns). s, e and la are three element buffers of the
 // block; rows points to six per-row buffers. The walker is advanced only when
 // some input needs it, which is the same for every block of a call.
 template <class Real, class Walker>
 void rsample_block_columns(const RsampleArgs<Real>& a, Walker& walk, int64_t rb,
-                           int64_t nb, double* s, double* e, double* la, double* rows) {
+                           int64_t nb, bool noise_in_columns, double* s, double* e,
+                           double* la, double* rows) {
     const int64_t k = a.shape.k;
     const bool given64 = a.noise.gumbels64.data != nullptr;
     const bool given = given64 || a.noise.gumbels.data != nullptr;
@@ -667,7 +669,7 @@ void rsample_block_columns(const RsampleArgs<Real>& a, Walker& walk, int64_t rb,
         block_to_columns(a.noise.gumbels64, a.shape, walk, 2, rb, nb, u);
     else if (given)
         block_to_columns(a.noise.gumbels, a.shape, walk, 2, rb, nb, u);
-    else
+    else if (!noise_in_columns)
         with_short_k(k, [&](auto kk) { rows_to_columns(s, nb, kk, u); });
     skip_block(walk,
                given || !dense_rows(a.logits, a.shape) ||
@@ -756,7 +758,14 @@ void rsample_rows(const RsampleArgs<Real>& a, int64_t r0, int64_t r1, double* sc
 
         // 1. The noise of the whole block, from the stream (contiguous indices):
         // float noise for float samples, double noise for double ones (noise.hpp).
-        if (!given) {
+        // Short float rows of 2, 4, 8, 12 or 16 take theirs straight into columns
+        // (rsample_block_columns).
+        const bool noise_in_columns =
+            !given && columns && std::is_same<Real, float>::value &&
+            fill_gumbels_f32_columns(a.noise.key, a.noise.stream,
+                                     a.noise.offset + static_cast<uint64_t>(rb * k), nb,
+                                     k, e_buffer);
+        if (!given && !noise_in_columns) {
             const uint64_t first = a.noise.offset + static_cast<uint64_t>(rb * k);
             if constexpr (std::is_same<Real, float>::value)
                 fill_gumbels_f32(a.noise.key, a.noise.stream, first, n, s);
@@ -765,7 +774,8 @@ void rsample_rows(const RsampleArgs<Real>& a, int64_t r0, int64_t r1, double* sc
         }
 
         if (columns) {
-            rsample_block_columns(a, walk, rb, nb, s, e_buffer, la, row_sum);
+            rsample_block_columns(a, walk, rb, nb, noise_in_columns, s, e_buffer, la,
+                                  row_sum);
             continue;
         }
 
@@ -916,6 +926,20 @@ double ordinary_long_row(const double* lg, double amax, const Real* v, int64_t v
     return lin;
 }
 
+// Note [dominant value gradient]: on the simplex, d log p / d y_k is
+// T (K w_k - 1) - 1, and where w_k is near 1 with T (K - 1) near 1 the two terms
+// cancel: at K = 2, T = 1 and x = (1e-20, 1) the exact gradient of the tiny
+// entry is -1.21, but w_k rounds to 1 and the difference was 0. With
+// r = 1 - w_k, the sum of the other weights, the same quantity is
+// (T (K - 1) - 1) - T K r, whose first term is formed with one rounding (fma)
+// and whose second keeps r's relative precision. The kernels use that form for
+// the entry whose exponential is the first of 1 (z at its maximum), when its
+// weight is above 1/2 (sum of exponentials below 2), with r from the other
+// exponentials summed in element order (Note [row reductions]).
+inline double dominant_value_gradient(double g, double t, double kd, double r) {
+    return g * (std::fma(t, kd - 1.0, -1.0) - t * (kd * r));
+}
+
 // log_prob_rows for one block of short rows in columns (Note [rows as columns]),
 // for the ordinary case only: every category live and every value entry finite
 // and (on the simplex) positive. Returns false, having written nothing, when
@@ -1055,6 +1079,23 @@ bool log_prob_block_columns(const LogProbArgs<Real>& a, Walker& walk, int64_t rb
     // softmax weights w in place of the exponentials and y - max y in lc.
     double* const inv = amax;  // 1 / sum, in a buffer no longer needed
     for (int64_t i = 0; i < nb; ++i) inv[i] = 1.0 / sum[i];
+    // Note [dominant value gradient]: the exponentials but the first of 1, and
+    // which that is, in buffers no longer needed.
+    double* const rest = ymax;
+    double* const jz = xmax;
+    if (grad_value && simplex) {
+        for (int64_t i = 0; i < nb; ++i) {
+            rest[i] = 0.0;
+            jz[i] = -1.0;
+        }
+        for (int64_t j = 0; j < k; ++j)
+            for (int64_t i = 0; i < nb; ++i) {
+                const double e = yc[j * nb + i];
+                const bool first_one = jz[i] < 0.0 && e == 1.0;
+                jz[i] = first_one ? static_cast<double>(j) : jz[i];
+                rest[i] += first_one ? 0.0 : e;
+            }
+    }
     for (int64_t j = 0; j < k; ++j)
         for (int64_t i = 0; i < nb; ++i) yc[j * nb + i] *= inv[i];
     if (a.grad_temperature != nullptr) {
@@ -1089,7 +1130,8 @@ bool log_prob_block_columns(const LogProbArgs<Real>& a, Walker& walk, int64_t rb
             return g[i] * (1.0 - kd * w);
         });
         if (grad_value) {
-            // T (K w - 1) - [1 on the simplex], then divided by x on the simplex.
+            // T (K w - 1) - [1 on the simplex], then divided by x on the simplex;
+            // the dominant entry by Note [dominant value gradient].
             const double one = simplex ? 1.0 : 0.0;
             for (int64_t j = 0; j < k; ++j) {
                 double* wj = yc + j * nb;
@@ -1099,6 +1141,14 @@ bool log_prob_block_columns(const LogProbArgs<Real>& a, Walker& walk, int64_t rb
                     wj[i] = simplex ? dy / xj[i] : dy;
                 }
             }
+            if (simplex)
+                for (int64_t i = 0; i < nb; ++i)
+                    if (sum[i] < 2.0) {
+                        const int64_t j = static_cast<int64_t>(jz[i]);
+                        yc[j * nb + i] =
+                            dominant_value_gradient(g[i], t[i], kd, rest[i] * inv[i]) /
+                            xc[j * nb + i];
+                    }
             grad_value.from_columns(yc, nb, kk, rb,
                                     [](double v, int64_t) { return v; });
         }
@@ -1335,6 +1385,18 @@ void log_prob_rows(const LogProbArgs<Real>& a, int64_t r0, int64_t r1,
             if (!want_grad) continue;
 
             const double inv = kind == 2 ? 0.0 : 1.0 / sum;
+            // Note [dominant value gradient]: the exponentials but the first of 1.
+            int64_t jz = -1;
+            double rest = 0.0;
+            if (grad_value && simplex && kind == 0 && sum < 2.0) {
+                jz = 0;
+                while (jz < k - 1 && !(wi[jz] == 1.0)) ++jz;
+                wi[jz] = 0.0;  // adds +0 in its place: the order of the columns path
+                rest = reduce_terms(k, 0.0, kPlus, [wi](auto d, int64_t j) {
+                    return load_lanes<decltype(d)>(wi + j);
+                });
+                wi[jz] = 1.0;
+            }
             for (int64_t j = 0; j < k; ++j) wi[j] *= inv;
             if (a.grad_temperature != nullptr) {
                 double gt = 0.0;
@@ -1393,6 +1455,10 @@ void log_prob_rows(const LogProbArgs<Real>& a, int64_t r0, int64_t r1,
                         r, k, j,
                         face ? (load_lanes<D>(lg + j) > -kInf ? dv : D{}) : D{});
                 });
+                if (jz >= 0)
+                    grad_value.set(r, k, jz,
+                                   dominant_value_gradient(g, t, kd, rest * inv) /
+                                       static_cast<double>(v[jz * vs]));
             }
             if (grad_logits) {
                 for_lanes(k, true, [&](auto d, int64_t j) {
@@ -1903,7 +1969,7 @@ void param_rows(const ParamArgs<Real>& a, int64_t r0, int64_t r1, double* scratc
             // Copy and check in one pass (the distribution keeps the copy).
             const bool logits = a.op == ParamOp::check_logits;
             bool bad = false, live = false;
-            double sum = 0.0;
+            double sum = 0.0, hi = -kInf, lo = kInf;  // live logits' extremes
             for (int64_t j = 0; j < k; ++j) {
                 const Real pj = p[j * ps];
                 const double d = static_cast<double>(pj);
@@ -1911,9 +1977,14 @@ void param_rows(const ParamArgs<Real>& a, int64_t r0, int64_t r1, double* scratc
                 bad = bad || (logits ? !(d < kInf) : !(d >= 0.0 && d < kInf));
                 live = live || d > -kInf;
                 sum += d;
+                hi = d > -kInf && d > hi ? d : hi;
+                lo = d > -kInf && d < lo ? d : lo;
             }
             const bool empty = logits ? !live : !(sum > 0.0 && sum < kInf);
-            a.status[r] = bad ? 1 : (empty ? 2 : 0);
+            // Logits whose spread overflows (a - max a = -inf for a finite a)
+            // cannot be shifted (Note [shift before scaling]).
+            const bool spread = logits && live && !(hi - lo < kInf);
+            a.status[r] = bad ? 1 : (empty ? 2 : (spread ? 3 : 0));
         } else if (a.op == ParamOp::log_probs) {
             for (int64_t j = 0; j < k; ++j)
                 out[j] = static_cast<Real>(log_d(static_cast<double>(p[j * ps])));

@@ -131,6 +131,67 @@ RELAXCAT_SIMD_INLINE void gumbel_group_f32(uint64_t key, uint64_t stream,
 }
 #endif
 
+#if defined(RELAXCAT_HAVE_VECTOR_EXTENSIONS)
+// The float noise of 2 kLanes lanes, widened to doubles at p[0 .. 2 kLanes).
+RELAXCAT_SIMD_INLINE void store_noise_widened(VecU32 words, double* p) {
+    float g[2 * kLanes];
+    store_f(g, gumbel_from_word_lanes<VecF>(words));
+    for (int j = 0; j < 2 * kLanes; ++j) p[j] = g[j];
+}
+#endif
+
+// The float noise of nb dense rows of k elements whose first element is
+// `first`, written down columns as doubles: col[j nb + i] is element j of row i.
+// The same bits as fill_gumbels_f32 followed by a transposition, without the
+// transposition, as the words of a column come straight out of Philox when
+// `first` is a multiple of 4: for k a multiple of 4, column 4 q + m of row i is
+// word m of block first / 4 + q + i k / 4, so 2 kLanes rows take two vectors of
+// blocks k / 4 apart; for k = 2, rows 2 i and 2 i + 1 share block first / 4 + i
+// (words 0 and 1, then 2 and 3), so column 0 interleaves words 0 and 2 of
+// consecutive blocks and column 1 words 1 and 3. Returns false, having written
+// nothing, for other k or `first`.
+inline bool fill_gumbels_f32_columns(uint64_t key, uint64_t stream, uint64_t first,
+                                     int64_t nb, int64_t k, double* col) {
+    if ((first & 3) != 0 || !(k == 2 || (k & 3) == 0)) return false;
+    int64_t i = 0;
+#if defined(RELAXCAT_HAVE_VECTOR_EXTENSIONS)
+    const uint64_t b0 = first >> 2;
+    if (k == 2) {
+        for (; i + 2 * kLanes <= nb; i += 2 * kLanes) {
+            VecU w[4];
+            philox_blocks(key, stream, b0 + static_cast<uint64_t>(i / 2), w);
+            store_noise_widened(
+                __builtin_shuffle(as_u32(w[0]), as_u32(w[2]), kPairLowHalves), col + i);
+            store_noise_widened(
+                __builtin_shuffle(as_u32(w[1]), as_u32(w[3]), kPairLowHalves),
+                col + nb + i);
+        }
+    } else {
+        const uint64_t step = static_cast<uint64_t>(k / 4);
+        for (; i + 2 * kLanes <= nb; i += 2 * kLanes) {
+            for (int64_t q = 0; q < k / 4; ++q) {
+                VecU lo[4], hi[4];
+                const uint64_t b = b0 + static_cast<uint64_t>(i) * step + q;
+                philox_blocks(key, stream, b, lo, step);
+                philox_blocks(key, stream, b + kLanes * step, hi, step);
+                for (int m = 0; m < 4; ++m)
+                    store_noise_widened(
+                        __builtin_shuffle(as_u32(lo[m]), as_u32(hi[m]), kLowHalves),
+                        col + (4 * q + m) * nb + i);
+            }
+        }
+    }
+#endif
+    // The rows left over, element by element.
+    for (; i < nb; ++i)
+        for (int64_t j = 0; j < k; ++j) {
+            const uint64_t e = first + static_cast<uint64_t>(i * k + j);
+            col[j * nb + i] =
+                gumbel_from_word(noise_block(key, stream, e >> 2).w[e & 3]);
+        }
+    return true;
+}
+
 // Writes the float noise of elements first, ..., first + n - 1 to out[0..n),
 // as floats or widened to doubles (Out is float or double).
 template <class Out>

@@ -117,6 +117,8 @@ constexpr VecI32 kBlocksFirstHalf = {0, 1, 16, 17, 2, 3, 18, 19,
                                      4, 5, 20, 21, 6, 7, 22, 23};
 constexpr VecI32 kBlocksSecondHalf = {8,  9,  24, 25, 10, 11, 26, 27,
                                       12, 13, 28, 29, 14, 15, 30, 31};
+constexpr VecI32 kLowHalves = {0,  2,  4,  6,  8,  10, 12, 14,
+                               16, 18, 20, 22, 24, 26, 28, 30};
 #elif defined(__AVX__)
 RELAXCAT_SIMD_INLINE VecU lane_index() {
     return VecU{0, 1, 2, 3};
@@ -124,6 +126,7 @@ RELAXCAT_SIMD_INLINE VecU lane_index() {
 constexpr VecI32 kPairLowHalves = {0, 8, 2, 10, 4, 12, 6, 14};
 constexpr VecI32 kBlocksFirstHalf = {0, 1, 8, 9, 2, 3, 10, 11};
 constexpr VecI32 kBlocksSecondHalf = {4, 5, 12, 13, 6, 7, 14, 15};
+constexpr VecI32 kLowHalves = {0, 2, 4, 6, 8, 10, 12, 14};
 #else
 RELAXCAT_SIMD_INLINE VecU lane_index() {
     return VecU{0, 1};
@@ -131,6 +134,7 @@ RELAXCAT_SIMD_INLINE VecU lane_index() {
 constexpr VecI32 kPairLowHalves = {0, 4, 2, 6};
 constexpr VecI32 kBlocksFirstHalf = {0, 1, 4, 5};
 constexpr VecI32 kBlocksSecondHalf = {2, 3, 6, 7};
+constexpr VecI32 kLowHalves = {0, 2, 4, 6};
 #endif
 
 RELAXCAT_SIMD_INLINE VecD log_v(VecD x) {
@@ -200,10 +204,10 @@ RELAXCAT_SIMD_INLINE void philox_v(VecU c0, VecU c1, VecU c2, VecU c3, uint32_t 
     out[3] = c3;
 }
 
-// The words of the kLanes consecutive blocks from block0 of a stream.
+// The words of the kLanes blocks block0, block0 + step, ... of a stream.
 RELAXCAT_SIMD_INLINE void philox_blocks(uint64_t key, uint64_t stream, uint64_t block0,
-                                        VecU w[4]) {
-    const VecU block = block0 + lane_index();
+                                        VecU w[4], uint64_t step = 1) {
+    const VecU block = block0 + lane_index() * step;
     philox_v(block & 0xffffffffu, block >> 32, VecU{} + (stream & 0xffffffffu),
              VecU{} + (stream >> 32), static_cast<uint32_t>(key),
              static_cast<uint32_t>(key >> 32), w);
