@@ -330,13 +330,6 @@ inline double slot_max(const double* p, int64_t k) {
         [](auto x) { return x; });
 }
 
-// The sum of the entries above -inf (masked ones count as 0).
-inline double slot_sum_finite(const double* p, int64_t k) {
-    return reduce_row(
-        p, k, 0.0, [](auto a, auto b) { return a + b; },
-        [](auto x) { return x > -kInf ? x : decltype(x){}; });
-}
-
 // A reduction of a row whose terms are computed: f(D{}, j) gives element j as a
 // double (D = double) or elements j .. j + kLanes - 1 as a vector (D = VecD),
 // lane by lane with the same operations, so any loop in the row can feed it.
@@ -760,13 +753,12 @@ void rsample_rows(const RsampleArgs<Real>& a, int64_t r0, int64_t r1, double* sc
         // float noise for float samples, double noise for double ones (noise.hpp).
         // Short float rows of 2, 4, 8, 12 or 16 take theirs straight into columns
         // (rsample_block_columns).
+        const uint64_t first = a.noise.offset + static_cast<uint64_t>(rb * k);
         const bool noise_in_columns =
             !given && columns && std::is_same<Real, float>::value &&
-            fill_gumbels_f32_columns(a.noise.key, a.noise.stream,
-                                     a.noise.offset + static_cast<uint64_t>(rb * k), nb,
-                                     k, e_buffer);
+            fill_gumbels_f32_columns(a.noise.key, a.noise.stream, first, nb, k,
+                                     e_buffer);
         if (!given && !noise_in_columns) {
-            const uint64_t first = a.noise.offset + static_cast<uint64_t>(rb * k);
             if constexpr (std::is_same<Real, float>::value)
                 fill_gumbels_f32(a.noise.key, a.noise.stream, first, n, s);
             else
