@@ -27,6 +27,17 @@ using detail::RowShape;
     throw py::value_error(msg);
 }
 
+// A draw of n elements from element `first` must end within the stream's 2^64
+// elements (as Philox::holds checks in the C++ API); past the end the SIMD
+// levels would not agree on the noise.
+void check_stream_room(const std::string& fn, uint64_t first, uint64_t n) {
+    if (n != 0 && n - 1 > ~first)
+        value_error(fn + ": the " + std::to_string(n) + " elements of this draw from " +
+                    "element " + std::to_string(first) + " would run past the end of " +
+                    "the stream (2^64 elements; " + std::to_string(~first + 1) +
+                    " remain)");
+}
+
 std::string shape_str(const py::array& a) {
     std::string s = "(";
     for (py::ssize_t d = 0; d < a.ndim(); ++d)
@@ -185,6 +196,8 @@ void rsample_t(const py::array& logits, const py::array& temperature,
     a.noise.key = key;
     a.noise.stream = stream;
     a.noise.offset = offset;
+    if (gumbels.is_none())
+        check_stream_room(fn, offset, static_cast<uint64_t>(a.shape.rows * a.shape.k));
     a.x = out_arg<Real>(out_x, a.shape, true, fn, "out");
     a.log_x = out_arg<Real>(out_log_x, a.shape, true, fn, "out_log");
     run(a, kernels<Real>().rsample, threads);
@@ -313,6 +326,7 @@ void by_dtype(const py::array& a, const char* fn, const char* name, F32 f32, F64
 py::array gumbels(uint64_t key, uint64_t stream, uint64_t first, int64_t n,
                   bool float32) {
     if (n < 0) value_error("gumbels: n must be non-negative, got " + std::to_string(n));
+    check_stream_room("gumbels", first, static_cast<uint64_t>(n));
     const KernelTable& t = active();
     if (float32) {
         py::array_t<float> out(n);

@@ -341,6 +341,7 @@ def gumbel_softmax_vjp(sample_soft, grad, temperature, axis=-1):
     x = np.moveaxis(x, axis, -1)
     v.check_simplex(x, np.zeros(x.shape[-1], dtype=x.dtype), "sample_soft")
     g = v.as_float_array(grad, "grad", x.dtype)
+    v.check_finite(g, "grad")
     try:
         g = np.broadcast_to(
             np.moveaxis(np.broadcast_to(g, np.moveaxis(x, -1, axis).shape), axis, -1),

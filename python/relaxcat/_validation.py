@@ -14,6 +14,7 @@ import numpy as np
 
 __all__ = [
     "as_float_array",
+    "check_finite",
     "check_temperature",
     "check_logits",
     "check_probs",
@@ -96,6 +97,16 @@ def check_temperature(t: np.ndarray, given=None) -> None:
         "temperature must be positive and finite, got "
         f"{first_value(t, bad)}{first_bad(bad)}"
     )
+
+
+def check_finite(arr: np.ndarray, name: str) -> None:
+    """Raise unless every entry is finite (an upstream gradient: one inf or NaN
+    would turn every gradient entry into NaN)."""
+    bad = ~np.isfinite(arr)
+    if bad.any():
+        raise ValueError(
+            f"{name} must be finite, got {first_value(arr, bad)}{first_bad(bad)}"
+        )
 
 
 def check_logits(logits: np.ndarray) -> None:

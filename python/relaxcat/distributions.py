@@ -67,6 +67,8 @@ def _is_int(n) -> bool:
 def _int_shape(shape, name: str) -> tuple:
     """``shape`` as a tuple of non-negative ints (an int means (int,)); errors
     name the argument as ``name``."""
+    if isinstance(shape, np.ndarray) and shape.ndim == 0:
+        shape = shape[()]  # a 0-d array is its scalar (not iterable)
     if _is_int(shape):
         shape = (shape,)
     if isinstance(shape, (str, bytes)) or not hasattr(shape, "__iter__"):
@@ -82,6 +84,17 @@ def _int_shape(shape, name: str) -> tuple:
     if any(n < 0 for n in lead):
         raise ValueError(f"{name} must not have negative sizes, got {lead}")
     return lead
+
+
+def _check_indexable(shape: tuple, what: str) -> None:
+    """Raise unless an array of ``shape`` can be indexed; ``what`` names the
+    arguments that made the shape."""
+    elements = math.prod(shape)
+    if elements > np.iinfo(np.intp).max:
+        raise ValueError(
+            f"{what} gives {elements} elements, more than an array can index "
+            f"({np.iinfo(np.intp).max})"
+        )
 
 
 def _sample_shape(sample_shape) -> tuple:
@@ -293,6 +306,10 @@ class RelaxedOneHotCategorical:
         """The same distribution broadcast to a larger ``batch_shape`` (views)."""
         batch_shape = _int_shape(batch_shape, "expand: batch_shape")
         _check_batch_rank(len(batch_shape), "expand: batch_shape")
+        _check_indexable(
+            batch_shape + self.event_shape,
+            f"expand: batch_shape {batch_shape} with event_shape {self.event_shape}",
+        )
         try:
             np.broadcast_shapes(batch_shape, self._batch_shape)
             param = np.broadcast_to(self._param(), batch_shape + self.event_shape)
@@ -318,13 +335,11 @@ class RelaxedOneHotCategorical:
     def _full(self, lead: tuple):
         """Logits and temperature broadcast to ``lead + batch_shape`` (views)."""
         batch = lead + self._batch_shape
-        elements = math.prod(batch + self.event_shape)
-        if elements > np.iinfo(np.intp).max:
-            raise ValueError(
-                f"sample_shape {lead} with batch_shape {self._batch_shape} and "
-                f"event_shape {self.event_shape} gives {elements} elements, more "
-                f"than an array can index ({np.iinfo(np.intp).max})"
-            )
+        _check_indexable(
+            batch + self.event_shape,
+            f"sample_shape {lead} with batch_shape {self._batch_shape} and "
+            f"event_shape {self.event_shape}",
+        )
         logits = np.broadcast_to(self._a, batch + self.event_shape)
         temp = np.broadcast_to(self._t_rows, batch)
         return logits, temp
@@ -611,11 +626,7 @@ class RelaxedOneHotCategorical:
     def _grad(self, grad, shape: tuple, what: str) -> np.ndarray:
         """The upstream gradient in the distribution's dtype, broadcast to shape."""
         grad = v.as_float_array(grad, "grad", self.dtype)
-        bad = ~np.isfinite(grad)
-        if bad.any():  # it would turn every gradient entry into NaN
-            raise ValueError(
-                f"grad must be finite, got {v.first_value(grad, bad)}{v.first_bad(bad)}"
-            )
+        v.check_finite(grad, "grad")
         try:
             return np.broadcast_to(grad, shape)
         except ValueError:

@@ -7,6 +7,7 @@
 #include <relaxcat/relaxcat.hpp>
 
 #include <cmath>
+#include <cstdint>
 #include <limits>
 #include <stdexcept>
 #include <string>
@@ -133,6 +134,18 @@ TEST(Errors, ShapesMustMatch) {
                    "RelaxedOneHotCategorical::rsample: out must have 3 columns (the "
                    "categories), got 4");
     EXPECT_EQ(gen.offset(), 0u) << "a failed call must not consume the stream";
+    EXPECT_EQ(out, std::vector<double>(9, 7.0));
+
+    // A draw past the stream's last element (after a seek near 2^64) is an
+    // error; the SIMD levels had disagreed on the noise past the end.
+    Philox late(1, 0, ~uint64_t{0} - 2);  // 3 elements remain
+    EXPECT_TRUE(late.holds(3));
+    EXPECT_FALSE(late.holds(4));
+    EXPECT_MESSAGE(d.rsample(MatrixView<double>(out.data(), 2, 3), late),
+                   "RelaxedOneHotCategorical::rsample: gen must hold the 6 elements of "
+                   "this draw, got offset 18446744073709551613, past which the stream "
+                   "has only 3 (a stream has 2^64 elements)");
+    EXPECT_EQ(late.offset(), ~uint64_t{0} - 2);
     EXPECT_EQ(out, std::vector<double>(9, 7.0));
 
     const std::vector<double> x = {0.2, 0.3, 0.5, 0.4, 0.6, 0.0};

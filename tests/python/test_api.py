@@ -644,7 +644,14 @@ def test_expand_checks_its_batch_shape_like_a_sample_shape(shape, error, says):
     with pytest.raises(error, match=r"expand: batch_shape .*" + says):
         d.expand(shape)
     assert d.expand(3).batch_shape == (3,)
+    assert d.expand(np.array(3)).batch_shape == (3,)
     assert d.expand((np.int64(2), 3)).batch_shape == (2, 3)
+
+
+def test_expand_beyond_what_an_array_can_index_says_so():
+    d = R(1.0, logits=np.zeros(3))
+    with pytest.raises(ValueError, match=r"more than an array can index"):
+        d.expand((2**62,))
 
 
 # --------------------------------------------------------- sample, rsample

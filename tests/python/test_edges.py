@@ -215,6 +215,20 @@ def test_value_gradient_of_a_dominant_tiny_entry_keeps_its_digits(
             assert np.all(got[r, k:] == 0.0)
 
 
+def test_value_gradient_of_a_dominant_entry_near_the_largest_temperature():
+    # Where T (K - 1) overflows, the form of Note [dominant value gradient] would
+    # be inf or inf - inf; the answer is finite (K = 3) or +inf (K = 40).
+    a = np.log([0.5001, 0.24995, 0.24995])
+    got = Relaxed(1e308, logits=a).log_prob_vjp(np.full(3, 1 / 3), 1.0).value
+    with mpmath.workdps(400):  # a - T log x keeps a's digits next to 1e308
+        w = _mp_softmax_weights(list(a), 1e308, [mpmath.mpf(1) / 3] * 3)
+        want = (mpmath.mpf(1e308) * (3 * w[0] - 1) - 1) * 3
+    assert abs(mpmath.mpf(float(got[0])) - want) <= 1e-14 * abs(want)
+    a40 = np.log(np.r_[0.6, np.full(39, 0.4 / 39)])
+    got40 = Relaxed(1e308, logits=a40).log_prob_vjp(np.full(40, 1 / 40), 1.0).value
+    assert got40[0] == np.inf and np.all(got40[1:] == -np.inf)
+
+
 # (logits, x, T): m zeros among K live categories; the sign of T (K - m) - m.
 ZERO_CASES = {
     "K3_m1_T0.5_finite": ([0.3, -0.4, 1.1], [0.0, 0.35, 0.65], 0.5),

@@ -1065,3 +1065,39 @@ def test_a_sum_at_the_edge_of_the_tolerance_gets_a_message_with_the_sum():
         lambda: e.log_prob(value),
         value,
     )
+
+
+def test_a_draw_past_the_end_of_the_stream_is_an_error():
+    # A stream has 2^64 elements; past the last one the SIMD levels had drawn
+    # different noise. Drawing up to the last element is fine.
+    from relaxcat import _core
+
+    last = 2**64 - 8
+    assert _core.gumbels(99, 5, last, 8, True).shape == (8,)
+    with pytest.raises(
+        ValueError,
+        match=r"^gumbels: the 32 elements of this draw "
+        r"from element 18446744073709551608 would run past the end "
+        r"of the stream \(2\^64 elements; 8 remain\)$",
+    ):
+        _core.gumbels(99, 5, last, 32, True)
+    out = np.full((5000, 2), 7.0)
+    with pytest.raises(ValueError, match=r"^rsample: the 10000 elements"):
+        _core.rsample(
+            np.zeros((5000, 2)), np.ones(5000), None, 99, 5, 2**64 - 3, out, None, 1
+        )
+    assert np.all(out == 7.0)
+
+
+def test_gumbel_softmax_vjp_rejects_a_non_finite_upstream_gradient():
+    # The class's rsample_vjp raised; the functional form let inf through as NaN.
+    x = np.array([0.3, 0.7])
+    for bad in (np.inf, np.nan):
+        grad = np.array([1.0, bad])
+        check_raises(
+            ValueError,
+            rf"^grad must be finite, got {num(bad)} at index \(1,\)$",
+            lambda grad=grad: relaxcat.gumbel_softmax_vjp(x, grad, 1.0),
+            x,
+            grad,
+        )

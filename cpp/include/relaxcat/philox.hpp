@@ -11,7 +11,8 @@
 //
 // Each call that draws n elements advances the offset by n, so successive calls
 // continue the stream: two calls of n rows give the two halves of one call of
-// 2 n rows. The offset wraps after 2^64 elements, which no program reaches.
+// 2 n rows. A stream has 2^64 elements; a draw that would run past its last one
+// (possible only after a seek near the end) is an error, not a wrap-around.
 
 #include <array>
 #include <cstdint>
@@ -44,6 +45,9 @@ public:
         offset_ += n;
         return first;
     }
+
+    // Whether elements offset() .. offset() + n - 1 all lie in the stream.
+    constexpr bool holds(uint64_t n) const { return n == 0 || n - 1 <= ~offset_; }
 
 private:
     uint64_t key_ = 0;

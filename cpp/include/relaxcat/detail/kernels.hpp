@@ -927,9 +927,15 @@ double ordinary_long_row(const double* lg, double amax, const Real* v, int64_t v
 // and whose second keeps r's relative precision. The kernels use that form for
 // the entry whose exponential is the first of 1 (z at its maximum), when its
 // weight is above 1/2 (sum of exponentials below 2), with r from the other
-// exponentials summed in element order (Note [row reductions]).
-inline double dominant_value_gradient(double g, double t, double kd, double r) {
-    return g * (std::fma(t, kd - 1.0, -1.0) - t * (kd * r));
+// exponentials summed in element order (Note [row reductions]). Where T (K - 1)
+// overflows (T near the largest double) that form would be inf or inf - inf
+// while the answer is finite or one infinity; the usual form, with the weight
+// w = 1 - r, is kept there (nothing cancels at such a temperature).
+inline double dominant_value_gradient(double g, double t, double kd, double w,
+                                      double r) {
+    const double c = std::fma(t, kd - 1.0, -1.0);
+    if (!(c < kInf)) return g * (t * (kd * w - 1.0) - 1.0);
+    return g * (c - t * (kd * r));
 }
 
 // log_prob_rows for one block of short rows in columns (Note [rows as columns]),
@@ -1137,9 +1143,9 @@ bool log_prob_block_columns(const LogProbArgs<Real>& a, Walker& walk, int64_t rb
                 for (int64_t i = 0; i < nb; ++i)
                     if (sum[i] < 2.0) {
                         const int64_t j = static_cast<int64_t>(jz[i]);
-                        yc[j * nb + i] =
-                            dominant_value_gradient(g[i], t[i], kd, rest[i] * inv[i]) /
-                            xc[j * nb + i];
+                        yc[j * nb + i] = dominant_value_gradient(g[i], t[i], kd, inv[i],
+                                                                 rest[i] * inv[i]) /
+                                         xc[j * nb + i];
                     }
             grad_value.from_columns(yc, nb, kk, rb,
                                     [](double v, int64_t) { return v; });
@@ -1449,7 +1455,7 @@ void log_prob_rows(const LogProbArgs<Real>& a, int64_t r0, int64_t r1,
                 });
                 if (jz >= 0)
                     grad_value.set(r, k, jz,
-                                   dominant_value_gradient(g, t, kd, rest * inv) /
+                                   dominant_value_gradient(g, t, kd, inv, rest * inv) /
                                        static_cast<double>(v[jz * vs]));
             }
             if (grad_logits) {
