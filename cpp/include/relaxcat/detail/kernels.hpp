@@ -1077,22 +1077,29 @@ bool log_prob_block_columns(const LogProbArgs<Real>& a, Walker& walk, int64_t rb
     // softmax weights w in place of the exponentials and y - max y in lc.
     double* const inv = amax;  // 1 / sum, in a buffer no longer needed
     for (int64_t i = 0; i < nb; ++i) inv[i] = 1.0 / sum[i];
-    // Note [dominant value gradient]: the exponentials but the first of 1, and
-    // which that is, in buffers no longer needed.
+    // Note [dominant value gradient]: per row, the exponentials but the one of 1
+    // (a tie of two leaves the sum at 2 or more, where rest is not used) and
+    // T (K - 1) - 1, in buffers no longer needed.
     double* const rest = ymax;
-    double* const jz = xmax;
+    double* const c = xmax;
     if (grad_value && simplex) {
-        for (int64_t i = 0; i < nb; ++i) {
-            rest[i] = 0.0;
-            jz[i] = -1.0;
+        for (int64_t i = 0; i < nb; ++i) rest[i] = 0.0;
+        for (int64_t j = 0; j < k; ++j) {
+            const double* ej = yc + j * nb;
+            for_lanes(nb, true, [&](auto d, int64_t i) {
+                using D = decltype(d);
+                const D e = load_lanes<D>(ej + i);
+                store_lanes(rest + i, load_lanes<D>(rest + i) + (e == 1.0 ? D{} : e));
+            });
         }
-        for (int64_t j = 0; j < k; ++j)
-            for (int64_t i = 0; i < nb; ++i) {
-                const double e = yc[j * nb + i];
-                const bool first_one = jz[i] < 0.0 && e == 1.0;
-                jz[i] = first_one ? static_cast<double>(j) : jz[i];
-                rest[i] += first_one ? 0.0 : e;
+        double last_t = t[0], last_c = std::fma(t[0], kd - 1.0, -1.0);
+        for (int64_t i = 0; i < nb; ++i) {
+            if (t[i] != last_t) {
+                last_t = t[i];
+                last_c = std::fma(t[i], kd - 1.0, -1.0);
             }
+            c[i] = last_c;
+        }
     }
     for (int64_t j = 0; j < k; ++j)
         for (int64_t i = 0; i < nb; ++i) yc[j * nb + i] *= inv[i];
@@ -1130,23 +1137,29 @@ bool log_prob_block_columns(const LogProbArgs<Real>& a, Walker& walk, int64_t rb
         if (grad_value) {
             // T (K w - 1) - [1 on the simplex], then divided by x on the simplex;
             // the dominant entry by Note [dominant value gradient].
+            // With a sum below 2, w = inv marks the entry whose exponential is
+            // 1: any other is at most 1 - 2^-52, and its weight an ulp below.
             const double one = simplex ? 1.0 : 0.0;
             for (int64_t j = 0; j < k; ++j) {
                 double* wj = yc + j * nb;
                 const double* xj = xc + j * nb;
-                for (int64_t i = 0; i < nb; ++i) {
-                    const double dy = g[i] * (t[i] * (kd * wj[i] - 1.0) - one);
-                    wj[i] = simplex ? dy / xj[i] : dy;
-                }
-            }
-            if (simplex)
-                for (int64_t i = 0; i < nb; ++i)
-                    if (sum[i] < 2.0) {
-                        const int64_t j = static_cast<int64_t>(jz[i]);
-                        yc[j * nb + i] = dominant_value_gradient(g[i], t[i], kd, inv[i],
-                                                                 rest[i] * inv[i]) /
-                                         xc[j * nb + i];
+                for_lanes(nb, true, [&](auto d, int64_t i) {
+                    using D = decltype(d);
+                    const D w = load_lanes<D>(wj + i), ti = load_lanes<D>(t + i);
+                    const D gi = load_lanes<D>(g + i);
+                    const D dy = gi * (ti * (kd * w - 1.0) - one);
+                    if (!simplex) {
+                        store_lanes(wj + i, dy);
+                        return;
                     }
+                    const D iv = load_lanes<D>(inv + i), ci = load_lanes<D>(c + i);
+                    const D dom =
+                        gi * (ci - ti * (kd * (load_lanes<D>(rest + i) * iv)));
+                    const auto use =
+                        (load_lanes<D>(sum + i) < 2.0) & (w == iv) & (ci < kInf);
+                    store_lanes(wj + i, (use ? dom : dy) / load_lanes<D>(xj + i));
+                });
+            }
             grad_value.from_columns(yc, nb, kk, rb,
                                     [](double v, int64_t) { return v; });
         }
