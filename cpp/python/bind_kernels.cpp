@@ -27,11 +27,10 @@ using detail::RowShape;
     throw py::value_error(msg);
 }
 
-// A draw of n elements from element `first` must end within the stream's 2^64
-// elements (as Philox::holds checks in the C++ API); past the end the SIMD
-// levels would not agree on the noise.
+// A draw of n elements from element `first` must end within the stream
+// (detail::stream_holds, as Philox::holds checks in the C++ API).
 void check_stream_room(const std::string& fn, uint64_t first, uint64_t n) {
-    if (n != 0 && n - 1 > ~first)
+    if (!detail::stream_holds(first, n))
         value_error(fn + ": the " + std::to_string(n) + " elements of this draw from " +
                     "element " + std::to_string(first) + " would run past the end of " +
                     "the stream (2^64 elements; " + std::to_string(~first + 1) +

@@ -17,6 +17,7 @@
 #include <array>
 #include <cstdint>
 
+#include "detail/args.hpp"
 #include "detail/isa.hpp"
 #include "detail/noise.hpp"
 #include "detail/philox.hpp"
@@ -47,7 +48,7 @@ public:
     }
 
     // Whether elements offset() .. offset() + n - 1 all lie in the stream.
-    constexpr bool holds(uint64_t n) const { return n == 0 || n - 1 <= ~offset_; }
+    constexpr bool holds(uint64_t n) const { return detail::stream_holds(offset_, n); }
 
 private:
     uint64_t key_ = 0;

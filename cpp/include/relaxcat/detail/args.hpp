@@ -33,8 +33,15 @@ struct RowArg {
     int64_t kstride = 1;
 };
 
+// Whether elements first .. first + n - 1 all lie in a stream, which has 2^64
+// elements: a draw never wraps around (the SIMD levels would not agree there).
+constexpr bool stream_holds(uint64_t first, uint64_t n) {
+    return n == 0 || n - 1 <= ~first;
+}
+
 // Where the Gumbel noise of a call comes from: Philox4x32-10 under (key, stream),
-// element i of the output drawing from block (offset + i) / 2, or explicit noise.
+// element i of the output drawing from element offset + i of the stream
+// (noise.hpp), or explicit noise.
 template <class Real>
 struct NoiseSource {
     uint64_t key = 0;
