@@ -4,6 +4,7 @@ was. Also: the library's own samples always pass its own validation."""
 
 from __future__ import annotations
 
+import contextlib
 import re
 import warnings
 
@@ -144,6 +145,85 @@ def test_exactly_one_of_probs_and_logits(cls):
 def test_bad_logits_are_rejected(cls, logits, pattern):
     pattern = pattern.format(nan=num(NAN), inf=num(INF))
     check_raises(ValueError, pattern, lambda: cls(1.0, logits=logits), logits)
+
+
+@contextlib.contextmanager
+def threads_set(n):
+    before = relaxcat.get_num_threads()
+    relaxcat.set_num_threads(n)
+    try:
+        yield
+    finally:
+        relaxcat.set_num_threads(before)
+
+
+# Dense logits are copied and checked in runs of rows (Note [checked copy of
+# logits], kernels.hpp), and a run is accepted whole when no entry but -inf lies
+# outside the plain range. A bad row deep in a large batch, after runs that pass
+# and among masked entries, must still be found, on every thread count.
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize(
+    "spoil,pattern",
+    [
+        (
+            lambda a: a.__setitem__((2345, 5), NAN),
+            r"logits must be finite or -inf \(a masked category\), got {nan} "
+            r"at index \(2345, 5\)",
+        ),
+        (
+            lambda a: a.__setitem__((2999, 7), INF),
+            r"logits must be finite or -inf \(a masked category\), got {inf} "
+            r"at index \(2999, 7\)",
+        ),
+        (
+            lambda a: a.__setitem__(2345, -INF),
+            r"logits must leave at least one category possible in every row, "
+            r"got a row of all -inf at batch index \(2345,\)",
+        ),
+    ],
+)
+def test_bad_logits_deep_in_a_large_batch(dtype, threads, spoil, pattern):
+    logits = np.random.default_rng(5).standard_normal((3000, 8)).astype(dtype)
+    logits[::3, 2] = -INF
+    spoil(logits)
+    pattern = pattern.format(nan=num(NAN), inf=num(INF))
+    with threads_set(threads):
+        check_raises(ValueError, pattern, lambda: R(1.0, logits=logits), logits)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_logits_spread_overflow_deep_in_a_large_batch(threads):
+    logits = np.random.default_rng(6).standard_normal((3000, 8))
+    logits[2345, 1], logits[2345, 6] = 1e308, -1e308
+    with threads_set(threads):
+        check_raises(
+            ValueError,
+            r"smallest -1e\+308 at batch index \(2345,\)",
+            lambda: R(1.0, logits=logits),
+            logits,
+        )
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_large_masked_logits_are_kept_exactly(dtype):
+    # Masked entries, entries at the edge of the plain range (half the largest
+    # float64) and just past it, in runs the fast copy accepts and in one it
+    # hands to the row-by-row check.
+    rng = np.random.default_rng(7)
+    logits = rng.standard_normal((5000, 8)).astype(dtype)
+    logits[::2, 1:7] = -INF
+    edge = np.finfo(dtype).max if dtype == np.float32 else np.finfo(np.float64).max / 2
+    logits[11, 3], logits[11, 0] = edge, 0.0
+    if dtype == np.float64:  # past the largest float32 is inf, invalid
+        logits[4001, 2] = np.nextafter(edge, INF)
+        logits[4001, 3] = 0.0
+    d = R(1.0, logits=logits)
+    np.testing.assert_array_equal(d._a, logits)
+    assert d._a.dtype == logits.dtype
+    probs = d.probs
+    assert np.all(probs[::2, 1:7] == 0.0)
+    assert np.all(np.isfinite(probs))
 
 
 @pytest.mark.parametrize("cls", CLASSES)
