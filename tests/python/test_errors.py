@@ -206,6 +206,61 @@ def test_logits_spread_overflow_deep_in_a_large_batch(threads):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize(
+    "spoil,pattern",
+    [
+        (
+            lambda p: p.__setitem__((2345, 5), -0.25),
+            r"probs must be non-negative and finite, got {m} at index \(2345, 5\)",
+        ),
+        (
+            lambda p: p.__setitem__((2999, 7), NAN),
+            r"probs must be non-negative and finite, got {nan} at index \(2999, 7\)",
+        ),
+        (
+            lambda p: p.__setitem__(2345, 0.0),
+            r"probs must have a positive finite sum in every row, "
+            r"got sum {zero} at batch index \(2345,\)",
+        ),
+    ],
+)
+def test_bad_probs_deep_in_a_large_batch(dtype, threads, spoil, pattern):
+    probs = np.random.default_rng(8).random((3000, 8)).astype(dtype)
+    probs[::3, 2] = 0.0
+    spoil(probs)
+    pattern = pattern.format(m=num(-0.25), nan=num(NAN), zero=num(0.0))
+    with threads_set(threads):
+        check_raises(ValueError, pattern, lambda: R(1.0, probs=probs), probs)
+
+
+def test_probs_sum_overflow_deep_in_a_large_batch():
+    probs = np.random.default_rng(9).random((3000, 8))
+    probs[2345, :2] = 1.5e308
+    check_raises(
+        ValueError,
+        rf"probs must have a positive finite sum in every row, got sum {num(INF)} at "
+        r"batch index \(2345,\)",
+        lambda: R(1.0, probs=probs),
+        probs,
+    )
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_large_probs_with_zeros_are_accepted(dtype):
+    # Zeros in many rows, and a row of the largest probs whose sum is finite,
+    # past the range the fast copy accepts whole (L / K).
+    rng = np.random.default_rng(10)
+    probs = rng.random((5000, 8)).astype(dtype)
+    probs[::2, 1:7] = 0.0
+    probs[4001] = np.finfo(dtype).max / 8
+    d = R(1.0, probs=probs)
+    want = probs.astype(np.float64) / probs.astype(np.float64).sum(-1, keepdims=True)
+    np.testing.assert_allclose(d.probs, want, rtol=4 * np.finfo(dtype).eps)
+    assert np.all(d.probs[::2, 1:7] == 0.0)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_large_masked_logits_are_kept_exactly(dtype):
     # Masked entries, entries at the edge of the plain range (half the largest
     # float64) and just past it, in runs the fast copy accepts and in one it

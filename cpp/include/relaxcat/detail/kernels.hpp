@@ -1964,37 +1964,43 @@ void check_rows(const CheckArgs<Real>& a, int64_t r0, int64_t r1, double* scratc
 }
 
 // Note [checked copy of logits]: the distribution copies and checks its logits
-// once, when it is made. The per-row check keeps a running sum and extremes, a
-// chain of dependent operations per entry (2.1 ns per float32 entry at K = 8, a
-// third of an rsample). Dense logits are instead copied in runs of whole rows
-// that only count the entries outside [-L, L], a loop the compiler vectorises;
-// L is the largest float32 for float32 (the spread of two of them is finite in
-// double) and half the largest double for float64 (so hi - lo cannot
-// overflow). When the only entries outside are -inf (masks) and every row has
-// a live entry, every row of the run passes: status 0. Other runs, and other
-// ops, go row by row, which also names what is wrong.
+// (or probs) once, when it is made. The per-row check keeps a running sum and
+// extremes, a chain of dependent operations per entry (2.1 ns per float32 entry
+// at K = 8, a third of an rsample). Dense parameters are instead copied in runs
+// of whole rows that only count the entries outside a plain range, a loop the
+// compiler vectorises. Logits: [-L, L], L the largest float32 for float32 (the
+// spread of two of them is finite in double) and half the largest double for
+// float64 (so hi - lo cannot overflow); -inf (a mask) is allowed, and each row
+// needs a live entry. Probs: [0, L / K], so that a row sum is finite; each row
+// needs a positive entry. A run meeting these has every row valid: status 0.
+// Other runs go row by row, which also tells what is wrong.
 template <class Real>
-bool copy_plain_logits(const ParamArgs<Real>& a, int64_t r0, int64_t r1) {
+bool copy_plain_params(const ParamArgs<Real>& a, int64_t r0, int64_t r1) {
     const int64_t k = a.shape.k;
-    const Real limit = std::is_same<Real, float>::value
-                           ? static_cast<Real>(std::numeric_limits<float>::max())
-                           : static_cast<Real>(std::numeric_limits<double>::max() / 2);
+    const bool logits = a.op == ParamOp::check_logits;
+    const Real largest =
+        std::is_same<Real, float>::value
+            ? static_cast<Real>(std::numeric_limits<float>::max())
+            : static_cast<Real>(std::numeric_limits<double>::max() / 2);
+    const Real hi = logits ? largest : largest / static_cast<Real>(k);
+    const Real lo = logits ? -hi : Real(0);
+    const Real masked = -std::numeric_limits<Real>::infinity();
     const Real* src = a.in.data + r0 * k;
     Real* dst = a.out + r0 * k;
-    const Real masked = -std::numeric_limits<Real>::infinity();
     int64_t outside = 0, masks = 0;
     for (int64_t i = 0; i < (r1 - r0) * k; ++i) {
         const Real v = src[i];
         dst[i] = v;
-        outside += !(std::fabs(v) <= limit);
+        outside += !((v >= lo) & (v <= hi));
         masks += v == masked;
     }
-    if (outside != masks) return false;
-    // Only masked entries fall outside: each row still needs a live one.
-    for (int64_t r = r0; masks != 0 && r < r1; ++r) {
+    if (outside != (logits ? masks : 0)) return false;
+    // A row of logits needs a live entry, a row of probs a positive one.
+    const Real dead = logits ? masked : Real(0);
+    for (int64_t r = r0; (!logits || masks != 0) && r < r1; ++r) {
         const Real* row = dst + (r - r0) * k;
         int64_t j = 0;
-        while (j < k && row[j] == masked) ++j;
+        while (j < k && row[j] == dead) ++j;
         if (j == k) return false;
     }
     for (int64_t r = r0; r < r1; ++r) a.status[r] = 0;
@@ -2003,19 +2009,78 @@ bool copy_plain_logits(const ParamArgs<Real>& a, int64_t r0, int64_t r1) {
 
 template <class Real>
 void param_rows_each(const ParamArgs<Real>& a, int64_t r0, int64_t r1);
+template <class Real>
+void param_transform_blocks(const ParamArgs<Real>& a, int64_t r0, int64_t r1,
+                            double* scratch);
 
 // Row-wise parameter transforms (ParamOp).
 template <class Real>
 void param_rows(const ParamArgs<Real>& a, int64_t r0, int64_t r1, double* scratch) {
-    (void)scratch;
-    if (a.op != ParamOp::check_logits || !dense_rows(a.in, a.shape)) {
+    const bool check = a.op == ParamOp::check_logits || a.op == ParamOp::check_probs;
+    if (!check) {
+        param_transform_blocks(a, r0, r1, scratch);
+    } else if (!dense_rows(a.in, a.shape)) {
         param_rows_each(a, r0, r1);
-        return;
+    } else {
+        const int64_t run = a.shape.k >= 4096 ? 1 : 4096 / a.shape.k;  // rows per run
+        for (int64_t r = r0; r < r1; r += run) {
+            const int64_t end = r1 - r < run ? r1 : r + run;
+            if (!copy_plain_params(a, r, end)) param_rows_each(a, r, end);
+        }
     }
-    const int64_t run = a.shape.k >= 4096 ? 1 : 4096 / a.shape.k;  // rows per run
-    for (int64_t r = r0; r < r1; r += run) {
-        const int64_t end = r1 - r < run ? r1 : r + run;
-        if (!copy_plain_logits(a, r, end)) param_rows_each(a, r, end);
+}
+
+// The transforms of checked parameters (log_probs, normalize_probs,
+// normalize_logits, probs_from_logits), a block of rows at a time so that the
+// logs and exponentials run over whole vectors even for short rows. The same
+// bits as row by row: log_v and exp_v agree with log_d and exp_d, and each row
+// is summed in order.
+template <class Real>
+void param_transform_blocks(const ParamArgs<Real>& a, int64_t r0, int64_t r1,
+                            double* scratch) {
+    const int64_t k = a.shape.k;
+    const int64_t* const strides[1] = {a.in.stride};
+    RowWalker<1> walk(a.shape, r0, strides);
+    double* const v = scratch;
+    double* const e = scratch + block_capacity(k);
+    double* const row = scratch + 2 * block_capacity(k);  // per row: max, then lse
+
+    for (int64_t rb = r0; rb < r1; rb += rows_per_block(k)) {
+        const int64_t nb = r1 - rb < rows_per_block(k) ? r1 - rb : rows_per_block(k);
+        const int64_t n = nb * k;
+        for (int64_t i = 0; i < nb; ++i, walk.advance())
+            load_row(a.in.data + walk.offset[0], a.in.kstride, k, v + i * k);
+        Real* const out = a.out + rb * k;
+
+        if (a.op == ParamOp::log_probs) {
+            log_inplace(v, n);
+            for (int64_t i = 0; i < n; ++i) out[i] = static_cast<Real>(v[i]);
+        } else if (a.op == ParamOp::normalize_probs) {
+            for (int64_t i = 0; i < nb; ++i) {
+                double sum = 0.0;
+                for (int64_t j = 0; j < k; ++j) sum += v[i * k + j];
+                for (int64_t j = 0; j < k; ++j)
+                    out[i * k + j] = static_cast<Real>(v[i * k + j] / sum);
+            }
+        } else {
+            // Normalised logits or their softmax; see Note [stable log-sum-exp].
+            for (int64_t i = 0; i < nb; ++i) {
+                double amax = -kInf;
+                for (int64_t j = 0; j < k; ++j) amax = max_d(amax, v[i * k + j]);
+                for (int64_t j = 0; j < k; ++j) v[i * k + j] -= amax;
+            }
+            exp_into(v, e, n);
+            for (int64_t i = 0; i < nb; ++i) {
+                double sum = 0.0;
+                for (int64_t j = 0; j < k; ++j) sum += e[i * k + j];
+                row[i] = sum;
+            }
+            log_inplace(row, nb);
+            for (int64_t i = 0; i < nb; ++i)
+                for (int64_t j = 0; j < k; ++j) v[i * k + j] -= row[i];
+            if (a.op == ParamOp::probs_from_logits) exp_inplace(v, n);
+            for (int64_t i = 0; i < n; ++i) out[i] = static_cast<Real>(v[i]);
+        }
     }
 }
 
@@ -2050,28 +2115,6 @@ void param_rows_each(const ParamArgs<Real>& a, int64_t r0, int64_t r1) {
             // cannot be shifted (Note [shift before scaling]).
             const bool spread = logits && live && !(hi - lo < kInf);
             a.status[r] = bad ? 1 : (empty ? 2 : (spread ? 3 : 0));
-        } else if (a.op == ParamOp::log_probs) {
-            for (int64_t j = 0; j < k; ++j)
-                out[j] = static_cast<Real>(log_d(static_cast<double>(p[j * ps])));
-        } else if (a.op == ParamOp::normalize_probs) {
-            double sum = 0.0;
-            for (int64_t j = 0; j < k; ++j) sum += static_cast<double>(p[j * ps]);
-            for (int64_t j = 0; j < k; ++j)
-                out[j] = static_cast<Real>(static_cast<double>(p[j * ps]) / sum);
-        } else {
-            // Normalised logits or their softmax; see Note [stable log-sum-exp].
-            double amax = -kInf;
-            for (int64_t j = 0; j < k; ++j)
-                amax = max_d(amax, static_cast<double>(p[j * ps]));
-            double sum = 0.0;
-            for (int64_t j = 0; j < k; ++j)
-                sum += exp_d(static_cast<double>(p[j * ps]) - amax);
-            const double lse = log_d(sum);
-            const bool as_probs = a.op == ParamOp::probs_from_logits;
-            for (int64_t j = 0; j < k; ++j) {
-                const double d = (static_cast<double>(p[j * ps]) - amax) - lse;
-                out[j] = static_cast<Real>(as_probs ? exp_d(d) : d);
-            }
         }
     }
 }
