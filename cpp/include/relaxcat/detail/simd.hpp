@@ -79,6 +79,15 @@ struct Lanes<VecD> {
     static VecD value(U u) { return as_d(u); }
     static VecD splat(double c) { return splat_d(c); }
     static I splat_i(int64_t c) { return VecI{} + c; }
+    static VecD mul_add(VecD a, VecD b, VecD c) {
+#if defined(__AVX512F__)
+        return (VecD)_mm512_fmadd_pd((__m512d)a, (__m512d)b, (__m512d)c);
+#elif defined(__FMA__)
+        return (VecD)_mm256_fmadd_pd((__m256d)a, (__m256d)b, (__m256d)c);
+#else
+        return a * b + c;
+#endif
+    }
 };
 
 // Float vectors of the same byte width (2 kLanes floats), for the float noise.
