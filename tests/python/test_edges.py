@@ -826,6 +826,70 @@ def test_tiny_entries_at_a_large_temperature_keep_their_gradients_exact(
     assert np.all(err <= 1e-14 * np.maximum(1.0, np.abs(want_value[finite])))
 
 
+@pytest.mark.parametrize("cls", [Relaxed, ExpRelaxed])
+@pytest.mark.parametrize("k", [3, 16, 40, 300])
+def test_gradients_stay_finite_where_t_times_y_overflows(simd_level, cls, k):
+    # Regression (sanitizer run of the fuzz campaign): where T (y - max y)
+    # overflowed (log-space entries of -1e300 at T = 1e9; on the simplex,
+    # entries of 1e-300 at T = 1e306) the row was treated as off the face:
+    # log_prob -inf, which is right to double precision, but every gradient 0,
+    # where the exact ones are finite. Such rows are now formed against their
+    # dominant entry (kernels.hpp, Note [dominant reference]). K = 3 and 16 fall
+    # back from the short-row columns to the row path, 40 and 300 take the
+    # long-row one. mpmath on the same float64 inputs, at 400 digits so that
+    # T y (near 7e308) keeps the logits' digits.
+    mpmath.mp.dps = 400
+    rng = np.random.default_rng(k)
+    a = rng.standard_normal(k) * 2
+    v = rng.random(k) + 0.1
+    simplex = cls is Relaxed
+    if simplex:
+        t = 1e306
+        v[1::3] = 1e-300
+        value = v / v.sum()
+    else:
+        t = 1e9
+        deep = np.zeros(k, dtype=bool)
+        deep[1::3] = True
+        value = np.log(
+            np.where(deep, 0.0, v) / v[~deep].sum(), where=~deep, out=np.zeros(k)
+        )
+        value[deep] = -1e300
+        value[1] = -1e301  # the deepest entry dominates
+    lp, g = cls(t, logits=a).log_prob_and_vjp(value, 1.0)
+
+    tm = mpmath.mpf(t)
+    y = [
+        mpmath.log(mpmath.mpf(float(u))) if simplex else mpmath.mpf(float(u))
+        for u in value
+    ]
+    z = [mpmath.mpf(float(aj)) - tm * yj for aj, yj in zip(a, y)]
+    zmax = max(z)
+    e = [mpmath.exp(zj - zmax) for zj in z]
+    total = mpmath.fsum(e)
+    w = [ej / total for ej in e]
+    lse = zmax + mpmath.log(total)
+    lin = mpmath.fsum(zj - (yj if simplex else 0) for zj, yj in zip(z, y))
+    want_lp = mpmath.loggamma(k) + (k - 1) * mpmath.log(tm) + lin - k * lse
+    want_logits = np.array([float(1 - k * wj) for wj in w])
+    dy = [-(tm + (1 if simplex else 0)) + k * tm * wj for wj in w]
+    want_value = np.array(
+        [float(d / mpmath.mpf(float(u)) if simplex else d) for d, u in zip(dy, value)]
+    )
+    want_t = float(
+        (k - 1) / tm + mpmath.fsum((k * wj - 1) * yj for wj, yj in zip(w, y))
+    )
+
+    assert float(want_lp) == -np.inf and lp == -np.inf  # beyond the float64 range
+    assert np.all(np.isfinite(want_logits))
+    np.testing.assert_allclose(g.logits, want_logits, rtol=1e-13, atol=1e-13)
+    assert np.isfinite(want_t)
+    assert abs(float(g.temperature) - want_t) <= 1e-13 * abs(want_t)
+    finite = np.isfinite(want_value)
+    np.testing.assert_array_equal(g.value[~finite], want_value[~finite])
+    np.testing.assert_allclose(g.value[finite], want_value[finite], rtol=1e-13)
+
+
 @pytest.mark.parametrize("space", ["simplex", "log"])
 @pytest.mark.parametrize("k", [32, 33, 300])
 def test_long_rows_log_prob_matches_a_long_double_oracle(simd_level, space, k):

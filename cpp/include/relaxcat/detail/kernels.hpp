@@ -843,18 +843,37 @@ void rsample_rows(const RsampleArgs<Real>& a, int64_t r0, int64_t r1, double* sc
 // the competing z are as exact as their own size allows. The density and its
 // gradients do not depend on the reference (sum_k (K w_k - 1) = 0). Samples
 // never need it: there T |y - y_ref| is a difference of perturbed logits.
+//
+// The same holds when T (y - y_ref) overflowed, so that some z are +inf (log
+// space entries far below the log of the smallest double, -1e300 at T = 1e9;
+// on the simplex, tiny entries at T above 1e305). The density is then -inf to
+// double precision, but its gradients are finite: the row is formed against
+// the entry with the largest z, found as the largest z / T = (a - max a) / T -
+// (y - y_ref), which does not overflow. Entries whose z falls to -inf there
+// have weight 0 and still count as live.
 constexpr double kRereferenceAbove = 512.0;
 
 // log_prob_rows for an ordinary row (every category live or masked, no zeros)
-// once yi holds y - y_ref (-inf where masked), wi holds z and zmax its maximum
-// (finite): the row again against its dominant entry when Note [dominant
-// reference] asks for it.
+// once yi holds y - y_ref (-inf where masked), wi holds z and zmax its maximum:
+// the row again against its dominant entry when Note [dominant reference] asks
+// for it. Returns false when some z is still +inf.
 template <class Real>
-void rereference_row(const double* lg, double amax, const Real* v, int64_t vs, double t,
+bool rereference_row(const double* lg, double amax, const Real* v, int64_t vs, double t,
                      bool simplex, int64_t k, double* yi, double* wi, double& zmax) {
     int64_t jz = 0;  // the first entry at the largest z
-    while (jz < k - 1 && !(wi[jz] == zmax)) ++jz;
-    if (!(t * std::fabs(yi[jz]) > kRereferenceAbove)) return;
+    if (zmax == kInf) {
+        double best = -kInf;
+        for (int64_t j = 0; j < k; ++j) {
+            const double scaled = (lg[j] - amax) / t - yi[j];
+            if (lg[j] > -kInf && scaled > best) {
+                best = scaled;
+                jz = j;
+            }
+        }
+    } else {
+        while (jz < k - 1 && !(wi[jz] == zmax)) ++jz;
+        if (!(t * std::fabs(yi[jz]) > kRereferenceAbove)) return true;
+    }
     const double xz = static_cast<double>(v[jz * vs]);
     const double yz = simplex ? log_d(xz) : xz;
     zmax = -kInf;
@@ -866,6 +885,7 @@ void rereference_row(const double* lg, double amax, const Real* v, int64_t vs, d
         wi[j] = (lg[j] - amax) - t * d;
         zmax = max_d(zmax, wi[j]);
     }
+    return zmax < kInf;
 }
 
 // The ordinary case of log_prob_rows for a row of 2 kSlots or more categories:
@@ -1266,19 +1286,19 @@ void log_prob_rows(const LogProbArgs<Real>& a, int64_t r0, int64_t r1,
             } else if (zeros == 0 && k >= 2 * kSlots) {
                 lin = ordinary_long_row(lg, amax, a.value.data + walk.offset[2], vs, t,
                                         simplex, k, yi, wi, zmax);
-                if (zmax == kInf) {
+                if (!rereference_row(lg, amax, a.value.data + walk.offset[2], vs, t,
+                                     simplex, k, yi, wi, zmax)) {
                     row_kind[i] = 2.0;  // as in the loop below
                     for (int64_t j = 0; j < k; ++j) wi[j] = -kInf;
                     zmax = -kInf;
-                } else {
-                    rereference_row(lg, amax, a.value.data + walk.offset[2], vs, t,
-                                    simplex, k, yi, wi, zmax);
                 }
-                lin += reduce_terms(k, 0.0, kPlus, [wi, zmax](auto d, int64_t j) {
+                // Live entries count even where z fell to -inf (Note [dominant
+                // reference]); masked ones do not.
+                lin += reduce_terms(k, 0.0, kPlus, [lg, wi, zmax](auto d, int64_t j) {
                     using D = decltype(d);
                     const D w = load_lanes<D>(wi + j) - zmax;
                     store_lanes(wi + j, w);
-                    return w > -kInf ? w : D{};
+                    return load_lanes<D>(lg + j) > -kInf ? w : D{};
                 });
             } else if (zeros == 0) {
                 // The ordinary case: z = (a - max a) - T (y - max y) over the live
@@ -1299,17 +1319,15 @@ void log_prob_rows(const LogProbArgs<Real>& a, int64_t r0, int64_t r1,
                     wi[j] = aj > -kInf ? aj - t * d : -kInf;
                     zmax = max_d(zmax, wi[j]);
                 }
-                if (zmax == kInf) {
-                    // T (y - max y) overflowed: the density is 0 to double
-                    // precision; reported like a value off the face.
+                if (!rereference_row(lg, amax, v, vs, t, simplex, k, yi, wi, zmax)) {
+                    // Still overflowing after the dominant reference (not
+                    // expected): reported like a value off the face.
                     row_kind[i] = 2.0;
                     for (int64_t j = 0; j < k; ++j) wi[j] = -kInf;
                     zmax = -kInf;
-                } else {
-                    rereference_row(lg, amax, v, vs, t, simplex, k, yi, wi, zmax);
                 }
                 for (int64_t j = 0; j < k; ++j) {
-                    const bool is_live = wi[j] > -kInf;
+                    const bool is_live = lg[j] > -kInf;
                     wi[j] -= zmax;
                     lin += is_live ? wi[j] : 0.0;
                 }
