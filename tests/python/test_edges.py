@@ -771,6 +771,35 @@ def test_gradients_at_a_large_temperature_stay_within_the_float64_bound(simd_lev
     assert err_value < 1e-13
 
 
+def _mp_density_and_grads(a, value, t, simplex):
+    """log_prob and its gradients (upstream 1) in mpmath at the current
+    precision, from the same float64 inputs: (log_prob as mpf, logits, value
+    and temperature gradients as floats)."""
+    k = len(a)
+    tm = mpmath.mpf(t)
+    y = [
+        mpmath.log(mpmath.mpf(float(u))) if simplex else mpmath.mpf(float(u))
+        for u in value
+    ]
+    z = [mpmath.mpf(float(aj)) - tm * yj for aj, yj in zip(a, y)]
+    zmax = max(z)
+    e = [mpmath.exp(zj - zmax) for zj in z]
+    total = mpmath.fsum(e)
+    w = [ej / total for ej in e]
+    lse = zmax + mpmath.log(total)
+    lin = mpmath.fsum(zj - (yj if simplex else 0) for zj, yj in zip(z, y))
+    want_lp = mpmath.loggamma(k) + (k - 1) * mpmath.log(tm) + lin - k * lse
+    want_logits = np.array([float(1 - k * wj) for wj in w])
+    dy = [-(tm + (1 if simplex else 0)) + k * tm * wj for wj in w]
+    want_value = np.array(
+        [float(d / mpmath.mpf(float(u)) if simplex else d) for d, u in zip(dy, value)]
+    )
+    want_t = float(
+        (k - 1) / tm + mpmath.fsum((k * wj - 1) * yj for wj, yj in zip(w, y))
+    )
+    return want_lp, want_logits, want_value, want_t
+
+
 @pytest.mark.parametrize("cls", [Relaxed, ExpRelaxed])
 @pytest.mark.parametrize("k", [16, 40])
 @pytest.mark.parametrize("t", [1e3, 1e5])
@@ -794,26 +823,8 @@ def test_tiny_entries_at_a_large_temperature_keep_their_gradients_exact(
     value = x if simplex else np.log(x)
     lp, g = cls(t, logits=a).log_prob_and_vjp(value, 1.0)
 
-    tm = mpmath.mpf(t)
-    y = [
-        mpmath.log(mpmath.mpf(float(xj))) if simplex else mpmath.mpf(float(yj))
-        for xj, yj in zip(x, value)
-    ]
-    z = [mpmath.mpf(float(aj)) - tm * yj for aj, yj in zip(a, y)]
-    zmax = max(z)
-    e = [mpmath.exp(zj - zmax) for zj in z]
-    total = mpmath.fsum(e)
-    w = [ej / total for ej in e]
-    lse = zmax + mpmath.log(total)
-    lin = mpmath.fsum(zj - (yj if simplex else 0) for zj, yj in zip(z, y))
-    want_lp = mpmath.loggamma(k) + (k - 1) * mpmath.log(tm) + lin - k * lse
-    want_logits = np.array([float(1 - k * wj) for wj in w])
-    dy = [-(tm + (1 if simplex else 0)) + k * tm * wj for wj in w]
-    want_value = np.array(
-        [float(d / mpmath.mpf(float(xj)) if simplex else d) for d, xj in zip(dy, x)]
-    )
-    want_t = float(
-        (k - 1) / tm + mpmath.fsum((k * wj - 1) * yj for wj, yj in zip(w, y))
+    want_lp, want_logits, want_value, want_t = _mp_density_and_grads(
+        a, value, t, simplex
     )
 
     assert abs(float(lp) - float(want_lp)) <= 1e-15 * max(1.0, abs(float(want_lp)))
@@ -858,26 +869,8 @@ def test_gradients_stay_finite_where_t_times_y_overflows(simd_level, cls, k):
         value[1] = -1e301  # the deepest entry dominates
     lp, g = cls(t, logits=a).log_prob_and_vjp(value, 1.0)
 
-    tm = mpmath.mpf(t)
-    y = [
-        mpmath.log(mpmath.mpf(float(u))) if simplex else mpmath.mpf(float(u))
-        for u in value
-    ]
-    z = [mpmath.mpf(float(aj)) - tm * yj for aj, yj in zip(a, y)]
-    zmax = max(z)
-    e = [mpmath.exp(zj - zmax) for zj in z]
-    total = mpmath.fsum(e)
-    w = [ej / total for ej in e]
-    lse = zmax + mpmath.log(total)
-    lin = mpmath.fsum(zj - (yj if simplex else 0) for zj, yj in zip(z, y))
-    want_lp = mpmath.loggamma(k) + (k - 1) * mpmath.log(tm) + lin - k * lse
-    want_logits = np.array([float(1 - k * wj) for wj in w])
-    dy = [-(tm + (1 if simplex else 0)) + k * tm * wj for wj in w]
-    want_value = np.array(
-        [float(d / mpmath.mpf(float(u)) if simplex else d) for d, u in zip(dy, value)]
-    )
-    want_t = float(
-        (k - 1) / tm + mpmath.fsum((k * wj - 1) * yj for wj, yj in zip(w, y))
+    want_lp, want_logits, want_value, want_t = _mp_density_and_grads(
+        a, value, t, simplex
     )
 
     assert float(want_lp) == -np.inf and lp == -np.inf  # beyond the float64 range
