@@ -144,12 +144,14 @@ def check_probs(probs: np.ndarray) -> None:
             "probs must be non-negative and finite, got "
             f"{first_value(probs, bad)}{first_bad(bad)}"
         )
+    # A sum that overflows is fine: such rows are scaled by their largest entry
+    # (Note [probs of any scale], kernels.hpp).
     with np.errstate(over="ignore"):
         total = probs.sum(axis=-1, dtype=np.float64)
-    bad_rows = ~(np.isfinite(total) & (total > 0))
+    bad_rows = ~(total > 0)
     if bad_rows.any():
         raise ValueError(
-            "probs must have a positive finite sum in every row, got sum "
+            "probs must have a positive sum in every row, got sum "
             f"{first_value(total, bad_rows)}{first_bad(bad_rows, 'batch index')}"
         )
 

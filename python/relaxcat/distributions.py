@@ -154,7 +154,7 @@ class RelaxedOneHotCategorical:
         of four. A temperature with as many dimensions as the logits and a last
         axis of length 1 (``T[..., None]``, the torch idiom) is read per row.
     probs : array_like, optional
-        ``(..., K)``, non-negative with a positive finite sum per row; normalised
+        ``(..., K)``, finite, non-negative, a positive entry per row; normalised
         over the last axis. A zero marks an impossible category.
     logits : array_like, optional
         ``(..., K)``, finite or ``-inf`` (an impossible, "masked", category), at

@@ -98,7 +98,7 @@ TEST(Errors, LogitsMustBeFiniteOrMinusInfWithALiveCategory) {
     EXPECT_TRUE(std::isnan(nan_at[3]));
 }
 
-TEST(Errors, ProbsMustBeNonNegativeWithAPositiveFiniteSum) {
+TEST(Errors, ProbsMustBeNonNegativeWithAPositiveSum) {
     const std::vector<double> negative = {0.5, -0.1, 0.6};
     EXPECT_MESSAGE(
         Dist(1.0, relaxcat::probs(MatrixView<const double>(negative.data(), 1, 3))),
@@ -107,13 +107,19 @@ TEST(Errors, ProbsMustBeNonNegativeWithAPositiveFiniteSum) {
     const std::vector<double> zero_row = {0.5, 0.5, 0.0, 0.0};
     EXPECT_MESSAGE(
         Dist(1.0, relaxcat::probs(MatrixView<const double>(zero_row.data(), 2, 2))),
-        "RelaxedOneHotCategorical: probs must have a positive finite sum in "
+        "RelaxedOneHotCategorical: probs must have a positive sum in "
         "every row, got sum 0 at row 1");
-    const std::vector<double> huge = {1e308, 1e308};
-    EXPECT_MESSAGE(
-        Dist(1.0, relaxcat::probs(MatrixView<const double>(huge.data(), 1, 2))),
-        "RelaxedOneHotCategorical: probs must have a positive finite sum in "
-        "every row, got sum inf at row 0");
+}
+
+TEST(Errors, ProbsWhoseSumOverflowsAreNormalised) {
+    // Note [probs of any scale]: the row is scaled by its largest entry.
+    const std::vector<double> huge = {1e308, 1e308, 5e307};
+    const Dist d(1.0, relaxcat::probs(MatrixView<const double>(huge.data(), 1, 3)));
+    std::vector<double> p(3);
+    d.probs(MatrixView<double>(p.data(), 1, 3));
+    EXPECT_DOUBLE_EQ(p[0], 0.4);
+    EXPECT_DOUBLE_EQ(p[1], 0.4);
+    EXPECT_DOUBLE_EQ(p[2], 0.2);
 }
 
 TEST(Errors, ShapesMustMatch) {

@@ -993,3 +993,54 @@ def test_per_row_temperature_gradients_past_float32_sum_to_an_infinity_not_nan()
     exact = d64.rsample_vjp(y.astype(np.float64), w.astype(np.float64)).temperature
     assert np.isfinite(exact) and exact < -np.finfo(np.float32).max
     assert gt == -np.inf
+
+
+@pytest.mark.parametrize(
+    "dtype,scales",
+    [
+        (np.float32, [1e-30, 1e-6, 1e6, 1e30]),
+        (np.float64, [1e-300, 1e-6, 1e6, 1e300]),
+    ],
+)
+def test_probs_at_any_scale_give_the_same_distribution(dtype, scales):
+    # Regression (fresh-user review): the distribution kept log(probs) without
+    # normalising, so float32 probs of 1e30 stored logits near 69, whose float32
+    # rounding put samples at T = 0.01 6e-5 from the exact ones (the bound is
+    # 1e-5) and log_prob 4e-6 (bound 1e-6). It now keeps log q - log sum q
+    # (kernels.hpp, Note [probs of any scale]).
+    base = np.array([[1.0, 2.0, 3.0], [0.5, 0.25, 0.25], [1e-3, 1.0, 0.0]])
+    g = np.random.default_rng(11).gumbel(size=(1000, 3, 3)).astype(dtype)
+    logits = np.log(
+        base / base.sum(-1, keepdims=True),
+        where=base > 0,
+        out=np.full_like(base, -np.inf),
+    )
+    s = (logits + g.astype(np.float64)) / 0.01
+    e = np.exp(s - s.max(-1, keepdims=True))
+    want_x = e / e.sum(-1, keepdims=True)
+    eps = np.finfo(dtype).eps
+    tol_x = 1e-5 if dtype == np.float32 else 1e-10
+    tol_lp = 1e-6 if dtype == np.float32 else 1e-12
+    x1 = Relaxed(dtype(1.0), logits=logits.astype(dtype)).rsample((1000,), gumbels=g)
+    ref_lp = Relaxed(dtype(1.0), probs=base.astype(dtype)).log_prob(x1)
+    for c in [1.0, *scales]:
+        q = (base * c).astype(dtype)
+        d = Relaxed(dtype(0.01), probs=q)
+        # The normalised logits are within a few ulps of 1 (absolute).
+        np.testing.assert_allclose(
+            d.logits, logits.astype(dtype), rtol=4 * eps, atol=4 * eps
+        )
+        x = d.rsample((1000,), gumbels=g)
+        assert np.max(np.abs(x - want_x)) <= tol_x, c
+        lp = Relaxed(dtype(1.0), probs=q).log_prob(x1).astype(np.float64)
+        err = np.max(np.abs(lp - ref_lp) / np.maximum(1.0, np.abs(ref_lp)))
+        assert err <= tol_lp, (c, err)
+
+
+def test_log_probs_of_a_subnormal_share_keep_their_digits():
+    # Note [probs of any scale]: where q / sum q is subnormal it has lost bits,
+    # and the stored logit is log q - log sum q instead of its log.
+    d = Relaxed(1.0, probs=np.array([3e-320, 7.0, 0.0]))
+    want = math.log(3e-320) - math.log(7.0)
+    assert abs(d.logits[0] - want) <= 1e-15 * abs(want)
+    assert d.logits[1] == math.log(7.0 / 7.0) and d.logits[2] == -np.inf

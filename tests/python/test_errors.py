@@ -220,7 +220,7 @@ def test_logits_spread_overflow_deep_in_a_large_batch(threads):
         ),
         (
             lambda p: p.__setitem__(2345, 0.0),
-            r"probs must have a positive finite sum in every row, "
+            r"probs must have a positive sum in every row, "
             r"got sum {zero} at batch index \(2345,\)",
         ),
     ],
@@ -234,16 +234,18 @@ def test_bad_probs_deep_in_a_large_batch(dtype, threads, spoil, pattern):
         check_raises(ValueError, pattern, lambda: R(1.0, probs=probs), probs)
 
 
-def test_probs_sum_overflow_deep_in_a_large_batch():
+def test_probs_whose_sum_overflows_deep_in_a_large_batch_are_accepted():
     probs = np.random.default_rng(9).random((3000, 8))
     probs[2345, :2] = 1.5e308
-    check_raises(
-        ValueError,
-        rf"probs must have a positive finite sum in every row, got sum {num(INF)} at "
-        r"batch index \(2345,\)",
-        lambda: R(1.0, probs=probs),
-        probs,
-    )
+    d = R(1.0, probs=probs)
+    got = d.probs
+    rest = np.delete(probs, 2345, axis=0)
+    want = rest / rest.sum(-1, keepdims=True)
+    np.testing.assert_allclose(np.delete(got, 2345, axis=0), want, rtol=2e-15)
+    # (1.5e308 / m) / S with m = 1.5e308 and S = 2 + (the rest) / m.
+    np.testing.assert_allclose(got[2345, :2], 0.5, rtol=1e-15)
+    tiny = probs[2345, 2:] / 1.5e308 / 2  # subnormal: compared absolutely
+    np.testing.assert_allclose(got[2345, 2:], tiny, rtol=0, atol=1e-323)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -299,7 +301,7 @@ def test_large_masked_logits_are_kept_exactly(dtype):
         ),
         (
             np.array([[0.5, 0.5], [0.0, 0.0]]),
-            r"probs must have a positive finite sum in every row, "
+            r"probs must have a positive sum in every row, "
             r"got sum {zero} at batch index \(1,\)",
         ),
     ],
@@ -326,18 +328,14 @@ def test_ragged_nested_lists_name_their_argument(name):
         calls[name]()
 
 
-def test_probs_whose_sum_overflows_are_rejected_without_a_numpy_warning():
-    # Each entry is finite, the row sum is not: the documented ValueError, and no
-    # stray RuntimeWarning from NumPy's sum on the way (warnings are errors here).
+def test_probs_whose_sum_overflows_are_normalised_without_a_numpy_warning():
+    # Each entry is finite, the row sum is not: the row is scaled by its largest
+    # entry (Note [probs of any scale]); it was a ValueError. No stray
+    # RuntimeWarning from NumPy's sum on the way (warnings are errors here).
     probs = np.array([[1e308, 1e308], [0.5, 0.5]])
-    check_raises(
-        ValueError,
-        r"probs must have a positive finite sum in every row, got sum "
-        + num(INF)
-        + r" at batch index \(0,\)",
-        lambda: R(1.0, probs=probs),
-        probs,
-    )
+    d = R(1.0, probs=probs)
+    np.testing.assert_array_equal(d.probs, np.full((2, 2), 0.5))
+    np.testing.assert_array_equal(d.logits, np.full((2, 2), np.log(0.5)))
 
 
 @pytest.mark.parametrize("cls", CLASSES)

@@ -251,7 +251,7 @@ public:
     //   finite.
     // logits: (L, K) with K >= 1, finite or -inf (a masked category), at least one
     //   finite per row; any shift per row gives the same distribution.
-    // probs: (L, K), non-negative and finite with a positive finite sum per row;
+    // probs: (L, K), non-negative and finite with a positive entry per row;
     //   normalised per row, a zero masks its category.
     // The batch has B = max(L, number of temperatures) rows; L and the number of
     // temperatures are each B or 1. validate_args (default true, as in torch)
@@ -585,14 +585,14 @@ private:
                 double s = 0.0;
                 for (int64_t j = 0; j < k_; ++j)
                     s += static_cast<double>(p[r * k_ + j]);
-                const bool ok = std::isfinite(s) && s > 0.0;
+                const bool ok = s > 0.0;  // may overflow: Note [probs of any scale]
                 if (!ok && bad_sum == 0.0) bad_sum = s;
                 return !ok;
             },
             &count);
         if (bad >= 0)
             detail::fail(kName,
-                         "probs must have a positive finite sum in every row, got "
+                         "probs must have a positive sum in every row, got "
                          "sum " +
                              detail::show(bad_sum) + " at row " + detail::show(bad) +
                              detail::count_note(count));

@@ -1981,6 +1981,34 @@ void check_rows(const CheckArgs<Real>& a, int64_t r0, int64_t r1, double* scratc
     }
 }
 
+// Note [probs of any scale]: probs are normalised by their row sum, and float64
+// probs near the largest double can have a sum that overflows (in the order it
+// is added, or at all) although every entry is valid and the distribution is
+// well defined. Such a row is scaled by its largest entry m first:
+// q / sum = (q / m) / S with S = sum(q / m) in [1, K], and log sum = log m +
+// log S. Other rows keep m = 1, where both are the plain q / sum and log sum.
+// log_probs stores log(q / sum), not log q: the logits of probs 1e30 times too
+// large would sit near 69, where a float32 keeps 5 fewer bits than near -1, and
+// log q - log sum would carry the rounding of logs near 690 for float64 probs
+// of 1e300. Where q / sum is subnormal (and has lost bits) it is log q - log sum.
+struct ProbsScale {
+    double m = 1.0;    // 1 when the plain sum is finite
+    double sum = 0.0;  // sum of q / m
+    double share(double q) const { return q / m / sum; }
+};
+
+template <class T>
+ProbsScale probs_scale(const T* q, int64_t qs, int64_t k) {
+    ProbsScale sc;
+    for (int64_t j = 0; j < k; ++j) sc.sum += static_cast<double>(q[j * qs]);
+    if (sc.sum < kInf) return sc;
+    sc.m = 0.0;
+    for (int64_t j = 0; j < k; ++j) sc.m = max_d(sc.m, static_cast<double>(q[j * qs]));
+    sc.sum = 0.0;
+    for (int64_t j = 0; j < k; ++j) sc.sum += static_cast<double>(q[j * qs]) / sc.m;
+    return sc;
+}
+
 // Note [checked copy of logits]: the distribution copies and checks its logits
 // (or probs) once, when it is made. The per-row check keeps a running sum and
 // extremes, a chain of dependent operations per entry (2.1 ns per float32 entry
@@ -1989,9 +2017,9 @@ void check_rows(const CheckArgs<Real>& a, int64_t r0, int64_t r1, double* scratc
 // compiler vectorises. Logits: [-L, L], L the largest float32 for float32 (the
 // spread of two of them is finite in double) and half the largest double for
 // float64 (so hi - lo cannot overflow); -inf (a mask) is allowed, and each row
-// needs a live entry. Probs: [0, L / K], so that a row sum is finite; each row
-// needs a positive entry. A run meeting these has every row valid: status 0.
-// Other runs go row by row, which also tells what is wrong.
+// needs a live entry. Probs: finite and non-negative; each row needs a positive
+// entry (its sum may overflow: Note [probs of any scale]). A run meeting these has
+// every row valid: status 0. Other runs go row by row, which also tells what is wrong.
 template <class Real>
 bool copy_plain_params(const ParamArgs<Real>& a, int64_t r0, int64_t r1) {
     const int64_t k = a.shape.k;
@@ -2000,7 +2028,7 @@ bool copy_plain_params(const ParamArgs<Real>& a, int64_t r0, int64_t r1) {
         std::is_same<Real, float>::value
             ? static_cast<Real>(std::numeric_limits<float>::max())
             : static_cast<Real>(std::numeric_limits<double>::max() / 2);
-    const Real hi = logits ? largest : largest / static_cast<Real>(k);
+    const Real hi = logits ? largest : std::numeric_limits<Real>::max();
     const Real lo = logits ? -hi : Real(0);
     const Real masked = -std::numeric_limits<Real>::infinity();
     const Real* src = a.in.data + r0 * k;
@@ -2071,14 +2099,27 @@ void param_transform_blocks(const ParamArgs<Real>& a, int64_t r0, int64_t r1,
         Real* const out = a.out + rb * k;
 
         if (a.op == ParamOp::log_probs) {
-            log_inplace(v, n);
-            for (int64_t i = 0; i < n; ++i) out[i] = static_cast<Real>(v[i]);
+            // Normalised, log(q / sum q) (Note [probs of any scale]); where the
+            // share is subnormal (and has lost bits), log q - log sum q.
+            for (int64_t i = 0; i < nb; ++i) {
+                const ProbsScale sc = probs_scale(v + i * k, 1, k);
+                row[i] = log_d(sc.m) + log_d(sc.sum);
+                for (int64_t j = 0; j < k; ++j) e[i * k + j] = sc.share(v[i * k + j]);
+            }
+            log_inplace(e, n);
+            constexpr double kSmallestNormal = std::numeric_limits<double>::min();
+            for (int64_t i = 0; i < nb; ++i)
+                for (int64_t j = 0; j < k; ++j) {
+                    const double q = v[i * k + j];
+                    const bool normal = e[i * k + j] >= std::log(kSmallestNormal);
+                    out[i * k + j] = static_cast<Real>(
+                        normal || q == 0.0 ? e[i * k + j] : log_d(q) - row[i]);
+                }
         } else if (a.op == ParamOp::normalize_probs) {
             for (int64_t i = 0; i < nb; ++i) {
-                double sum = 0.0;
-                for (int64_t j = 0; j < k; ++j) sum += v[i * k + j];
-                for (int64_t j = 0; j < k; ++j)
-                    out[i * k + j] = static_cast<Real>(v[i * k + j] / sum);
+                const ProbsScale sc = probs_scale(v + i * k, 1, k);
+                for (int64_t j = 0; j < k; ++j)  // + 0: a prob of -0 is 0
+                    out[i * k + j] = static_cast<Real>(sc.share(v[i * k + j]) + 0.0);
             }
         } else {
             // Normalised logits or their softmax; see Note [stable log-sum-exp].
@@ -2128,7 +2169,9 @@ void param_rows_each(const ParamArgs<Real>& a, int64_t r0, int64_t r1) {
                 hi = d > -kInf && d > hi ? d : hi;
                 lo = d > -kInf && d < lo ? d : lo;
             }
-            const bool empty = logits ? !live : !(sum > 0.0 && sum < kInf);
+            // A row of probs needs a positive entry; its sum may overflow
+            // (Note [probs of any scale]).
+            const bool empty = logits ? !live : !(sum > 0.0);
             // Logits whose spread overflows (a - max a = -inf for a finite a)
             // cannot be shifted (Note [shift before scaling]).
             const bool spread = logits && live && !(hi - lo < kInf);
@@ -2151,11 +2194,9 @@ void probs_vjp_rows(const ProbsVjpArgs<Real>& a, int64_t r0, int64_t r1,
         const Real* q = a.probs.data + walk.offset[0];
         const double* gl = a.grad_logits.data + walk.offset[1];
         const int64_t qs = a.probs.kstride, gs = a.grad_logits.kstride;
-        double qsum = 0.0, gsum = 0.0;
-        for (int64_t j = 0; j < k; ++j) {
-            qsum += static_cast<double>(q[j * qs]);
-            gsum += gl[j * gs];
-        }
+        double gsum = 0.0;
+        for (int64_t j = 0; j < k; ++j) gsum += gl[j * gs];
+        const ProbsScale sc = probs_scale(q, qs, k);
         Real* out = a.grad_probs + r * k;
         for (int64_t j = 0; j < k; ++j) {
             const double qj = static_cast<double>(q[j * qs]);
@@ -2163,7 +2204,8 @@ void probs_vjp_rows(const ProbsVjpArgs<Real>& a, int64_t r0, int64_t r1,
             // One quotient, of a finite numerator: tiny probabilities make
             // gj / qj and gsum / qsum overflow together (inf - inf) where the
             // gradient itself is a finite number or an infinity of one sign.
-            out[j] = static_cast<Real>(qj > 0.0 ? (gj - gsum * (qj / qsum)) / qj : 0.0);
+            out[j] =
+                static_cast<Real>(qj > 0.0 ? (gj - gsum * sc.share(qj)) / qj : 0.0);
         }
     }
 }
