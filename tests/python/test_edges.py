@@ -1044,3 +1044,16 @@ def test_log_probs_of_a_subnormal_share_keep_their_digits():
     want = math.log(3e-320) - math.log(7.0)
     assert abs(d.logits[0] - want) <= 1e-15 * abs(want)
     assert d.logits[1] == math.log(7.0 / 7.0) and d.logits[2] == -np.inf
+
+
+@pytest.mark.parametrize("c", [1e-300, 1e300, 5e307])
+def test_probs_gradients_scale_with_the_probs(c):
+    # d/dq of anything that depends on q / sum q scales as 1 / c when q does,
+    # also where sum q overflows (c = 5e307; Note [probs of any scale]).
+    base = np.array([[2.0, 2.0, 1.0], [0.5, 0.25, 0.25]])
+    x = Relaxed(0.5, probs=base).rsample((4,), rng=3)
+    w = np.random.default_rng(12).standard_normal(x.shape)
+    want = Relaxed(0.5, probs=base).rsample_vjp(x, w)
+    got = Relaxed(0.5, probs=base * c).rsample_vjp(x, w)
+    np.testing.assert_allclose(got.probs * c, want.probs, rtol=1e-14, atol=1e-14)
+    assert got.temperature == pytest.approx(want.temperature, rel=1e-14)
