@@ -351,7 +351,7 @@ def gumbel_softmax_vjp(sample_soft, grad, temperature, axis=-1):
         raise ValueError(
             f"grad must broadcast to the sample's shape, got {np.shape(grad)}"
         ) from None
-    t = v.as_float_array(temperature, "temperature", x.dtype)
+    t = v.as_float_array(temperature, "temperature", x.dtype, check_range=False)
     v.check_temperature(t, temperature)
     try:
         rows = np.broadcast_shapes(t.shape, x.shape[:-1])

@@ -34,23 +34,30 @@ def first_bad(mask: np.ndarray, what: str = "index") -> str:
         return ""
     count = int(np.count_nonzero(mask))
     index = tuple(int(i) for i in np.argwhere(mask)[0]) if count else ()
-    more = f" ({count} entries in all)" if count > 1 else ""
+    noun = "rows" if what == "batch index" else "entries"
+    more = f" ({count} {noun} in all)" if count > 1 else ""
     return f" at {what} {index}{more}"
 
 
-def first_value(arr: np.ndarray, mask: np.ndarray) -> float:
-    """The first flagged entry as a plain Python float (for messages)."""
-    return float(arr[tuple(np.argwhere(mask)[0])] if arr.ndim else arr[()])
+def first_value(arr: np.ndarray, mask: np.ndarray) -> str:
+    """The first flagged entry as its dtype shows it (for messages): a float32
+    -1e-30 is "-1e-30", not the "-1.0000000031710769e-30" it widens to."""
+    x = arr[tuple(np.argwhere(mask)[0])] if arr.ndim else arr[()]
+    return str(arr.dtype.type(x)) if arr.dtype.kind == "f" else str(float(x))
 
 
-def as_float_array(value, name: str, dtype=None) -> np.ndarray:
+def as_float_array(
+    value, name: str, dtype=None, check_range: bool = True
+) -> np.ndarray:
     """Convert ``value`` to a float32 or float64 array.
 
     With ``dtype`` None the array's own kind decides: float32 stays float32,
     float64 stays float64, float16 becomes float32, integers and bools become
     float64 (as NumPy's ufuncs promote them), and long double becomes float64.
     With ``dtype`` given, the result has that dtype. Complex, object, string and
-    other kinds raise TypeError.
+    other kinds raise TypeError. With ``check_range``, a finite entry that the
+    conversion makes infinite raises ValueError naming the value as given (the
+    checks that follow would only see the infinity).
     """
     try:
         arr = np.asarray(value)
@@ -64,15 +71,26 @@ def as_float_array(value, name: str, dtype=None) -> np.ndarray:
             f"got dtype {arr.dtype}"
         )
     if dtype is None:
-        if arr.dtype == np.float32 or arr.dtype == np.float16:
+        # By kind and size, so that a big-endian float32 stays float32 (it is
+        # made native below).
+        if kind == "f" and arr.dtype.itemsize <= 4:
             dtype = np.float32
         else:
             dtype = np.float64
     if arr.dtype != dtype:
-        # A float64 beyond float32's range becomes inf, which the checks that
-        # follow reject by name; NumPy's cast warning would only come first.
+        # A float64 beyond float32's range becomes inf; NumPy's cast warning
+        # would come before any message that names the argument.
+        source = arr
         with np.errstate(over="ignore"):
             arr = arr.astype(dtype)
+        if check_range and kind == "f" and source.dtype.itemsize > arr.dtype.itemsize:
+            lost = np.isfinite(source) & ~np.isfinite(arr)
+            if lost.any():
+                raise ValueError(
+                    f"{name} must lie within the range of {np.dtype(dtype).name}, "
+                    f"got {first_value(source, lost)}, which becomes "
+                    f"{first_value(arr, lost)}{first_bad(lost)}"
+                )
     if not arr.flags.aligned:
         arr = arr.copy()
     return arr
@@ -86,7 +104,12 @@ def check_temperature(t: np.ndarray, given=None) -> None:
     if not bad.any():
         return
     if given is not None:
-        wide = as_float_array(given, "temperature", np.float64)
+        # As given, or as float64 when that is wider (a long double keeps its
+        # own precision, so that 1e400 is shown as itself).
+        given = np.asarray(given)
+        wide = given if given.dtype.kind == "f" and given.dtype.itemsize > 8 else None
+        if wide is None:
+            wide = as_float_array(given, "temperature", np.float64, check_range=False)
         check_temperature(wide)
         raise ValueError(
             f"temperature must be positive and finite in {t.dtype.name} (the "

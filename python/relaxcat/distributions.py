@@ -212,7 +212,7 @@ class RelaxedOneHotCategorical:
             )
         _check_batch_rank(param.ndim - 1, self._param_name)
         dtype = param.dtype
-        temp = v.as_float_array(temperature, "temperature", dtype)
+        temp = v.as_float_array(temperature, "temperature", dtype, check_range=False)
         v.check_temperature(temp, temperature)
         per_row = temp.ndim == param.ndim and temp.shape[-1] == 1
         rows = temp[..., 0] if per_row else temp
@@ -410,7 +410,16 @@ class RelaxedOneHotCategorical:
             # float64, so relaxcat's float32 samples are reproducible from it.
             noise = v.as_float_array(gumbels, "gumbels", np.float64)
             if noise.shape != shape:
-                raise ValueError(f"gumbels must have shape {shape}, got {noise.shape}")
+                tail = len(self.batch_shape) + 1
+                hint = (
+                    f" (sample_shape={noise.shape[:-tail]} would match)"
+                    if noise.ndim > tail and noise.shape[-tail:] == shape[-tail:]
+                    else ""
+                )
+                raise ValueError(
+                    f"gumbels must have shape sample_shape + batch_shape + "
+                    f"event_shape = {shape}, got {noise.shape}{hint}"
+                )
             bad = ~np.isfinite(noise)
             if bad.any():
                 raise ValueError(
@@ -520,7 +529,12 @@ class RelaxedOneHotCategorical:
         # float16 by the caller, whatever the distribution computes in.
         given = getattr(value, "dtype", None)
         tol_dtype = np.float16 if given == np.float16 else self.dtype
-        value = v.as_float_array(value, name, self.dtype)
+        # In log space a value far below float32's range becomes -inf, the log
+        # of 0, which is what it means; on the simplex nothing finite may
+        # become infinite.
+        value = v.as_float_array(
+            value, name, self.dtype, check_range=self._space == _SIMPLEX
+        )
         k = self.event_shape[0]
         if value.ndim == 0 or value.shape[-1] != k:
             raise ValueError(

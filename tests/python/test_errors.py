@@ -689,9 +689,14 @@ def test_grad_that_does_not_broadcast_is_rejected(cls):
 def test_gumbels_of_the_wrong_shape_are_rejected(cls, shape):
     d = _dist(cls)
     g = np.zeros(shape)
+    # The batch is (2,) and K = 3: (4, 2, 3) is four draws, and the message says
+    # which sample_shape would take it (a fresh-user review passed gumbels
+    # without sample_shape and was told only the shape wanted).
+    hint = rf" \(sample_shape=\({shape[0]},\) would match\)" if len(shape) == 3 else ""
     check_raises(
         ValueError,
-        r"gumbels must have shape \(2, 3\), got " + re.escape(str(shape)),
+        r"gumbels must have shape sample_shape \+ batch_shape \+ event_shape = "
+        r"\(2, 3\), got " + re.escape(str(shape)) + hint + "$",
         lambda: d.rsample(gumbels=g),
         g,
         *_params(d),
@@ -1234,3 +1239,69 @@ def test_gumbel_softmax_vjp_rejects_a_non_finite_upstream_gradient():
             x,
             grad,
         )
+
+
+# Third fresh-user review of this session: dtypes and values as given.
+@pytest.mark.parametrize("given", [">f4", ">f2", "<f4"])
+def test_non_native_float32_stays_float32(given):
+    logits = np.array([1.0, 2.0], dtype=given)
+    d = R(1.0, logits=logits)
+    assert d.dtype == np.float32
+    np.testing.assert_array_equal(
+        d.logits, R(1.0, logits=logits.astype(np.float32)).logits
+    )
+
+
+def test_values_lost_in_conversion_are_reported_as_given():
+    big = np.longdouble("1e400")
+    d32 = R(np.float32(1.0), logits=np.zeros(2, np.float32))
+    cases = [
+        ("logits", lambda a: R(1.0, logits=a), np.array([big, 0]), r"1e\+400"),
+        ("probs", lambda a: R(1.0, probs=a), np.array([big, 0]), r"1e\+400"),
+        ("value", lambda a: d32.log_prob(a), np.array([1e300, 0.5]), r"1e\+300"),
+        (
+            "grad",
+            lambda a: d32.rsample_vjp(np.full(2, 0.5, np.float32), a),
+            np.array([1e300, 0.0]),
+            r"1e\+300",
+        ),
+    ]
+    for name, fn, arr, shown in cases:
+        dtype = "float64" if arr.dtype == np.longdouble else "float32"
+        check_raises(
+            ValueError,
+            rf"^{name} must lie within the range of {dtype}, got {shown}, which "
+            r"becomes inf at index \(0,\)$",
+            lambda fn=fn, arr=arr: fn(arr),
+            arr,
+        )
+    check_raises(
+        ValueError,
+        r"temperature must be positive and finite in float64 \(the distribution's "
+        r"dtype\), got 1e\+400, which becomes inf$",
+        lambda: R(big, logits=np.zeros(2)),
+    )
+
+
+def test_a_log_space_value_below_float32_is_the_log_of_zero():
+    # -1e300 is -inf in float32: a value with a zero, as given; not an error.
+    d = E(np.float32(1.0), logits=np.zeros(3, np.float32))
+    lp = d.log_prob(np.array([np.log(0.5), np.log(0.5), -1e300]))
+    assert lp == -np.inf
+
+
+def test_messages_show_values_in_their_own_dtype_and_count_rows():
+    probs = np.array([np.float32(-1e-30), 1.0], np.float32)
+    check_raises(
+        ValueError,
+        r"probs must be non-negative and finite, got -1e-30 at index \(0,\)$",
+        lambda: R(1.0, probs=probs),
+        probs,
+    )
+    zeros = np.zeros((3, 2))
+    check_raises(
+        ValueError,
+        r"got sum 0\.0 at batch index \(0,\) \(3 rows in all\)$",
+        lambda: R(1.0, probs=zeros),
+        zeros,
+    )
