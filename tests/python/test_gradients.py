@@ -11,6 +11,7 @@ coordinate-wise difference measures.
 
 from __future__ import annotations
 
+import mpmath
 import numpy as np
 import pytest
 
@@ -499,3 +500,44 @@ def test_float32_value_gradient_of_a_broadcast_value_is_summed_before_rounding(c
     ref = d64.log_prob_vjp(value.astype(np.float64), grad.astype(np.float64)).value
     assert got.shape == (k,) and got.dtype == np.float32
     np.testing.assert_allclose(got, ref, rtol=2.0**-23, atol=0)
+
+
+@pytest.mark.parametrize(
+    "cls", [relaxcat.RelaxedOneHotCategorical, relaxcat.ExpRelaxedOneHotCategorical]
+)
+@pytest.mark.parametrize("k", [3, 16, 40, 3000])
+def test_rsample_vjp_near_a_vertex_keeps_the_dominant_entry(simd_level, cls, k):
+    # Regression (fresh-user review): at x = (1 - 5e-150, 3e-150, 2e-150) the
+    # dominant entry's gradient x_d (w_d - <w, x>) / T came out 0 (it is
+    # 2e-150): w_d - <w, x> cancels. It is now formed from the other entries
+    # (kernels.hpp, Note [dominant sample entry]). K = 3 and 16 take the
+    # columns path, 40 the row path, 3000 the long-row one on the simplex.
+    # mpmath at 400 digits (the cancellation is of 150) on the same float64
+    # inputs, each entry to its own size.
+    mpmath.mp.dps = 400
+    rng = np.random.default_rng(k)
+    rest = rng.random(k - 1) * 1e-150
+    simplex = cls is relaxcat.RelaxedOneHotCategorical
+    x = np.concatenate([[1.0 - rest.sum()], rest])
+    value = x if simplex else np.concatenate([[np.log1p(-rest.sum())], np.log(rest)])
+    w = np.cos(np.arange(k) * 1.3)
+    t = 0.7
+    got = cls(t, logits=np.zeros(k)).rsample_vjp(value, w)
+
+    xm = [
+        mpmath.mpf(float(u)) if simplex else mpmath.exp(mpmath.mpf(float(u)))
+        for u in value
+    ]
+    total = mpmath.fsum(xm)
+    xs = [u / total for u in xm]
+    if simplex:  # d/ds of sum w x: x (w - <w, x>)
+        wx = mpmath.fsum(u * float(wk) for u, wk in zip(xs, w))
+        ds = [u * (float(wk) - wx) for u, wk in zip(xs, w)]
+    else:  # d/ds of sum w log x: w - x sum w
+        wsum = mpmath.fsum(float(wk) for wk in w)
+        ds = [float(wk) - u * wsum for u, wk in zip(xs, w)]
+    want = np.array([float(v / t) for v in ds])
+    want_t = float(-mpmath.fsum(v * mpmath.log(u) for v, u in zip(ds, xs)) / t)
+    assert want[0] != 0.0
+    np.testing.assert_allclose(got.logits, want, rtol=1e-13, atol=0)
+    assert abs(float(got.temperature) - want_t) <= 1e-13 * abs(want_t)

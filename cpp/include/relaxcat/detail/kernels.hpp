@@ -50,6 +50,7 @@
 // the sign of its numerator (0 when that is 0). In log space (y = -inf on a live
 // category) the density always tends to -inf.
 
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -347,6 +348,56 @@ inline double reduce_terms(int64_t k, double empty, Op op, F f) {
     return slot_reduce(k, op, f);
 }
 
+// N sums of computed terms in one pass: f(D{}, j) returns an array of N terms,
+// and each is summed exactly as reduce_terms(k, 0.0, kPlus, ...) would sum it
+// alone, so the bits are those of N separate passes.
+template <int N, class F>
+inline std::array<double, N> sum_terms(int64_t k, F f) {
+    std::array<double, N> r{};
+    if (k < 2 * kSlots) {
+        for (int64_t j = 0; j < k; ++j) {
+            const auto t = f(0.0, j);
+            for (int m = 0; m < N; ++m) r[m] = r[m] + t[m];
+        }
+        return r;
+    }
+    double slot[N][kSlots];
+    for (int i = 0; i < kSlots; ++i) {
+        const auto t = f(0.0, i);
+        for (int m = 0; m < N; ++m) slot[m][i] = t[m];
+    }
+    int64_t j = kSlots;
+#if defined(RELAXCAT_HAVE_VECTOR_EXTENSIONS)
+    constexpr int kVectors = kSlots / kLanes;
+    VecD acc[N][kVectors];
+    for (int m = 0; m < N; ++m)
+        for (int v = 0; v < kVectors; ++v) acc[m][v] = load_d(slot[m] + v * kLanes);
+    for (; j + kSlots <= k; j += kSlots)
+        for (int v = 0; v < kVectors; ++v) {
+            const auto t = f(VecD{}, j + v * kLanes);
+            for (int m = 0; m < N; ++m) acc[m][v] = acc[m][v] + t[m];
+        }
+    for (int m = 0; m < N; ++m)
+        for (int v = 0; v < kVectors; ++v) store_d(slot[m] + v * kLanes, acc[m][v]);
+#else
+    for (; j + kSlots <= k; j += kSlots)
+        for (int i = 0; i < kSlots; ++i) {
+            const auto t = f(0.0, j + i);
+            for (int m = 0; m < N; ++m) slot[m][i] = slot[m][i] + t[m];
+        }
+#endif
+    for (int i = 0; j < k; ++i, ++j) {
+        const auto t = f(0.0, j);
+        for (int m = 0; m < N; ++m) slot[m][i] = slot[m][i] + t[m];
+    }
+    for (int m = 0; m < N; ++m) {
+        for (int w = kSlots / 2; w >= 1; w /= 2)
+            for (int i = 0; i < w; ++i) slot[m][i] = slot[m][i] + slot[m][i + w];
+        r[m] = slot[m][0];
+    }
+    return r;
+}
+
 constexpr auto kPlus = [](auto a, auto b) { return a + b; };
 constexpr auto kMax = [](auto a, auto b) { return a > b ? a : b; };
 
@@ -414,10 +465,10 @@ inline int64_t row_buffer_size(int64_t k) {
 }
 
 // Scratch a kernel needs per thread, in doubles: three element buffers of one
-// block and ten per-row buffers of rows_per_block(k) each, so about
-// 3 kBlockElements + 10 kBlockElements / K: 208 KiB for K = 1, 68 KiB for K = 8.
+// block and thirteen per-row buffers of rows_per_block(k) each, so about
+// 3 kBlockElements + 13 kBlockElements / K: 256 KiB for K = 1, 74 KiB for K = 8.
 inline int64_t scratch_size(int64_t k) {
-    return 3 * block_capacity(k) + 10 * row_buffer_size(k);
+    return 3 * block_capacity(k) + 13 * row_buffer_size(k);
 }
 
 // exp and log over a buffer: vectors for whole groups of lanes, scalars for the
@@ -1514,10 +1565,59 @@ inline void complete_x_and_log_x(bool simplex, double* x, double* y, int64_t n) 
     }
 }
 
+// Note [dominant sample entry]: near a vertex the gradient of the entry holding
+// almost all the mass, x_d (w_d S - <w, x>) / S^2 on the simplex and
+// w_d - (x_d / S) sum w in log space, is a difference of two numbers near
+// w_d that cancel: at x = (1 - 5e-150, 3e-150, 2e-150) it came out 0 where it
+// is 2e-150, and the probs gradient built from it then had the wrong signs.
+// With R = sum_{k != d} x_k and Q = sum_{k != d} w_k x_k (simplex) or
+// sum_{k != d, live} w_k (log space) the same quantities are exactly
+// x_d (w_d R - Q) / S^2 and (w_d R - x_d Q) / S, in which nothing cancels. A
+// row has at most one entry above 1/2 when its value is on the simplex; the
+// kernels count them, sum R and Q over the entries at or below 1/2, and use
+// the second form for the entry above 1/2 of a row that has exactly one.
+template <class D>
+RELAXCAT_ALWAYS_INLINE D dominant_ds_lanes(bool simplex, D x, D w, D inv_sum, D rest,
+                                           D q) {
+    return simplex ? x * (w * rest - q) * (inv_sum * inv_sum)
+                   : (w * rest - x * q) * inv_sum;
+}
+
+// For a row of 2 kSlots or more (contiguous x, y = log x, w), in one pass: <w, x>
+// (simplex) or the sum of live w (log space), whether exactly one entry is
+// above 1/2, and R and Q over the others, each summed in the order of Note
+// [row reductions].
+struct RestSums {
+    double wsum = 0.0;  // <w, x> or the sum of live w
+    bool one = false;
+    double rest = 0.0, q = 0.0;
+};
+
+template <class W>
+RestSums rest_sums(bool simplex, int64_t k, const double* x, const double* y,
+                   const W* w) {
+    const auto sums = sum_terms<4>(k, [=](auto d, int64_t j) {
+        using D = decltype(d);
+        const D xv = load_lanes<D>(x + j);
+        const D wv = load_lanes<D>(w + j);
+        const D qv = simplex ? (xv > 0.0 ? wv * xv : D{})
+                             : (load_lanes<D>(y + j) > -kInf ? wv : D{});
+        const auto low = xv <= 0.5;
+        return std::array<D, 4>{qv, low ? D{} : D{} + 1.0, low ? xv : D{},
+                                low ? qv : D{}};
+    });
+    RestSums r;
+    r.wsum = sums[0];
+    r.one = sums[1] == 1.0;
+    r.rest = sums[2];
+    r.q = sums[3];
+    return r;
+}
+
 // rsample_vjp_rows for one block of short rows in columns (Note [rows as
 // columns]): the same operations in the same order per row, so the same bits.
-// x, y and gb are element buffers of the block; rows points to ten per-row
-// buffers.
+// x, y and gb are element buffers of the block; rows points to thirteen
+// per-row buffers.
 template <class Real, class Walker>
 void rsample_vjp_block_columns(const RsampleVjpArgs<Real>& a, Walker& walk, int64_t rb,
                                int64_t nb, double* x, double* y, double* gb,
@@ -1537,7 +1637,10 @@ void rsample_vjp_block_columns(const RsampleVjpArgs<Real>& a, Walker& walk, int6
     double* const wsum = wx + row_buffer_size(k);          // the sum of live w,
     double* const scale = wsum + row_buffer_size(k);       // the scale of the T sum and
     double* const inv_scale = scale + row_buffer_size(k);  // its reciprocal,
-    double* const acc = inv_scale + row_buffer_size(k);    // and that sum.
+    double* const acc = inv_scale + row_buffer_size(k);    // and that sum;
+    double* const n_dom = acc + row_buffer_size(k);        // Note [dominant sample
+    double* const rest = n_dom + row_buffer_size(k);       // entry]: the count, R
+    double* const rest_q = rest + row_buffer_size(k);      // and Q.
 
     block_per_row(a.temperature, a.shape, walk, 2, nb, t);
     block_to_columns(a.value, a.shape, walk, 0, rb, nb, v);
@@ -1561,6 +1664,9 @@ void rsample_vjp_block_columns(const RsampleVjpArgs<Real>& a, Walker& walk, int6
         wsum[i] = 0.0;
         scale[i] = 0.0;  // first the largest live log_sum - y
         acc[i] = 0.0;
+        n_dom[i] = 0.0;
+        rest[i] = 0.0;
+        rest_q[i] = 0.0;
     }
     for (int64_t j = 0; j < k; ++j) {
         const double* xj = x + j * nb;
@@ -1572,11 +1678,16 @@ void rsample_vjp_block_columns(const RsampleVjpArgs<Real>& a, Walker& walk, int6
             const D xv = load_lanes<D>(xj + i);
             const D gv = load_lanes<D>(gj + i);
             store_lanes(sum + i, load_lanes<D>(sum + i) + xv);
+            const auto low = xv <= 0.5;
+            const D qv = simplex ? (xv > 0.0 ? gv * xv : D{})
+                                 : (load_lanes<D>(yj + i) > -kInf ? gv : D{});
             if (simplex)
-                store_lanes(wx + i, load_lanes<D>(wx + i) + (xv > 0.0 ? gv * xv : D{}));
+                store_lanes(wx + i, load_lanes<D>(wx + i) + qv);
             else
-                store_lanes(wsum + i, load_lanes<D>(wsum + i) +
-                                          (load_lanes<D>(yj + i) > -kInf ? gv : D{}));
+                store_lanes(wsum + i, load_lanes<D>(wsum + i) + qv);
+            store_lanes(n_dom + i, load_lanes<D>(n_dom + i) + (low ? D{} : D{} + 1.0));
+            store_lanes(rest + i, load_lanes<D>(rest + i) + (low ? xv : D{}));
+            store_lanes(rest_q + i, load_lanes<D>(rest_q + i) + (low ? qv : D{}));
         });
     }
     for (int64_t i = 0; i < nb; ++i) {
@@ -1618,7 +1729,7 @@ void rsample_vjp_block_columns(const RsampleVjpArgs<Real>& a, Walker& walk, int6
             const D xv = load_lanes<D>(xj + i), yv = load_lanes<D>(yj + i);
             const D gv = load_lanes<D>(gj + i);
             const D is = load_lanes<D>(inv_sum + i);
-            const D ds =
+            const D usual =
                 simplex
                     ? (xv > 0.0
                            ? xv *
@@ -1626,6 +1737,12 @@ void rsample_vjp_block_columns(const RsampleVjpArgs<Real>& a, Walker& walk, int6
                                  (is * is)
                            : D{})
                     : (yv > -kInf ? gv - (xv * is) * load_lanes<D>(wsum + i) : D{});
+            // Note [dominant sample entry].
+            const D ds =
+                (xv > 0.5) & (load_lanes<D>(n_dom + i) == 1.0)
+                    ? dominant_ds_lanes(simplex, xv, gv, is, load_lanes<D>(rest + i),
+                                        load_lanes<D>(rest_q + i))
+                    : usual;
             const D ls = load_lanes<D>(lsum + i);
             const D rel = load_lanes<D>(scale + i) == 1.0
                               ? yv - ls
@@ -1681,11 +1798,9 @@ void rsample_vjp_long_row(const RsampleVjpArgs<Real>& a, const Real* gp, int64_t
         const double sum = reduce_terms(k, 0.0, kPlus, [x](auto d, int64_t j) {
             return load_lanes<decltype(d)>(x + j);
         });
-        const double wx = reduce_terms(k, 0.0, kPlus, [x, g](auto d, int64_t j) {
-            using D = decltype(d);
-            const D xv = load_lanes<D>(x + j);
-            return xv > 0.0 ? load_lanes<D>(g + j) * xv : D{};
-        });
+        // With the sums of Note [dominant sample entry].
+        const RestSums dom = rest_sums(true, k, x, x, g);
+        const double wx = dom.wsum;
         const double log_sum = log_d(sum);
         const double inv_sum = 1.0 / sum;
         const bool finite_inv_t = inv_t < kInf;
@@ -1695,7 +1810,15 @@ void rsample_vjp_long_row(const RsampleVjpArgs<Real>& a, const Real* gp, int64_t
             using D = decltype(d);
             const D xv = load_lanes<D>(x + j);
             const D wv = load_lanes<D>(g + j);
-            const D ds = xv > 0.0 ? xv * (wv * sum - wx) * (inv_sum * inv_sum) : D{};
+            const D usual = xv > 0.0 ? xv * (wv * sum - wx) * (inv_sum * inv_sum) : D{};
+            // Note [dominant sample entry].
+            const D ds =
+                !dom.one
+                    ? usual
+                    : (xv > 0.5 ? dominant_ds_lanes(
+                                      true, xv, wv, Lanes<D>::splat(inv_sum),
+                                      Lanes<D>::splat(dom.rest), Lanes<D>::splat(dom.q))
+                                : usual);
             const D rel = log_lanes(xv) - log_sum;
             store_lanes(x + j, finite_inv_t ? ds * inv_t : ds / t);
             return ds != 0.0 ? ds * rel : D{};
@@ -1789,21 +1912,10 @@ void rsample_vjp_rows(const RsampleVjpArgs<Real>& a, int64_t r0, int64_t r1,
             // The sums and the maximum of Note [renormalised sample], each in the
             // order of reduce_terms.
             // <w, x> serves the simplex, the sum of live w log space.
-            const double wx =
-                !simplex ? 0.0
-                         : reduce_terms(k, 0.0, kPlus, [xi, gw](auto d, int64_t j) {
-                               using D = decltype(d);
-                               const D xv = load_lanes<D>(xi + j);
-                               return xv > 0.0 ? load_lanes<D>(gw + j) * xv : D{};
-                           });
-            const double wsum =
-                simplex ? 0.0
-                        : reduce_terms(k, 0.0, kPlus, [yi, gw](auto d, int64_t j) {
-                              using D = decltype(d);
-                              return load_lanes<D>(yi + j) > -kInf
-                                         ? load_lanes<D>(gw + j)
-                                         : D{};
-                          });
+            // With the sums of Note [dominant sample entry].
+            const RestSums dom = rest_sums(simplex, k, xi, yi, gw);
+            const double wx = simplex ? dom.wsum : 0.0;
+            const double wsum = simplex ? 0.0 : dom.wsum;
             const double sum = row_sum[i];
             const double log_sum = row_log_sum[i];
             const double inv_sum = 1.0 / sum;
@@ -1831,10 +1943,18 @@ void rsample_vjp_rows(const RsampleVjpArgs<Real>& a, int64_t r0, int64_t r1,
                 using D = decltype(d);
                 const D xv = load_lanes<D>(xi + j), yv = load_lanes<D>(yi + j);
                 const D wv = load_lanes<D>(gw + j);
-                const D ds =
+                const D usual =
                     simplex
                         ? (xv > 0.0 ? xv * (wv * sum - wx) * (inv_sum * inv_sum) : D{})
                         : (yv > -kInf ? wv - (xv * inv_sum) * wsum : D{});
+                // Note [dominant sample entry].
+                const D ds =
+                    !dom.one ? usual
+                             : (xv > 0.5 ? dominant_ds_lanes(simplex, xv, wv,
+                                                             Lanes<D>::splat(inv_sum),
+                                                             Lanes<D>::splat(dom.rest),
+                                                             Lanes<D>::splat(dom.q))
+                                         : usual);
                 const D rel = scale == 1.0 ? yv - log_sum : (yv - log_sum) * inv_scale;
                 store_lanes(gw + j, finite_inv_t ? ds * inv_t : ds / t);
                 return ds != 0.0 ? ds * rel : D{};
