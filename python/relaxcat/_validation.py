@@ -47,7 +47,7 @@ def first_value(arr: np.ndarray, mask: np.ndarray) -> str:
 
 
 def as_float_array(
-    value, name: str, dtype=None, check_range: bool = True
+    value, name: str, dtype=None, check_range: bool = True, keep_nonzero: bool = False
 ) -> np.ndarray:
     """Convert ``value`` to a float32 or float64 array.
 
@@ -57,7 +57,9 @@ def as_float_array(
     With ``dtype`` given, the result has that dtype. Complex, object, string and
     other kinds raise TypeError. With ``check_range``, a finite entry that the
     conversion makes infinite raises ValueError naming the value as given (the
-    checks that follow would only see the infinity).
+    checks that follow would only see the infinity); with ``keep_nonzero``,
+    also a nonzero entry that it makes 0 (a positive prob would become an
+    impossible category).
     """
     try:
         arr = np.asarray(value)
@@ -85,6 +87,8 @@ def as_float_array(
             arr = arr.astype(dtype)
         if check_range and kind == "f" and source.dtype.itemsize > arr.dtype.itemsize:
             lost = np.isfinite(source) & ~np.isfinite(arr)
+            if keep_nonzero:
+                lost |= (source != 0) & (arr == 0)
             if lost.any():
                 raise ValueError(
                     f"{name} must lie within the range of {np.dtype(dtype).name}, "
@@ -322,7 +326,11 @@ def prepare_out(out, shape: tuple, dtype, inputs=(), name: str = "out"):
     if not isinstance(out, np.ndarray):
         raise TypeError(f"{name} must be a numpy.ndarray, got {type(out).__name__}")
     if out.dtype != dtype:
-        raise TypeError(f"{name} must have dtype {np.dtype(dtype)}, got {out.dtype}")
+        native = out.dtype.newbyteorder("=") == np.dtype(dtype)
+        order = " in native byte order" if native else ""
+        raise TypeError(
+            f"{name} must have dtype {np.dtype(dtype)}{order}, got {out.dtype}"
+        )
     if out.shape != tuple(shape):
         raise ValueError(f"{name} must have shape {tuple(shape)}, got {out.shape}")
     if not out.flags.writeable:

@@ -170,8 +170,9 @@ class RelaxedOneHotCategorical:
     dtypes: the dtype of ``logits`` or ``probs`` decides. float32 in, float32
     out; float64 in, float64 out; float16 is computed and returned as float32;
     integers and bools become float64. Every other array passed (temperature,
-    value, grad, gumbels) is converted to that dtype. Internally every
-    intermediate is float64, so float32 results are within a few float32 ulps.
+    value, grad) is converted to that dtype; gumbels are read in float64.
+    Internally every intermediate is float64, so float32 results are within a
+    few float32 ulps.
 
     Accuracy (measured by ``tests/python/test_reference.py`` against 60-digit
     references): log-densities within 1e-12 (float64) and 1e-6 (float32) of
@@ -203,7 +204,9 @@ class RelaxedOneHotCategorical:
             )
         self._param_name = "probs" if probs is not None else "logits"
         param = v.as_float_array(
-            probs if probs is not None else logits, self._param_name
+            probs if probs is not None else logits,
+            self._param_name,
+            keep_nonzero=probs is not None,
         )
         if param.ndim == 0 or param.shape[-1] == 0:
             raise ValueError(
@@ -406,8 +409,10 @@ class RelaxedOneHotCategorical:
                     "rng and gumbels cannot both be given: gumbels is the noise "
                     "itself, so rng would be ignored"
                 )
-            # float64 whatever the distribution's dtype: the stream's own noise is
-            # float64, so relaxcat's float32 samples are reproducible from it.
+            # float64 whatever the distribution's dtype (the README's dtypes
+            # paragraph): _core.gumbels(..., float32=True) gives the float noise
+            # of float32 samples, exactly representable in float64, so passing
+            # it reproduces a float32 sample bit for bit.
             noise = v.as_float_array(gumbels, "gumbels", np.float64)
             if noise.shape != shape:
                 tail = len(self.batch_shape) + 1

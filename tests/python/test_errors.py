@@ -1305,3 +1305,24 @@ def test_messages_show_values_in_their_own_dtype_and_count_rows():
         lambda: R(1.0, probs=zeros),
         zeros,
     )
+
+
+def test_a_positive_prob_lost_in_conversion_is_reported():
+    # Second review: a long double prob of 1e-400 became 0, a masked category.
+    probs = np.array([np.longdouble("1e-400"), 1.0])
+    check_raises(
+        ValueError,
+        r"^probs must lie within the range of float64, got 1e-400, which becomes "
+        r"0\.0 at index \(0,\)$",
+        lambda: R(1.0, probs=probs),
+        probs,
+    )
+
+
+def test_out_in_the_wrong_byte_order_says_so():
+    out = np.empty(2, ">f8")
+    check_raises(
+        TypeError,
+        r"^out must have dtype float64 in native byte order, got >f8$",
+        lambda: R(1.0, logits=np.zeros(2)).rsample(rng=1, out=out),
+    )
