@@ -507,7 +507,7 @@ def test_float32_value_gradient_of_a_broadcast_value_is_summed_before_rounding(c
 )
 @pytest.mark.parametrize("k", [3, 16, 40, 3000])
 def test_rsample_vjp_near_a_vertex_keeps_the_dominant_entry(simd_level, cls, k):
-    # Regression (fresh-user review): at x = (1 - 5e-150, 3e-150, 2e-150) the
+    # Regression (fresh-user reviews): at x = (1 - 5e-150, 3e-150, 2e-150) the
     # dominant entry's gradient x_d (w_d - <w, x>) / T came out 0 (it is
     # 2e-150): w_d - <w, x> cancels. It is now formed from the other entries
     # (kernels.hpp, Note [dominant sample entry]). K = 3 and 16 take the
@@ -521,8 +521,13 @@ def test_rsample_vjp_near_a_vertex_keeps_the_dominant_entry(simd_level, cls, k):
     x = np.concatenate([[1.0 - rest.sum()], rest])
     value = x if simplex else np.concatenate([[np.log1p(-rest.sum())], np.log(rest)])
     w = np.cos(np.arange(k) * 1.3)
+    w[1] = w[0]  # a third review: w_k = w_d cancelled for k != d as well
     t = 0.7
     got = cls(t, logits=np.zeros(k)).rsample_vjp(value, w)
+    # From probs: d/dq = d/dl / q (the logits gradient sums to 0; Note [probs
+    # gradient]); the rounding of that sum had given wrong signs here.
+    q = np.linspace(1.0, 2.0, k)
+    got_q = cls(t, probs=q).rsample_vjp(value, w)
 
     xm = [
         mpmath.mpf(float(u)) if simplex else mpmath.exp(mpmath.mpf(float(u)))
@@ -541,3 +546,4 @@ def test_rsample_vjp_near_a_vertex_keeps_the_dominant_entry(simd_level, cls, k):
     assert want[0] != 0.0
     np.testing.assert_allclose(got.logits, want, rtol=1e-13, atol=0)
     assert abs(float(got.temperature) - want_t) <= 1e-13 * abs(want_t)
+    np.testing.assert_allclose(got_q.probs, want / q, rtol=1e-13, atol=0)

@@ -465,10 +465,10 @@ inline int64_t row_buffer_size(int64_t k) {
 }
 
 // Scratch a kernel needs per thread, in doubles: three element buffers of one
-// block and thirteen per-row buffers of rows_per_block(k) each, so about
-// 3 kBlockElements + 13 kBlockElements / K: 256 KiB for K = 1, 74 KiB for K = 8.
+// block and fifteen per-row buffers of rows_per_block(k) each, so about
+// 3 kBlockElements + 15 kBlockElements / K: 288 KiB for K = 1, 78 KiB for K = 8.
 inline int64_t scratch_size(int64_t k) {
-    return 3 * block_capacity(k) + 13 * row_buffer_size(k);
+    return 3 * block_capacity(k) + 15 * row_buffer_size(k);
 }
 
 // exp and log over a buffer: vectors for whole groups of lanes, scalars for the
@@ -1572,15 +1572,23 @@ inline void complete_x_and_log_x(bool simplex, double* x, double* y, int64_t n) 
 // is 2e-150, and the probs gradient built from it then had the wrong signs.
 // With R = sum_{k != d} x_k and Q = sum_{k != d} w_k x_k (simplex) or
 // sum_{k != d, live} w_k (log space) the same quantities are exactly
-// x_d (w_d R - Q) / S^2 and (w_d R - x_d Q) / S, in which nothing cancels. A
-// row has at most one entry above 1/2 when its value is on the simplex; the
-// kernels count them, sum R and Q over the entries at or below 1/2, and use
-// the second form for the entry above 1/2 of a row that has exactly one.
+// x_d (w_d R - Q) / S^2 and (w_d R - x_d Q) / S, in which nothing cancels. On
+// the simplex every other entry has the same trouble where w_k is near w_d
+// (a third review: w = (1, 1, 0) gave 0 for the second entry, whose gradient
+// is 8.6e-300), and w_k S - <w, x> = (w_k - w_d) x_d + (w_k R - Q) exactly,
+// which keeps it too (and is the form above for k = d). A row has at most one
+// entry above 1/2 when its value is on the simplex; the kernels count them,
+// sum R, Q, w_d and x_d over the entries at or below (R, Q) and above (w_d,
+// x_d) 1/2, and in a row that has exactly one use these forms: for every
+// entry on the simplex, for the one above 1/2 in log space (the others are w_k
+// less a tiny share of sum w there, with nothing to cancel).
 template <class D>
 RELAXCAT_ALWAYS_INLINE D dominant_ds_lanes(bool simplex, D x, D w, D inv_sum, D rest,
-                                           D q) {
-    return simplex ? x * (w * rest - q) * (inv_sum * inv_sum)
-                   : (w * rest - x * q) * inv_sum;
+                                           D q, D wd, D xd) {
+    return simplex
+               ? (x > 0.0 ? x * ((w - wd) * xd + (w * rest - q)) * (inv_sum * inv_sum)
+                          : D{})
+               : (w * rest - x * q) * inv_sum;
 }
 
 // For a row of 2 kSlots or more (contiguous x, y = log x, w), in one pass: <w, x>
@@ -1590,33 +1598,39 @@ RELAXCAT_ALWAYS_INLINE D dominant_ds_lanes(bool simplex, D x, D w, D inv_sum, D 
 struct RestSums {
     double wsum = 0.0;  // <w, x> or the sum of live w
     bool one = false;
-    double rest = 0.0, q = 0.0;
+    double rest = 0.0, q = 0.0, wd = 0.0, xd = 0.0;
 };
 
 template <class W>
 RestSums rest_sums(bool simplex, int64_t k, const double* x, const double* y,
                    const W* w) {
-    const auto sums = sum_terms<4>(k, [=](auto d, int64_t j) {
+    const auto sums = sum_terms<6>(k, [=](auto d, int64_t j) {
         using D = decltype(d);
         const D xv = load_lanes<D>(x + j);
         const D wv = load_lanes<D>(w + j);
         const D qv = simplex ? (xv > 0.0 ? wv * xv : D{})
                              : (load_lanes<D>(y + j) > -kInf ? wv : D{});
         const auto low = xv <= 0.5;
-        return std::array<D, 4>{qv, low ? D{} : D{} + 1.0, low ? xv : D{},
-                                low ? qv : D{}};
+        return std::array<D, 6>{qv,
+                                low ? D{} : D{} + 1.0,
+                                low ? xv : D{},
+                                low ? qv : D{},
+                                low ? D{} : wv,
+                                low ? D{} : xv};
     });
     RestSums r;
     r.wsum = sums[0];
     r.one = sums[1] == 1.0;
     r.rest = sums[2];
     r.q = sums[3];
+    r.wd = sums[4];
+    r.xd = sums[5];
     return r;
 }
 
 // rsample_vjp_rows for one block of short rows in columns (Note [rows as
 // columns]): the same operations in the same order per row, so the same bits.
-// x, y and gb are element buffers of the block; rows points to thirteen
+// x, y and gb are element buffers of the block; rows points to fifteen
 // per-row buffers.
 template <class Real, class Walker>
 void rsample_vjp_block_columns(const RsampleVjpArgs<Real>& a, Walker& walk, int64_t rb,
@@ -1640,7 +1654,9 @@ void rsample_vjp_block_columns(const RsampleVjpArgs<Real>& a, Walker& walk, int6
     double* const acc = inv_scale + row_buffer_size(k);    // and that sum;
     double* const n_dom = acc + row_buffer_size(k);        // Note [dominant sample
     double* const rest = n_dom + row_buffer_size(k);       // entry]: the count, R
-    double* const rest_q = rest + row_buffer_size(k);      // and Q.
+    double* const rest_q = rest + row_buffer_size(k);      // Q, w_d and x_d.
+    double* const dom_w = rest_q + row_buffer_size(k);
+    double* const dom_x = dom_w + row_buffer_size(k);
 
     block_per_row(a.temperature, a.shape, walk, 2, nb, t);
     block_to_columns(a.value, a.shape, walk, 0, rb, nb, v);
@@ -1667,6 +1683,8 @@ void rsample_vjp_block_columns(const RsampleVjpArgs<Real>& a, Walker& walk, int6
         n_dom[i] = 0.0;
         rest[i] = 0.0;
         rest_q[i] = 0.0;
+        dom_w[i] = 0.0;
+        dom_x[i] = 0.0;
     }
     for (int64_t j = 0; j < k; ++j) {
         const double* xj = x + j * nb;
@@ -1688,6 +1706,8 @@ void rsample_vjp_block_columns(const RsampleVjpArgs<Real>& a, Walker& walk, int6
             store_lanes(n_dom + i, load_lanes<D>(n_dom + i) + (low ? D{} : D{} + 1.0));
             store_lanes(rest + i, load_lanes<D>(rest + i) + (low ? xv : D{}));
             store_lanes(rest_q + i, load_lanes<D>(rest_q + i) + (low ? qv : D{}));
+            store_lanes(dom_w + i, load_lanes<D>(dom_w + i) + (low ? D{} : gv));
+            store_lanes(dom_x + i, load_lanes<D>(dom_x + i) + (low ? D{} : xv));
         });
     }
     for (int64_t i = 0; i < nb; ++i) {
@@ -1738,11 +1758,12 @@ void rsample_vjp_block_columns(const RsampleVjpArgs<Real>& a, Walker& walk, int6
                            : D{})
                     : (yv > -kInf ? gv - (xv * is) * load_lanes<D>(wsum + i) : D{});
             // Note [dominant sample entry].
-            const D ds =
-                (xv > 0.5) & (load_lanes<D>(n_dom + i) == 1.0)
-                    ? dominant_ds_lanes(simplex, xv, gv, is, load_lanes<D>(rest + i),
-                                        load_lanes<D>(rest_q + i))
-                    : usual;
+            const auto one = load_lanes<D>(n_dom + i) == 1.0;
+            const D stable = dominant_ds_lanes(
+                simplex, xv, gv, is, load_lanes<D>(rest + i), load_lanes<D>(rest_q + i),
+                load_lanes<D>(dom_w + i), load_lanes<D>(dom_x + i));
+            const D ds = simplex ? (one ? stable : usual)
+                                 : ((one & (xv > 0.5)) ? stable : usual);
             const D ls = load_lanes<D>(lsum + i);
             const D rel = load_lanes<D>(scale + i) == 1.0
                               ? yv - ls
@@ -1812,13 +1833,12 @@ void rsample_vjp_long_row(const RsampleVjpArgs<Real>& a, const Real* gp, int64_t
             const D wv = load_lanes<D>(g + j);
             const D usual = xv > 0.0 ? xv * (wv * sum - wx) * (inv_sum * inv_sum) : D{};
             // Note [dominant sample entry].
-            const D ds =
-                !dom.one
-                    ? usual
-                    : (xv > 0.5 ? dominant_ds_lanes(
-                                      true, xv, wv, Lanes<D>::splat(inv_sum),
-                                      Lanes<D>::splat(dom.rest), Lanes<D>::splat(dom.q))
-                                : usual);
+            const D ds = !dom.one
+                             ? usual
+                             : dominant_ds_lanes(
+                                   true, xv, wv, Lanes<D>::splat(inv_sum),
+                                   Lanes<D>::splat(dom.rest), Lanes<D>::splat(dom.q),
+                                   Lanes<D>::splat(dom.wd), Lanes<D>::splat(dom.xd));
             const D rel = log_lanes(xv) - log_sum;
             store_lanes(x + j, finite_inv_t ? ds * inv_t : ds / t);
             return ds != 0.0 ? ds * rel : D{};
@@ -1948,13 +1968,12 @@ void rsample_vjp_rows(const RsampleVjpArgs<Real>& a, int64_t r0, int64_t r1,
                         ? (xv > 0.0 ? xv * (wv * sum - wx) * (inv_sum * inv_sum) : D{})
                         : (yv > -kInf ? wv - (xv * inv_sum) * wsum : D{});
                 // Note [dominant sample entry].
+                const D stable =
+                    dominant_ds_lanes(simplex, xv, wv, Lanes<D>::splat(inv_sum),
+                                      Lanes<D>::splat(dom.rest), Lanes<D>::splat(dom.q),
+                                      Lanes<D>::splat(dom.wd), Lanes<D>::splat(dom.xd));
                 const D ds =
-                    !dom.one ? usual
-                             : (xv > 0.5 ? dominant_ds_lanes(simplex, xv, wv,
-                                                             Lanes<D>::splat(inv_sum),
-                                                             Lanes<D>::splat(dom.rest),
-                                                             Lanes<D>::splat(dom.q))
-                                         : usual);
+                    !dom.one ? usual : (simplex ? stable : (xv > 0.5 ? stable : usual));
                 const D rel = scale == 1.0 ? yv - log_sum : (yv - log_sum) * inv_scale;
                 store_lanes(gw + j, finite_inv_t ? ds * inv_t : ds / t);
                 return ds != 0.0 ? ds * rel : D{};
@@ -2302,6 +2321,12 @@ void param_rows_each(const ParamArgs<Real>& a, int64_t r0, int64_t r1) {
 
 // dL/dq through l = log(q / sum q): dL/dq_k = dL/dl_k / q_k - sum_j dL/dl_j / sum q,
 // and 0 where q_k = 0 (a masked category; the convention the README states).
+// Note [probs gradient]: every function of the distribution depends on the
+// logits only through their differences, so its logits gradient sums to 0 over
+// each row, and the second term is exactly 0. Computed, it was the rounding of
+// that sum (about eps max |dL/dl|), which swamped every entry whose own term is
+// smaller: wrong signs near a vertex, and 1e283 where the exact gradient is 0
+// (a third fresh-user review). The kernels take dL/dl_k / q_k alone.
 template <class Real>
 void probs_vjp_rows(const ProbsVjpArgs<Real>& a, int64_t r0, int64_t r1,
                     double* scratch) {
@@ -2314,18 +2339,10 @@ void probs_vjp_rows(const ProbsVjpArgs<Real>& a, int64_t r0, int64_t r1,
         const Real* q = a.probs.data + walk.offset[0];
         const double* gl = a.grad_logits.data + walk.offset[1];
         const int64_t qs = a.probs.kstride, gs = a.grad_logits.kstride;
-        double gsum = 0.0;
-        for (int64_t j = 0; j < k; ++j) gsum += gl[j * gs];
-        const ProbsScale sc = probs_scale(q, qs, k);
         Real* out = a.grad_probs + r * k;
         for (int64_t j = 0; j < k; ++j) {
             const double qj = static_cast<double>(q[j * qs]);
-            const double gj = gl[j * gs];
-            // One quotient, of a finite numerator: tiny probabilities make
-            // gj / qj and gsum / qsum overflow together (inf - inf) where the
-            // gradient itself is a finite number or an infinity of one sign.
-            out[j] =
-                static_cast<Real>(qj > 0.0 ? (gj - gsum * sc.share(qj)) / qj : 0.0);
+            out[j] = static_cast<Real>(qj > 0.0 ? gl[j * gs] / qj : 0.0);
         }
     }
 }
