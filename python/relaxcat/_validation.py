@@ -336,7 +336,10 @@ def prepare_out(out, shape: tuple, dtype, inputs=(), name: str = "out"):
     if not out.flags.writeable:
         raise ValueError(f"{name} must be writable, got a read-only array")
     if not out.flags.c_contiguous:
-        raise ValueError(f"{name} must be C-contiguous")
+        raise ValueError(
+            f"{name} must be C-contiguous, got strides {out.strides} for shape "
+            f"{out.shape}"
+        )
     for arr in inputs:
         if arr is not None and np.may_share_memory(out, arr):
             raise ValueError(f"{name} must not share memory with the inputs")
