@@ -1593,30 +1593,32 @@ RELAXCAT_ALWAYS_INLINE D dominant_ds_lanes(bool simplex, D x, D w, D inv_sum, D 
 
 // For a row of 2 kSlots or more (contiguous x, y = log x, w), in one pass: <w, x>
 // (simplex) or the sum of live w (log space), whether exactly one entry is
-// above 1/2, and R and Q over the others, each summed in the order of Note
-// [row reductions].
+// above 1/2, R and Q over the others, w_d and x_d, and sum x, each summed in
+// the order of Note [row reductions].
 struct RestSums {
     double wsum = 0.0;  // <w, x> or the sum of live w
     bool one = false;
     double rest = 0.0, q = 0.0, wd = 0.0, xd = 0.0;
+    double xsum = 0.0;  // sum x
 };
 
 template <class W>
 RestSums rest_sums(bool simplex, int64_t k, const double* x, const double* y,
                    const W* w) {
-    const auto sums = sum_terms<6>(k, [=](auto d, int64_t j) {
+    const auto sums = sum_terms<7>(k, [=](auto d, int64_t j) {
         using D = decltype(d);
         const D xv = load_lanes<D>(x + j);
         const D wv = load_lanes<D>(w + j);
         const D qv = simplex ? (xv > 0.0 ? wv * xv : D{})
                              : (load_lanes<D>(y + j) > -kInf ? wv : D{});
         const auto low = xv <= 0.5;
-        return std::array<D, 6>{qv,
+        return std::array<D, 7>{qv,
                                 low ? D{} : D{} + 1.0,
                                 low ? xv : D{},
                                 low ? qv : D{},
                                 low ? D{} : wv,
-                                low ? D{} : xv};
+                                low ? D{} : xv,
+                                xv};
     });
     RestSums r;
     r.wsum = sums[0];
@@ -1625,6 +1627,7 @@ RestSums rest_sums(bool simplex, int64_t k, const double* x, const double* y,
     r.q = sums[3];
     r.wd = sums[4];
     r.xd = sums[5];
+    r.xsum = sums[6];
     return r;
 }
 
@@ -1816,11 +1819,9 @@ void rsample_vjp_long_row(const RsampleVjpArgs<Real>& a, const Real* gp, int64_t
     const int64_t gs = a.grad.kstride;
     if (gs != 1) load_row(gp, gs, k, gb);
     const auto row = [&](const auto* g) {
-        const double sum = reduce_terms(k, 0.0, kPlus, [x](auto d, int64_t j) {
-            return load_lanes<decltype(d)>(x + j);
-        });
-        // With the sums of Note [dominant sample entry].
+        // sum x with the sums of Note [dominant sample entry], in one pass.
         const RestSums dom = rest_sums(true, k, x, x, g);
+        const double sum = dom.xsum;
         const double wx = dom.wsum;
         const double log_sum = log_d(sum);
         const double inv_sum = 1.0 / sum;
@@ -2193,7 +2194,7 @@ bool copy_plain_params(const ParamArgs<Real>& a, int64_t r0, int64_t r1) {
 }
 
 template <class Real>
-void param_rows_each(const ParamArgs<Real>& a, int64_t r0, int64_t r1);
+void check_params_each(const ParamArgs<Real>& a, int64_t r0, int64_t r1);
 template <class Real>
 void param_transform_blocks(const ParamArgs<Real>& a, int64_t r0, int64_t r1,
                             double* scratch);
@@ -2205,12 +2206,12 @@ void param_rows(const ParamArgs<Real>& a, int64_t r0, int64_t r1, double* scratc
     if (!check) {
         param_transform_blocks(a, r0, r1, scratch);
     } else if (!dense_rows(a.in, a.shape)) {
-        param_rows_each(a, r0, r1);
+        check_params_each(a, r0, r1);
     } else {
         const int64_t run = a.shape.k >= 4096 ? 1 : 4096 / a.shape.k;  // rows per run
         for (int64_t r = r0; r < r1; r += run) {
             const int64_t end = r1 - r < run ? r1 : r + run;
-            if (!copy_plain_params(a, r, end)) param_rows_each(a, r, end);
+            if (!copy_plain_params(a, r, end)) check_params_each(a, r, end);
         }
     }
 }
@@ -2282,8 +2283,11 @@ void param_transform_blocks(const ParamArgs<Real>& a, int64_t r0, int64_t r1,
     }
 }
 
+// The checked copy of check_logits and check_probs row by row, for strided
+// parameters and the runs the flat copy hands back (Note [checked copy of
+// logits]).
 template <class Real>
-void param_rows_each(const ParamArgs<Real>& a, int64_t r0, int64_t r1) {
+void check_params_each(const ParamArgs<Real>& a, int64_t r0, int64_t r1) {
     const int64_t k = a.shape.k;
     const int64_t* const strides[1] = {a.in.stride};
     RowWalker<1> walk(a.shape, r0, strides);
@@ -2293,29 +2297,27 @@ void param_rows_each(const ParamArgs<Real>& a, int64_t r0, int64_t r1) {
         const int64_t ps = a.in.kstride;
         Real* out = a.out + r * k;
 
-        if (a.op == ParamOp::check_logits || a.op == ParamOp::check_probs) {
-            // Copy and check in one pass (the distribution keeps the copy).
-            const bool logits = a.op == ParamOp::check_logits;
-            bool bad = false, live = false;
-            double sum = 0.0, hi = -kInf, lo = kInf;  // live logits' extremes
-            for (int64_t j = 0; j < k; ++j) {
-                const Real pj = p[j * ps];
-                const double d = static_cast<double>(pj);
-                out[j] = pj;
-                bad = bad || (logits ? !(d < kInf) : !(d >= 0.0 && d < kInf));
-                live = live || d > -kInf;
-                sum += d;
-                hi = d > -kInf && d > hi ? d : hi;
-                lo = d > -kInf && d < lo ? d : lo;
-            }
-            // A row of probs needs a positive entry; its sum may overflow
-            // (Note [probs of any scale]).
-            const bool empty = logits ? !live : !(sum > 0.0);
-            // Logits whose spread overflows (a - max a = -inf for a finite a)
-            // cannot be shifted (Note [shift before scaling]).
-            const bool spread = logits && live && !(hi - lo < kInf);
-            a.status[r] = bad ? 1 : (empty ? 2 : (spread ? 3 : 0));
+        // Copy and check in one pass (the distribution keeps the copy).
+        const bool logits = a.op == ParamOp::check_logits;
+        bool bad = false, live = false;
+        double sum = 0.0, hi = -kInf, lo = kInf;  // live logits' extremes
+        for (int64_t j = 0; j < k; ++j) {
+            const Real pj = p[j * ps];
+            const double d = static_cast<double>(pj);
+            out[j] = pj;
+            bad = bad || (logits ? !(d < kInf) : !(d >= 0.0 && d < kInf));
+            live = live || d > -kInf;
+            sum += d;
+            hi = d > -kInf && d > hi ? d : hi;
+            lo = d > -kInf && d < lo ? d : lo;
         }
+        // A row of probs needs a positive entry; its sum may overflow
+        // (Note [probs of any scale]).
+        const bool empty = logits ? !live : !(sum > 0.0);
+        // Logits whose spread overflows (a - max a = -inf for a finite a)
+        // cannot be shifted (Note [shift before scaling]).
+        const bool spread = logits && live && !(hi - lo < kInf);
+        a.status[r] = bad ? 1 : (empty ? 2 : (spread ? 3 : 0));
     }
 }
 
