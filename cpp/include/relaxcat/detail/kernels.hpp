@@ -2229,7 +2229,10 @@ void param_transform_blocks(const ParamArgs<Real>& a, int64_t r0, int64_t r1,
     RowWalker<1> walk(a.shape, r0, strides);
     double* const v = scratch;
     double* const e = scratch + block_capacity(k);
-    double* const row = scratch + 2 * block_capacity(k);  // per row: max, then lse
+    // Per row: log sum q (log_probs) or log sum exp (the logits transforms).
+    double* const row = scratch + 2 * block_capacity(k);
+    // A share below the smallest normal double has lost bits (log_probs).
+    const double log_smallest_normal = std::log(std::numeric_limits<double>::min());
 
     for (int64_t rb = r0; rb < r1; rb += rows_per_block(k)) {
         const int64_t nb = r1 - rb < rows_per_block(k) ? r1 - rb : rows_per_block(k);
@@ -2247,11 +2250,10 @@ void param_transform_blocks(const ParamArgs<Real>& a, int64_t r0, int64_t r1,
                 for (int64_t j = 0; j < k; ++j) e[i * k + j] = sc.share(v[i * k + j]);
             }
             log_inplace(e, n);
-            constexpr double kSmallestNormal = std::numeric_limits<double>::min();
             for (int64_t i = 0; i < nb; ++i)
                 for (int64_t j = 0; j < k; ++j) {
                     const double q = v[i * k + j];
-                    const bool normal = e[i * k + j] >= std::log(kSmallestNormal);
+                    const bool normal = e[i * k + j] >= log_smallest_normal;
                     out[i * k + j] = static_cast<Real>(
                         normal || q == 0.0 ? e[i * k + j] : log_d(q) - row[i]);
                 }
