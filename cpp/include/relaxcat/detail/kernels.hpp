@@ -1585,7 +1585,32 @@ void log_prob_rows(const LogProbArgs<Real>& a, int64_t r0, int64_t r1,
                 });
                 wi[jz] = 1.0;
             }
-            for (int64_t j = 0; j < k; ++j) wi[j] *= inv;
+            // The value and logits gradients of elements j (both 0 for masked
+            // categories and for values off the face), from the softmax weights
+            // w = exp(z - max z) / sum, formed where they are used.
+            const bool face = kind != 2;
+            // T (K w - 1) - [1 on the simplex]: forming K T first would
+            // overflow near the float64 maximum, to +inf for every entry.
+            const double one = simplex ? 1.0 : 0.0;
+            const auto write_grads = [&](auto d, int64_t j, auto wv) {
+                using D = decltype(d);
+                const auto keep = face & (load_lanes<D>(lg + j) > -kInf);
+                if (grad_value) {
+                    const D dy = g * (t * (kd * wv - 1.0) - one);
+                    D dv = dy;
+                    if (simplex) {
+                        const D xv = load_strided_lanes<D>(v + j * vs, vs);
+                        const D edge =
+                            dy == 0.0 ? D{} : (dy > 0.0 ? D{} + kInf : D{} - kInf);
+                        dv = xv > 0.0 ? dy / xv : edge;
+                    }
+                    grad_value.set_lanes(r, k, j, keep ? dv : D{});
+                }
+                if (grad_logits) {
+                    const D gl = g * (1.0 - kd * wv);
+                    grad_logits.set_lanes(r, k, j, keep ? gl : D{});
+                }
+            };
             if (a.grad_temperature != nullptr) {
                 double gt = 0.0;
                 if (kind == 0) {
@@ -1605,13 +1630,16 @@ void log_prob_rows(const LogProbArgs<Real>& a, int64_t r0, int64_t r1,
                                              : D{};
                               });
                     const double scale = ymax > kScaleAbove ? ymax : 1.0;
-                    // y / 1 is y: no division when the row is not scaled.
+                    // y / 1 is y: no division when the row is not scaled. The
+                    // gradients of each element are written as its term is formed.
                     const double acc =
                         reduce_terms(k, 0.0, kPlus, [&](auto d, int64_t j) {
                             using D = decltype(d);
+                            const D wv = load_lanes<D>(wi + j) * inv;
+                            write_grads(d, j, wv);
                             const D yv = load_lanes<D>(yi + j);
-                            const D term = (kd * load_lanes<D>(wi + j) - 1.0) *
-                                           (scale == 1.0 ? yv : yv / scale);
+                            const D term =
+                                (kd * wv - 1.0) * (scale == 1.0 ? yv : yv / scale);
                             return load_lanes<D>(lg + j) > -kInf ? term : D{};
                         });
                     // g = 0 contributes 0 even where the sum overflowed.
@@ -1621,42 +1649,14 @@ void log_prob_rows(const LogProbArgs<Real>& a, int64_t r0, int64_t r1,
                 }
                 a.grad_temperature[r] = gt;
             }
-            // The value gradient into yi (no longer needed), then the logits
-            // gradient in place of w; both 0 for masked categories and for
-            // values off the face.
-            const bool face = kind != 2;
-            if (grad_value) {
-                // T (K w - 1) - [1 on the simplex]: forming K T first would
-                // overflow near the float64 maximum, to +inf for every entry.
-                const double one = simplex ? 1.0 : 0.0;
+            if (a.grad_temperature == nullptr || kind != 0)
                 for_lanes(k, true, [&](auto d, int64_t j) {
-                    using D = decltype(d);
-                    const D dy = g * (t * (kd * load_lanes<D>(wi + j) - 1.0) - one);
-                    D dv = dy;
-                    if (simplex) {
-                        const D xv = load_strided_lanes<D>(v + j * vs, vs);
-                        const D edge =
-                            dy == 0.0 ? D{} : (dy > 0.0 ? D{} + kInf : D{} - kInf);
-                        dv = xv > 0.0 ? dy / xv : edge;
-                    }
-                    grad_value.set_lanes(
-                        r, k, j,
-                        face ? (load_lanes<D>(lg + j) > -kInf ? dv : D{}) : D{});
+                    write_grads(d, j, load_lanes<decltype(d)>(wi + j) * inv);
                 });
-                if (jz >= 0)
-                    grad_value.set(r, k, jz,
-                                   dominant_value_gradient(g, t, kd, inv, rest * inv) /
-                                       static_cast<double>(v[jz * vs]));
-            }
-            if (grad_logits) {
-                for_lanes(k, true, [&](auto d, int64_t j) {
-                    using D = decltype(d);
-                    const D gl = g * (1.0 - kd * load_lanes<D>(wi + j));
-                    grad_logits.set_lanes(
-                        r, k, j,
-                        face ? (load_lanes<D>(lg + j) > -kInf ? gl : D{}) : D{});
-                });
-            }
+            if (grad_value && jz >= 0)
+                grad_value.set(r, k, jz,
+                               dominant_value_gradient(g, t, kd, inv, rest * inv) /
+                                   static_cast<double>(v[jz * vs]));
         }
     }
 }
