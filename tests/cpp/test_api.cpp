@@ -6,8 +6,10 @@
 #include <relaxcat/relaxcat.hpp>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <mutex>
 #include <numeric>
@@ -373,5 +375,63 @@ TEST(Api, ScratchIsAlignedForVectors) {
     for (int64_t kk : {1, 2, 3, 5, 8, 16}) {
         EXPECT_EQ(k::rows_per_block(kk) % k::kAlignDoubles, 0) << kk;
         EXPECT_LE(k::rows_per_block(kk) * kk, k::kBlockElements) << kk;
+    }
+}
+
+namespace {
+
+// Note [row reductions], written out plainly: rows below 2 kSlots in order from
+// `empty`; longer rows in 16 interleaved slots, then folded in halves.
+template <class Op>
+double slot_order_reference(const std::vector<double>& v, double empty, Op op) {
+    const int64_t k = static_cast<int64_t>(v.size());
+    if (k < 32) {
+        double r = empty;
+        for (double x : v) r = op(r, x);
+        return r;
+    }
+    double slot[16];
+    for (int i = 0; i < 16; ++i) slot[i] = v[i];
+    for (int64_t j = 16; j < k; ++j) slot[j % 16] = op(slot[j % 16], v[j]);
+    for (int w = 8; w >= 1; w /= 2)
+        for (int i = 0; i < w; ++i) slot[i] = op(slot[i], slot[i + w]);
+    return slot[0];
+}
+
+bool same_bits(double a, double b) {
+    return std::memcmp(&a, &b, sizeof a) == 0;
+}
+
+}  // namespace
+
+// fold_terms takes several reductions in one pass; each must have the bits of
+// its own pass in the order of Note [row reductions], on every row length
+// (the scalar head and tail of a long row, whole vectors, short rows).
+TEST(Api, FoldTermsReducesEachResultAsItsOwnPassWould) {
+    namespace k = relaxcat::detail::native;
+    using k::Fold;
+    for (int64_t n : {1, 2, 5, 16, 31, 32, 33, 40, 47, 48, 100, 1000, 4099}) {
+        std::vector<double> v = ramp(static_cast<int>(n), 3.0);
+        for (int64_t j = 0; j < n; j += 7) v[j] = v[j] * 1e-17 + 1e9;  // rounding
+        if (n > 3) v[3] = -0.0;
+        const double* p = v.data();
+        const auto f =
+            k::fold_terms<Fold::max, Fold::plus, Fold::plus>(n, [p](auto d, int64_t j) {
+                using D = decltype(d);
+                const D x = k::load_lanes<D>(p + j);
+                return std::array<D, 3>{x, x, x * x - 1.0};
+            });
+        std::vector<double> sq(v.size());
+        for (size_t j = 0; j < v.size(); ++j) sq[j] = v[j] * v[j] - 1.0;
+        const auto max = [](double a, double b) { return a > b ? a : b; };
+        const auto plus = [](double a, double b) { return a + b; };
+        EXPECT_TRUE(same_bits(f[0], slot_order_reference(v, -kInf, max))) << n;
+        EXPECT_TRUE(same_bits(f[1], slot_order_reference(v, 0.0, plus))) << n;
+        EXPECT_TRUE(same_bits(f[2], slot_order_reference(sq, 0.0, plus))) << n;
+        // The single reduction agrees with the same order.
+        const double s = k::reduce_terms(n, 0.0, k::kPlus, [p](auto d, int64_t j) {
+            return k::load_lanes<decltype(d)>(p + j);
+        });
+        EXPECT_TRUE(same_bits(s, f[1])) << n;
     }
 }
