@@ -109,6 +109,33 @@ def test_zero_rule_uses_the_exact_sign_of_t_times_live_minus_zeros():
     assert d.log_prob(np.array([1 / 3, 1 / 3, 1 / 3, 0.0])) == np.inf
 
 
+@pytest.mark.parametrize(
+    "k, zeros", [(4, 1), (16, 1), (40, 1), (2048, 1), (8, 2), (40, 2), (2048, 2)]
+)
+@pytest.mark.parametrize("upstream", [1.0, -2.0, 0.0])
+def test_value_gradient_at_a_zero_takes_the_exact_sign_of_its_numerator(
+    k, zeros, upstream
+):
+    # m zeros with equal logits share the weight 1/m, and the limit of d/dx at a
+    # zero has the sign of g (T (K/m - 1) - 1). At T = fl(1/(K/m - 1)) (rounded
+    # below the exact value for these K) that numerator is a tiny negative
+    # number, while the rounded product T (K/m - 1) is exactly 1: the gradient
+    # had come back 0 where it tends to -inf (a fresh-user review found it).
+    from fractions import Fraction
+
+    per = k // zeros - 1
+    t = 1.0 / per
+    exact = Fraction(t) * per - 1
+    assert t * per == 1.0 and exact < 0
+    x = np.full((1, k), 1.0 / (k - zeros))
+    x[0, :zeros] = 0.0
+    d = Relaxed(t, logits=np.zeros((1, k)))
+    g = d.log_prob_vjp(x, np.array([upstream]))
+    expected = 0.0 if upstream == 0.0 else (-np.inf if upstream > 0 else np.inf)
+    np.testing.assert_array_equal(g.value[0, :zeros], expected)
+    assert d.log_prob(x)[0] == np.inf  # T (K - m) < m, as the gradient says
+
+
 @pytest.mark.parametrize("where", ["expand", "value"])
 def test_more_than_32_dimensions_raise_value_error(where):
     d = Relaxed(1.0, logits=np.zeros(2), validate_args=False)

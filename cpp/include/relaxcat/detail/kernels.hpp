@@ -1660,6 +1660,21 @@ void log_prob_rows(const LogProbArgs<Real>& a, int64_t r0, int64_t r1,
                 grad_value.set(r, k, jz,
                                dominant_value_gradient(g, t, kd, inv, rest * inv) /
                                    static_cast<double>(v[jz * vs]));
+            if (grad_value && simplex && kind == 1) {
+                // Note [zeros in a value]: the sign of the numerator at a zero,
+                // T (K w - 1) - 1 with one rounding (fma), as log_prob takes the
+                // sign of T (K - m) - m: at T = fl(1/3), K = 4 and one zero the
+                // rounded product was 1, the numerator 0, and the gradient 0
+                // where it tends to -inf.
+                for (int64_t j = 0; j < k; ++j) {
+                    if (!(lg[j] > -kInf) || static_cast<double>(v[j * vs]) != 0.0)
+                        continue;
+                    const double num = std::fma(t, kd * (wi[j] * inv) - 1.0, -1.0);
+                    const bool zero = g == 0.0 || num == 0.0;
+                    const bool positive = (g > 0.0) == (num > 0.0);
+                    grad_value.set(r, k, j, zero ? 0.0 : (positive ? kInf : -kInf));
+                }
+            }
         }
     }
 }
