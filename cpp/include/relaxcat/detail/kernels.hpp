@@ -1078,7 +1078,12 @@ double ordinary_long_row(const double* lg, double amax, double ymax, const Real*
 // exponentials summed in element order (Note [row reductions]). Where T (K - 1)
 // overflows (T near the largest double) that form would be inf or inf - inf
 // while the answer is finite or one infinity; the usual form, with the weight
-// w = 1 - r, is kept there (nothing cancels at such a temperature).
+// w = 1 - r, is kept there (nothing cancels at such a temperature). r is a
+// sum of exponentials and underflows with the entry: for a subnormal x_k, r is
+// subnormal too and this form keeps only its digits (K = 2, T = 1: 3e-4 off at
+// x_k = 1e-320, 0 at 5e-324, where the gradient is -0.67; README,
+// Limitations). The exponentials of the other entries on a scale that keeps
+// them normal would fix it; that is not done.
 inline double dominant_value_gradient(double g, double t, double kd, double w,
                                       double r) {
     const double c = std::fma(t, kd - 1.0, -1.0);
