@@ -184,18 +184,25 @@ def check_probs(probs: np.ndarray) -> None:
 
 
 def simplex_tolerance(k: int, dtype) -> float:
-    """How far from 1 a value's row sum may be: max(4 K eps of its dtype, 1e-6).
+    """How far from 1 a value's row sum may be: max(min(4 K eps of its dtype,
+    1/64), 1e-6).
 
     relaxcat's own samples are well inside (each entry is rounded once from a
     float64 quotient, so a row sums to 1 within K eps / 2). The floor of 1e-6,
     torch's tolerance, admits samples computed elsewhere: a float64 softmax from
     NumPy can miss 1 by several eps even for K = 2, and a float32 sample widened
-    to float64 by about 1e-7.
+    to float64 by about 1e-7. The cap keeps 4 K eps from admitting rows nowhere
+    near the simplex: for float16 it is 1 at K = 256, and a row of 2048 zeros
+    passed. Values rounded once to the dtype miss 1 by about eps / 2 plus what
+    underflows, far below the cap, which applies to float16 from K = 5 and
+    float32 from K = 32769.
     """
-    return max(4.0 * k * float(np.finfo(dtype).eps), SIMPLEX_TOLERANCE_FLOOR)
+    wide = 4.0 * k * float(np.finfo(dtype).eps)
+    return max(min(wide, SIMPLEX_TOLERANCE_CAP), SIMPLEX_TOLERANCE_FLOOR)
 
 
 SIMPLEX_TOLERANCE_FLOOR = 1e-6
+SIMPLEX_TOLERANCE_CAP = 1.0 / 64.0
 
 
 def _check_rows(

@@ -176,6 +176,23 @@ TEST(Errors, ShapesMustMatch) {
         "threads) or positive, got -1");
 }
 
+// 4 K eps of float is 0.019 at K = 40000; the tolerance is capped at 1/64, as in
+// the Python package, so a row 1.7% off is not a point on the simplex.
+TEST(Errors, TheSumToleranceIsCappedForVeryLongRows) {
+    const int64_t k = 40000;
+    std::vector<float> lg(k, 0.0f), x(k, 1.017f / static_cast<float>(k));
+    const relaxcat::RelaxedOneHotCategorical<float> d(
+        0.5f, relaxcat::logits(MatrixView<const float>(lg.data(), 1, k)));
+    std::vector<float> lp(1, 7.0f);
+    const std::string m = message_of([&] {
+        d.log_prob(MatrixView<const float>(x.data(), 1, k),
+                   VectorView<float>(lp.data(), 1));
+    });
+    EXPECT_NE(m.find("must sum to 1 over each row within 0.015625"), std::string::npos)
+        << m;
+    EXPECT_EQ(lp[0], 7.0f);
+}
+
 TEST(Errors, ValuesMustLieOnTheSupportWhenValidating) {
     const Dist d = two_rows();
     std::vector<double> lp(2, 7.0);

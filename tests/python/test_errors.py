@@ -1051,6 +1051,35 @@ def test_float16_samples_pass_validation_with_float16_tolerance():
         d.log_prob(np.array([0.5, 0.5, 0.1], np.float16))
 
 
+@pytest.mark.parametrize("k", [300, 2048])
+def test_float16_rows_far_from_the_simplex_are_rejected_at_any_k(k):
+    # Regression (a fresh-user review): 4 K eps of float16 is 1.17 at K = 300
+    # and 8 at K = 2048, so a row of zeros or one summing to 3 passed as a point
+    # on the simplex. The tolerance is capped at 1/64; float16 samples rounded
+    # from relaxcat's own still pass.
+    d = R(np.float32(0.5), logits=np.zeros((1, k), np.float32))
+    for bad in (np.zeros((1, k)), np.full((1, k), 3.0 / k), np.full((1, k), 1.02 / k)):
+        v = bad.astype(np.float16)
+        with pytest.raises(
+            ValueError, match=r"must sum to 1 over the last axis within"
+        ):
+            d.log_prob(v)
+    x16 = d.rsample((20,), rng=0).astype(np.float16)
+    lp = d.log_prob(x16)  # accepted: entries that underflowed are exact zeros
+    assert lp.shape == (20, 1) and not np.any(np.isnan(lp))
+
+
+def test_float32_rows_of_very_many_categories_have_the_capped_tolerance():
+    # 4 K eps of float32 is 0.019 at K = 40000; the cap is 1/64 = 0.0156.
+    k = 40000
+    d = R(np.float32(0.5), logits=np.zeros((1, k), np.float32))
+    x = d.rsample((3,), rng=1)
+    assert np.all(np.isfinite(d.log_prob(x)))
+    off = (x[:1] * np.float32(1.017)).astype(np.float32)
+    with pytest.raises(ValueError, match=r"within 0\.0156"):
+        d.log_prob(off)
+
+
 @pytest.mark.parametrize("bad_value", [np.nan, np.inf, -np.inf])
 @pytest.mark.parametrize("cls", CLASSES)
 def test_a_non_finite_upstream_grad_is_rejected(cls, bad_value):

@@ -687,8 +687,8 @@ private:
     }
 
     // A value's shape, and with validate_args its support: the simplex (or its
-    // log) of the live categories within 4 K eps, the tolerance the Python
-    // package uses, which the library's own samples always meet.
+    // log) of the live categories within the tolerance the Python package uses,
+    // which the library's own samples always meet.
     int64_t check_value(const std::string& fn,
                         const MatrixView<const Real>& value) const {
         check_view_shape(fn, "value", value.rows, value.cols, value.data);
@@ -701,11 +701,13 @@ private:
 
         // Row by row, so that the first failing row is the one named; in each,
         // the entries (x finite and >= 0, or y not NaN and not +inf), then the
-        // sum (1 within max(4 K eps, 1e-6), the Python package's tolerance),
-        // then weight on masked categories.
+        // sum (1 within max(min(4 K eps, 1/64), 1e-6), the Python package's
+        // tolerance; the cap keeps rows of very many categories from passing
+        // far from the simplex), then weight on masked categories.
         const bool simplex = kSpace == detail::Space::simplex;
-        const double tol = std::max(
-            4.0 * static_cast<double>(k_) * std::numeric_limits<Real>::epsilon(), 1e-6);
+        const double wide =
+            4.0 * static_cast<double>(k_) * std::numeric_limits<Real>::epsilon();
+        const double tol = std::max(std::min(wide, 1.0 / 64.0), 1e-6);
         for (int64_t r = 0; r < rows; ++r) {
             for (int64_t j = 0; j < k_; ++j) {
                 const Real v = value(r, j);
