@@ -114,7 +114,7 @@ def test_zero_rule_uses_the_exact_sign_of_t_times_live_minus_zeros():
 )
 @pytest.mark.parametrize("upstream", [1.0, -2.0, 0.0])
 def test_value_gradient_at_a_zero_takes_the_exact_sign_of_its_numerator(
-    k, zeros, upstream
+    simd_level, k, zeros, upstream
 ):
     # m zeros with equal logits share the weight 1/m, and the limit of d/dx at a
     # zero has the sign of g (T (K/m - 1) - 1). At T = fl(1/(K/m - 1)) (rounded
@@ -134,6 +134,42 @@ def test_value_gradient_at_a_zero_takes_the_exact_sign_of_its_numerator(
     expected = 0.0 if upstream == 0.0 else (-np.inf if upstream > 0 else np.inf)
     np.testing.assert_array_equal(g.value[0, :zeros], expected)
     assert d.log_prob(x)[0] == np.inf  # T (K - m) < m, as the gradient says
+
+
+@pytest.mark.parametrize("k", [3, 40])
+@pytest.mark.parametrize("cls", [Relaxed, ExpRelaxed])
+@pytest.mark.parametrize("upstream", [0.25, 0.01, 0.0])
+def test_value_gradient_near_the_largest_temperature_is_scaled_by_the_upstream(
+    simd_level, k, cls, upstream
+):
+    # At T = 1.7e308 the value gradient g (T (K w - 1) - [1]) had T (K w - 1)
+    # overflow to inf before g brought it back: +inf where it is 8.5e307, and NaN
+    # for g = 0 (a fresh-user review). Reference: mpmath at 400 digits on the
+    # same float64 inputs; K = 3 runs down columns, K = 40 row by row.
+    import mpmath as mp
+
+    mp.mp.dps = 400
+    t = 1.7e308
+    rng = np.random.default_rng(k)
+    x = rng.dirichlet(np.ones(k))
+    a = rng.standard_normal(k) * 0.1
+    simplex = cls is Relaxed
+    value = x if simplex else np.log(x)
+    d = cls(t, logits=a[None])
+    got = d.log_prob_vjp(value[None], np.array([upstream])).value[0]
+    y = [mp.log(mp.mpf(float(v))) if simplex else mp.mpf(float(v)) for v in value]
+    z = [mp.mpf(float(ai)) - mp.mpf(t) * yi for ai, yi in zip(a, y)]
+    zm = max(z)
+    e = [mp.exp(zi - zm) for zi in z]
+    total = mp.fsum(e)
+    biggest = mp.mpf(np.finfo(np.float64).max)
+    for j in range(k):
+        num = mp.mpf(t) * (k * e[j] / total - 1) - (1 if simplex else 0)
+        ref = mp.mpf(upstream) * num / (mp.mpf(float(value[j])) if simplex else 1)
+        if abs(ref) > biggest:
+            assert got[j] == (np.inf if ref > 0 else -np.inf), j
+        else:
+            assert abs(mp.mpf(float(got[j])) - ref) <= 1e-12 * abs(ref), (j, got[j])
 
 
 @pytest.mark.parametrize("where", ["expand", "value"])

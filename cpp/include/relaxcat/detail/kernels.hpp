@@ -1066,6 +1066,19 @@ double ordinary_long_row(const double* lg, double amax, double ymax, const Real*
     return m[0];
 }
 
+// g (T (K w - 1) - one), the numerator of a value gradient (one = 1 on the
+// simplex, 0 in log space), as written unless T (K w - 1) - one overflows; then
+// as (g T) (K w - 1) - g one, which is finite where g brings the product back
+// into range (T = 1.7e308, K = 3, g = 1/4: 8.5e307, not inf) and 0 for g = 0
+// (inf times 0 was NaN). Lane by lane; g and T may be scalars.
+template <class D, class G, class T>
+RELAXCAT_ALWAYS_INLINE D value_gradient_numerator(G g, T t, double kd, D w,
+                                                  double one) {
+    const D inner = t * (kd * w - 1.0) - one;
+    const auto finite = (inner < kInf) & (inner > -kInf);
+    return finite ? g * inner : (g * t) * (kd * w - 1.0) - g * one;
+}
+
 // Note [dominant value gradient]: on the simplex, d log p / d y_k is
 // T (K w_k - 1) - 1, and where w_k is near 1 with T (K - 1) near 1 the two terms
 // cancel: at K = 2, T = 1 and x = (1e-20, 1) the exact gradient of the tiny
@@ -1087,7 +1100,7 @@ double ordinary_long_row(const double* lg, double amax, double ymax, const Real*
 inline double dominant_value_gradient(double g, double t, double kd, double w,
                                       double r) {
     const double c = std::fma(t, kd - 1.0, -1.0);
-    if (!(c < kInf)) return g * (t * (kd * w - 1.0) - 1.0);
+    if (!(c < kInf)) return value_gradient_numerator(g, t, kd, w, 1.0);
     return g * (c - t * (kd * r));
 }
 
@@ -1300,7 +1313,7 @@ bool log_prob_block_columns(const LogProbArgs<Real>& a, Walker& walk, int64_t rb
                     using D = decltype(d);
                     const D w = load_lanes<D>(wj + i), ti = load_lanes<D>(t + i);
                     const D gi = load_lanes<D>(g + i);
-                    const D dy = gi * (ti * (kd * w - 1.0) - one);
+                    const D dy = value_gradient_numerator(gi, ti, kd, w, one);
                     if (!simplex) {
                         store_lanes(wj + i, dy);
                         return;
@@ -1604,7 +1617,7 @@ void log_prob_rows(const LogProbArgs<Real>& a, int64_t r0, int64_t r1,
                 using D = decltype(d);
                 const auto keep = face & (load_lanes<D>(lg + j) > -kInf);
                 if (grad_value) {
-                    const D dy = g * (t * (kd * wv - 1.0) - one);
+                    const D dy = value_gradient_numerator(g, t, kd, wv, one);
                     D dv = dy;
                     if (simplex) {
                         const D xv = load_strided_lanes<D>(v + j * vs, vs);
