@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numbers
 import secrets
+import warnings
 
 import numpy as np
 
@@ -39,11 +40,21 @@ def first_bad(mask: np.ndarray, what: str = "index") -> str:
     return f" at {what} {index}{more}"
 
 
+_RAGGED_WARNING = getattr(
+    getattr(np, "exceptions", np), "VisibleDeprecationWarning", DeprecationWarning
+)
+
+
+def as_shown(arr: np.ndarray, x) -> str:
+    """An entry of ``arr`` as its dtype shows it."""
+    return str(arr.dtype.type(x)) if arr.dtype.kind == "f" else str(float(x))
+
+
 def first_value(arr: np.ndarray, mask: np.ndarray) -> str:
     """The first flagged entry as its dtype shows it (for messages): a float32
     -1e-30 is "-1e-30", not the "-1.0000000031710769e-30" it widens to."""
     x = arr[tuple(np.argwhere(mask)[0])] if arr.ndim else arr[()]
-    return str(arr.dtype.type(x)) if arr.dtype.kind == "f" else str(float(x))
+    return as_shown(arr, x)
 
 
 def as_float_array(
@@ -62,8 +73,12 @@ def as_float_array(
     impossible category).
     """
     try:
-        arr = np.asarray(value)
-    except ValueError as exc:  # ragged nested lists, for one
+        with warnings.catch_warnings():
+            # NumPy before 1.24 makes a ragged nested list an object array with
+            # this warning instead of raising; both are the same mistake.
+            warnings.simplefilter("error", _RAGGED_WARNING)
+            arr = np.asarray(value)
+    except (ValueError, _RAGGED_WARNING) as exc:  # ragged nested lists, for one
         msg = f"{name} must be a rectangular array of numbers: {exc}"
         raise ValueError(msg) from None
     kind = arr.dtype.kind
@@ -238,7 +253,7 @@ def _check_rows(
         if in_row.any():
             j = int(np.argmax(in_row))
             raise ValueError(
-                f"{name} {opening} {float(v[row + (j,)])} at index {shown + (j,)}"
+                f"{name} {opening} {as_shown(v, v[row + (j,)])} at index {shown + (j,)}"
             )
         if mask is bad and off[row]:
             where = f" at batch index {shown}" if shown else ""

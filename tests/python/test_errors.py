@@ -1069,6 +1069,18 @@ def test_float16_rows_far_from_the_simplex_are_rejected_at_any_k(k):
     assert lp.shape == (20, 1) and not np.any(np.isnan(lp))
 
 
+@pytest.mark.parametrize("cls", CLASSES)
+def test_the_support_message_shows_a_float32_entry_as_float32(cls):
+    # Regression (a fresh-user review): "-0.10000000149011612", the entry widened.
+    d = cls(np.float32(1.0), logits=np.zeros((1, 3), np.float32))
+    bad = np.float32(-0.1) if cls is R else np.float32(np.nan)
+    value = np.array([[0.6, 0.5, 0.5]], np.float32)
+    value[0, 1] = bad
+    shown = re.escape(f"got {str(bad)} at index (0, 1)")  # "-0.1", "nan"
+    with pytest.raises(ValueError, match=shown + "$"):
+        d.log_prob(value)
+
+
 def test_float32_rows_of_very_many_categories_have_the_capped_tolerance():
     # 4 K eps of float32 is 0.019 at K = 40000; the cap is 1/64 = 0.0156.
     k = 40000
