@@ -72,15 +72,18 @@ def as_float_array(
     also a nonzero entry that it makes 0 (a positive prob would become an
     impossible category).
     """
-    try:
-        with warnings.catch_warnings():
-            # NumPy before 1.24 makes a ragged nested list an object array with
-            # this warning instead of raising; both are the same mistake.
-            warnings.simplefilter("error", _RAGGED_WARNING)
-            arr = np.asarray(value)
-    except (ValueError, _RAGGED_WARNING) as exc:  # ragged nested lists, for one
-        msg = f"{name} must be a rectangular array of numbers: {exc}"
-        raise ValueError(msg) from None
+    if type(value) is np.ndarray:
+        arr = value  # what np.asarray gives, without the cost of the guard below
+    else:
+        try:
+            with warnings.catch_warnings():
+                # NumPy before 1.24 makes a ragged nested list an object array
+                # with this warning instead of raising; both are the same mistake.
+                warnings.simplefilter("error", _RAGGED_WARNING)
+                arr = np.asarray(value)
+        except (ValueError, _RAGGED_WARNING) as exc:  # ragged nested lists
+            msg = f"{name} must be a rectangular array of numbers: {exc}"
+            raise ValueError(msg) from None
     kind = arr.dtype.kind
     if kind not in "biuf":
         raise TypeError(

@@ -114,9 +114,21 @@ def _check_batch_rank(ndim: int, name: str) -> None:
         )
 
 
+def _broadcast(arr: np.ndarray, shape: tuple) -> np.ndarray:
+    """``arr`` broadcast to ``shape``: ``arr`` itself when it has that shape.
+
+    np.broadcast_to costs a few microseconds a call, and a call on small arrays
+    (a batch of 64 rows of 10) made nine of them; the kernels read the array the
+    same way either way, so the bits are the same.
+    """
+    return arr if arr.shape == shape else np.broadcast_to(arr, shape)
+
+
 def _reduce_to(grad: np.ndarray, shape: tuple) -> np.ndarray:
     """Sum ``grad`` over the axes that broadcasting added to ``shape``, as autograd
     does, so the gradient has the shape of the parameter it belongs to."""
+    if grad.shape == shape and grad.flags.c_contiguous:
+        return grad  # nothing to sum
     lead = grad.ndim - len(shape)
     # Rows at exact zeros have infinite limits; +inf and -inf summed is NaN (the
     # sum has no limit), and a sum past the float range is inf: answers, not
@@ -134,6 +146,8 @@ def _reduce_to(grad: np.ndarray, shape: tuple) -> np.ndarray:
 def _round_to(x: np.ndarray, dtype) -> np.ndarray:
     """A float64 result in the distribution's dtype; past its range it is the
     infinity of its sign, an answer, not a warning."""
+    if x.dtype == dtype:
+        return x
     with np.errstate(over="ignore"):
         return x.astype(dtype, copy=False)
 
@@ -250,7 +264,22 @@ class RelaxedOneHotCategorical:
         self._temperature = temp
         self._t_rows = rows
         self._batch_shape = tuple(batch)
+        # One temperature per row of batch_shape (a view), made once: calls
+        # without a sample_shape need it, and a broadcast per call costs as
+        # much as the kernel on small batches.
+        self._t_batch = _broadcast(rows, self._batch_shape)
         self._validate = True if validate_args is None else bool(validate_args)
+
+    # Pickling leaves out _t_batch, a broadcast view that pickle would write out
+    # in full (a scalar temperature as one float per row), and remakes it.
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state.pop("_t_batch", None)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._t_batch = _broadcast(self._t_rows, self._batch_shape)
 
     # ----------------------------------------------------------------- properties
     @property
@@ -331,6 +360,7 @@ class RelaxedOneHotCategorical:
             new._probs_given = param
         new._temperature = temp
         new._t_rows = temp
+        new._t_batch = temp
         new._batch_shape = batch_shape
         return new
 
@@ -343,8 +373,8 @@ class RelaxedOneHotCategorical:
             f"sample_shape {lead} with batch_shape {self._batch_shape} and "
             f"event_shape {self.event_shape}",
         )
-        logits = np.broadcast_to(self._a, batch + self.event_shape)
-        temp = np.broadcast_to(self._t_rows, batch)
+        logits = _broadcast(self._a, batch + self.event_shape)
+        temp = _broadcast(self._t_rows, batch) if lead else self._t_batch
         return logits, temp
 
     def rsample(
@@ -547,7 +577,8 @@ class RelaxedOneHotCategorical:
             )
         _check_batch_rank(value.ndim - 1, name)
         try:
-            np.broadcast_shapes(value.shape[:-1], self._batch_shape)
+            if value.shape[:-1] != self._batch_shape:
+                np.broadcast_shapes(value.shape[:-1], self._batch_shape)
         except ValueError:
             raise ValueError(
                 f"{name} of shape {value.shape} does not broadcast with batch_shape "
@@ -560,9 +591,11 @@ class RelaxedOneHotCategorical:
     def _check_support(self, value: np.ndarray, name: str, tol_dtype) -> None:
         """validate_args: one pass in the C++ core decides; only a value that fails
         is examined again in NumPy, to name the first bad entry."""
-        shape = np.broadcast_shapes(value.shape, self._a.shape)
-        logits = np.broadcast_to(self._a, shape)
-        full = np.broadcast_to(value, shape)
+        shape = value.shape
+        if shape != self._a.shape:
+            shape = np.broadcast_shapes(shape, self._a.shape)
+        logits = _broadcast(self._a, shape)
+        full = _broadcast(value, shape)
         status = np.empty(shape[:-1], dtype=np.uint8)
         tol = v.simplex_tolerance(shape[-1], tol_dtype)
         _core.check_values(
@@ -585,12 +618,14 @@ class RelaxedOneHotCategorical:
 
     def _broadcast_value(self, value: np.ndarray):
         """Value, logits and temperature broadcast to one row shape (views)."""
-        rows = np.broadcast_shapes(value.shape[:-1], self._batch_shape)
+        rows = value.shape[:-1]
+        if rows != self._batch_shape:
+            rows = np.broadcast_shapes(rows, self._batch_shape)
         lead = rows[: len(rows) - len(self._batch_shape)]
         logits, temp = self._full(lead)
-        logits = np.broadcast_to(logits, rows + self.event_shape)
-        temp = np.broadcast_to(temp, rows)
-        return np.broadcast_to(value, rows + self.event_shape), logits, temp
+        logits = _broadcast(logits, rows + self.event_shape)
+        temp = _broadcast(temp, rows)
+        return _broadcast(value, rows + self.event_shape), logits, temp
 
     def log_prob(self, value, out=None, num_threads=None) -> np.ndarray:
         """The log-density of ``value``.
@@ -647,7 +682,7 @@ class RelaxedOneHotCategorical:
         grad = v.as_float_array(grad, "grad", self.dtype)
         v.check_finite(grad, "grad")
         try:
-            return np.broadcast_to(grad, shape)
+            return _broadcast(grad, shape)
         except ValueError:
             raise ValueError(
                 f"grad must broadcast to {what} {shape}, got {grad.shape}"
@@ -668,7 +703,7 @@ class RelaxedOneHotCategorical:
         value = self._value(value)
         grad = self._grad(grad, value.shape, "the value's shape")
         val, logits, temp = self._broadcast_value(value)
-        grad = np.broadcast_to(grad, val.shape)
+        grad = _broadcast(grad, val.shape)
         threads = _threads.resolve(num_threads)
         gl = self._logits_grad_rows(val.shape)
         gt = np.empty(temp.shape, dtype=np.float64)  # Note [summed gradients]

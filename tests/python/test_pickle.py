@@ -146,3 +146,16 @@ def test_repr_names_the_parameter_its_shapes_and_dtype_and_survives_pickling(
     assert repr(d) == want
     assert repr(pickle.loads(pickle.dumps(d))) == want
     assert repr(copy.deepcopy(d)) == want
+
+
+@pytest.mark.parametrize("cls", CLASSES, ids=CLASS_IDS)
+def test_a_scalar_temperature_pickles_as_one_number_not_one_per_row(cls):
+    # The distribution keeps the temperature broadcast to its batch as a view;
+    # pickle would write such a view out in full (8 bytes a row here).
+    logits = np.zeros((100_000, 2), dtype=np.float32)
+    d = cls(0.5, logits=logits)
+    data = pickle.dumps(d)
+    assert len(data) < logits.nbytes + 4096
+    e = pickle.loads(data)
+    _assert_same_distribution(d, e)
+    assert e._t_batch.shape == d.batch_shape and e._t_batch.strides == (0,)
