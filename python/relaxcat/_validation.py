@@ -7,6 +7,7 @@ Nothing here computes a result; the math lives in the C++ core.
 
 from __future__ import annotations
 
+import math
 import numbers
 import secrets
 import warnings
@@ -74,6 +75,8 @@ def as_float_array(
     """
     if type(value) is np.ndarray:
         arr = value  # what np.asarray gives, without the cost of the guard below
+    elif isinstance(value, (int, float)):
+        arr = np.asarray(value)  # a Python number is never a ragged list
     else:
         try:
             with warnings.catch_warnings():
@@ -122,6 +125,8 @@ def check_temperature(t: np.ndarray, given=None) -> None:
     """Raise unless every entry of ``t`` is positive and finite. ``given`` is what
     the caller passed before ``t`` was converted to a narrower dtype: an entry
     that was fine as given but not after the conversion is reported with both."""
+    if t.ndim == 0 and 0.0 < float(t) < math.inf:
+        return  # the usual scalar, without the array checks' cost
     bad = ~(np.isfinite(t) & (t > 0))
     if not bad.any():
         return
