@@ -47,7 +47,9 @@ checkout_id=$(pwd -P | cksum | cut -d' ' -f1)
 work=${RELAXCAT_SANITIZE_DIR:-/tmp/relaxcat-sanitize-$checkout_id}
 venv="$work/venv"
 jobs=$(nproc 2>/dev/null || echo 2)
-san_flags="-fsanitize=address,undefined -fno-omit-frame-pointer"
+# RELAXCAT_POISON_SCRATCH: the kernels' scratch starts as NaN, not as whatever
+# the allocator hands out (cpp/include/relaxcat/detail/parallel.hpp).
+san_flags="-fsanitize=address,undefined -fno-omit-frame-pointer -DRELAXCAT_POISON_SCRATCH"
 san_flags="$san_flags -fno-sanitize-recover=undefined -g"
 mkdir -p "$work"
 
