@@ -134,12 +134,13 @@ def _reduce_to(grad: np.ndarray, shape: tuple) -> np.ndarray:
     # sum has no limit), and a sum past the float range is inf: answers, not
     # warnings. Gradients that are summed arrive per row in float64 (Note
     # [summed gradients], args.hpp) and are rounded once, after the sum.
+    # np.add.reduce is what ndarray.sum calls, without its Python layer.
     with np.errstate(invalid="ignore", over="ignore"):
         if lead:
-            grad = grad.sum(axis=tuple(range(lead)))
+            grad = np.add.reduce(grad, axis=tuple(range(lead)))
         axes = tuple(i for i, n in enumerate(shape) if n == 1 and grad.shape[i] != 1)
         if axes:
-            grad = grad.sum(axis=axes, keepdims=True)
+            grad = np.add.reduce(grad, axis=axes, keepdims=True)
     return np.ascontiguousarray(grad).reshape(shape)
 
 

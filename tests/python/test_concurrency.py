@@ -117,10 +117,14 @@ def test_threads_changing_the_default_thread_count_do_not_change_results(threads
 # it; the kernels poll for signals every 2^16 elements.
 CHILD = textwrap.dedent(
     """
-    import sys, time
+    import signal, sys, time
     import numpy as np
     import relaxcat
 
+    # A job started in the background by a non-interactive shell inherits
+    # SIGINT as ignored, and Python then installs no handler for it; the test
+    # must not depend on how the suite was launched.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     threads = int(sys.argv[1])
     k = 4096
     d = relaxcat.RelaxedOneHotCategorical(
