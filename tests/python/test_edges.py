@@ -305,12 +305,92 @@ def test_log_prob_gradients_at_exact_zeros_are_limits_and_never_nan(name, upstre
     assert g.temperature == -np.sign(upstream) * np.inf
 
     # Value: -(T + 1) g / x_k on the nonzero live coordinates (their weight
-    # vanishes), an infinity or 0 at the zeros, 0 on masked categories.
+    # vanishes), the limit at the zeros, 0 on masked categories.
     nz = live & ~zero
     want_v = -(temperature + 1.0) * upstream / xa[nz]
     assert np.allclose(g.value[nz], want_v, rtol=ZERO_LIMIT_RTOL, atol=0.0)
-    assert np.all(np.isinf(g.value[zero]) | (g.value[zero] == 0.0))
+    _assert_zero_limits(g.value, logits, x, temperature, upstream)
     assert np.all(g.value[~live] == 0.0)
+
+
+def _k40_m20_t1():
+    # A long row (row by row): 20 zeros sharing one logit among 40 live.
+    rng = np.random.default_rng(40)
+    logits = np.concatenate([np.full(20, 0.25), rng.standard_normal(20)])
+    x = np.concatenate([np.zeros(20), rng.dirichlet(np.ones(20))])
+    return list(logits), list(x), 1.0
+
+
+# Rows with T (K - m) = m whose zeros share one logit: the leading numerator of
+# d/dx at those zeros, T (K w - 1) - 1, is 0 in the limit, and the limit of the
+# gradient is the next term (Note [vanishing numerator at a zero]): finite at
+# T = 1, 0 above, an infinity below. The gradient had been 0 in all of them (a
+# fresh-user review).
+VANISHING_CASES = {
+    "K2_m1_T1": ([0.3, -0.8], [0.0, 1.0], 1.0),
+    "K3_m1_T0.5": ([0.0, 1.0, 2.0], [0.0, 0.5, 0.5], 0.5),
+    "K4_m2_T1": ([0.0, 0.0, 0.5, -0.3], [0.0, 0.0, 0.4, 0.6], 1.0),
+    "K3_m2_T2": ([0.4, 0.4, -0.2], [0.0, 0.0, 1.0], 2.0),
+    # w = fl(1/3) on the zeros: K w - 1 alone would not round to exactly 0.
+    "K6_m3_T1": ([0.7, 0.7, 0.7, 0.1, -0.5, 0.2], [0, 0, 0, 0.2, 0.3, 0.5], 1.0),
+    "K6_m2_T0.5": ([-0.3, -0.3, 0.1, 0.4, -1.0, 0.6], [0, 0, 0.1, 0.2, 0.3, 0.4], 0.5),
+    "K5of6_m1_T0.25_masked": (
+        [1.0, -np.inf, 2.0, -1.0, 0.5, 0.0],
+        [0.0, 0.0, 0.1, 0.2, 0.3, 0.4],
+        0.25,
+    ),
+    "K40_m20_T1": _k40_m20_t1(),
+}
+
+
+def _mp_value_gradient(logits, temperature, x, eps):
+    """d log p / d x_k per unit upstream at x with its zeros set to eps (mpmath)."""
+    xs = _mp_shrunk(x, eps)
+    w = _mp_softmax_weights(logits, temperature, xs)
+    t = mpmath.mpf(temperature)
+    k = sum(1 for a in logits if a != -np.inf)
+    return [(t * (k * wk - 1) - 1) / xk for wk, xk in zip(w, xs)]
+
+
+def _assert_zero_limits(got, logits, x, temperature, upstream):
+    """got, the value gradient, is the limit at every live zero of x: mpmath at
+    eps = 1e-150 and 1e-300 tells whether the gradient converges (the finite
+    value), shrinks (0) or grows (an infinity of its sign); every rate here is a
+    power of eps of at least 1/4, so the thresholds leave wide margins."""
+    with mpmath.workdps(400):
+        near = _mp_value_gradient(logits, temperature, x, mpmath.mpf(10) ** -150)
+        nearer = _mp_value_gradient(logits, temperature, x, mpmath.mpf(10) ** -300)
+    for j, (a, xj) in enumerate(zip(logits, x)):
+        if a == -np.inf or xj != 0:
+            continue
+        a, b = near[j] * upstream, nearer[j] * upstream
+        if abs(a - b) <= mpmath.mpf(10) ** -60 * abs(b):
+            assert abs(got[j] - float(b)) <= 1e-13 * abs(float(b)), (j, got[j], b)
+        elif abs(b) < abs(a) * mpmath.mpf(10) ** -30:
+            assert got[j] == 0.0, (j, got[j])
+        else:
+            assert abs(b) > abs(a) * mpmath.mpf(10) ** 30, (j, a, b)
+            assert got[j] == (np.inf if b > 0 else -np.inf), (j, got[j])
+
+
+@pytest.mark.parametrize("name", list(VANISHING_CASES))
+@pytest.mark.parametrize("upstream", [1.0, -2.0])
+def test_value_gradient_at_a_zero_with_a_vanishing_numerator_is_the_next_term(
+    simd_level, name, upstream
+):
+    logits, x, temperature = VANISHING_CASES[name]
+    live = np.array(logits) > -np.inf
+    k, m = int(live.sum()), int((live & (np.array(x) == 0)).sum())
+    assert temperature * (k - m) == m  # the finite density
+    d = Relaxed(temperature, logits=np.array(logits))
+    got = d.log_prob_vjp(np.array(x), upstream).value
+    _assert_zero_limits(got, logits, x, temperature, upstream)
+    # The leading numerator vanishes at these zeros: none is an infinity with
+    # the sign of a numerator that is not there.
+    zeros = np.flatnonzero(live & (np.array(x) == 0))
+    if temperature >= 1.0:
+        assert np.all(np.isfinite(got[zeros]))
+    assert np.isfinite(d.log_prob(np.array(x)))
 
 
 @pytest.mark.parametrize("name", list(ZERO_CASES))

@@ -47,8 +47,22 @@
 // The gradients are the limits of the gradients: the softmax weights of
 // a - T y concentrate on the zero set, where they become softmax(a) over it; the
 // temperature gradient tends to -inf, and d/dx_k at a zero to an infinity of
-// the sign of its numerator (0 when that is 0). In log space (y = -inf on a live
+// the sign of its numerator N0 = T (K w_k - 1) - 1, unless N0 is 0; then see
+// Note [vanishing numerator at a zero]. In log space (y = -inf on a live
 // category) the density always tends to -inf.
+//
+// Note [vanishing numerator at a zero]: with w_k = softmax(a) over the zero set
+// Z (its limit), the weight at eps is w_k (1 - W) with W, the weight off Z,
+// equal to eps^T C + O(eps^2T), C = sum_{j live, x_j > 0} exp(a_j) x_j^-T /
+// sum_{i in Z} exp(a_i). So (T (K w_k(eps) - 1) - 1) / eps = N0 / eps -
+// T K w_k C eps^(T - 1): where N0 = 0 the limit is 0 for T > 1, -K w_k C for
+// T = 1, and -inf for T < 1 (times the upstream gradient). N0 is 0 in a row
+// with T (K - m) = m (the finite density) at every zero whose logit equals the
+// others' on Z: K = 2, T = 1, logits (0.3, -0.8), x = (0, 1) gives
+// -2 exp(-1.1) = -0.666, which the gradient at x = (1e-300, 1) also gives; it
+// had been 0 (a fresh-user review). In such a row N0 = T K (w_k - 1/m), whose
+// sign is that of m e_k - sum_Z e with e = exp(a - max_Z a): exact (0) when the
+// logits on Z are equal, where w_k = fl(1/m) could make N0 a rounding error.
 
 #include <array>
 #include <cmath>
@@ -1104,6 +1118,29 @@ inline double dominant_value_gradient(double g, double t, double kd, double w,
     return g * (c - t * (kd * r));
 }
 
+// The limit of (T (K w_k - 1) - 1) / (x_k w_k) at a zero x_k whose leading
+// numerator vanishes, per unit of upstream gradient, the same for every such
+// zero of a row (Note [vanishing numerator at a zero]): 0 for T > 1, -inf for
+// T < 1, and -K C for T = 1, with log C = log sum_{j live, x_j > 0}
+// exp(a_j - y_j) - lse_zero and lse_zero = log sum_{i in Z} exp(a_i), both
+// relative to the row's largest logit. lg holds the logits as loaded and
+// y = log x (-inf at the zeros).
+inline double vanishing_numerator_limit(const double* lg, const double* y, int64_t k,
+                                        double t, double kd, double lse_zero_shifted) {
+    if (t > 1.0) return 0.0;
+    if (t < 1.0) return -kInf;
+    double amax = -kInf;
+    for (int64_t j = 0; j < k; ++j) amax = max_d(amax, lg[j]);
+    double top = -kInf;  // the largest a_j - y_j off the zero set
+    for (int64_t j = 0; j < k; ++j)
+        if (lg[j] > -kInf && y[j] > -kInf) top = max_d(top, (lg[j] - amax) - y[j]);
+    double total = 0.0;
+    for (int64_t j = 0; j < k; ++j)
+        if (lg[j] > -kInf && y[j] > -kInf)
+            total += exp_d(((lg[j] - amax) - y[j]) - top);
+    return -kd * exp_d(top + log_d(total) - lse_zero_shifted);
+}
+
 // log_prob_rows for one block of short rows in columns (Note [rows as columns]),
 // for the ordinary case only: every category live and every value entry finite
 // and (on the simplex) positive. Returns false, having written nothing, when
@@ -1683,14 +1720,29 @@ void log_prob_rows(const LogProbArgs<Real>& a, int64_t r0, int64_t r1,
                 // T (K w - 1) - 1 with one rounding (fma), as log_prob takes the
                 // sign of T (K - m) - m: at T = fl(1/3), K = 4 and one zero the
                 // rounded product was 1, the numerator 0, and the gradient 0
-                // where it tends to -inf.
+                // where it tends to -inf. In a row with T (K - m) = m, the sign
+                // of m e_k - sum_Z e (Note [vanishing numerator at a zero]).
+                const double m = row_zeros[i];
+                const bool balanced = std::fma(t, kd - m, -m) == 0.0;
+                double per_weight = kInf;  // vanishing_numerator_limit, when needed
                 for (int64_t j = 0; j < k; ++j) {
                     if (!(lg[j] > -kInf) || static_cast<double>(v[j * vs]) != 0.0)
                         continue;
-                    const double num = std::fma(t, kd * (wi[j] * inv) - 1.0, -1.0);
-                    const bool zero = g == 0.0 || num == 0.0;
-                    const bool positive = (g > 0.0) == (num > 0.0);
-                    grad_value.set(r, k, j, zero ? 0.0 : (positive ? kInf : -kInf));
+                    const double num =
+                        balanced ? m * wi[j] - sum
+                                 : std::fma(t, kd * (wi[j] * inv) - 1.0, -1.0);
+                    double dv = 0.0;
+                    if (g != 0.0 && num != 0.0)
+                        dv = (g > 0.0) == (num > 0.0) ? kInf : -kInf;
+                    else if (g != 0.0) {
+                        if (per_weight == kInf)
+                            per_weight = vanishing_numerator_limit(
+                                lg, yi, k, t, kd, row_zmax[i] + log_d(sum));
+                        // -inf (T < 1) is not multiplied by a weight: every
+                        // weight on the zero set is positive.
+                        dv = g * (t < 1.0 ? per_weight : per_weight * (wi[j] * inv));
+                    }
+                    grad_value.set(r, k, j, dv);
                 }
             }
         }
