@@ -63,6 +63,30 @@ TEST(Philox, SuccessiveNoiseDrawsContinueOneStream) {
     EXPECT_EQ(one.offset(), 11u);
 }
 
+TEST(Philox, NoiseThatWouldRunPastTheStreamThrowsAndLeavesTheGeneratorAsItWas) {
+    // Two elements are left; a draw of five had wrapped around to the start of
+    // the counter (a fresh-user review), so that the next draw repeated elements.
+    const uint64_t near_end = ~uint64_t{0} - 1;
+    relaxcat::Philox gen(7, 0, near_end);
+    std::vector<double> d(5, -1.0);
+    std::vector<float> f(5, -1.0f);
+    EXPECT_THROW(relaxcat::gumbel_noise(gen, 5, d.data()), std::invalid_argument);
+    EXPECT_THROW(relaxcat::gumbel_noise(gen, 3, f.data()), std::invalid_argument);
+    EXPECT_EQ(gen.offset(), near_end);
+    EXPECT_EQ(d, std::vector<double>(5, -1.0));
+    EXPECT_EQ(f, std::vector<float>(5, -1.0f));
+    try {
+        relaxcat::gumbel_noise(gen, 5, d.data());
+    } catch (const std::invalid_argument& e) {
+        EXPECT_NE(std::string(e.what()).find("gumbel_noise: gen must hold the 5 "
+                                             "elements of this draw"),
+                  std::string::npos)
+            << e.what();
+    }
+    // The two that are left can be drawn.
+    EXPECT_NO_THROW(relaxcat::gumbel_noise(gen, 2, d.data()));
+}
+
 TEST(Philox, SuccessiveSamplesDifferAndStreamsSeparateCalls) {
     const std::vector<double> lg = {0.0, 1.0, -1.0};
     const relaxcat::RelaxedOneHotCategorical<double> d(

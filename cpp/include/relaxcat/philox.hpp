@@ -12,10 +12,16 @@
 // Each call that draws n elements advances the offset by n, so successive calls
 // continue the stream: two calls of n rows give the two halves of one call of
 // 2 n rows. A stream has 2^64 elements; a draw that would run past its last one
-// (possible only after a seek near the end) is an error, not a wrap-around.
+// (possible only after a seek near the end) is an error, not a wrap-around. A
+// draw that ends exactly at the last element leaves offset() at 0 (the counter
+// is 64 bits wide), and a later draw would start the stream again: Philox keeps
+// no flag for an exhausted stream, which only a seek to within one draw of the
+// end can reach.
 
 #include <array>
 #include <cstdint>
+#include <stdexcept>
+#include <string>
 
 #include "detail/args.hpp"
 #include "detail/isa.hpp"
@@ -56,6 +62,21 @@ private:
     uint64_t offset_ = 0;
 };
 
+namespace detail {
+namespace RELAXCAT_ISA_NAMESPACE {
+// Throws std::invalid_argument unless gen's stream holds the n elements of a
+// draw (the stream guarantee above: no wrap-around).
+inline void check_noise_room(const char* fn, const Philox& gen, int64_t n) {
+    if (gen.holds(static_cast<uint64_t>(n))) return;
+    throw std::invalid_argument(
+        std::string(fn) + ": gen must hold the " + std::to_string(n) +
+        " elements of this draw, got offset " + std::to_string(gen.offset()) +
+        ", past which the stream has only " + std::to_string(~gen.offset() + 1) +
+        " (a stream has 2^64 elements)");
+}
+}  // namespace RELAXCAT_ISA_NAMESPACE
+}  // namespace detail
+
 // Functions with machine code live in a namespace named after the instruction
 // set, so that translation units built with different -m flags (and different
 // RELAXCAT_ISA_NAMESPACE) never share a symbol; see Note [one-definition trap]
@@ -79,9 +100,11 @@ inline std::array<uint32_t, 4> philox4x32(const std::array<uint32_t, 4>& counter
 // out[0..n) and advances gen by n: the noise rsample adds to the logits of
 // double samples (doubles in [-3.60, 36.74]) or of float samples (floats in
 // [-3.13, 22.87]), identical on every instruction-set level. n <= 0 writes
-// nothing.
+// nothing. Throws std::invalid_argument, writing nothing and leaving gen as it
+// was, when fewer than n elements are left in the stream.
 inline void gumbel_noise(Philox& gen, int64_t n, double* out) {
     if (n <= 0) return;
+    detail::RELAXCAT_ISA_NAMESPACE::check_noise_room("gumbel_noise", gen, n);
     const uint64_t first = gen.advance(static_cast<uint64_t>(n));
     detail::RELAXCAT_ISA_NAMESPACE::fill_gumbels(gen.key(), gen.stream(), first, n,
                                                  out);
@@ -89,6 +112,7 @@ inline void gumbel_noise(Philox& gen, int64_t n, double* out) {
 
 inline void gumbel_noise(Philox& gen, int64_t n, float* out) {
     if (n <= 0) return;
+    detail::RELAXCAT_ISA_NAMESPACE::check_noise_room("gumbel_noise", gen, n);
     const uint64_t first = gen.advance(static_cast<uint64_t>(n));
     detail::RELAXCAT_ISA_NAMESPACE::fill_gumbels_f32(gen.key(), gen.stream(), first, n,
                                                      out);
