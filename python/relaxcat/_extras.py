@@ -294,6 +294,7 @@ def gumbel_softmax(logits, temperature, hard=False, axis=-1, rng=None):
     """
     from .distributions import RelaxedOneHotCategorical
 
+    hard = v.check_flag(hard, "hard")
     arr = v.as_float_array(logits, "logits")
     if arr.ndim == 0:
         raise ValueError("logits must have a category axis, got a 0-d array")
@@ -353,8 +354,11 @@ def gumbel_softmax_vjp(sample_soft, grad, temperature, axis=-1):
         ) from None
     t = v.as_float_array(temperature, "temperature", x.dtype, check_range=False)
     v.check_temperature(t, temperature)
+    # A temperature with a trailing axis of 1 and the sample's number of axes is
+    # read per row (T[..., None]), as gumbel_softmax and the classes read it.
+    t_rows = t[..., 0] if t.ndim == x.ndim and t.shape[-1] == 1 else t
     try:
-        rows = np.broadcast_shapes(t.shape, x.shape[:-1])
+        rows = np.broadcast_shapes(t_rows.shape, x.shape[:-1])
     except ValueError:
         raise ValueError(
             f"temperature of shape {t.shape} does not broadcast with the sample's "
@@ -365,10 +369,10 @@ def gumbel_softmax_vjp(sample_soft, grad, temperature, axis=-1):
             f"temperature of shape {t.shape} would enlarge the sample's rows "
             f"{x.shape[:-1]}"
         )
-    temp = np.broadcast_to(t, rows)
+    temp = np.broadcast_to(t_rows, rows)
     threads = _threads.get_num_threads()
     gl = np.empty(x.shape, dtype=x.dtype)
     gt = np.empty(rows, dtype=np.float64)  # per row in float64, then summed
     _core.rsample_vjp(0, x, g, temp, gl, gt, threads)
-    gt = _round_to(_reduce_to(gt, t.shape), x.dtype)
+    gt = _round_to(_reduce_to(gt, t_rows.shape).reshape(t.shape), x.dtype)
     return RsampleGrad(np.moveaxis(gl, -1, axis), gt)

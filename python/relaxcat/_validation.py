@@ -18,6 +18,7 @@ __all__ = [
     "as_float_array",
     "check_finite",
     "check_temperature",
+    "check_flag",
     "check_logits",
     "check_probs",
     "check_simplex",
@@ -73,6 +74,12 @@ def as_float_array(
     also a nonzero entry that it makes 0 (a positive prob would become an
     impossible category).
     """
+    if isinstance(value, np.ma.MaskedArray):
+        raise TypeError(
+            f"{name} must not be a numpy.ma.MaskedArray: its mask would be ignored "
+            "(mark impossible categories with -inf logits or zero probs, or pass "
+            "np.ma.getdata(...) to use the data as it is)"
+        )
     if type(value) is np.ndarray:
         arr = value  # what np.asarray gives, without the cost of the guard below
     elif isinstance(value, (int, float)):
@@ -147,6 +154,13 @@ def check_temperature(t: np.ndarray, given=None) -> None:
         "temperature must be positive and finite, got "
         f"{first_value(t, bad)}{first_bad(bad)}"
     )
+
+
+def check_flag(value, name: str) -> bool:
+    """A bool argument (True or False, NumPy's bool too) as a bool."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {type(value).__name__}")
+    return bool(value)
 
 
 def check_finite(arr: np.ndarray, name: str) -> None:
@@ -353,7 +367,7 @@ def prepare_out(out, shape: tuple, dtype, inputs=(), name: str = "out"):
     """Check a caller's output array; never copies."""
     if out is None:
         return np.empty(shape, dtype=dtype)
-    if not isinstance(out, np.ndarray):
+    if not isinstance(out, np.ndarray) or isinstance(out, np.ma.MaskedArray):
         raise TypeError(f"{name} must be a numpy.ndarray, got {type(out).__name__}")
     if out.dtype != dtype:
         native = out.dtype.newbyteorder("=") == np.dtype(dtype)

@@ -238,9 +238,15 @@ class RelaxedOneHotCategorical:
         try:
             batch = np.broadcast_shapes(rows.shape, param.shape[:-1])
         except ValueError:
+            how = (
+                f" (read per row, as T[..., None]: it has the {self._param_name}' "
+                f"number of axes and a last axis of 1, so its rows are {rows.shape})"
+                if per_row
+                else ""
+            )
             raise ValueError(
-                f"temperature of shape {temp.shape} does not broadcast with the batch "
-                f"shape {param.shape[:-1]} of {self._param_name}"
+                f"temperature of shape {temp.shape}{how} does not broadcast with "
+                f"the batch shape {param.shape[:-1]} of {self._param_name}"
             ) from None
 
         if validate_args is not None and not isinstance(
@@ -426,6 +432,7 @@ class RelaxedOneHotCategorical:
             ulp per entry. At low temperature entries may underflow to 0 (use
             :class:`ExpRelaxedOneHotCategorical` to keep their logs).
         """
+        hard = v.check_flag(hard, "hard")
         lead = _sample_shape(sample_shape)
         _check_batch_rank(
             len(lead) + len(self._batch_shape), "sample_shape + batch_shape"

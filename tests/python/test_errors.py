@@ -365,8 +365,8 @@ def test_parameters_need_a_category_axis(cls, name, shape):
         (
             (4, 1),
             (3, 3),
-            r"temperature of shape \(4, 1\) does not broadcast with the batch "
-            r"shape \(3,\) of logits",
+            r"temperature of shape \(4, 1\) \(read per row.*its rows are \(4,\)\) "
+            r"does not broadcast with the batch shape \(3,\) of logits",
         ),
         ((2, 4), (3, 5), r"temperature of shape \(2, 4\) does not broadcast"),
     ],
@@ -1368,3 +1368,44 @@ def test_out_in_the_wrong_byte_order_says_so():
         r"^out must have dtype float64 in native byte order, got >f8$",
         lambda: R(1.0, logits=np.zeros(2)).rsample(rng=1, out=out),
     )
+
+
+def test_a_per_row_temperature_that_does_not_fit_says_it_was_read_per_row():
+    # (2, 1) broadcasts with (3,) under NumPy's rule, but a temperature with the
+    # logits' number of axes and a last axis of 1 is read per row (T[..., None]);
+    # the message had not said so (a fresh-user review).
+    with pytest.raises(
+        ValueError,
+        match=r"temperature of shape \(2, 1\) \(read per row, as T\[\.\.\., None\]: "
+        r"it has the logits' number of axes and a last axis of 1, so its rows are "
+        r"\(2,\)\) does not broadcast with the batch shape \(3,\) of logits",
+    ):
+        relaxcat.RelaxedOneHotCategorical(np.ones((2, 1)), logits=np.zeros((3, 4)))
+    with pytest.raises(ValueError, match=r"temperature of shape \(2,\) does not"):
+        relaxcat.RelaxedOneHotCategorical(np.ones(2), logits=np.zeros((3, 4)))
+
+
+@pytest.mark.parametrize("hard", ["no", 1, None, np.array([True])])
+def test_hard_must_be_a_bool(hard):
+    # Any truthy object had meant True ("no" gave a HardSample).
+    d = relaxcat.RelaxedOneHotCategorical(0.5, logits=np.zeros(3))
+    with pytest.raises(TypeError, match=r"hard must be True or False, got "):
+        d.rsample(rng=0, hard=hard)
+    with pytest.raises(TypeError, match=r"hard must be True or False, got "):
+        relaxcat.gumbel_softmax(np.zeros(3), 0.5, hard=hard, rng=0)
+    assert d.rsample(rng=0, hard=np.bool_(True)).hard.sum() == 1.0
+
+
+def test_masked_arrays_are_refused_rather_than_their_masks_ignored():
+    # A masked category of a MaskedArray had taken 0.9992 of the weight: the
+    # mask was dropped silently (a fresh-user review).
+    masked = np.ma.masked_array([0.0, 5.0, 1.0], mask=[0, 1, 0])
+    with pytest.raises(TypeError, match=r"logits must not be a numpy.ma.MaskedArray"):
+        relaxcat.RelaxedOneHotCategorical(0.5, logits=masked)
+    d = relaxcat.RelaxedOneHotCategorical(0.5, logits=np.zeros(3))
+    x = d.rsample(rng=0)
+    with pytest.raises(TypeError, match=r"value must not be a numpy.ma.MaskedArray"):
+        d.log_prob(np.ma.masked_array(x))
+    with pytest.raises(TypeError, match=r"out must be a numpy.ndarray, got Masked"):
+        d.rsample(rng=0, out=np.ma.masked_array(np.empty(3)))
+    assert np.array_equal(masked.mask, [False, True, False])  # left as it was

@@ -114,6 +114,23 @@ def test_gumbel_softmax_follows_axis_and_matches_the_class():
     )
 
 
+def test_gumbel_softmax_vjp_takes_the_per_row_temperature_its_forward_call_took():
+    # gumbel_softmax reads T[:, None] per row (the torch idiom); the backward
+    # call had rejected it ("would enlarge the sample's rows").
+    logits = np.random.default_rng(0).standard_normal((4, 3))
+    t = np.array([0.5, 1.0, 2.0, 0.7])
+    x = relaxcat.gumbel_softmax(logits, t[:, None], rng=3)
+    assert np.array_equal(x, relaxcat.gumbel_softmax(logits, t, rng=3))
+    w = np.random.default_rng(1).standard_normal((4, 3))
+    g = relaxcat.gumbel_softmax_vjp(x, w, t[:, None])
+    ref = relaxcat.RelaxedOneHotCategorical(t[:, None], logits=logits).rsample_vjp(x, w)
+    assert g.temperature.shape == (4, 1)
+    np.testing.assert_array_equal(g.temperature, ref.temperature)
+    np.testing.assert_array_equal(g.logits, ref.logits)
+    flat = relaxcat.gumbel_softmax_vjp(x, w, t)
+    np.testing.assert_array_equal(g.temperature[:, 0], flat.temperature)
+
+
 def test_gumbel_softmax_float32_and_bad_input():
     x = relaxcat.gumbel_softmax(np.zeros(4, dtype=np.float32), 1.0, rng=0)
     assert x.dtype == np.float32
