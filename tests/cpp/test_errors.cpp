@@ -252,6 +252,50 @@ TEST(Errors, GumbelsMustBeFiniteAndOutputsMustNotOverlapInputs) {
         "RelaxedOneHotCategorical::rsample: out must not share memory with gumbels");
 }
 
+// An output whose elements alias each other kept only the last value written to
+// each address; and an output overlapping another output was called "an input"
+// (both found by a fresh-user review).
+TEST(Errors, OutputsMustNotAliasThemselvesAndOverlapsNameTheOtherArgument) {
+    const Dist d = two_rows();
+    std::vector<double> out(6, -7.0);
+    Philox gen(3);
+    EXPECT_MESSAGE(d.rsample(MatrixView<double>(out.data(), 2, 3, 0, 1), gen),
+                   "RelaxedOneHotCategorical::rsample: out must not have two elements "
+                   "at one address, got shape (2, 3) with strides (0, 1)");
+    EXPECT_MESSAGE(d.rsample(MatrixView<double>(out.data(), 2, 3, 2, 1), gen),
+                   "RelaxedOneHotCategorical::rsample: out must not have two elements "
+                   "at one address, got shape (2, 3) with strides (2, 1)");
+    EXPECT_EQ(out, std::vector<double>(6, -7.0));
+    EXPECT_EQ(gen.offset(), 0u);
+    // Column-major and reversed rows are fine.
+    d.rsample(MatrixView<double>(out.data(), 2, 3, 1, 2), gen);
+    d.rsample(MatrixView<double>(out.data() + 3, 2, 3, -3, 1), gen);
+
+    const std::vector<double> x = {0.2, 0.3, 0.5, 0.6, 0.4, 0.0};
+    const std::vector<double> g = {1.0, 2.0};
+    std::vector<double> lp(2), gv(6), gp(6), gt(1);
+    const MatrixView<const double> value(x.data(), 2, 3);
+    const VectorView<const double> grad(g.data(), 2);
+    EXPECT_MESSAGE(d.log_prob(value, VectorView<double>(lp.data(), 2, 0)),
+                   "RelaxedOneHotCategorical::log_prob: out must not have two elements "
+                   "at one address, got size 2 with stride 0");
+    EXPECT_MESSAGE(
+        d.log_prob_vjp(value, grad, MatrixView<double>(gv.data(), 2, 3, 0, 1),
+                       MatrixView<double>(), VectorView<double>()),
+        "RelaxedOneHotCategorical::log_prob_vjp: grad_value must not have "
+        "two elements at one address, got shape (2, 3) with strides (0, 1)");
+    EXPECT_MESSAGE(
+        d.log_prob_vjp(value, grad, MatrixView<double>(gv.data(), 2, 3),
+                       MatrixView<double>(gv.data(), 2, 3), VectorView<double>()),
+        "RelaxedOneHotCategorical::log_prob_vjp: grad_param must not share "
+        "memory with grad_value");
+    EXPECT_MESSAGE(d.log_prob_vjp(value, grad, MatrixView<double>(),
+                                  MatrixView<double>(gp.data(), 2, 3, 0, 1),
+                                  VectorView<double>(gt.data(), 1)),
+                   "RelaxedOneHotCategorical::log_prob_vjp: grad_param must not have "
+                   "two elements at one address, got shape (2, 3) with strides (0, 1)");
+}
+
 }  // namespace
 
 // validate_args names the first failing row, whatever kinds of failure later

@@ -187,6 +187,28 @@ Extent extent(const VectorView<T>& v) {
     return extent(MatrixView<T>(v.data, v.size, 1, v.stride, 1));
 }
 
+// Whether no two elements of a view share an address: with the dimensions
+// ordered by |stride|, the inner one spans less than one step of the outer one.
+// Sufficient, not necessary (rows of stride 3 and columns of stride 2 in a 2 x 2
+// view interleave without meeting, and are refused); an output must pass it.
+template <class T>
+bool elements_distinct(const MatrixView<T>& v) {
+    int64_t n1 = v.cols, s1 = v.col_stride < 0 ? -v.col_stride : v.col_stride;
+    int64_t n2 = v.rows, s2 = v.row_stride < 0 ? -v.row_stride : v.row_stride;
+    if (n1 <= 1) return n2 <= 1 || s2 >= 1;
+    if (n2 <= 1) return s1 >= 1;
+    if (s1 > s2) {
+        std::swap(n1, n2);
+        std::swap(s1, s2);
+    }
+    return s1 >= 1 && s2 / n1 >= s1;
+}
+
+template <class T>
+bool elements_distinct(const VectorView<T>& v) {
+    return v.size <= 1 || v.stride != 0;
+}
+
 inline bool overlap(Extent a, Extent b) {
     return a.lo != nullptr && b.lo != nullptr && std::less<const char*>()(a.lo, b.hi) &&
            std::less<const char*>()(b.lo, a.hi);
@@ -375,8 +397,9 @@ public:
         const std::string fn = method("rsample_vjp");
         const int64_t rows = check_value(fn, value);
         check_matrix(fn, "grad", grad, rows);
-        check_grad_outputs(fn, grad_param, grad_temperature,
-                           {detail::extent(value), detail::extent(grad)});
+        check_grad_outputs(
+            fn, grad_param, grad_temperature,
+            {{"an input", detail::extent(value)}, {"an input", detail::extent(grad)}});
         const int threads = resolve_threads(fn, num_threads);
         ParamGrad gl(*this, grad_param, rows);
         std::vector<double> gt(static_cast<size_t>(grad_temperature.data ? rows : 0));
@@ -607,6 +630,29 @@ private:
         return std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
     }
 
+    // An output whose elements alias each other would keep only the last of the
+    // values written to each address.
+    template <class View>
+    static void check_distinct(const std::string& fn, const char* name, const View& v) {
+        if (v.data == nullptr || detail::elements_distinct(v)) return;
+        detail::fail(fn, std::string(name) +
+                             " must not have two elements at one address, got " +
+                             describe_layout(v));
+    }
+
+    template <class T>
+    static std::string describe_layout(const MatrixView<T>& v) {
+        return "shape (" + detail::show(v.rows) + ", " + detail::show(v.cols) +
+               ") with strides (" + detail::show(v.row_stride) + ", " +
+               detail::show(v.col_stride) + ")";
+    }
+
+    template <class T>
+    static std::string describe_layout(const VectorView<T>& v) {
+        return "size " + detail::show(v.size) + " with stride " +
+               detail::show(v.stride);
+    }
+
     static void check_no_overlap(const std::string& fn, const char* out_name,
                                  detail::Extent out, const char* in_name,
                                  detail::Extent in) {
@@ -647,6 +693,7 @@ private:
                                  detail::show(v.size));
         if (output && v.data == nullptr && size > 0)
             detail::fail(fn, std::string(name) + " must not have a null data pointer");
+        if (output) check_distinct(fn, name, v);
     }
 
     int64_t check_out_rows(const std::string& fn, const char* name,
@@ -658,12 +705,19 @@ private:
                                  detail::show(out.cols));
         if (required && out.data == nullptr && out.rows > 0)
             detail::fail(fn, std::string(name) + " must not have a null data pointer");
+        check_distinct(fn, name, out);
         return check_rows(fn, name, out.rows);
     }
 
+    // The extents of a call's other arguments, each with its name for messages.
+    struct Named {
+        const char* name;
+        detail::Extent extent;
+    };
+
     void check_grad_outputs(const std::string& fn, const MatrixView<Real>& gp,
                             const VectorView<Real>& gt,
-                            std::initializer_list<detail::Extent> inputs) const {
+                            std::initializer_list<Named> others) const {
         const char* pname = has_probs() ? "grad_param (probs)" : "grad_param (logits)";
         if (gp.data != nullptr) {
             check_view_shape(fn, "grad_param", gp.rows, gp.cols, gp.data);
@@ -678,9 +732,12 @@ private:
             detail::fail(fn, "grad_temperature must have one entry per temperature (" +
                                  detail::show(num_temperatures()) + "), got " +
                                  detail::show(gt.size));
-        for (const detail::Extent& e : inputs) {
-            check_no_overlap(fn, "grad_param", detail::extent(gp), "an input", e);
-            check_no_overlap(fn, "grad_temperature", detail::extent(gt), "an input", e);
+        check_distinct(fn, "grad_param", gp);
+        check_distinct(fn, "grad_temperature", gt);
+        for (const Named& o : others) {
+            check_no_overlap(fn, "grad_param", detail::extent(gp), o.name, o.extent);
+            check_no_overlap(fn, "grad_temperature", detail::extent(gt), o.name,
+                             o.extent);
         }
         check_no_overlap(fn, "grad_param", detail::extent(gp), "grad_temperature",
                          detail::extent(gt));
@@ -868,8 +925,10 @@ private:
         const int64_t rows = check_value(fn, value);
         if (want_log_prob) check_vector(fn, "out", out, rows, true);
         check_vector(fn, "grad", grad, rows, false);
-        if (grad_value.data != nullptr)
+        if (grad_value.data != nullptr) {
             check_matrix(fn, "grad_value", grad_value, rows);
+            check_distinct(fn, "grad_value", grad_value);
+        }
         const detail::Extent inputs[] = {detail::extent(value), detail::extent(grad)};
         for (const detail::Extent& e : inputs) {
             check_no_overlap(fn, "grad_value", detail::extent(grad_value), "an input",
@@ -878,9 +937,11 @@ private:
         }
         check_no_overlap(fn, "out", detail::extent(out), "grad_value",
                          detail::extent(grad_value));
-        check_grad_outputs(
-            fn, grad_param, grad_temperature,
-            {inputs[0], inputs[1], detail::extent(grad_value), detail::extent(out)});
+        check_grad_outputs(fn, grad_param, grad_temperature,
+                           {{"an input", inputs[0]},
+                            {"an input", inputs[1]},
+                            {"grad_value", detail::extent(grad_value)},
+                            {"out", detail::extent(out)}});
         const int threads = resolve_threads(fn, num_threads);
         detail::RowsOut<Real> lp(out);
         detail::RowsOut<Real> gv(grad_value);
