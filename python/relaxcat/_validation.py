@@ -343,12 +343,24 @@ def check_log_simplex(
     )
 
 
+# NumPy's bit generators whose raw outputs are 64-bit words (MT19937's are 32).
+_RAW_64_BIT = (np.random.PCG64, np.random.PCG64DXSM, np.random.Philox, np.random.SFC64)
+
+
 def key_and_stream(rng) -> tuple[int, int]:
     """The Philox key and stream of one call; see the README's random stream."""
     if rng is None:
         return secrets.randbits(64), secrets.randbits(64)
     if isinstance(rng, np.random.Generator):
-        key, stream = rng.integers(0, 2**64, size=2, dtype=np.uint64)
+        # rng.integers(0, 2**64, size=2, dtype=np.uint64) defines the two words.
+        # For bit generators whose raw output is a full 64-bit word, that call
+        # returns two raw outputs, and random_raw gives the same words (and the
+        # same state after) in a tenth of the time, 0.4 us rather than 5
+        # (test_stream.py pins the equality for each of them).
+        if type(rng.bit_generator) in _RAW_64_BIT:
+            key, stream = rng.bit_generator.random_raw(2)
+        else:
+            key, stream = rng.integers(0, 2**64, size=2, dtype=np.uint64)
         return int(key), int(stream)
     if isinstance(rng, numbers.Integral) and not isinstance(rng, (bool, np.bool_)):
         seed = int(rng)
