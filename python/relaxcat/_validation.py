@@ -75,10 +75,14 @@ def as_float_array(
     impossible category).
     """
     if isinstance(value, np.ma.MaskedArray):
+        hint = (
+            "mark impossible categories with -inf logits or zero probs, or pass "
+            if name in ("logits", "probs")
+            else "pass np.ma.filled(...) to fill the masked entries, or "
+        )
         raise TypeError(
             f"{name} must not be a numpy.ma.MaskedArray: its mask would be ignored "
-            "(mark impossible categories with -inf logits or zero probs, or pass "
-            "np.ma.getdata(...) to use the data as it is)"
+            f"({hint}np.ma.getdata(...) to use the data as it is)"
         )
     if type(value) is np.ndarray:
         arr = value  # what np.asarray gives, without the cost of the guard below
@@ -379,8 +383,12 @@ def prepare_out(out, shape: tuple, dtype, inputs=(), name: str = "out"):
     """Check a caller's output array; never copies."""
     if out is None:
         return np.empty(shape, dtype=dtype)
-    if not isinstance(out, np.ndarray) or isinstance(out, np.ma.MaskedArray):
+    if not isinstance(out, np.ndarray):
         raise TypeError(f"{name} must be a numpy.ndarray, got {type(out).__name__}")
+    if isinstance(out, np.ma.MaskedArray):
+        raise TypeError(
+            f"{name} must not be a numpy.ma.MaskedArray: results would ignore its mask"
+        )
     if out.dtype != dtype:
         native = out.dtype.newbyteorder("=") == np.dtype(dtype)
         order = " in native byte order" if native else ""

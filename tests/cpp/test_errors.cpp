@@ -257,7 +257,7 @@ TEST(Errors, GumbelsMustBeFiniteAndOutputsMustNotOverlapInputs) {
 // (both found by a fresh-user review).
 TEST(Errors, OutputsMustNotAliasThemselvesAndOverlapsNameTheOtherArgument) {
     const Dist d = two_rows();
-    std::vector<double> out(6, -7.0);
+    std::vector<double> out(6, -7.0), big(12);
     Philox gen(3);
     EXPECT_MESSAGE(d.rsample(MatrixView<double>(out.data(), 2, 3, 0, 1), gen),
                    "RelaxedOneHotCategorical::rsample: out must not have two elements "
@@ -265,11 +265,17 @@ TEST(Errors, OutputsMustNotAliasThemselvesAndOverlapsNameTheOtherArgument) {
     EXPECT_MESSAGE(d.rsample(MatrixView<double>(out.data(), 2, 3, 2, 1), gen),
                    "RelaxedOneHotCategorical::rsample: out must not have two elements "
                    "at one address, got shape (2, 3) with strides (2, 1)");
+    EXPECT_MESSAGE(d.rsample(MatrixView<double>(big.data(), 2, 3, 4, 2), gen),
+                   "RelaxedOneHotCategorical::rsample: out must not have two elements "
+                   "at one address, got shape (2, 3) with strides (4, 2)");
     EXPECT_EQ(out, std::vector<double>(6, -7.0));
     EXPECT_EQ(gen.offset(), 0u);
-    // Column-major and reversed rows are fine.
+    // Column-major, reversed rows, and every other column of a wider buffer
+    // (rows 5 apart, the last column of a row at 4) are fine.
     d.rsample(MatrixView<double>(out.data(), 2, 3, 1, 2), gen);
     d.rsample(MatrixView<double>(out.data() + 3, 2, 3, -3, 1), gen);
+    d.rsample(MatrixView<double>(big.data(), 2, 3, 5, 2), gen);
+    d.rsample(MatrixView<double>(big.data(), 2, 3, 1, 3), gen);
 
     const std::vector<double> x = {0.2, 0.3, 0.5, 0.6, 0.4, 0.0};
     const std::vector<double> g = {1.0, 2.0};

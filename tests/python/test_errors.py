@@ -1406,6 +1406,16 @@ def test_masked_arrays_are_refused_rather_than_their_masks_ignored():
     x = d.rsample(rng=0)
     with pytest.raises(TypeError, match=r"value must not be a numpy.ma.MaskedArray"):
         d.log_prob(np.ma.masked_array(x))
-    with pytest.raises(TypeError, match=r"out must be a numpy.ndarray, got Masked"):
+    with pytest.raises(TypeError, match=r"out must not be a numpy.ma.MaskedArray: "):
         d.rsample(rng=0, out=np.ma.masked_array(np.empty(3)))
+    # The hint fits the argument: only logits and probs mark categories.
+    with pytest.raises(TypeError, match=r"\(mark impossible categories with -inf"):
+        relaxcat.RelaxedOneHotCategorical(0.5, probs=np.ma.masked_array([1.0, 2.0]))
+    with pytest.raises(
+        TypeError,
+        match=r"temperature must not be a numpy.ma.MaskedArray: its mask would be "
+        r"ignored \(pass np.ma.filled\(...\) to fill the masked entries, or "
+        r"np.ma.getdata\(...\) to use the data as it is\)",
+    ):
+        relaxcat.RelaxedOneHotCategorical(np.ma.masked_array([0.5]), logits=np.zeros(3))
     assert np.array_equal(masked.mask, [False, True, False])  # left as it was

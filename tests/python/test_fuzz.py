@@ -136,6 +136,35 @@ def test_value_gradient_at_a_zero_takes_the_exact_sign_of_its_numerator(
     assert d.log_prob(x)[0] == np.inf  # T (K - m) < m, as the gradient says
 
 
+def test_value_gradient_at_zeros_near_the_balance_has_the_sign_of_the_rule(simd_level):
+    # Equal logits, m zeros among K, T = fl(m / (K - m)) one rounding off the
+    # balance T (K - m) = m: d/dx at the zeros tends to the infinity of the sign
+    # of T (K - m) - m, as log_prob's rule takes it (exact, by Fraction). It had
+    # come from T (K fl(1/m) - 1) - 1, whose rounding decided the sign in 128 of
+    # the pairs with K <= 40 (T = fl(7/3), K = 10, m = 7: -inf where it is +inf;
+    # a fresh-user review). Every such pair, both signs of the upstream.
+    from fractions import Fraction
+
+    checked = 0
+    for k in range(2, 41):
+        for m in range(1, k):
+            t = m / (k - m)
+            c = Fraction(t) * (k - m) - m
+            if c == 0:
+                continue
+            x = np.zeros(k)
+            x[m:] = 1.0 / (k - m)
+            d = Relaxed(t, logits=np.zeros(k))
+            sign = 1.0 if c > 0 else -1.0
+            assert d.log_prob(x) == -sign * np.inf, (k, m)
+            for upstream in (1.0, -0.5):
+                got = d.log_prob_vjp(x, upstream).value[:m]
+                want = np.inf if sign * upstream > 0 else -np.inf
+                assert np.all(got == want), (k, m, upstream, got[0])
+            checked += 1
+    assert checked > 100
+
+
 @pytest.mark.parametrize("k", [3, 40])
 @pytest.mark.parametrize("cls", [Relaxed, ExpRelaxed])
 @pytest.mark.parametrize("upstream", [0.25, 0.01, 0.0])

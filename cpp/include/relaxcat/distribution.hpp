@@ -188,9 +188,10 @@ Extent extent(const VectorView<T>& v) {
 }
 
 // Whether no two elements of a view share an address: with the dimensions
-// ordered by |stride|, the inner one spans less than one step of the outer one.
-// Sufficient, not necessary (rows of stride 3 and columns of stride 2 in a 2 x 2
-// view interleave without meeting, and are refused); an output must pass it.
+// ordered by |stride|, the inner one spans less than one step of the outer one
+// ((n1 - 1) s1 < s2; every other column of a wider buffer passes). Sufficient,
+// not necessary (rows of stride 3 and columns of stride 2 in a 2 x 2 view
+// interleave without meeting, and are refused); an output must pass it.
 template <class T>
 bool elements_distinct(const MatrixView<T>& v) {
     int64_t n1 = v.cols, s1 = v.col_stride < 0 ? -v.col_stride : v.col_stride;
@@ -201,7 +202,7 @@ bool elements_distinct(const MatrixView<T>& v) {
         std::swap(n1, n2);
         std::swap(s1, s2);
     }
-    return s1 >= 1 && s2 / n1 >= s1;
+    return s1 >= 1 && (s2 - 1) / (n1 - 1) >= s1;
 }
 
 template <class T>

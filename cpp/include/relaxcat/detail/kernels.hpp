@@ -60,9 +60,15 @@
 // with T (K - m) = m (the finite density) at every zero whose logit equals the
 // others' on Z: K = 2, T = 1, logits (0.3, -0.8), x = (0, 1) gives
 // -2 exp(-1.1) = -0.666, which the gradient at x = (1e-300, 1) also gives; it
-// had been 0 (a fresh-user review). In such a row N0 = T K (w_k - 1/m), whose
-// sign is that of m e_k - sum_Z e with e = exp(a - max_Z a): exact (0) when the
-// logits on Z are equal, where w_k = fl(1/m) could make N0 a rounding error.
+// had been 0 (a fresh-user review). N0 has the sign of
+// T (K e_k - S) - S with e = exp(a - max_Z a) and S = sum_Z e, formed with one
+// rounding (fma): with equal logits on Z, e_k = 1 and S = m exactly, so this is
+// T (K - m) - m, the sign log_prob's rule takes (0 when balanced; at T =
+// fl(7/3), K = 10, m = 7 it is +4.4e-16, where T (K fl(1/m) - 1) - 1 had come
+// out negative). Logits on Z that differ by less than their rounding after the
+// shift by the row's largest logit give equal e and count as equal (0 and
+// 1e-17 with a largest logit of 0.3): the limit jumps between an infinity and
+// the next term there, and the rounding decides.
 
 #include <array>
 #include <cmath>
@@ -1720,17 +1726,14 @@ void log_prob_rows(const LogProbArgs<Real>& a, int64_t r0, int64_t r1,
                 // T (K w - 1) - 1 with one rounding (fma), as log_prob takes the
                 // sign of T (K - m) - m: at T = fl(1/3), K = 4 and one zero the
                 // rounded product was 1, the numerator 0, and the gradient 0
-                // where it tends to -inf. In a row with T (K - m) = m, the sign
-                // of m e_k - sum_Z e (Note [vanishing numerator at a zero]).
-                const double m = row_zeros[i];
-                const bool balanced = std::fma(t, kd - m, -m) == 0.0;
+                // where it tends to -inf. Formed as T (K e - S) - S from the
+                // exponentials e on the zero set and their sum S (Note
+                // [vanishing numerator at a zero]).
                 double per_weight = kInf;  // vanishing_numerator_limit, when needed
                 for (int64_t j = 0; j < k; ++j) {
                     if (!(lg[j] > -kInf) || static_cast<double>(v[j * vs]) != 0.0)
                         continue;
-                    const double num =
-                        balanced ? m * wi[j] - sum
-                                 : std::fma(t, kd * (wi[j] * inv) - 1.0, -1.0);
+                    const double num = std::fma(t, kd * wi[j] - sum, -sum);
                     double dv = 0.0;
                     if (g != 0.0 && num != 0.0)
                         dv = (g > 0.0) == (num > 0.0) ? kInf : -kInf;
