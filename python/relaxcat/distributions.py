@@ -696,11 +696,46 @@ class RelaxedOneHotCategorical:
                 f"grad must broadcast to {what} {shape}, got {grad.shape}"
             ) from None
 
-    def rsample_vjp(self, value, grad, num_threads=None):
+    def _wanted(self, wrt, names: tuple) -> tuple:
+        """The gradients a VJP call asked for with ``wrt``, as a tuple of bools
+        in the order of ``names`` (all of them for None)."""
+        if wrt is None:
+            return tuple(True for _ in names)
+        items = (wrt,) if isinstance(wrt, str) else wrt
+        try:
+            items = tuple(items)
+        except TypeError:
+            raise TypeError(
+                f"wrt must be None, a name or a tuple of names, "
+                f"got {type(wrt).__name__}"
+            ) from None
+        for item in items:
+            if not isinstance(item, str):
+                raise TypeError(
+                    f"wrt must name gradients as strings, got {type(item).__name__}"
+                )
+            if item not in names:
+                raise ValueError(
+                    f"wrt must name some of {', '.join(names)}, got {item!r}"
+                )
+        if not items:
+            raise ValueError(f"wrt must name at least one of {', '.join(names)}")
+        return tuple(name in items for name in names)
+
+    def rsample_vjp(self, value, grad, num_threads=None, wrt=None):
         """The gradient of ``sum(grad * value)`` for ``value = self.rsample(...)``.
 
         Needs only the sample, not the noise: ``d/dlogits = x (w - <w, x>) / T`` and
         ``d/dT = -(1/T) sum_k x_k (w_k - <w, x>) log x_k``.
+
+        Parameters
+        ----------
+        wrt : str or tuple of str, optional
+            The gradients to compute, among ``"logits"`` (``"probs"`` for a
+            distribution given probs) and ``"temperature"``; the others come
+            back as None and cost nothing. Default: both. A fixed temperature
+            (an annealing schedule) needs no temperature gradient, and skipping
+            it saves the logarithm of every entry.
 
         Returns
         -------
@@ -708,21 +743,30 @@ class RelaxedOneHotCategorical:
             Each with the shape of the parameter as given, broadcast dimensions
             summed; a scalar temperature gets a 0-d array. Masked categories get 0.
         """
+        want_param, want_t = self._wanted(wrt, (self._param_name, "temperature"))
         value = self._value(value)
         grad = self._grad(grad, value.shape, "the value's shape")
         val, logits, temp = self._broadcast_value(value)
         grad = _broadcast(grad, val.shape)
         threads = _threads.resolve(num_threads)
-        gl = self._logits_grad_rows(val.shape)
-        gt = np.empty(temp.shape, dtype=np.float64)  # Note [summed gradients]
+        gl = self._logits_grad_rows(val.shape) if want_param else None
+        # Note [summed gradients]
+        gt = np.empty(temp.shape, dtype=np.float64) if want_t else None
         _core.rsample_vjp(self._space, val, grad, temp, gl, gt, threads, logits)
-        gp = self._param_grad(gl, threads)
-        gt = self._temperature_grad(gt)
+        gp = self._param_grad(gl, threads) if want_param else None
+        gt = self._temperature_grad(gt) if want_t else None
         cls = RsampleGradProbs if self._probs_given is not None else RsampleGrad
         return cls(gp, gt)
 
-    def log_prob_vjp(self, value, grad, num_threads=None):
+    def log_prob_vjp(self, value, grad, num_threads=None, wrt=None):
         """The gradient of ``sum(grad * log_prob(value))``.
+
+        Parameters
+        ----------
+        wrt : str or tuple of str, optional
+            The gradients to compute, among ``"value"``, ``"logits"``
+            (``"probs"`` for a distribution given probs) and ``"temperature"``;
+            the others come back as None and cost nothing. Default: all three.
 
         Returns
         -------
@@ -731,9 +775,9 @@ class RelaxedOneHotCategorical:
             derivatives); each entry has the shape of the argument as given.
             Masked categories get 0.
         """
-        return self._log_prob_vjp(value, grad, num_threads, False)[1]
+        return self._log_prob_vjp(value, grad, num_threads, False, wrt)[1]
 
-    def log_prob_and_vjp(self, value, grad, num_threads=None):
+    def log_prob_and_vjp(self, value, grad, num_threads=None, wrt=None):
         """``log_prob(value)`` and ``log_prob_vjp(value, grad)`` from one pass.
 
         The kernel that forms the gradients has every term of the log-density at
@@ -741,14 +785,18 @@ class RelaxedOneHotCategorical:
         calls read the value twice. Use it when the upstream gradient is known
         before the forward pass (a sum or mean of log-densities, a score-function
         estimator); the results are the same bits as the two separate calls.
+        ``wrt`` as for :meth:`log_prob_vjp`.
 
         Returns
         -------
         (log_prob, LogProbGrad or LogProbGradProbs)
         """
-        return self._log_prob_vjp(value, grad, num_threads, True)
+        return self._log_prob_vjp(value, grad, num_threads, True, wrt)
 
-    def _log_prob_vjp(self, value, grad, num_threads, want_log_prob: bool):
+    def _log_prob_vjp(self, value, grad, num_threads, want_log_prob: bool, wrt):
+        want_v, want_param, want_t = self._wanted(
+            wrt, ("value", self._param_name, "temperature")
+        )
         value = self._value(value)
         val, logits, temp = self._broadcast_value(value)
         grad = self._grad(grad, temp.shape, "log_prob's shape")
@@ -756,13 +804,15 @@ class RelaxedOneHotCategorical:
         lp = np.empty(temp.shape, dtype=self.dtype) if want_log_prob else None
         # The value gradient is summed over the batch rows a broadcast value
         # serves, in float64 then (Note [summed gradients]).
-        gv = np.empty(val.shape, self.dtype if val.shape == value.shape else np.float64)
-        gl = self._logits_grad_rows(val.shape)
-        gt = np.empty(temp.shape, dtype=np.float64)  # Note [summed gradients]
+        wide = val.shape != value.shape
+        gv = np.empty(val.shape, np.float64 if wide else self.dtype) if want_v else None
+        gl = self._logits_grad_rows(val.shape) if want_param else None
+        # Note [summed gradients]
+        gt = np.empty(temp.shape, dtype=np.float64) if want_t else None
         _core.log_prob(self._space, logits, temp, val, grad, lp, gv, gl, gt, threads)
-        gv = _round_to(_reduce_to(gv, value.shape), self.dtype)
-        gp = self._param_grad(gl, threads)
-        gt = self._temperature_grad(gt)
+        gv = _round_to(_reduce_to(gv, value.shape), self.dtype) if want_v else None
+        gp = self._param_grad(gl, threads) if want_param else None
+        gt = self._temperature_grad(gt) if want_t else None
         cls = LogProbGradProbs if self._probs_given is not None else LogProbGrad
         return lp, cls(gv, gp, gt)
 

@@ -547,3 +547,80 @@ def test_rsample_vjp_near_a_vertex_keeps_the_dominant_entry(simd_level, cls, k):
     np.testing.assert_allclose(got.logits, want, rtol=1e-13, atol=0)
     assert abs(float(got.temperature) - want_t) <= 1e-13 * abs(want_t)
     np.testing.assert_allclose(got_q.probs, want / q, rtol=1e-13, atol=0)
+
+
+def _subsets(names):
+    import itertools
+
+    return [
+        c for n in range(1, len(names) + 1) for c in itertools.combinations(names, n)
+    ]
+
+
+# wrt= computes only the gradients asked for: the same bits as in the full call,
+# None for the others. Rows of 3 (down columns), 40 and 3000 (row by row), masked
+# categories, float32 and float64, logits and probs.
+@pytest.mark.parametrize("cls", CLASSES)
+@pytest.mark.parametrize("k", [3, 40, 3000])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("param", ["logits", "probs"])
+def test_wrt_gives_the_asked_gradients_with_the_bits_of_the_full_call(
+    cls, k, dtype, param
+):
+    rng = np.random.default_rng(k)
+    logits = rng.normal(size=(5, k)).astype(dtype)
+    logits[1, 0] = -np.inf
+    given = logits if param == "logits" else np.exp(logits.astype(np.float64))
+    d = cls(
+        np.array([0.4, 0.9, 1.3, 2.0, 0.7], dtype=dtype)[:, None],
+        **{param: given.astype(dtype)},
+    )
+    x = d.rsample(rng=7)
+    w = rng.normal(size=x.shape).astype(dtype)
+    up = rng.normal(size=5).astype(dtype)
+
+    full = d.rsample_vjp(x, w)
+    for wrt in _subsets((param, "temperature")):
+        got = d.rsample_vjp(x, w, wrt=wrt)
+        for name, a, b in zip(full._fields, got, full):
+            assert (a is None) == (name not in wrt)
+            assert a is None or a.tobytes() == b.tobytes(), (wrt, name)
+
+    full_lp, full_g = d.log_prob_and_vjp(x, up)
+    assert d.log_prob_vjp(x, up).value.tobytes() == full_g.value.tobytes()
+    for wrt in _subsets(("value", param, "temperature")):
+        lp, got = d.log_prob_and_vjp(x, up, wrt=wrt)
+        alone = d.log_prob_vjp(x, up, wrt=wrt)
+        assert lp.tobytes() == full_lp.tobytes()
+        for name, a, c, b in zip(full_g._fields, got, alone, full_g):
+            assert (a is None) == (name not in wrt) and (c is None) == (a is None)
+            assert a is None or a.tobytes() == b.tobytes() == c.tobytes(), (wrt, name)
+
+
+@pytest.mark.parametrize(
+    "wrt, error, says",
+    [
+        (
+            "logit",
+            ValueError,
+            r"wrt must name some of logits, temperature, got 'logit'",
+        ),
+        (
+            "probs",
+            ValueError,
+            r"wrt must name some of logits, temperature, got 'probs'",
+        ),
+        ((), ValueError, r"wrt must name at least one of logits, temperature"),
+        (3, TypeError, r"wrt must be None, a name or a tuple of names, got int"),
+        ((b"logits",), TypeError, r"wrt must name gradients as strings, got bytes"),
+    ],
+)
+def test_wrt_names_what_it_takes(wrt, error, says):
+    d = relaxcat.RelaxedOneHotCategorical(0.5, logits=np.zeros(3))
+    x = d.rsample(rng=0)
+    with pytest.raises(error, match=says):
+        d.rsample_vjp(x, np.ones(3), wrt=wrt)
+    with pytest.raises(ValueError, match=r"some of value, probs, temperature, got 'lo"):
+        relaxcat.RelaxedOneHotCategorical(0.5, probs=np.ones(3)).log_prob_vjp(
+            x, 1.0, wrt="logits"
+        )
