@@ -1753,9 +1753,14 @@ void log_prob_rows(const LogProbArgs<Real>& a, int64_t r0, int64_t r1,
 }
 
 // A value given as x (simplex) or as y = log x: the other of the two, flat over
-// n elements.
-inline void complete_x_and_log_x(bool simplex, double* x, double* y, int64_t n) {
-    if (simplex) {
+// n elements. On the simplex rsample_vjp reads log x only for the temperature
+// gradient; without it (logs false) y is set to 0 instead, which nothing else
+// reads there, and the logarithms are not taken.
+inline void complete_x_and_log_x(bool simplex, double* x, double* y, int64_t n,
+                                 bool logs) {
+    if (simplex && !logs) {
+        for (int64_t j = 0; j < n; ++j) y[j] = 0.0;
+    } else if (simplex) {
         for (int64_t j = 0; j < n; ++j) y[j] = x[j];
         log_inplace(y, n);
     } else {
@@ -1873,7 +1878,7 @@ void rsample_vjp_block_columns(const RsampleVjpArgs<Real>& a, Walker& walk, int6
         const double masked_value = simplex ? 0.0 : -kInf;
         for (int64_t j = 0; j < n; ++j) v[j] = lc[j] == -kInf ? masked_value : v[j];
     }
-    complete_x_and_log_x(simplex, x, y, n);
+    complete_x_and_log_x(simplex, x, y, n, a.grad_temperature != nullptr);
 
     // The row sums, in element order.
     for (int64_t i = 0; i < nb; ++i) {
@@ -2029,6 +2034,7 @@ void rsample_vjp_long_row(const RsampleVjpArgs<Real>& a, const Real* gp, int64_t
         const double log_sum = log_d(sum);
         const double inv_sum = 1.0 / sum;
         const bool finite_inv_t = inv_t < kInf;
+        const bool want_t = a.grad_temperature != nullptr;
         // On the simplex log_sum - log x stays below 1500 (x is at least the
         // smallest subnormal), so the scale of rsample_vjp_rows is 1.
         return reduce_terms(k, 0.0, kPlus, [&](auto d, int64_t j) {
@@ -2043,7 +2049,8 @@ void rsample_vjp_long_row(const RsampleVjpArgs<Real>& a, const Real* gp, int64_t
                                    true, xv, wv, Lanes<D>::splat(inv_sum),
                                    Lanes<D>::splat(dom.rest), Lanes<D>::splat(dom.q),
                                    Lanes<D>::splat(dom.wd), Lanes<D>::splat(dom.xd));
-            const D rel = log_lanes(xv) - log_sum;
+            // log x only for the temperature gradient (complete_x_and_log_x).
+            const D rel = want_t ? log_lanes(xv) - log_sum : D{};
             store_lanes(x + j, finite_inv_t ? ds * inv_t : ds / t);
             return ds != 0.0 ? ds * rel : D{};
         });
@@ -2108,7 +2115,7 @@ void rsample_vjp_rows(const RsampleVjpArgs<Real>& a, int64_t r0, int64_t r1,
             }
             continue;
         }
-        complete_x_and_log_x(simplex, x, y, n);
+        complete_x_and_log_x(simplex, x, y, n, a.grad_temperature != nullptr);
 
         // 2. The row sums of x, and their logs in one flat pass.
         for (int64_t i = 0; i < nb; ++i) {
