@@ -325,15 +325,9 @@ public:
         a.temperature = temperature_arg();
         a.noise.key = gen.key();
         a.noise.stream = gen.stream();
-        const uint64_t draws = static_cast<uint64_t>(rows * k_);
-        if (!gen.holds(draws))
-            detail::fail(fn, "gen must hold the " + detail::show(draws) +
-                                 " elements of this draw, got offset " +
-                                 detail::show(gen.offset()) +
-                                 ", past which the stream has only " +
-                                 detail::show(~gen.offset() + 1) +
-                                 " (a stream has 2^64 elements)");
-        a.noise.offset = gen.advance(draws);
+        const int64_t draws = rows * k_;
+        detail::RELAXCAT_ISA_NAMESPACE::check_noise_room(fn.c_str(), gen, draws);
+        a.noise.offset = gen.advance(static_cast<uint64_t>(draws));
         sample_into(a, out, threads);
     }
 
