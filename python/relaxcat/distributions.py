@@ -701,14 +701,15 @@ class RelaxedOneHotCategorical:
         in the order of ``names`` (all of them for None)."""
         if wrt is None:
             return tuple(True for _ in names)
-        items = (wrt,) if isinstance(wrt, str) else wrt
-        try:
-            items = tuple(items)
-        except TypeError:
+        if isinstance(wrt, str):
+            items = (wrt,)
+        elif isinstance(wrt, (tuple, list)):
+            items = tuple(wrt)
+        else:
             raise TypeError(
-                f"wrt must be None, a name or a tuple of names, "
+                f"wrt must be None, a name or a tuple or list of names, "
                 f"got {type(wrt).__name__}"
-            ) from None
+            )
         for item in items:
             if not isinstance(item, str):
                 raise TypeError(
@@ -720,6 +721,8 @@ class RelaxedOneHotCategorical:
                 )
         if not items:
             raise ValueError(f"wrt must name at least one of {', '.join(names)}")
+        if len(set(items)) != len(items):
+            raise ValueError(f"wrt must name each gradient once, got {items!r}")
         return tuple(name in items for name in names)
 
     def rsample_vjp(self, value, grad, num_threads=None, wrt=None):
@@ -730,12 +733,12 @@ class RelaxedOneHotCategorical:
 
         Parameters
         ----------
-        wrt : str or tuple of str, optional
-            The gradients to compute, among ``"logits"`` (``"probs"`` for a
+        wrt : str or tuple (or list) of str, optional
+            The gradients to compute, among ``"logits" (``"probs"`` for a
             distribution given probs) and ``"temperature"``; the others come
             back as None and cost nothing. Default: both. A fixed temperature
-            (an annealing schedule) needs no temperature gradient, and skipping
-            it saves the logarithm of every entry.
+            (an annealing schedule) needs no temperature gradient, and on the
+            simplex skipping it saves the logarithm of every entry.
 
         Returns
         -------
@@ -763,7 +766,7 @@ class RelaxedOneHotCategorical:
 
         Parameters
         ----------
-        wrt : str or tuple of str, optional
+        wrt : str or tuple (or list) of str, optional
             The gradients to compute, among ``"value"``, ``"logits"``
             (``"probs"`` for a distribution given probs) and ``"temperature"``;
             the others come back as None and cost nothing. Default: all three.

@@ -611,8 +611,19 @@ def test_wrt_gives_the_asked_gradients_with_the_bits_of_the_full_call(
             r"wrt must name some of logits, temperature, got 'probs'",
         ),
         ((), ValueError, r"wrt must name at least one of logits, temperature"),
-        (3, TypeError, r"wrt must be None, a name or a tuple of names, got int"),
+        (
+            3,
+            TypeError,
+            r"wrt must be None, a name or a tuple or list of names, got int",
+        ),
+        (b"logits", TypeError, r"wrt must be None, a name or .* names, got bytes"),
+        ({"logits"}, TypeError, r"wrt must be None, a name or .* names, got set"),
         ((b"logits",), TypeError, r"wrt must name gradients as strings, got bytes"),
+        (
+            ("logits", "logits"),
+            ValueError,
+            r"wrt must name each gradient once, got \('logits', 'logits'\)",
+        ),
     ],
 )
 def test_wrt_names_what_it_takes(wrt, error, says):
