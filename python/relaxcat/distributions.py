@@ -734,7 +734,7 @@ class RelaxedOneHotCategorical:
         Parameters
         ----------
         wrt : str or tuple (or list) of str, optional
-            The gradients to compute, among ``"logits" (``"probs"`` for a
+            The gradients to compute, among ``"logits"`` (``"probs"`` for a
             distribution given probs) and ``"temperature"``; the others come
             back as None and cost nothing. Default: both. A fixed temperature
             (an annealing schedule) needs no temperature gradient, and on the
