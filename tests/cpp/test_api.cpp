@@ -208,6 +208,28 @@ TEST(Api, ExpSamplesAreTheLogsOfSamples) {
     for (int i = 0; i < 6; ++i) EXPECT_NEAR(std::exp(y[i]), x[i], 4e-7f);
 }
 
+// Note [underflow in log space]: the C++ class passes its logits to the
+// kernel, so a -inf sample entry of a live category keeps its gradient,
+// (w_k - x_k sum_live w) / T, and a masked one gets 0.
+TEST(Api, LogSpaceVjpKeepsTheGradientOfAnUnderflowedCategory) {
+    const std::vector<double> lg = {0.0, -1000.0, -kInf, -2000.0};
+    const double t = 1e-306;
+    const ExpRelaxedOneHotCategorical<double> d(
+        t, relaxcat::logits(MatrixView<const double>(lg.data(), 1, 4)));
+    const std::vector<double> y = {0.0, -kInf, -kInf, -kInf};
+    const std::vector<double> w = {1.0, 2.0, 3.0, 5.0};
+    std::vector<double> gl(4), gt(1);
+    d.rsample_vjp(MatrixView<const double>(y.data(), 1, 4),
+                  MatrixView<const double>(w.data(), 1, 4),
+                  MatrixView<double>(gl.data(), 1, 4),
+                  VectorView<double>(gt.data(), 1));
+    EXPECT_DOUBLE_EQ(gl[0], (1.0 - 8.0) / t);
+    EXPECT_DOUBLE_EQ(gl[1], 2.0 / t);
+    EXPECT_EQ(gl[2], 0.0);
+    EXPECT_DOUBLE_EQ(gl[3], 5.0 / t);
+    EXPECT_EQ(gt[0], kInf);
+}
+
 TEST(Api, EmptyBatchesAreAllowed) {
     const std::vector<double> lg = {0.0, 1.0};
     const RelaxedOneHotCategorical<double> d(
@@ -433,5 +455,30 @@ TEST(Api, FoldTermsReducesEachResultAsItsOwnPassWould) {
             return k::load_lanes<decltype(d)>(p + j);
         });
         EXPECT_TRUE(same_bits(s, f[1])) << n;
+    }
+}
+
+// A walker moved on by advance_by(n) holds the offsets of n calls of advance(),
+// across carries between dimensions, broadcast (stride 0) and negative strides,
+// and past the last row, where both wrap to the first.
+TEST(Api, RowWalkerAdvanceByEqualsRepeatedAdvance) {
+    namespace k = relaxcat::detail::native;
+    relaxcat::detail::RowShape shape;
+    shape.ndim = 3;
+    shape.shape[0] = 3;
+    shape.shape[1] = 1;
+    shape.shape[2] = 5;
+    shape.rows = 15;
+    const int64_t s0[3] = {35, 7, 7}, s1[3] = {0, 4, -1}, s2[3] = {5, 0, 1};
+    const int64_t* const strides[3] = {s0, s1, s2};
+    for (int64_t start = 0; start < shape.rows; ++start) {
+        for (int64_t n : {0, 1, 2, 4, 5, 6, 9, 14, 15, 16, 31}) {
+            k::RowWalker<3> one(shape, start, strides), jump(shape, start, strides);
+            for (int64_t i = 0; i < n; ++i) one.advance();
+            jump.advance_by(n);
+            for (int j = 0; j < 3; ++j)
+                EXPECT_EQ(jump.offset[j], one.offset[j])
+                    << start << " " << n << " " << j;
+        }
     }
 }

@@ -661,8 +661,8 @@ def test_log_prob_stays_exact_at_large_temperatures(temperature):
 @pytest.mark.parametrize("cls", CLASSES)
 def test_rsample_vjp_gives_masked_categories_zero_even_for_an_unvalidated_value(cls):
     # Regression: rsample_vjp read only the value, so with validate_args=False a
-    # value with weight on a masked category got a gradient there. It now reads
-    # the value as 0 (log space: -inf) wherever the logit is -inf.
+    # value with weight on a masked category got a gradient there. It now takes
+    # every category whose logit is -inf as masked, whatever the value holds.
     logits = np.array([0.0, 1.0, -np.inf])
     d = cls(1.0, logits=logits, validate_args=False)
     x = np.array([0.2, 0.6, 0.2])
@@ -675,6 +675,42 @@ def test_rsample_vjp_gives_masked_categories_zero_even_for_an_unvalidated_value(
     clean = cls(1.0, logits=logits).rsample_vjp(on_support, np.array([1.0, -2.0, 3.0]))
     assert np.all(np.isfinite(g.logits)) and np.isfinite(g.temperature)
     assert clean.logits[2] == 0.0
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("k", [3, 20])  # down columns, and row by row
+def test_log_space_rsample_vjp_keeps_the_gradient_of_an_underflowed_category(
+    simd_level, dtype, k
+):
+    # Regression (a fresh-user review; Note [underflow in log space]): a log-space
+    # sample is -inf where a live category's (a + g) / T - lse overflowed, and
+    # rsample_vjp took such entries as masked. (8e307, 0, -8e307) at T = 1/2 gave
+    # logits gradients (-4, 4, 0) for (-14, 4, 10), and a tiny T a finite
+    # temperature gradient where its term w_k (y_k - log S) is an infinity.
+    # Here every category but the first overflows; one is masked.
+    t = dtype(1e-36) if dtype == np.float32 else 1e-306
+    logits = -1000.0 * np.arange(k, dtype=np.float64)
+    logits[2] = -np.inf
+    d = ExpRelaxed(np.asarray(t, dtype), logits=logits.astype(dtype))
+    y = d.rsample(gumbels=np.zeros(k))
+    assert y[0] == 0.0 and np.all(y[1:] == -np.inf)
+    w = np.random.default_rng(k).uniform(1.0, 2.0, k).astype(dtype)
+    g = d.rsample_vjp(y, w)
+    live = logits > -np.inf
+    x = np.exp(y.astype(np.float64))
+    want = np.where(live, (w - x * w[live].astype(np.float64).sum()) / float(t), 0.0)
+    rtol = 1e-6 if dtype == np.float32 else 1e-14
+    np.testing.assert_allclose(g.logits, want, rtol=rtol, atol=0)
+    assert g.logits[2] == 0.0
+    assert g.temperature == np.inf
+    # The float64 case of the review, through the logits of both signs.
+    d = ExpRelaxed(0.5, logits=np.array([8e307, 0.0, -8e307]))
+    y = d.rsample(gumbels=np.zeros(3))
+    assert y[2] == -np.inf
+    w = np.array([1.0, 2.0, 5.0])
+    np.testing.assert_allclose(
+        d.rsample_vjp(y, w).logits, (w - np.exp(y) * w.sum()) / 0.5, rtol=1e-15
+    )
 
 
 # ------------------------------------------------ short rows taken as columns

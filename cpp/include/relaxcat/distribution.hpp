@@ -385,7 +385,8 @@ public:
     // grad has value's shape (a row stride of 0 repeats one row). For a
     // distribution built from probs, grad_param is the gradient with respect to
     // the probabilities as given. Either output may be absent (null data).
-    // Masked categories get 0.
+    // Masked categories get 0; in log space a -inf entry of a live category is
+    // an underflow and keeps its gradient (Note [underflow in log space]).
     void rsample_vjp(MatrixView<const Real> value, MatrixView<const Real> grad,
                      MatrixView<Real> grad_param, VectorView<Real> grad_temperature,
                      int num_threads = 1) const {
@@ -404,6 +405,7 @@ public:
         a.value = value_arg(value);
         a.grad = value_arg(grad);
         a.temperature = temperature_arg();
+        a.logits = param_arg();  // masked categories by their logits
         gl.set(a);
         a.grad_temperature = grad_temperature.data ? gt.data() : nullptr;
         run(a, threads);

@@ -102,8 +102,10 @@ struct RsampleVjpArgs {
     RowArg<const Real> value;  // the sample x (or y = log x)
     RowArg<const Real> grad;   // upstream gradient on the sample, (rows, k)
     RowArg<const Real> temperature;
-    // Optional: where a logit is -inf the value is read as an exact zero (-inf in
-    // log space), so a masked category gets no gradient whatever the value says.
+    // Optional: where a logit is -inf the category is masked and gets no
+    // gradient whatever the value says. Without logits, a -inf in log space is
+    // taken as masked; with them, as a live category's underflow, which keeps
+    // its gradient (Note [underflow in log space]).
     RowArg<const Real> logits;
     Real* grad_logits = nullptr;         // (rows, k), or null
     double* grad_logits_wide = nullptr;  // or in double, see Note [summed gradients]

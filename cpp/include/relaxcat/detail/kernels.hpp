@@ -121,6 +121,20 @@ public:
         }
     }
 
+    // n calls of advance() at the cost of one: a division per dimension.
+    void advance_by(int64_t n) {
+        for (int d = shape_->ndim - 1; d >= 0 && n > 0; --d) {
+            const int64_t size = shape_->shape[d];
+            if (size <= 0) return;  // no rows, so nothing to walk
+            const int64_t to = idx_[d] + n;
+            const int64_t wrapped = to % size;
+            n = to / size;
+            for (int j = 0; j < N; ++j)
+                offset[j] += (wrapped - idx_[d]) * stride_[j][d];
+            idx_[d] = wrapped;
+        }
+    }
+
     int64_t offset[N];
 
 private:
@@ -142,13 +156,16 @@ private:
 // xref is then small, and the ratio's own rounding is not).
 //
 // Lane by lane for doubles or vectors of doubles; every branch is computed and
-// one selected, unless T <= kRatioAbove and every lane has x < xref / 2 or
-// x = xref. Then the selects would take the difference of the logs anyway (for
-// x < xref / 2, q <= -1/2: the rounded difference is at most -xref / 2, and
-// rounding is monotone), or give 0, which that difference is when x = xref (the
-// same log of the same value), and the divisions are skipped. Most entries of
-// a row are far below its largest one, and most temperatures are small; the
-// ratio's log is taken only when some lane's T is above kRatioAbove.
+// one selected, unless T <= kRatioAbove and every lane has x < 3 xref / 4 (as
+// rounded) or x = xref. Then the selects would take the difference of the logs
+// anyway (for such x, q lies below -1/4 + 2^-53, far from the -0.2 where log1p
+// starts: the rounded 3 xref / 4 is at most half an ulp above the exact one,
+// and the rounding of q is monotone), or give 0, which that difference is when
+// x = xref (the same log of the same value), and the divisions are skipped.
+// Most entries of a row are far below its largest one (rows of two have their
+// other entry below 3/4 of the largest once that is above 4/7), and most
+// temperatures are small; the ratio's log is taken only when some lane's T is
+// above kRatioAbove.
 constexpr double kRatioAbove = 64.0;
 
 inline bool all_lanes(bool b) {
@@ -197,7 +214,7 @@ RELAXCAT_ALWAYS_INLINE D log_ratio_lanes(D x, D xref, D log_x, D log_xref, D t) 
     const D diff = log_x - log_xref;
     const auto hot = (t > kRatioAbove) & (log_xref < -0.5);
     const auto cold = (t <= kRatioAbove) | (log_xref >= -0.5);
-    const auto simple = (x < 0.5 * xref) | (x == xref);
+    const auto simple = (x < 0.75 * xref) | (x == xref);
     if (all_lanes(simple & cold)) return diff;
     const D q = (x - xref) / xref;
     D h, s;
@@ -750,8 +767,30 @@ void block_per_row(const RowArg<T>& x, const RowShape& shape, Walker walk, int w
 // is never read).
 template <class Walker>
 void skip_block(Walker& walk, bool needed, int64_t nb) {
-    if (needed)
-        for (int64_t i = 0; i < nb; ++i) walk.advance();
+    if (needed) walk.advance_by(nb);
+}
+
+// out[i] = f(t[i]) for the nb rows of a block, f called once per run of equal
+// temperatures. A block with one temperature (most calls have one) is filled
+// without a comparison per row, so that both loops vectorise; the values are
+// the same either way.
+template <class F>
+inline void per_temperature(const double* t, int64_t nb, double* out, F f) {
+    int64_t differ = 0;
+    for (int64_t i = 0; i < nb; ++i) differ += t[i] != t[0];
+    if (differ == 0) {
+        const double v = f(t[0]);
+        for (int64_t i = 0; i < nb; ++i) out[i] = v;
+        return;
+    }
+    double last_t = t[0], last = f(t[0]);
+    for (int64_t i = 0; i < nb; ++i) {
+        if (t[i] != last_t) {
+            last_t = t[i];
+            last = f(t[i]);
+        }
+        out[i] = last;
+    }
 }
 
 // One block of rsample_rows in columns: rows rb .. rb + nb - 1, whose noise (if
@@ -802,16 +841,10 @@ void rsample_block_columns(const RsampleArgs<Real>& a, Walker& walk, int64_t rb,
         for (int64_t i = 0; i < nb; ++i) umax[i] = max_d(umax[i], u[j * nb + i]);
 
     // 1 / T, dividing once per run of equal temperatures (most calls have one).
-    double last_t = t[0], last_inv = 1.0 / t[0];
-    bool all_finite = last_inv < kInf;
-    for (int64_t i = 0; i < nb; ++i) {
-        if (t[i] != last_t) {
-            last_t = t[i];
-            last_inv = 1.0 / t[i];
-            all_finite &= last_inv < kInf;
-        }
-        inv_t[i] = last_inv;
-    }
+    per_temperature(t, nb, inv_t, [](double ti) { return 1.0 / ti; });
+    int64_t infinite = 0;
+    for (int64_t i = 0; i < nb; ++i) infinite += !(inv_t[i] < kInf);
+    const bool all_finite = infinite == 0;
     if (all_finite) {
         for (int64_t j = 0; j < k; ++j)
             for (int64_t i = 0; i < nb; ++i)
@@ -1271,14 +1304,12 @@ bool log_prob_block_columns(const LogProbArgs<Real>& a, Walker& walk, int64_t rb
     const double kd = static_cast<double>(k);
     if (a.log_prob != nullptr) {
         const double lgamma_k = lgamma_int(k);
-        double last_t = t[0], head = lgamma_k + (kd - 1.0) * log_d(t[0]);
-        for (int64_t i = 0; i < nb; ++i) {
-            if (t[i] != last_t) {
-                last_t = t[i];
-                head = lgamma_k + (kd - 1.0) * log_d(t[i]);
-            }
-            a.log_prob[rb + i] = static_cast<Real>(head + lin[i] - kd * zmax[i]);
-        }
+        double* const head = scale;  // per row, in a buffer not yet needed
+        per_temperature(t, nb, head, [lgamma_k, kd](double ti) {
+            return lgamma_k + (kd - 1.0) * log_d(ti);
+        });
+        for (int64_t i = 0; i < nb; ++i)
+            a.log_prob[rb + i] = static_cast<Real>(head[i] + lin[i] - kd * zmax[i]);
     }
     if (!want_grad) return true;
 
@@ -1301,14 +1332,8 @@ bool log_prob_block_columns(const LogProbArgs<Real>& a, Walker& walk, int64_t rb
                 store_lanes(rest + i, load_lanes<D>(rest + i) + (e == 1.0 ? D{} : e));
             });
         }
-        double last_t = t[0], last_c = std::fma(t[0], kd - 1.0, -1.0);
-        for (int64_t i = 0; i < nb; ++i) {
-            if (t[i] != last_t) {
-                last_t = t[i];
-                last_c = std::fma(t[i], kd - 1.0, -1.0);
-            }
-            c[i] = last_c;
-        }
+        per_temperature(t, nb, c,
+                        [kd](double ti) { return std::fma(ti, kd - 1.0, -1.0); });
     }
     for (int64_t j = 0; j < k; ++j)
         for (int64_t i = 0; i < nb; ++i) yc[j * nb + i] *= inv[i];
@@ -1752,10 +1777,26 @@ void log_prob_rows(const LogProbArgs<Real>& a, int64_t r0, int64_t r1,
     }
 }
 
+// Note [underflow in log space]: a log-space sample holds -inf where a live
+// category's (a + g) / T - lse overflowed (logits near the float maximum of
+// both signs, or tiny temperatures), and its gradients are not those of a
+// masked category: d/da_k = (w_k - x_k sum_live w) / T is w_k / T there, and
+// the temperature gradient has the term w_k (y_k - log S), an infinity (a
+// fresh-user review: logits (8e307, 0, -8e307) at T = 1/2 gave (-4, 4, 0) for
+// (-14, 4, 10)). rsample_vjp therefore tells masked categories by their logits
+// where it has them, and marks them in its buffers with y = NaN and x = 0;
+// without logits, -inf is all it can go by and is taken as masked. A NaN in
+// the value itself (possible only with validation off) is taken as masked, as
+// it was before.
+inline double marked_entry(bool simplex, bool masked, double v) {
+    return masked ? (simplex ? 0.0 : std::numeric_limits<double>::quiet_NaN()) : v;
+}
+
 // A value given as x (simplex) or as y = log x: the other of the two, flat over
-// n elements. On the simplex rsample_vjp reads log x only for the temperature
-// gradient; without it (logs false) y is set to 0 instead, which nothing else
-// reads there, and the logarithms are not taken.
+// n elements (in log space x = 0 where y is NaN: Note [underflow in log space]). On the
+// simplex rsample_vjp reads log x only for the temperature gradient; without it (logs
+// false) y is set to 0 instead, which nothing else reads there, and the logarithms are
+// not taken.
 inline void complete_x_and_log_x(bool simplex, double* x, double* y, int64_t n,
                                  bool logs) {
     if (simplex && !logs) {
@@ -1766,6 +1807,7 @@ inline void complete_x_and_log_x(bool simplex, double* x, double* y, int64_t n,
     } else {
         for (int64_t j = 0; j < n; ++j) x[j] = y[j];
         exp_inplace(x, n);
+        for (int64_t j = 0; j < n; ++j) x[j] = y[j] == y[j] ? x[j] : 0.0;
     }
 }
 
@@ -1813,8 +1855,8 @@ RestSums rest_sums(bool simplex, int64_t k, const double* x, const double* y,
         using D = decltype(d);
         const D xv = load_lanes<D>(x + j);
         const D wv = load_lanes<D>(w + j);
-        const D qv = simplex ? (xv > 0.0 ? wv * xv : D{})
-                             : (load_lanes<D>(y + j) > -kInf ? wv : D{});
+        const D yv = load_lanes<D>(y + j);
+        const D qv = simplex ? (xv > 0.0 ? wv * xv : D{}) : (yv == yv ? wv : D{});
         const auto low = xv <= 0.5;
         return std::array<D, 7>{qv,
                                 low ? D{} : D{} + 1.0,
@@ -1874,10 +1916,12 @@ void rsample_vjp_block_columns(const RsampleVjpArgs<Real>& a, Walker& walk, int6
                    (masks && !dense_rows(a.logits, a.shape)) ||
                    !same_for_all_rows(a.temperature, a.shape),
                nb);
-    if (masks) {
-        const double masked_value = simplex ? 0.0 : -kInf;
-        for (int64_t j = 0; j < n; ++j) v[j] = lc[j] == -kInf ? masked_value : v[j];
-    }
+    // Note [underflow in log space].
+    if (masks)
+        for (int64_t j = 0; j < n; ++j)
+            v[j] = marked_entry(simplex, lc[j] == -kInf, v[j]);
+    else if (!simplex)
+        for (int64_t j = 0; j < n; ++j) v[j] = marked_entry(false, v[j] == -kInf, v[j]);
     complete_x_and_log_x(simplex, x, y, n, a.grad_temperature != nullptr);
 
     // The row sums, in element order.
@@ -1904,8 +1948,8 @@ void rsample_vjp_block_columns(const RsampleVjpArgs<Real>& a, Walker& walk, int6
             const D gv = load_lanes<D>(gj + i);
             store_lanes(sum + i, load_lanes<D>(sum + i) + xv);
             const auto low = xv <= 0.5;
-            const D qv = simplex ? (xv > 0.0 ? gv * xv : D{})
-                                 : (load_lanes<D>(yj + i) > -kInf ? gv : D{});
+            const D yv = load_lanes<D>(yj + i);
+            const D qv = simplex ? (xv > 0.0 ? gv * xv : D{}) : (yv == yv ? gv : D{});
             if (simplex)
                 store_lanes(wx + i, load_lanes<D>(wx + i) + qv);
             else
@@ -1922,16 +1966,10 @@ void rsample_vjp_block_columns(const RsampleVjpArgs<Real>& a, Walker& walk, int6
         inv_sum[i] = 1.0 / sum[i];
     }
     log_inplace(lsum, nb);
-    double last_t = t[0], last_inv = 1.0 / t[0];
-    bool all_finite = last_inv < kInf;  // 1 / T finite in every row
-    for (int64_t i = 0; i < nb; ++i) {
-        if (t[i] != last_t) {
-            last_t = t[i];
-            last_inv = 1.0 / t[i];
-            all_finite &= last_inv < kInf;
-        }
-        inv_t[i] = last_inv;
-    }
+    per_temperature(t, nb, inv_t, [](double ti) { return 1.0 / ti; });
+    int64_t infinite = 0;  // rows whose 1 / T is not finite
+    for (int64_t i = 0; i < nb; ++i) infinite += !(inv_t[i] < kInf);
+    const bool all_finite = infinite == 0;
     // On the simplex log sum x - y stays below 1500 (x is at least the smallest
     // subnormal), so the scale is 1 without a pass.
     for (int64_t j = 0; j < k && !simplex; ++j) {
@@ -1963,7 +2001,7 @@ void rsample_vjp_block_columns(const RsampleVjpArgs<Real>& a, Walker& walk, int6
                                  (gv * load_lanes<D>(sum + i) - load_lanes<D>(wx + i)) *
                                  (is * is)
                            : D{})
-                    : (yv > -kInf ? gv - (xv * is) * load_lanes<D>(wsum + i) : D{});
+                    : (yv == yv ? gv - (xv * is) * load_lanes<D>(wsum + i) : D{});
             // Note [dominant sample entry].
             const auto one = load_lanes<D>(n_dom + i) == 1.0;
             const D stable = dominant_ds_lanes(
@@ -2093,12 +2131,15 @@ void rsample_vjp_rows(const RsampleVjpArgs<Real>& a, int64_t r0, int64_t r1,
             double* v = simplex ? x + i * k : y + i * k;
             load_row(a.value.data + walk.offset[0], vs, k, v);
             if (!long_row) load_row(a.grad.data + walk.offset[1], gs, k, gb + i * k);
+            // Note [underflow in log space].
             if (a.logits.data != nullptr) {
                 const Real* lg = a.logits.data + walk.offset[3];
                 for (int64_t j = 0; j < k; ++j)
-                    v[j] = static_cast<double>(lg[j * ls]) == -kInf
-                               ? (simplex ? 0.0 : -kInf)
-                               : v[j];
+                    v[j] = marked_entry(simplex,
+                                        static_cast<double>(lg[j * ls]) == -kInf, v[j]);
+            } else if (!simplex) {
+                for (int64_t j = 0; j < k; ++j)
+                    v[j] = marked_entry(false, v[j] == -kInf, v[j]);
             }
         }
         if (long_row) {
@@ -2177,7 +2218,7 @@ void rsample_vjp_rows(const RsampleVjpArgs<Real>& a, int64_t r0, int64_t r1,
                 const D usual =
                     simplex
                         ? (xv > 0.0 ? xv * (wv * sum - wx) * (inv_sum * inv_sum) : D{})
-                        : (yv > -kInf ? wv - (xv * inv_sum) * wsum : D{});
+                        : (yv == yv ? wv - (xv * inv_sum) * wsum : D{});
                 // Note [dominant sample entry].
                 const D stable =
                     dominant_ds_lanes(simplex, xv, wv, Lanes<D>::splat(inv_sum),
