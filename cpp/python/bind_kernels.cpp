@@ -322,9 +322,29 @@ void by_dtype(const py::array& a, const char* fn, const char* name, F32 f32, F64
 
 // The noise of a stream: the double noise, or the float noise with
 // float32=True (noise.hpp; README, "The random stream").
-py::array gumbels(uint64_t key, uint64_t stream, uint64_t first, int64_t n,
-                  bool float32) {
-    if (n < 0) value_error("gumbels: n must be non-negative, got " + std::to_string(n));
+// An integer argument of gumbels in [0, 2^64) (n: [0, 2^63)), with a message
+// naming it; Python ints and NumPy integers (anything with __index__ but bool).
+uint64_t index_arg(const py::handle& v, const char* name, bool signed_range) {
+    const std::string range = signed_range ? "[0, 2**63)" : "[0, 2**64)";
+    if (PyBool_Check(v.ptr()) || !PyIndex_Check(v.ptr()))
+        type_error(std::string("gumbels: ") + name + " must be an integer in " + range +
+                   ", got " + std::string(py::str(py::type::of(v).attr("__name__"))));
+    const py::int_ i = py::reinterpret_steal<py::int_>(PyNumber_Index(v.ptr()));
+    const unsigned long long u = PyLong_AsUnsignedLongLong(i.ptr());
+    const bool bad = u == static_cast<unsigned long long>(-1) && PyErr_Occurred();
+    if (bad) PyErr_Clear();
+    if (bad || (signed_range && u > static_cast<unsigned long long>(INT64_MAX)))
+        value_error(std::string("gumbels: ") + name + " must be an integer in " +
+                    range + ", got " + std::string(py::str(i)));
+    return static_cast<uint64_t>(u);
+}
+
+py::array gumbels(const py::object& key_obj, const py::object& stream_obj,
+                  const py::object& first_obj, const py::object& n_obj, bool float32) {
+    const uint64_t key = index_arg(key_obj, "key", false);
+    const uint64_t stream = index_arg(stream_obj, "stream", false);
+    const uint64_t first = index_arg(first_obj, "first", false);
+    const auto n = static_cast<int64_t>(index_arg(n_obj, "n", true));
     check_stream_room("gumbels", first, static_cast<uint64_t>(n));
     const KernelTable& t = active();
     if (float32) {

@@ -274,7 +274,8 @@ def gumbel_softmax(logits, temperature, hard=False, axis=-1, rng=None):
         along ``axis``. float32 stays float32; other kinds as in the classes.
     temperature : float or array_like
         Positive and finite; an array broadcasts with ``logits`` without the
-        category axis.
+        category axis, or has all of the logits' axes with length 1 at the
+        category axis (``keepdims``), whichever axis that is.
     hard : bool
         If True, return ``HardSample(hard, soft)``: the one-hot of the argmax of
         the soft sample (ties to the lowest index; masked categories are never
@@ -300,6 +301,7 @@ def gumbel_softmax(logits, temperature, hard=False, axis=-1, rng=None):
         raise ValueError("logits must have a category axis, got a 0-d array")
     axis = _axis(axis, arr.ndim)
     moved = np.moveaxis(arr, axis, -1)
+    temperature = _without_category_axis(temperature, arr.ndim, axis)
     d = RelaxedOneHotCategorical(temperature, logits=moved)
     if d.batch_shape != moved.shape[:-1]:
         raise ValueError(
@@ -310,6 +312,18 @@ def gumbel_softmax(logits, temperature, hard=False, axis=-1, rng=None):
     if not hard:
         return np.moveaxis(soft, -1, axis)
     return HardSample(np.moveaxis(one_hot(soft), -1, axis), np.moveaxis(soft, -1, axis))
+
+
+def _without_category_axis(temperature, ndim: int, axis: int):
+    """A temperature with all ``ndim`` axes and length 1 at ``axis`` (keepdims)
+    without that axis; any other as it is (the distribution checks it)."""
+    try:
+        shape = np.shape(temperature)
+    except ValueError:  # ragged: left to the distribution's message
+        return temperature
+    if len(shape) == ndim and shape[axis] == 1:
+        return np.squeeze(np.asarray(temperature), axis)
+    return temperature
 
 
 def _axis(axis, ndim: int) -> int:
@@ -354,9 +368,9 @@ def gumbel_softmax_vjp(sample_soft, grad, temperature, axis=-1):
         ) from None
     t = v.as_float_array(temperature, "temperature", x.dtype, check_range=False)
     v.check_temperature(t, temperature)
-    # A temperature with a trailing axis of 1 and the sample's number of axes is
-    # read per row (T[..., None]), as gumbel_softmax and the classes read it.
-    t_rows = t[..., 0] if t.ndim == x.ndim and t.shape[-1] == 1 else t
+    # A temperature with the sample's axes and length 1 at the category axis is
+    # read per row (keepdims), as gumbel_softmax reads it.
+    t_rows = _without_category_axis(t, x.ndim, axis)
     try:
         rows = np.broadcast_shapes(t_rows.shape, x.shape[:-1])
     except ValueError:

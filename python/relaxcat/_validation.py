@@ -59,8 +59,28 @@ def first_value(arr: np.ndarray, mask: np.ndarray) -> str:
     return as_shown(arr, x)
 
 
+def _object_hint(arr: np.ndarray) -> str:
+    """For an object array NumPy made from Python ints beyond int64 (such as
+    [0, 10**20]), a hint that says so; '' for any other object array."""
+    flat = arr.ravel()
+    big = next(
+        (e for e in flat if isinstance(e, int) and not -(2**63) <= e < 2**64), None
+    )
+    if big is None or not all(isinstance(e, numbers.Real) for e in flat):
+        return ""
+    return (
+        f" (NumPy keeps Python ints beyond int64, such as {big}, as objects: "
+        "pass them as floats)"
+    )
+
+
 def as_float_array(
-    value, name: str, dtype=None, check_range: bool = True, keep_nonzero: bool = False
+    value,
+    name: str,
+    dtype=None,
+    check_range: bool = True,
+    keep_nonzero: bool = False,
+    below_to_minus_inf: bool = False,
 ) -> np.ndarray:
     """Convert ``value`` to a float32 or float64 array.
 
@@ -72,7 +92,9 @@ def as_float_array(
     conversion makes infinite raises ValueError naming the value as given (the
     checks that follow would only see the infinity); with ``keep_nonzero``,
     also a nonzero entry that it makes 0 (a positive prob would become an
-    impossible category).
+    impossible category); with ``below_to_minus_inf``, an entry below the
+    dtype's range may become -inf (a log-space value: the log of 0 is what it
+    then means), but one above it is still an error.
     """
     if isinstance(value, np.ma.MaskedArray):
         hint = (
@@ -102,7 +124,7 @@ def as_float_array(
     if kind not in "biuf":
         raise TypeError(
             f"{name} must be a real number or an array of real numbers, "
-            f"got dtype {arr.dtype}"
+            f"got dtype {arr.dtype}" + (_object_hint(arr) if kind == "O" else "")
         )
     if dtype is None:
         # By kind and size, so that a big-endian float32 stays float32 (it is
@@ -119,6 +141,8 @@ def as_float_array(
             arr = arr.astype(dtype)
         if check_range and kind == "f" and source.dtype.itemsize > arr.dtype.itemsize:
             lost = np.isfinite(source) & ~np.isfinite(arr)
+            if below_to_minus_inf:
+                lost &= arr > 0
             if keep_nonzero:
                 lost |= (source != 0) & (arr == 0)
             if lost.any():

@@ -655,6 +655,7 @@ def run(
 
 
 def _run(settings, out_dir, log, progress):
+    os.makedirs(out_dir, exist_ok=True)  # an unusable folder fails before training
     train_images, test_images = load_split()
     init_rng, order_rng, noise_rng = random_streams(settings.seed)
     params = init_params(init_rng, settings.hidden, train_images.mean(axis=0))
@@ -728,7 +729,6 @@ def _run(settings, out_dir, log, progress):
         f"{results['held_out_elbo_discrete']:.3f})"
     )
 
-    os.makedirs(out_dir, exist_ok=True)
     figure_path = os.path.join(out_dir, "digits_vae.png")
     _plot(trainer.params, history, test_images, final_t, settings.seed, figure_path)
     results["wall_time_s"] = time.perf_counter() - started
@@ -864,6 +864,17 @@ def missing_extras() -> list[str]:
     return missing
 
 
+def _unwritable(out_dir: str) -> str:
+    """Why ``out_dir`` cannot take the demo's files (made if missing), or ''."""
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    if not os.access(out_dir, os.W_OK | os.X_OK):
+        return "not writable"
+    return ""
+
+
 def main(argv: Sequence[str] | None = None, args=None) -> int:
     """Run the demo from the command line; returns the exit status.
 
@@ -878,7 +889,8 @@ def main(argv: Sequence[str] | None = None, args=None) -> int:
     -------
     int
         0 on success, 1 if a package of the ``demo`` extra is missing (reported in
-        one line on stderr) or ``--epochs`` is not positive.
+        one line on stderr), ``--epochs`` is not positive or ``--out`` cannot be
+        made or written.
     """
     if args is None:
         parser = argparse.ArgumentParser(
@@ -894,6 +906,12 @@ def main(argv: Sequence[str] | None = None, args=None) -> int:
         return 1
     if args.epochs < 1:
         print(f"--epochs must be at least 1, got {args.epochs}", file=sys.stderr)
+        return 1
+    # Before training, not after it: a folder that cannot be written would
+    # otherwise cost the whole run.
+    problem = _unwritable(args.out)
+    if problem:
+        print(f"--out {args.out!r} cannot hold the results: {problem}", file=sys.stderr)
         return 1
 
     from tqdm import tqdm

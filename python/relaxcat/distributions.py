@@ -86,14 +86,20 @@ def _int_shape(shape, name: str) -> tuple:
     return lead
 
 
-def _check_indexable(shape: tuple, what: str) -> None:
-    """Raise unless an array of ``shape`` can be indexed; ``what`` names the
+def _check_indexable(shape: tuple, what: str, itemsize: int = 1) -> None:
+    """Raise unless an array of ``shape`` (and of ``itemsize`` bytes per element,
+    for one that will be allocated) can be indexed; ``what`` names the
     arguments that made the shape."""
     elements = math.prod(shape)
-    if elements > np.iinfo(np.intp).max:
+    limit = np.iinfo(np.intp).max
+    if elements > limit:
         raise ValueError(
-            f"{what} gives {elements} elements, more than an array can index "
-            f"({np.iinfo(np.intp).max})"
+            f"{what} gives {elements} elements, more than an array can index ({limit})"
+        )
+    if elements * itemsize > limit:
+        raise ValueError(
+            f"{what} gives {elements} elements of {itemsize} bytes, more bytes "
+            f"than an array can index ({limit})"
         )
 
 
@@ -379,6 +385,7 @@ class RelaxedOneHotCategorical:
             batch + self.event_shape,
             f"sample_shape {lead} with batch_shape {self._batch_shape} and "
             f"event_shape {self.event_shape}",
+            self.dtype.itemsize,
         )
         logits = _broadcast(self._a, batch + self.event_shape)
         temp = _broadcast(self._t_rows, batch) if lead else self._t_batch
@@ -573,10 +580,10 @@ class RelaxedOneHotCategorical:
         given = getattr(value, "dtype", None)
         tol_dtype = np.float16 if given == np.float16 else self.dtype
         # In log space a value far below float32's range becomes -inf, the log
-        # of 0, which is what it means; on the simplex nothing finite may
-        # become infinite.
+        # of 0, which is what it means (one far above is an error, as nothing
+        # finite may become infinite on the simplex).
         value = v.as_float_array(
-            value, name, self.dtype, check_range=self._space == _SIMPLEX
+            value, name, self.dtype, below_to_minus_inf=self._space != _SIMPLEX
         )
         k = self.event_shape[0]
         if value.ndim == 0 or value.shape[-1] != k:

@@ -255,6 +255,30 @@ TEST(Errors, GumbelsMustBeFiniteAndOutputsMustNotOverlapInputs) {
 // An output whose elements alias each other kept only the last value written to
 // each address; and an output overlapping another output was called "an input"
 // (both found by a fresh-user review).
+// The Python layer refuses non-finite upstream gradients; the C++ classes had
+// taken them and returned NaN gradients (a fresh-user review).
+TEST(Errors, UpstreamGradientsMustBeFinite) {
+    const Dist d = two_rows();
+    const std::vector<double> x = {0.2, 0.3, 0.5, 0.2, 0.8, 0.0};
+    std::vector<double> g = {1.0, 2.0, 3.0, 4.0, NAN, NAN};
+    std::vector<double> gl(6), gt(2), lp(2), gv(6);
+    EXPECT_MESSAGE(
+        d.rsample_vjp(MatrixView<const double>(x.data(), 2, 3),
+                      MatrixView<const double>(g.data(), 2, 3),
+                      MatrixView<double>(gl.data(), 2, 3),
+                      VectorView<double>(gt.data(), 2)),
+        "RelaxedOneHotCategorical::rsample_vjp: grad must be finite, got nan "
+        "at row 1, category 1 (2 entries in all)");
+    const std::vector<double> row_grad = {1.0, -kInf};
+    EXPECT_MESSAGE(d.log_prob_vjp(MatrixView<const double>(x.data(), 2, 3),
+                                  VectorView<const double>(row_grad.data(), 2),
+                                  MatrixView<double>(gv.data(), 2, 3),
+                                  MatrixView<double>(gl.data(), 2, 3),
+                                  VectorView<double>(gt.data(), 2)),
+                   "RelaxedOneHotCategorical::log_prob_vjp: grad must be finite, got "
+                   "-inf at row 1");
+}
+
 TEST(Errors, OutputsMustNotAliasThemselvesAndOverlapsNameTheOtherArgument) {
     const Dist d = two_rows();
     std::vector<double> out(6, -7.0), big(12);

@@ -87,6 +87,26 @@ TEST(Philox, NoiseThatWouldRunPastTheStreamThrowsAndLeavesTheGeneratorAsItWas) {
     EXPECT_NO_THROW(relaxcat::gumbel_noise(gen, 2, d.data()));
 }
 
+TEST(Philox, ANegativeNoiseCountThrowsAndZeroDrawsNothing) {
+    // A negative count had been taken as "nothing to draw" (a fresh-user review).
+    relaxcat::Philox gen(7, 0, 3);
+    std::vector<double> d(2, -1.0);
+    std::vector<float> f(2, -1.0f);
+    try {
+        relaxcat::gumbel_noise(gen, -1, d.data());
+        ADD_FAILURE() << "no exception";
+    } catch (const std::invalid_argument& e) {
+        EXPECT_EQ(std::string(e.what()),
+                  "gumbel_noise: n must be non-negative, got -1");
+    }
+    EXPECT_THROW(relaxcat::gumbel_noise(gen, -5, f.data()), std::invalid_argument);
+    relaxcat::gumbel_noise(gen, 0, d.data());
+    relaxcat::gumbel_noise(gen, 0, f.data());
+    EXPECT_EQ(gen.offset(), 3u);
+    EXPECT_EQ(d, std::vector<double>(2, -1.0));
+    EXPECT_EQ(f, std::vector<float>(2, -1.0f));
+}
+
 TEST(Philox, SuccessiveSamplesDifferAndStreamsSeparateCalls) {
     const std::vector<double> lg = {0.0, 1.0, -1.0};
     const relaxcat::RelaxedOneHotCategorical<double> d(

@@ -654,6 +654,22 @@ def test_expand_beyond_what_an_array_can_index_says_so():
         d.expand((2**62,))
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_a_sample_too_big_in_bytes_names_sample_shape(dtype):
+    # Regression (a fresh-user review): 2**59 rows of 6 elements can be indexed
+    # but not allocated, and NumPy's "array is too big" came out instead of a
+    # message naming sample_shape.
+    d = R(1.0, logits=np.zeros((2, 3), dtype))
+    with pytest.raises(
+        ValueError,
+        match=r"^sample_shape \(576460752303423488,\) with batch_shape \(2,\) and "
+        r"event_shape \(3,\) gives 3458764513820540928 elements of "
+        + str(np.dtype(dtype).itemsize)
+        + r" bytes, more bytes than an array can index",
+    ):
+        d.rsample((2**59,))
+
+
 # --------------------------------------------------------- sample, rsample
 @pytest.mark.parametrize("cls", CLASSES)
 def test_sample_is_rsample(cls):

@@ -250,6 +250,20 @@ def test_demo_without_its_extras_says_what_to_install_in_one_line(monkeypatch, c
     assert "tqdm" in err and 'pip install "relaxcat[demo]"' in err
 
 
+def test_demo_with_an_unusable_out_folder_fails_before_training(
+    tmp_path, monkeypatch, capsys
+):
+    # Regression (a fresh-user review): --out was first used after training, so
+    # a bad folder cost the whole run and ended in a traceback.
+    monkeypatch.setattr(demo, "run", lambda *a, **k: pytest.fail("training started"))
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert demo.main(["--out", str(blocker / "x")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"--out {str(blocker / 'x')!r} cannot hold the results: ")
+    assert err.count("\n") == 1
+
+
 def test_cli_cmake_dir_prints_the_cmake_folder_inside_the_package(capsys):
     assert cli_main(["--cmake-dir"]) == 0
     printed = capsys.readouterr().out.strip()

@@ -1247,6 +1247,41 @@ def test_a_sum_at_the_edge_of_the_tolerance_gets_a_message_with_the_sum():
     )
 
 
+def test_gumbels_names_an_integer_argument_out_of_range():
+    # Regression (a fresh-user review): the README points to _core.gumbels, and
+    # a negative key or a first element of 2**64 had raised pybind11's
+    # "incompatible function arguments" TypeError.
+    from relaxcat import _core
+
+    for args, name, shown in [
+        ((-1, 0, 0, 3), "key", "-1"),
+        ((2**64, 0, 0, 3), "key", "18446744073709551616"),
+        ((1, -2, 0, 3), "stream", "-2"),
+        ((1, 0, 2**64, 0), "first", "18446744073709551616"),
+    ]:
+        with pytest.raises(
+            ValueError,
+            match=rf"^gumbels: {name} must be an integer in \[0, 2\*\*64\), "
+            rf"got {shown}$",
+        ):
+            _core.gumbels(*args)
+    with pytest.raises(
+        ValueError, match=r"^gumbels: n must be an integer in \[0, 2\*\*63\), got -1$"
+    ):
+        _core.gumbels(1, 0, 0, -1)
+    with pytest.raises(
+        TypeError,
+        match=r"^gumbels: first must be an integer in \[0, 2\*\*64\), got float$",
+    ):
+        _core.gumbels(1, 0, 0.5, 3)
+    with pytest.raises(TypeError, match=r"^gumbels: n must be an integer .* got bool$"):
+        _core.gumbels(1, 0, 0, True)
+    np.testing.assert_array_equal(
+        _core.gumbels(np.uint64(2**64 - 1), np.int8(3), 5, np.int64(4)),
+        _core.gumbels(2**64 - 1, 3, 5, 4),
+    )
+
+
 def test_a_draw_past_the_end_of_the_stream_is_an_error():
     # A stream has 2^64 elements; past the last one the SIMD levels had drawn
     # different noise. Drawing up to the last element is fine.
@@ -1330,6 +1365,44 @@ def test_a_log_space_value_below_float32_is_the_log_of_zero():
     d = E(np.float32(1.0), logits=np.zeros(3, np.float32))
     lp = d.log_prob(np.array([np.log(0.5), np.log(0.5), -1e300]))
     assert lp == -np.inf
+
+
+@pytest.mark.parametrize("validate", [True, False])
+def test_a_log_space_value_above_float32_is_reported_as_given(validate):
+    # Regression (a fresh-user review): log-space values skipped the range check
+    # altogether, so 1e39 became inf and was reported as "got inf" with
+    # validation on, and gave -inf silently with it off. Only the way down to
+    # -inf (the log of 0) is the value's meaning.
+    d = E(np.float32(0.5), logits=np.zeros(3, np.float32), validate_args=validate)
+    value = np.array([1e39, 0.0, 0.0])
+    check_raises(
+        ValueError,
+        r"^value must lie within the range of float32, got 1e\+39, which becomes "
+        r"inf at index \(0,\)$",
+        lambda: d.log_prob(value),
+        value,
+    )
+
+
+def test_python_ints_beyond_int64_are_explained():
+    # A fresh-user review: NumPy holds [0, 10**20] as an object array, and
+    # "must be a real number ... got dtype object" did not say why. Object
+    # arrays stay refused (their entries could be anything); the message says
+    # what NumPy did.
+    logits = [0, 10**20]
+    check_raises(
+        TypeError,
+        r"^logits must be a real number or an array of real numbers, got dtype "
+        r"object \(NumPy keeps Python ints beyond int64, such as "
+        r"100000000000000000000, as objects: pass them as floats\)$",
+        lambda: R(1.0, logits=logits),
+    )
+    np.testing.assert_array_equal(
+        R(1.0, logits=[0.0, 1e20]).logits, R(1.0, logits=np.array([0, 1e20])).logits
+    )
+    for bad in (np.array([1, 2], dtype=object), [0, None]):
+        with pytest.raises(TypeError, match=r"got dtype object$"):
+            R(1.0, logits=bad)
 
 
 def test_messages_show_values_in_their_own_dtype_and_count_rows():

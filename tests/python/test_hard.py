@@ -131,6 +131,24 @@ def test_gumbel_softmax_vjp_takes_the_per_row_temperature_its_forward_call_took(
     np.testing.assert_array_equal(g.temperature[:, 0], flat.temperature)
 
 
+def test_gumbel_softmax_reads_a_keepdims_temperature_on_any_axis():
+    # Regression (a fresh-user review): T of shape (3, 4, 1) was read per row for
+    # axis=-1, but (3, 1, 5) for axis=1 was refused ("would enlarge").
+    rng = np.random.default_rng(2)
+    logits = rng.standard_normal((3, 4, 5))
+    t = rng.uniform(0.5, 2.0, (3, 5))
+    x = relaxcat.gumbel_softmax(logits, t[:, None, :], axis=1, rng=4)
+    assert np.array_equal(x, relaxcat.gumbel_softmax(logits, t, axis=1, rng=4))
+    w = rng.standard_normal(x.shape)
+    g = relaxcat.gumbel_softmax_vjp(x, w, t[:, None, :], axis=1)
+    flat = relaxcat.gumbel_softmax_vjp(x, w, t, axis=1)
+    assert g.temperature.shape == (3, 1, 5)
+    np.testing.assert_array_equal(g.temperature[:, 0, :], flat.temperature)
+    np.testing.assert_array_equal(g.logits, flat.logits)
+    with pytest.raises(ValueError, match="would enlarge"):
+        relaxcat.gumbel_softmax(logits, np.ones((2, 3, 5)), axis=1)
+
+
 def test_gumbel_softmax_float32_and_bad_input():
     x = relaxcat.gumbel_softmax(np.zeros(4, dtype=np.float32), 1.0, rng=0)
     assert x.dtype == np.float32

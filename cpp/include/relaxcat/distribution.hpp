@@ -340,14 +340,7 @@ public:
         check_matrix(fn, "gumbels", gumbels, rows);
         check_no_overlap(fn, "out", detail::extent(out), "gumbels",
                          detail::extent(gumbels));
-        int64_t count = 0;
-        const int64_t bad = detail::first_bad(
-            rows * k_,
-            [&](int64_t i) { return !std::isfinite(gumbels(i / k_, i % k_)); }, &count);
-        if (bad >= 0)
-            detail::fail(fn, "gumbels must be finite, got " +
-                                 detail::show(gumbels(bad / k_, bad % k_)) + " at " +
-                                 where(bad / k_, bad % k_) + detail::count_note(count));
+        check_finite(fn, "gumbels", gumbels);
         const int threads = resolve_threads(fn, num_threads);
         detail::RsampleArgs<Real> a;
         a.shape = shape(rows);
@@ -393,6 +386,7 @@ public:
         const std::string fn = method("rsample_vjp");
         const int64_t rows = check_value(fn, value);
         check_matrix(fn, "grad", grad, rows);
+        check_finite(fn, "grad", grad);
         check_grad_outputs(
             fn, grad_param, grad_temperature,
             {{"an input", detail::extent(value)}, {"an input", detail::extent(grad)}});
@@ -680,6 +674,21 @@ private:
                                  detail::show(v.cols) + ")");
     }
 
+    // An input whose entries must all be finite (the Gumbel noise, upstream
+    // gradients: an infinity there has no meaningful gradient, and would come
+    // out as NaN), checked once its shape is.
+    void check_finite(const std::string& fn, const char* name,
+                      const MatrixView<const Real>& v) const {
+        int64_t count = 0;
+        const int64_t bad = detail::first_bad(
+            v.rows * k_, [&](int64_t i) { return !std::isfinite(v(i / k_, i % k_)); },
+            &count);
+        if (bad >= 0)
+            detail::fail(fn, std::string(name) + " must be finite, got " +
+                                 detail::show(v(bad / k_, bad % k_)) + " at " +
+                                 where(bad / k_, bad % k_) + detail::count_note(count));
+    }
+
     template <class T>
     void check_vector(const std::string& fn, const char* name, const VectorView<T>& v,
                       int64_t size, bool output) const {
@@ -922,6 +931,13 @@ private:
         const int64_t rows = check_value(fn, value);
         if (want_log_prob) check_vector(fn, "out", out, rows, true);
         check_vector(fn, "grad", grad, rows, false);
+        int64_t count = 0;
+        const int64_t bad = detail::first_bad(
+            rows, [&](int64_t i) { return !std::isfinite(grad[i]); }, &count);
+        if (bad >= 0)
+            detail::fail(fn, "grad must be finite, got " + detail::show(grad[bad]) +
+                                 " at row " + detail::show(bad) +
+                                 detail::count_note(count));
         if (grad_value.data != nullptr) {
             check_matrix(fn, "grad_value", grad_value, rows);
             check_distinct(fn, "grad_value", grad_value);

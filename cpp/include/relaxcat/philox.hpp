@@ -64,9 +64,12 @@ private:
 
 namespace detail {
 namespace RELAXCAT_ISA_NAMESPACE {
-// Throws std::invalid_argument unless gen's stream holds the n elements of a
-// draw (the stream guarantee above: no wrap-around).
+// Throws std::invalid_argument unless n >= 0 and gen's stream holds the n
+// elements of a draw (the stream guarantee above: no wrap-around).
 inline void check_noise_room(const char* fn, const Philox& gen, int64_t n) {
+    if (n < 0)
+        throw std::invalid_argument(std::string(fn) + ": n must be non-negative, got " +
+                                    std::to_string(n));
     if (gen.holds(static_cast<uint64_t>(n))) return;
     throw std::invalid_argument(
         std::string(fn) + ": gen must hold the " + std::to_string(n) +
@@ -99,20 +102,20 @@ inline std::array<uint32_t, 4> philox4x32(const std::array<uint32_t, 4>& counter
 // Writes the standard Gumbel noise of the next n elements of gen's stream to
 // out[0..n) and advances gen by n: the noise rsample adds to the logits of
 // double samples (doubles in [-3.60, 36.74]) or of float samples (floats in
-// [-3.13, 22.87]), identical on every instruction-set level. n <= 0 writes
+// [-3.13, 22.87]), identical on every instruction-set level. n = 0 writes
 // nothing. Throws std::invalid_argument, writing nothing and leaving gen as it
-// was, when fewer than n elements are left in the stream.
+// was, when n is negative or fewer than n elements are left in the stream.
 inline void gumbel_noise(Philox& gen, int64_t n, double* out) {
-    if (n <= 0) return;
     detail::RELAXCAT_ISA_NAMESPACE::check_noise_room("gumbel_noise", gen, n);
+    if (n == 0) return;
     const uint64_t first = gen.advance(static_cast<uint64_t>(n));
     detail::RELAXCAT_ISA_NAMESPACE::fill_gumbels(gen.key(), gen.stream(), first, n,
                                                  out);
 }
 
 inline void gumbel_noise(Philox& gen, int64_t n, float* out) {
-    if (n <= 0) return;
     detail::RELAXCAT_ISA_NAMESPACE::check_noise_room("gumbel_noise", gen, n);
+    if (n == 0) return;
     const uint64_t first = gen.advance(static_cast<uint64_t>(n));
     detail::RELAXCAT_ISA_NAMESPACE::fill_gumbels_f32(gen.key(), gen.stream(), first, n,
                                                      out);
