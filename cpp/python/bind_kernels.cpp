@@ -146,7 +146,7 @@ int64_t scratch_for(const KernelTable& table, const Args& args) {
 
 template <class Real>
 int64_t scratch_for(const KernelTable& table, const detail::RsampleArgs<Real>& args) {
-    return table.rsample_scratch_size(args.shape.k, args.log_x != nullptr);
+    return table.rsample_scratch_size(args.shape.k, detail::rsample_needs(args));
 }
 
 // Runs kernel(args, r0, r1, scratch) over all rows without the GIL, polling for
@@ -183,7 +183,7 @@ template <class Real>
 void rsample_t(const py::array& logits, const py::array& temperature,
                const py::object& gumbels, uint64_t key, uint64_t stream,
                uint64_t offset, const py::object& out_x, const py::object& out_log_x,
-               int threads) {
+               int threads, bool no_scratch) {
     const char* fn = "rsample";
     detail::RsampleArgs<Real> a;
     a.shape = row_shape(logits, fn, "logits");
@@ -199,6 +199,7 @@ void rsample_t(const py::array& logits, const py::array& temperature,
         check_stream_room(fn, offset, static_cast<uint64_t>(a.shape.rows * a.shape.k));
     a.x = out_arg<Real>(out_x, a.shape, true, fn, "out");
     a.log_x = out_arg<Real>(out_log_x, a.shape, true, fn, "out_log");
+    a.no_scratch = no_scratch;
     run(a, kernels<Real>().rsample, threads);
 }
 
@@ -378,21 +379,22 @@ void bind_kernels(py::module_& m) {
         "rsample",
         [](const py::array& logits, const py::array& temperature,
            const py::object& gumbels, uint64_t key, uint64_t stream, uint64_t offset,
-           const py::object& out_x, const py::object& out_log_x, int threads) {
+           const py::object& out_x, const py::object& out_log_x, int threads,
+           bool no_scratch) {
             by_dtype(
                 logits, "rsample", "logits",
                 [&] {
                     rsample_t<float>(logits, temperature, gumbels, key, stream, offset,
-                                     out_x, out_log_x, threads);
+                                     out_x, out_log_x, threads, no_scratch);
                 },
                 [&] {
                     rsample_t<double>(logits, temperature, gumbels, key, stream, offset,
-                                      out_x, out_log_x, threads);
+                                      out_x, out_log_x, threads, no_scratch);
                 });
         },
         py::arg("logits"), py::arg("temperature"), py::arg("gumbels"), py::arg("key"),
         py::arg("stream"), py::arg("offset"), py::arg("out"), py::arg("out_log"),
-        py::arg("num_threads"));
+        py::arg("num_threads"), py::arg("no_scratch") = false);
     m.def(
         "log_prob",
         [](int space, const py::array& logits, const py::array& temperature,

@@ -34,7 +34,7 @@ struct KernelTable {
     KernelSet<float> f32;
     KernelSet<double> f64;
     int64_t (*scratch_size)(int64_t k);
-    int64_t (*rsample_scratch_size)(int64_t k, bool log_x);
+    int64_t (*rsample_scratch_size)(int64_t k, detail::RsampleNeeds needs);
     void (*gumbels)(uint64_t key, uint64_t stream, uint64_t first, int64_t n,
                     double* out);
     void (*gumbels_f32)(uint64_t key, uint64_t stream, uint64_t first, int64_t n,

@@ -420,6 +420,9 @@ class RelaxedOneHotCategorical:
             sample bit for bit.
         out : numpy.ndarray, optional
             A C-contiguous array of the output's shape and dtype to write into.
+            The call then allocates nothing of the output's size: rows of 2048
+            or more categories are sampled in ``out`` itself, which for float32
+            samples costs a second exponential per entry (the same bits).
         num_threads : int, optional
             Defaults to :func:`relaxcat.get_num_threads`; the bits do not depend on it.
 
@@ -478,12 +481,16 @@ class RelaxedOneHotCategorical:
                 )
         else:
             key, stream = v.key_and_stream(rng)
+        # With out= the caller has the memory: long float rows are then sampled
+        # without scratch at the cost of a second exponential (Note [rows
+        # without scratch]); the bits are the same either way.
+        no_scratch = out is not None
         out = v.prepare_out(out, shape, self.dtype, self._owned() + (noise,))
         threads = _threads.resolve(num_threads)
-        if self._space == _SIMPLEX:
-            _core.rsample(logits, temp, noise, key, stream, 0, out, None, threads)
-        else:
-            _core.rsample(logits, temp, noise, key, stream, 0, None, out, threads)
+        x, log_x = (out, None) if self._space == _SIMPLEX else (None, out)
+        _core.rsample(
+            logits, temp, noise, key, stream, 0, x, log_x, threads, no_scratch
+        )
         return _extras.hard_sample(out) if hard else out
 
     def sample(

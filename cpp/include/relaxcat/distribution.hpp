@@ -897,8 +897,8 @@ private:
         return detail::RELAXCAT_ISA_NAMESPACE::scratch_size(a.shape.k);
     }
     static int64_t scratch_for(const detail::RsampleArgs<Real>& a) {
-        return detail::RELAXCAT_ISA_NAMESPACE::rsample_scratch_size(a.shape.k,
-                                                                    a.log_x != nullptr);
+        return detail::RELAXCAT_ISA_NAMESPACE::rsample_scratch_size(
+            a.shape.k, detail::rsample_needs(a));
     }
 
     static void kernel(const detail::RsampleArgs<Real>& a, int64_t r0, int64_t r1,

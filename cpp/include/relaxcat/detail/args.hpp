@@ -6,6 +6,7 @@
 // without the one-definition trap described in kernels.hpp.
 
 #include <cstdint>
+#include <type_traits>
 
 namespace relaxcat {
 namespace detail {
@@ -62,7 +63,27 @@ struct RsampleArgs {
     NoiseSource<Real> noise;
     Real* x = nullptr;      // C-contiguous (rows, k) output, or null
     Real* log_x = nullptr;  // C-contiguous (rows, k) output, or null
+    // Sample long float rows of x in the output too, taking exp(s) twice
+    // (Note [rows without scratch] in kernels.hpp); Python sets it for out=.
+    bool no_scratch = false;
 };
+
+// What rsample_scratch_size needs to know of a call besides K (Note [rows
+// without scratch]).
+struct RsampleNeeds {
+    bool x, log_x, given, recompute;  // recompute: long rows may be sampled in
+                                      // their output (free for double samples
+                                      // and for log x, an exponential more for
+                                      // float x)
+};
+
+template <class Real>
+RsampleNeeds rsample_needs(const RsampleArgs<Real>& a) {
+    const bool x = a.x != nullptr;
+    return {x, a.log_x != nullptr,
+            a.noise.gumbels.data != nullptr || a.noise.gumbels64.data != nullptr,
+            std::is_same<Real, double>::value || !x || a.no_scratch};
+}
 
 // The value space of a log-density: the simplex (x) or its logarithm (y = log x).
 enum class Space { simplex, log };

@@ -600,11 +600,31 @@ inline void log_inplace(double* p, int64_t n) {
 // and 3: the blocks stay in L1, and the logs and exponentials bound these rows.
 constexpr int64_t kColumnMaxK = 16;
 
+// Note [rows without scratch]: a row of kBlockElements or more whose noise
+// comes from the stream and that has one output, x or log x (every call from
+// Python, and the C++ classes'), can be sampled in its output row itself: the
+// noise is drawn there (exact, as the float noise is a float and the double
+// noise a double), and the steps of rsample_rows are taken over it in the same
+// order, so the bits are those of the buffered path. A double output then
+// holds exp(s) or s as the noise buffer did; a float one cannot, and the last
+// pass forms (a - max a) + g and s again from the logits and the noise it
+// still holds. For log x that needs no second exponential, so such rows
+// always take this path, as do double ones; for float x it means exp(s) a
+// second time (K = 128000: 4.6 to 5.5 ns per element, one thread), so float x rows
+// take it only when asked (RsampleArgs::no_scratch, which Python sets for
+// out=) and otherwise keep the noise buffer of one row per thread (1 MiB at
+// K = 128000, 6% of the float output).
+inline bool rsample_in_output(int64_t k, const RsampleNeeds& n) {
+    return k >= kBlockElements && !n.given && n.x != n.log_x && n.recompute;
+}
+
 // rsample needs less on rows above kColumnMaxK (Note [long rows]): the noise
-// buffer, and a second element buffer when log x is wanted. For a row of 128000
-// that is 1 MiB per thread instead of 3.
-inline int64_t rsample_scratch_size(int64_t k, bool log_x) {
-    return k <= kColumnMaxK ? scratch_size(k) : (log_x ? 2 : 1) * block_capacity(k);
+// buffer, and a second element buffer when log x is wanted; nothing on rows
+// sampled in their output (Note [rows without scratch]).
+inline int64_t rsample_scratch_size(int64_t k, RsampleNeeds n) {
+    if (k <= kColumnMaxK) return scratch_size(k);
+    if (rsample_in_output(k, n)) return 0;
+    return (n.log_x ? 2 : 1) * block_capacity(k);
 }
 
 // True when the rows of x follow one another, K contiguous elements each.
@@ -877,6 +897,56 @@ void rsample_block_columns(const RsampleArgs<Real>& a, Walker& walk, int64_t rb,
     });
 }
 
+// One row of rsample_rows in its output (Note [rows without scratch]): row r,
+// logits lg, temperature t with inv_t = 1 / t.
+template <class Real>
+void rsample_row_in_output(const RsampleArgs<Real>& a, int64_t r, const Real* lg,
+                           double t, double inv_t) {
+    constexpr bool kDouble = std::is_same<Real, double>::value;
+    const int64_t k = a.shape.k;
+    const int64_t ks = a.logits.kstride;
+    const bool want_x = a.x != nullptr;
+    Real* const out = (want_x ? a.x : a.log_x) + r * k;
+    const uint64_t first = a.noise.offset + static_cast<uint64_t>(r * k);
+    if constexpr (kDouble)
+        fill_gumbels(a.noise.key, a.noise.stream, first, k, out);
+    else
+        fill_gumbels_f32(a.noise.key, a.noise.stream, first, k, out);
+    const auto logit = [lg, ks](auto d, int64_t j) {
+        return load_strided_lanes<decltype(d)>(lg + j * ks, ks);
+    };
+    const double amax = reduce_terms(k, -kInf, kMax, logit);
+    const auto u_of = [&](auto d, int64_t j) {  // (a - max a) + g
+        return (logit(d, j) - amax) + load_lanes<decltype(d)>(out + j);
+    };
+    const double umax = reduce_terms(k, -kInf, kMax, u_of);
+    const bool multiply = inv_t < kInf;
+    const auto s_of = [&](auto d, int64_t j) {
+        const auto u = u_of(d, j) - umax;
+        return multiply ? u * inv_t : u / t;
+    };
+    const double sum = reduce_terms(k, 0.0, kPlus, [&](auto d, int64_t j) {
+        const auto sj = s_of(d, j);
+        const auto ej = exp_lanes<kExpDegree<Real>>(sj);
+        if constexpr (kDouble) store_lanes(out + j, want_x ? ej : sj);
+        return ej;
+    });
+    // x = exp(s) / sum and log x = s - log(sum), as rsample_rows writes them.
+    const double inv = 1.0 / sum;
+    const double lse = want_x ? 0.0 : log_d(sum);
+    for_lanes(k, true, [&](auto d, int64_t j) {
+        using D = decltype(d);
+        if constexpr (kDouble) {
+            const D v = load_lanes<D>(out + j);
+            store_lanes(out + j, want_x ? v * inv : v - lse);
+        } else {
+            const D sj = s_of(d, j);
+            store_lanes(out + j,
+                        want_x ? exp_lanes<kExpDegree<Real>>(sj) * inv : sj - lse);
+        }
+    });
+}
+
 // rsample: x = softmax((a + g) / T) and log x; see Note [blocks of rows].
 template <class Real>
 void rsample_rows(const RsampleArgs<Real>& a, int64_t r0, int64_t r1, double* scratch) {
@@ -897,10 +967,21 @@ void rsample_rows(const RsampleArgs<Real>& a, int64_t r0, int64_t r1, double* sc
     double* row_sum = columns ? scratch + 3 * cap : nullptr;  // per-row buffers
     const int64_t ks = a.logits.kstride;
     double last_t = 0.0, inv_t = kInf;  // T > 0, so the first row sets them
+    const bool in_output = rsample_in_output(k, rsample_needs(a));
 
     for (int64_t rb = r0; rb < r1; rb += rows_per_block(k)) {
         const int64_t nb = r1 - rb < rows_per_block(k) ? r1 - rb : rows_per_block(k);
         const int64_t n = nb * k;
+        if (in_output) {  // one row per block (k >= kBlockElements)
+            const double t = static_cast<double>(a.temperature.data[walk.offset[1]]);
+            if (t != last_t) {
+                last_t = t;
+                inv_t = 1.0 / t;
+            }
+            rsample_row_in_output(a, rb, a.logits.data + walk.offset[0], t, inv_t);
+            walk.advance();
+            continue;
+        }
 
         // 1. The noise of the whole block, from the stream (contiguous indices):
         // float noise for float samples, double noise for double ones (noise.hpp).
