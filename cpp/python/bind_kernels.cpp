@@ -327,10 +327,18 @@ void by_dtype(const py::array& a, const char* fn, const char* name, F32 f32, F64
 // naming it; Python ints and NumPy integers (anything with __index__ but bool).
 uint64_t index_arg(const py::handle& v, const char* name, bool signed_range) {
     const std::string range = signed_range ? "[0, 2**63)" : "[0, 2**64)";
-    if (PyBool_Check(v.ptr()) || !PyIndex_Check(v.ptr()))
+    const auto not_an_integer = [&] {
         type_error(std::string("gumbels: ") + name + " must be an integer in " + range +
                    ", got " + std::string(py::str(py::type::of(v).attr("__name__"))));
-    const py::int_ i = py::reinterpret_steal<py::int_>(PyNumber_Index(v.ptr()));
+    };
+    if (PyBool_Check(v.ptr()) || !PyIndex_Check(v.ptr())) not_an_integer();
+    // __index__ may itself refuse (a NumPy array of one element) or fail.
+    PyObject* const index = PyNumber_Index(v.ptr());
+    if (index == nullptr) {
+        PyErr_Clear();
+        not_an_integer();
+    }
+    const py::int_ i = py::reinterpret_steal<py::int_>(index);
     const unsigned long long u = PyLong_AsUnsignedLongLong(i.ptr());
     const bool bad = u == static_cast<unsigned long long>(-1) && PyErr_Occurred();
     if (bad) PyErr_Clear();

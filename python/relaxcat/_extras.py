@@ -301,8 +301,12 @@ def gumbel_softmax(logits, temperature, hard=False, axis=-1, rng=None):
         raise ValueError("logits must have a category axis, got a 0-d array")
     axis = _axis(axis, arr.ndim)
     moved = np.moveaxis(arr, axis, -1)
-    temperature = _without_category_axis(temperature, arr.ndim, axis)
-    d = RelaxedOneHotCategorical(temperature, logits=moved)
+    rows_t = _without_category_axis(temperature, arr.ndim, axis)
+    if rows_t is not temperature:
+        # Checked as given, so that a message names its shape and indices.
+        given = v.as_float_array(temperature, "temperature", check_range=False)
+        v.check_temperature(given, temperature)
+    d = RelaxedOneHotCategorical(rows_t, logits=moved)
     if d.batch_shape != moved.shape[:-1]:
         raise ValueError(
             f"temperature of shape {np.shape(temperature)} would enlarge the logits' "
@@ -317,6 +321,8 @@ def gumbel_softmax(logits, temperature, hard=False, axis=-1, rng=None):
 def _without_category_axis(temperature, ndim: int, axis: int):
     """A temperature with all ``ndim`` axes and length 1 at ``axis`` (keepdims)
     without that axis; any other as it is (the distribution checks it)."""
+    if isinstance(temperature, np.ma.MaskedArray):
+        return temperature  # refused by the distribution, mask and all
     try:
         shape = np.shape(temperature)
     except ValueError:  # ragged: left to the distribution's message
@@ -369,8 +375,12 @@ def gumbel_softmax_vjp(sample_soft, grad, temperature, axis=-1):
     t = v.as_float_array(temperature, "temperature", x.dtype, check_range=False)
     v.check_temperature(t, temperature)
     # A temperature with the sample's axes and length 1 at the category axis is
-    # read per row (keepdims), as gumbel_softmax reads it.
+    # read per row (keepdims), as gumbel_softmax reads it; so is one with length 1
+    # at the last axis, which gumbel_softmax's distribution reads per row of the
+    # moved logits.
     t_rows = _without_category_axis(t, x.ndim, axis)
+    if t_rows is t and t.ndim == x.ndim and t.shape[-1] == 1:
+        t_rows = t[..., 0]
     try:
         rows = np.broadcast_shapes(t_rows.shape, x.shape[:-1])
     except ValueError:

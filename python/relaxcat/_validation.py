@@ -68,8 +68,14 @@ def _object_hint(arr: np.ndarray) -> str:
     )
     if big is None or not all(isinstance(e, numbers.Real) for e in flat):
         return ""
+    # Python refuses str() of ints past 4300 digits by default; long ones are
+    # described by their size.
+    bits = big.bit_length()
+    shown = (
+        str(big) if bits <= 256 else f"an int of about {int(bits * 0.30103) + 1} digits"
+    )
     return (
-        f" (NumPy keeps Python ints beyond int64, such as {big}, as objects: "
+        f" (NumPy keeps Python ints beyond int64, such as {shown}, as objects: "
         "pass them as floats)"
     )
 

@@ -838,9 +838,10 @@ def check_density(draw, d, space, a, a_tol, rows_t, step):
     # weight on one (validation off) is read with that weight removed, as the
     # README says.
     dead = np.where(space == "log", -np.inf, 0.0).astype(vfull.dtype)
-    live_v = np.where(logits == -np.inf, dead, vfull)
+    masked = np.broadcast_to(logits == -np.inf, vfull.shape)
+    live_v = np.where(masked, dead, vfull)
     gl, gl_tol, gt, gt_tol = oracle.rsample_vjp(
-        live_v, bto(cast(g, wdtype), full), temp, space
+        live_v, bto(cast(g, wdtype), full), temp, space, masked
     )
     _compare_param_grads(d, got, (gl, gl_tol), (gt, gt_tol), rows_t.shape, wdtype)
 

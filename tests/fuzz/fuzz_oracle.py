@@ -266,9 +266,12 @@ def _value_grad(dy, dy_tol, v64, live, space):
 
 
 # ------------------------------------------------------------ rsample VJP
-def rsample_vjp(value, grad, temperature, space):
+def rsample_vjp(value, grad, temperature, space, masked=None):
     """``(grad_logits, tol, grad_t, tol_t)`` of sum(grad * sample), per row, from
-    the sample alone at the renormalised value (README "Numerics")."""
+    the sample alone at the renormalised value (README "Numerics"). In log space
+    every category but the ``masked`` ones is live, a -inf entry included (an
+    underflow: Note [underflow in log space]); its temperature term needs the lost
+    log, so a row with one where the gradient ds is not 0 has no value (NaN)."""
     v = _ld(value)
     w = _ld(grad)
     t = _ld(temperature)
@@ -280,7 +283,10 @@ def rsample_vjp(value, grad, temperature, space):
         y = v
         with np.errstate(under="ignore"):
             x = np.exp(y)
-    live = y > -np.inf
+    if space == "simplex" or masked is None:
+        live = y > -np.inf
+    else:
+        live = ~np.asarray(masked, dtype=bool)
     k = live.sum(axis=-1, keepdims=True)
     s = np.sum(x, axis=-1, keepdims=True)
     xn = x / s
@@ -306,9 +312,12 @@ def rsample_vjp(value, grad, temperature, space):
         )
         on = live
     ds_tol = np.where(on, ds_tol + ROUNDINGS * TINY * (1 + np.abs(w)), 0)
+    lost = on & (y == -np.inf) & (ds != 0)  # log space only: x > 0 on the simplex
+    on = on & (y > -np.inf)
     ly = np.where(on, y - np.log(s), 0)
     with np.errstate(invalid="ignore"):
         acc = np.sum(np.where(on, ds * ly, 0), axis=-1)
+        acc = np.where(lost.any(axis=-1), LD(np.nan), acc)
         acc_tol = np.sum(
             np.where(
                 on,

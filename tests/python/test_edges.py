@@ -685,9 +685,9 @@ def test_log_space_rsample_vjp_keeps_the_gradient_of_an_underflowed_category(
     # Regression (a fresh-user review; Note [underflow in log space]): a log-space
     # sample is -inf where a live category's (a + g) / T - lse overflowed, and
     # rsample_vjp took such entries as masked. (8e307, 0, -8e307) at T = 1/2 gave
-    # logits gradients (-4, 4, 0) for (-14, 4, 10), and a tiny T a finite
-    # temperature gradient where its term w_k (y_k - log S) is an infinity.
-    # Here every category but the first overflows; one is masked.
+    # logits gradients (-4, 4, 0) for (-14, 4, 10), and the temperature gradient,
+    # which needs the log the -inf lost, a finite number; it is NaN now. Here
+    # every category but the first overflows; one is masked.
     t = dtype(1e-36) if dtype == np.float32 else 1e-306
     logits = -1000.0 * np.arange(k, dtype=np.float64)
     logits[2] = -np.inf
@@ -702,7 +702,14 @@ def test_log_space_rsample_vjp_keeps_the_gradient_of_an_underflowed_category(
     rtol = 1e-6 if dtype == np.float32 else 1e-14
     np.testing.assert_allclose(g.logits, want, rtol=rtol, atol=0)
     assert g.logits[2] == 0.0
-    assert g.temperature == np.inf
+    assert np.isnan(g.temperature)
+    # An upstream gradient of 0 on the overflowed entries leaves the temperature
+    # gradient known: only the first entry's term remains, and it is 0.
+    w0 = np.zeros(k, dtype)
+    w0[0] = 1.0
+    g0 = d.rsample_vjp(y, w0)
+    assert g0.temperature == 0.0
+    np.testing.assert_array_equal(g0.logits, np.zeros(k))
     # The float64 case of the review, through the logits of both signs.
     d = ExpRelaxed(0.5, logits=np.array([8e307, 0.0, -8e307]))
     y = d.rsample(gumbels=np.zeros(3))
@@ -711,6 +718,19 @@ def test_log_space_rsample_vjp_keeps_the_gradient_of_an_underflowed_category(
     np.testing.assert_allclose(
         d.rsample_vjp(y, w).logits, (w - np.exp(y) * w.sum()) / 0.5, rtol=1e-15
     )
+
+
+@pytest.mark.parametrize("k", [3, 20])
+@pytest.mark.parametrize("cls", CLASSES, ids=CLASS_IDS)
+def test_rsample_vjp_of_a_nan_value_is_nan_without_validation(simd_level, cls, k):
+    # Regression (a second review): a first version of Note [underflow in log
+    # space] marked masked categories with NaN and so read a NaN in the value
+    # as masked, giving finite gradients where they had been NaN.
+    d = cls(0.7, logits=np.linspace(-1.0, 1.0, k), validate_args=False)
+    y = d.rsample(rng=1)
+    y[1] = np.nan
+    g = d.rsample_vjp(y, np.linspace(0.5, 2.0, k))
+    assert np.isnan(g.logits).any() and np.isnan(g.temperature)
 
 
 # ------------------------------------------------ short rows taken as columns

@@ -1276,6 +1276,11 @@ def test_gumbels_names_an_integer_argument_out_of_range():
         _core.gumbels(1, 0, 0.5, 3)
     with pytest.raises(TypeError, match=r"^gumbels: n must be an integer .* got bool$"):
         _core.gumbels(1, 0, 0, True)
+    # An __index__ that refuses (a one-element array) had come out "got <NULL>".
+    with pytest.raises(
+        TypeError, match=r"^gumbels: key must be an integer .* got ndarray$"
+    ):
+        _core.gumbels(np.array([5]), 0, 0, 1)
     np.testing.assert_array_equal(
         _core.gumbels(np.uint64(2**64 - 1), np.int8(3), 5, np.int64(4)),
         _core.gumbels(2**64 - 1, 3, 5, 4),
@@ -1396,6 +1401,14 @@ def test_python_ints_beyond_int64_are_explained():
         r"object \(NumPy keeps Python ints beyond int64, such as "
         r"100000000000000000000, as objects: pass them as floats\)$",
         lambda: R(1.0, logits=logits),
+    )
+    # Past 4300 digits Python refuses str() of an int (a second review: the
+    # hint raised that ValueError); such ints are described by their size.
+    check_raises(
+        TypeError,
+        r"got dtype object \(NumPy keeps Python ints beyond int64, such as an int "
+        r"of about 5001 digits, as objects: pass them as floats\)$",
+        lambda: R(1.0, logits=[10**5000, 0]),
     )
     np.testing.assert_array_equal(
         R(1.0, logits=[0.0, 1e20]).logits, R(1.0, logits=np.array([0, 1e20])).logits

@@ -147,6 +147,26 @@ def test_gumbel_softmax_reads_a_keepdims_temperature_on_any_axis():
     np.testing.assert_array_equal(g.logits, flat.logits)
     with pytest.raises(ValueError, match="would enlarge"):
         relaxcat.gumbel_softmax(logits, np.ones((2, 3, 5)), axis=1)
+    # A second review: messages name the temperature as given, a masked one is
+    # refused, and the VJP takes the per-row form the forward call takes.
+    with pytest.raises(ValueError, match=r"got 0.0 at index \(1, 0, 2\)$"):
+        relaxcat.gumbel_softmax(
+            logits, np.where(np.arange(15).reshape(3, 1, 5) == 7, 0.0, 1.0), axis=1
+        )
+    with pytest.raises(TypeError, match="MaskedArray"):
+        relaxcat.gumbel_softmax(
+            np.zeros((2, 3)), np.ma.array([[1.0], [2.0]], mask=[[0], [1]]), rng=1
+        )
+    lg = rng.standard_normal((4, 5))
+    t5 = rng.uniform(0.5, 2.0, (5, 1))
+    x5 = relaxcat.gumbel_softmax(lg, t5, axis=0, rng=2)
+    g5 = relaxcat.gumbel_softmax_vjp(x5, np.ones_like(x5), t5, axis=0)
+    assert g5.temperature.shape == (5, 1)
+    ref = relaxcat.RelaxedOneHotCategorical(t5, logits=lg.T).rsample_vjp(
+        x5.T, np.ones_like(x5.T)
+    )
+    np.testing.assert_array_equal(g5.logits, ref.logits.T)
+    np.testing.assert_array_equal(g5.temperature, ref.temperature)
 
 
 def test_gumbel_softmax_float32_and_bad_input():

@@ -379,7 +379,9 @@ public:
     // distribution built from probs, grad_param is the gradient with respect to
     // the probabilities as given. Either output may be absent (null data).
     // Masked categories get 0; in log space a -inf entry of a live category is
-    // an underflow and keeps its gradient (Note [underflow in log space]).
+    // an underflow: it keeps its logits gradient, and its row's temperature
+    // gradient is NaN where it has a nonzero upstream gradient, as that needs
+    // the log the -inf lost (Note [underflow in log space]).
     void rsample_vjp(MatrixView<const Real> value, MatrixView<const Real> grad,
                      MatrixView<Real> grad_param, VectorView<Real> grad_temperature,
                      int num_threads = 1) const {

@@ -124,9 +124,9 @@ struct RsampleVjpArgs {
     RowArg<const Real> grad;   // upstream gradient on the sample, (rows, k)
     RowArg<const Real> temperature;
     // Optional: where a logit is -inf the category is masked and gets no
-    // gradient whatever the value says. Without logits, a -inf in log space is
-    // taken as masked; with them, as a live category's underflow, which keeps
-    // its gradient (Note [underflow in log space]).
+    // gradient whatever the value says. Without logits every entry is taken as
+    // live, so that a -inf in log space is an underflow (Note [underflow in log
+    // space]).
     RowArg<const Real> logits;
     Real* grad_logits = nullptr;         // (rows, k), or null
     double* grad_logits_wide = nullptr;  // or in double, see Note [summed gradients]

@@ -157,12 +157,13 @@ private:
 //
 // Lane by lane for doubles or vectors of doubles; every branch is computed and
 // one selected, unless T <= kRatioAbove and every lane has x < 3 xref / 4 (as
-// rounded) or x = xref. Then the selects would take the difference of the logs
-// anyway (for such x, q lies below -1/4 + 2^-53, far from the -0.2 where log1p
-// starts: the rounded 3 xref / 4 is at most half an ulp above the exact one,
-// and the rounding of q is monotone), or give 0, which that difference is when
-// x = xref (the same log of the same value), and the divisions are skipped.
-// Most entries of a row are far below its largest one (rows of two have their
+// rounded) or x = xref (for x and xref positive, as on the simplex; other
+// values, possible only with validation off, end in NaN on either branch). Then the
+// selects would take the difference of the logs anyway (for such x, q lies below -1/4 +
+// 2^-53, far from the -0.2 where log1p starts: the rounded 3 xref / 4 is at most half
+// an ulp above the exact one, and the rounding of q is monotone), or give 0, which that
+// difference is when x = xref (the same log of the same value), and the divisions are
+// skipped. Most entries of a row are far below its largest one (rows of two have their
 // other entry below 3/4 of the largest once that is above 4/7), and most
 // temperatures are small; the ratio's log is taken only when some lane's T is
 // above kRatioAbove.
@@ -1860,24 +1861,26 @@ void log_prob_rows(const LogProbArgs<Real>& a, int64_t r0, int64_t r1,
 
 // Note [underflow in log space]: a log-space sample holds -inf where a live
 // category's (a + g) / T - lse overflowed (logits near the float maximum of
-// both signs, or tiny temperatures), and its gradients are not those of a
-// masked category: d/da_k = (w_k - x_k sum_live w) / T is w_k / T there, and
-// the temperature gradient has the term w_k (y_k - log S), an infinity (a
+// both signs, or tiny temperatures), and its logits gradient is not that of a
+// masked category: d/da_k = (w_k - x_k sum w) / T is w_k / T there (a
 // fresh-user review: logits (8e307, 0, -8e307) at T = 1/2 gave (-4, 4, 0) for
-// (-14, 4, 10)). rsample_vjp therefore tells masked categories by their logits
-// where it has them, and marks them in its buffers with y = NaN and x = 0;
-// without logits, -inf is all it can go by and is taken as masked. A NaN in
-// the value itself (possible only with validation off) is taken as masked, as
-// it was before.
-inline double marked_entry(bool simplex, bool masked, double v) {
-    return masked ? (simplex ? 0.0 : std::numeric_limits<double>::quiet_NaN()) : v;
-}
+// (-14, 4, 10)). rsample_vjp therefore treats every entry as live, and reads a
+// masked category (one whose logit is -inf, where it has the logits) as
+// y = -inf with an upstream gradient of 0, which gives it no gradient and no
+// share of the sums. The temperature gradient needs y_k itself, in the term
+// w_k (y_k - log S), and the stored -inf no longer holds it: beyond the
+// dtype's range the term's size, and so the sum's (even its sign, where other
+// entries lie near the range's end), is unknown. A row with such a term
+// (w_k != 0) gets NaN for its temperature gradient (a second review: a first
+// version summed the term as an infinity, and gave -inf where the exact
+// gradient is +4.9e308, and inf in float32 where it is 2.6e36). Without logits
+// every -inf entry is taken as live. A NaN in the value (possible only with
+// validation off) gives NaN gradients, as it always has.
 
 // A value given as x (simplex) or as y = log x: the other of the two, flat over
-// n elements (in log space x = 0 where y is NaN: Note [underflow in log space]). On the
-// simplex rsample_vjp reads log x only for the temperature gradient; without it (logs
-// false) y is set to 0 instead, which nothing else reads there, and the logarithms are
-// not taken.
+// n elements. On the simplex rsample_vjp reads log x only for the temperature
+// gradient; without it (logs false) y is set to 0 instead, which nothing else
+// reads there, and the logarithms are not taken.
 inline void complete_x_and_log_x(bool simplex, double* x, double* y, int64_t n,
                                  bool logs) {
     if (simplex && !logs) {
@@ -1888,8 +1891,16 @@ inline void complete_x_and_log_x(bool simplex, double* x, double* y, int64_t n,
     } else {
         for (int64_t j = 0; j < n; ++j) x[j] = y[j];
         exp_inplace(x, n);
-        for (int64_t j = 0; j < n; ++j) x[j] = y[j] == y[j] ? x[j] : 0.0;
     }
+}
+
+// A term ds_k (y_k - log S) of rsample_vjp's temperature sum (rel: its scaled
+// y_k - log S): 0 where ds_k is, NaN where y_k is -inf (Note [underflow in log
+// space]; on the simplex x_k = 0 there, and so is ds_k).
+template <class D>
+RELAXCAT_ALWAYS_INLINE D temperature_term(D ds, D y, D rel) {
+    const D unknown = D{} + std::numeric_limits<double>::quiet_NaN();
+    return ds != 0.0 ? (y > -kInf ? ds * rel : unknown) : D{};
 }
 
 // Note [dominant sample entry]: near a vertex the gradient of the entry holding
@@ -1918,26 +1929,25 @@ RELAXCAT_ALWAYS_INLINE D dominant_ds_lanes(bool simplex, D x, D w, D inv_sum, D 
                : (w * rest - x * q) * inv_sum;
 }
 
-// For a row of 2 kSlots or more (contiguous x, y = log x, w), in one pass: <w, x>
-// (simplex) or the sum of live w (log space), whether exactly one entry is
+// For a row of 2 kSlots or more (contiguous x and w), in one pass: <w, x>
+// (simplex) or the sum of w (log space; masked categories hold w = 0 there,
+// Note [underflow in log space]), whether exactly one entry is
 // above 1/2, R and Q over the others, w_d and x_d, and sum x, each summed in
 // the order of Note [row reductions].
 struct RestSums {
-    double wsum = 0.0;  // <w, x> or the sum of live w
+    double wsum = 0.0;  // <w, x> or the sum of w
     bool one = false;
     double rest = 0.0, q = 0.0, wd = 0.0, xd = 0.0;
     double xsum = 0.0;  // sum x
 };
 
 template <class W>
-RestSums rest_sums(bool simplex, int64_t k, const double* x, const double* y,
-                   const W* w) {
+RestSums rest_sums(bool simplex, int64_t k, const double* x, const W* w) {
     const auto sums = sum_terms<7>(k, [=](auto d, int64_t j) {
         using D = decltype(d);
         const D xv = load_lanes<D>(x + j);
         const D wv = load_lanes<D>(w + j);
-        const D yv = load_lanes<D>(y + j);
-        const D qv = simplex ? (xv > 0.0 ? wv * xv : D{}) : (yv == yv ? wv : D{});
+        const D qv = simplex ? (xv > 0.0 ? wv * xv : D{}) : wv;
         const auto low = xv <= 0.5;
         return std::array<D, 7>{qv,
                                 low ? D{} : D{} + 1.0,
@@ -1978,7 +1988,7 @@ void rsample_vjp_block_columns(const RsampleVjpArgs<Real>& a, Walker& walk, int6
     double* const inv_sum = sum + row_buffer_size(k);
     double* const lsum = inv_sum + row_buffer_size(k);  // log sum x, <w, x>,
     double* const wx = lsum + row_buffer_size(k);
-    double* const wsum = wx + row_buffer_size(k);          // the sum of live w,
+    double* const wsum = wx + row_buffer_size(k);          // the sum of w,
     double* const scale = wsum + row_buffer_size(k);       // the scale of the T sum and
     double* const inv_scale = scale + row_buffer_size(k);  // its reciprocal,
     double* const acc = inv_scale + row_buffer_size(k);    // and that sum;
@@ -1997,12 +2007,13 @@ void rsample_vjp_block_columns(const RsampleVjpArgs<Real>& a, Walker& walk, int6
                    (masks && !dense_rows(a.logits, a.shape)) ||
                    !same_for_all_rows(a.temperature, a.shape),
                nb);
-    // Note [underflow in log space].
-    if (masks)
-        for (int64_t j = 0; j < n; ++j)
-            v[j] = marked_entry(simplex, lc[j] == -kInf, v[j]);
-    else if (!simplex)
-        for (int64_t j = 0; j < n; ++j) v[j] = marked_entry(false, v[j] == -kInf, v[j]);
+    if (masks) {  // Note [underflow in log space]
+        for (int64_t j = 0; j < n; ++j) {
+            const bool masked = lc[j] == -kInf;
+            v[j] = masked ? (simplex ? 0.0 : -kInf) : v[j];
+            gb[j] = masked && !simplex ? 0.0 : gb[j];
+        }
+    }
     complete_x_and_log_x(simplex, x, y, n, a.grad_temperature != nullptr);
 
     // The row sums, in element order.
@@ -2022,15 +2033,14 @@ void rsample_vjp_block_columns(const RsampleVjpArgs<Real>& a, Walker& walk, int6
         const double* xj = x + j * nb;
         const double* yj = y + j * nb;
         const double* gj = gb + j * nb;
-        // <w, x> serves the simplex, the sum of live w log space.
+        // <w, x> serves the simplex, the sum of w log space.
         for_lanes(nb, true, [&](auto d, int64_t i) {
             using D = decltype(d);
             const D xv = load_lanes<D>(xj + i);
             const D gv = load_lanes<D>(gj + i);
             store_lanes(sum + i, load_lanes<D>(sum + i) + xv);
             const auto low = xv <= 0.5;
-            const D yv = load_lanes<D>(yj + i);
-            const D qv = simplex ? (xv > 0.0 ? gv * xv : D{}) : (yv == yv ? gv : D{});
+            const D qv = simplex ? (xv > 0.0 ? gv * xv : D{}) : gv;
             if (simplex)
                 store_lanes(wx + i, load_lanes<D>(wx + i) + qv);
             else
@@ -2075,14 +2085,12 @@ void rsample_vjp_block_columns(const RsampleVjpArgs<Real>& a, Walker& walk, int6
             const D xv = load_lanes<D>(xj + i), yv = load_lanes<D>(yj + i);
             const D gv = load_lanes<D>(gj + i);
             const D is = load_lanes<D>(inv_sum + i);
-            const D usual =
-                simplex
-                    ? (xv > 0.0
-                           ? xv *
-                                 (gv * load_lanes<D>(sum + i) - load_lanes<D>(wx + i)) *
-                                 (is * is)
-                           : D{})
-                    : (yv == yv ? gv - (xv * is) * load_lanes<D>(wsum + i) : D{});
+            const D usual = simplex ? (xv > 0.0 ? xv *
+                                                      (gv * load_lanes<D>(sum + i) -
+                                                       load_lanes<D>(wx + i)) *
+                                                      (is * is)
+                                                : D{})
+                                    : gv - (xv * is) * load_lanes<D>(wsum + i);
             // Note [dominant sample entry].
             const auto one = load_lanes<D>(n_dom + i) == 1.0;
             const D stable = dominant_ds_lanes(
@@ -2094,7 +2102,8 @@ void rsample_vjp_block_columns(const RsampleVjpArgs<Real>& a, Walker& walk, int6
             const D rel = load_lanes<D>(scale + i) == 1.0
                               ? yv - ls
                               : (yv - ls) * load_lanes<D>(inv_scale + i);
-            store_lanes(acc + i, load_lanes<D>(acc + i) + (ds != 0.0 ? ds * rel : D{}));
+            store_lanes(acc + i,
+                        load_lanes<D>(acc + i) + temperature_term(ds, yv, rel));
             const D it = load_lanes<D>(inv_t + i);
             if (all_finite)
                 store_lanes(gj + i, ds * it);
@@ -2147,7 +2156,7 @@ void rsample_vjp_long_row(const RsampleVjpArgs<Real>& a, const Real* gp, int64_t
     if (gs != 1) load_row(gp, gs, k, gb);
     const auto row = [&](const auto* g) {
         // sum x with the sums of Note [dominant sample entry], in one pass.
-        const RestSums dom = rest_sums(true, k, x, x, g);
+        const RestSums dom = rest_sums(true, k, x, g);
         const double sum = dom.xsum;
         const double wx = dom.wsum;
         const double log_sum = log_d(sum);
@@ -2212,15 +2221,14 @@ void rsample_vjp_rows(const RsampleVjpArgs<Real>& a, int64_t r0, int64_t r1,
             double* v = simplex ? x + i * k : y + i * k;
             load_row(a.value.data + walk.offset[0], vs, k, v);
             if (!long_row) load_row(a.grad.data + walk.offset[1], gs, k, gb + i * k);
-            // Note [underflow in log space].
-            if (a.logits.data != nullptr) {
+            if (a.logits.data != nullptr) {  // Note [underflow in log space]
                 const Real* lg = a.logits.data + walk.offset[3];
-                for (int64_t j = 0; j < k; ++j)
-                    v[j] = marked_entry(simplex,
-                                        static_cast<double>(lg[j * ls]) == -kInf, v[j]);
-            } else if (!simplex) {
-                for (int64_t j = 0; j < k; ++j)
-                    v[j] = marked_entry(false, v[j] == -kInf, v[j]);
+                double* gi = gb + i * k;
+                for (int64_t j = 0; j < k; ++j) {
+                    const bool masked = static_cast<double>(lg[j * ls]) == -kInf;
+                    v[j] = masked ? (simplex ? 0.0 : -kInf) : v[j];
+                    if (!long_row) gi[j] = masked && !simplex ? 0.0 : gi[j];
+                }
             }
         }
         if (long_row) {
@@ -2264,9 +2272,9 @@ void rsample_vjp_rows(const RsampleVjpArgs<Real>& a, int64_t r0, int64_t r1,
             const double* yi = y + i * k;
             // The sums and the maximum of Note [renormalised sample], each in the
             // order of reduce_terms.
-            // <w, x> serves the simplex, the sum of live w log space.
+            // <w, x> serves the simplex, the sum of w log space.
             // With the sums of Note [dominant sample entry].
-            const RestSums dom = rest_sums(simplex, k, xi, yi, gw);
+            const RestSums dom = rest_sums(simplex, k, xi, gw);
             const double wx = simplex ? dom.wsum : 0.0;
             const double wsum = simplex ? 0.0 : dom.wsum;
             const double sum = row_sum[i];
@@ -2299,7 +2307,7 @@ void rsample_vjp_rows(const RsampleVjpArgs<Real>& a, int64_t r0, int64_t r1,
                 const D usual =
                     simplex
                         ? (xv > 0.0 ? xv * (wv * sum - wx) * (inv_sum * inv_sum) : D{})
-                        : (yv == yv ? wv - (xv * inv_sum) * wsum : D{});
+                        : wv - (xv * inv_sum) * wsum;
                 // Note [dominant sample entry].
                 const D stable =
                     dominant_ds_lanes(simplex, xv, wv, Lanes<D>::splat(inv_sum),
@@ -2309,7 +2317,7 @@ void rsample_vjp_rows(const RsampleVjpArgs<Real>& a, int64_t r0, int64_t r1,
                     !dom.one ? usual : (simplex ? stable : (xv > 0.5 ? stable : usual));
                 const D rel = scale == 1.0 ? yv - log_sum : (yv - log_sum) * inv_scale;
                 store_lanes(gw + j, finite_inv_t ? ds * inv_t : ds / t);
-                return ds != 0.0 ? ds * rel : D{};
+                return temperature_term(ds, yv, rel);
             });
             GradOut<Real>{a.grad_logits, a.grad_logits_wide}.set_row(r, k, gw);
             if (a.grad_temperature != nullptr)
