@@ -2031,7 +2031,6 @@ void rsample_vjp_block_columns(const RsampleVjpArgs<Real>& a, Walker& walk, int6
     }
     for (int64_t j = 0; j < k; ++j) {
         const double* xj = x + j * nb;
-        const double* yj = y + j * nb;
         const double* gj = gb + j * nb;
         // <w, x> serves the simplex, the sum of w log space.
         for_lanes(nb, true, [&](auto d, int64_t i) {
