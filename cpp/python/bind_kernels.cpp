@@ -332,9 +332,11 @@ uint64_t index_arg(const py::handle& v, const char* name, bool signed_range) {
                    ", got " + std::string(py::str(py::type::of(v).attr("__name__"))));
     };
     if (PyBool_Check(v.ptr()) || !PyIndex_Check(v.ptr())) not_an_integer();
-    // __index__ may itself refuse (a NumPy array of one element) or fail.
+    // __index__ may itself refuse (a NumPy array of one element: TypeError);
+    // any other exception it raises is passed on as it is.
     PyObject* const index = PyNumber_Index(v.ptr());
     if (index == nullptr) {
+        if (!PyErr_ExceptionMatches(PyExc_TypeError)) throw py::error_already_set();
         PyErr_Clear();
         not_an_integer();
     }

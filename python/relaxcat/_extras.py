@@ -275,7 +275,11 @@ def gumbel_softmax(logits, temperature, hard=False, axis=-1, rng=None):
     temperature : float or array_like
         Positive and finite; an array broadcasts with ``logits`` without the
         category axis, or has all of the logits' axes with length 1 at the
-        category axis (``keepdims``), whichever axis that is.
+        category axis (``keepdims``), whichever axis that is. Otherwise it is
+        read as the distribution reads it for the logits moved to the last
+        axis, where a temperature with all their axes and length 1 at the last
+        is read per row too (for ``axis=0`` and logits (4, 5), T of shape
+        (5, 1)); :func:`gumbel_softmax_vjp` reads the same forms.
     hard : bool
         If True, return ``HardSample(hard, soft)``: the one-hot of the argmax of
         the soft sample (ties to the lowest index; masked categories are never
@@ -303,9 +307,19 @@ def gumbel_softmax(logits, temperature, hard=False, axis=-1, rng=None):
     moved = np.moveaxis(arr, axis, -1)
     rows_t = _without_category_axis(temperature, arr.ndim, axis)
     if rows_t is not temperature:
-        # Checked as given, so that a message names its shape and indices.
-        given = v.as_float_array(temperature, "temperature", check_range=False)
+        # Checked as given (in the logits' dtype, as the distribution will), so
+        # that a message names its own shape and indices.
+        given = v.as_float_array(
+            temperature, "temperature", arr.dtype, check_range=False
+        )
         v.check_temperature(given, temperature)
+        try:
+            np.broadcast_shapes(np.shape(rows_t), moved.shape[:-1])
+        except ValueError:
+            raise ValueError(
+                f"temperature of shape {given.shape} does not broadcast with the "
+                f"logits' shape without the category axis, {moved.shape[:-1]}"
+            ) from None
     d = RelaxedOneHotCategorical(rows_t, logits=moved)
     if d.batch_shape != moved.shape[:-1]:
         raise ValueError(

@@ -71,12 +71,12 @@ def _object_hint(arr: np.ndarray) -> str:
     # Python refuses str() of ints past 4300 digits by default; long ones are
     # described by their size.
     bits = big.bit_length()
-    shown = (
-        str(big) if bits <= 256 else f"an int of about {int(bits * 0.30103) + 1} digits"
-    )
+    digits = int((bits - 1) * 0.30103) + 1
+    shown = str(big) if bits <= 256 else f"an int of {digits} or more digits"
+    advice = "pass them as floats" if bits <= 1024 else "that one is beyond float64 too"
     return (
-        f" (NumPy keeps Python ints beyond int64, such as {shown}, as objects: "
-        "pass them as floats)"
+        f" (NumPy keeps Python ints beyond int64 and uint64, such as {shown}, as "
+        f"objects: {advice})"
     )
 
 

@@ -759,6 +759,10 @@ class RelaxedOneHotCategorical:
         RsampleGrad (logits, temperature) or RsampleGradProbs (probs, temperature)
             Each with the shape of the parameter as given, broadcast dimensions
             summed; a scalar temperature gets a 0-d array. Masked categories get 0.
+            In log space an entry of a live category that underflowed to -inf
+            keeps its logits gradient, and the temperature gradient of its row
+            is NaN unless its ``grad`` is 0: it needs the log the -inf lost
+            (README, Limitations).
         """
         want_param, want_t = self._wanted(wrt, (self._param_name, "temperature"))
         value = self._value(value)

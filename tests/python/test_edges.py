@@ -731,6 +731,20 @@ def test_rsample_vjp_of_a_nan_value_is_nan_without_validation(simd_level, cls, k
     y[1] = np.nan
     g = d.rsample_vjp(y, np.linspace(0.5, 2.0, k))
     assert np.isnan(g.logits).any() and np.isnan(g.temperature)
+    # A masked category still gets 0 (a third review: in log space it became NaN
+    # with a NaN elsewhere in its row, as it did where the upstream gradients
+    # sum to an infinity).
+    logits = np.linspace(-1.0, 1.0, k)
+    logits[2] = -np.inf
+    d = cls(0.7, logits=logits, validate_args=False)
+    y = d.rsample(rng=1)
+    y[1] = np.nan
+    assert d.rsample_vjp(y, np.linspace(0.5, 2.0, k)).logits[2] == 0.0
+    d = cls(1.0, logits=logits)
+    w = np.full(k, 1e308)
+    w[2] = 0.0
+    g = d.rsample_vjp(d.rsample(rng=1), w)
+    assert g.logits[2] == 0.0 and not np.isnan(g.temperature)
 
 
 # ------------------------------------------------ short rows taken as columns

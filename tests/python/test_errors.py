@@ -1398,7 +1398,7 @@ def test_python_ints_beyond_int64_are_explained():
     check_raises(
         TypeError,
         r"^logits must be a real number or an array of real numbers, got dtype "
-        r"object \(NumPy keeps Python ints beyond int64, such as "
+        r"object \(NumPy keeps Python ints beyond int64 and uint64, such as "
         r"100000000000000000000, as objects: pass them as floats\)$",
         lambda: R(1.0, logits=logits),
     )
@@ -1406,8 +1406,9 @@ def test_python_ints_beyond_int64_are_explained():
     # hint raised that ValueError); such ints are described by their size.
     check_raises(
         TypeError,
-        r"got dtype object \(NumPy keeps Python ints beyond int64, such as an int "
-        r"of about 5001 digits, as objects: pass them as floats\)$",
+        r"got dtype object \(NumPy keeps Python ints beyond int64 and uint64, such "
+        r"as an int of 5000 or more digits, as objects: that one is beyond float64 "
+        r"too\)$",
         lambda: R(1.0, logits=[10**5000, 0]),
     )
     np.testing.assert_array_equal(

@@ -153,6 +153,14 @@ def test_gumbel_softmax_reads_a_keepdims_temperature_on_any_axis():
         relaxcat.gumbel_softmax(
             logits, np.where(np.arange(15).reshape(3, 1, 5) == 7, 0.0, 1.0), axis=1
         )
+    with pytest.raises(
+        ValueError, match=r"temperature of shape \(2, 1\) does not broadcast .* \(3,\)$"
+    ):
+        relaxcat.gumbel_softmax(np.zeros((3, 4)), np.ones((2, 1)))
+    big = np.ones((3, 1), np.float64)
+    big[1, 0] = 1e39
+    with pytest.raises(ValueError, match=r"at index \(1, 0\)"):
+        relaxcat.gumbel_softmax(np.zeros((3, 4), np.float32), big)
     with pytest.raises(TypeError, match="MaskedArray"):
         relaxcat.gumbel_softmax(
             np.zeros((2, 3)), np.ma.array([[1.0], [2.0]], mask=[[0], [1]]), rng=1

@@ -1867,15 +1867,16 @@ void log_prob_rows(const LogProbArgs<Real>& a, int64_t r0, int64_t r1,
 // (-14, 4, 10)). rsample_vjp therefore treats every entry as live, and reads a
 // masked category (one whose logit is -inf, where it has the logits) as
 // y = -inf with an upstream gradient of 0, which gives it no gradient and no
-// share of the sums. The temperature gradient needs y_k itself, in the term
-// w_k (y_k - log S), and the stored -inf no longer holds it: beyond the
-// dtype's range the term's size, and so the sum's (even its sign, where other
-// entries lie near the range's end), is unknown. A row with such a term
-// (w_k != 0) gets NaN for its temperature gradient (a second review: a first
-// version summed the term as an infinity, and gave -inf where the exact
-// gradient is +4.9e308, and inf in float32 where it is 2.6e36). Without logits
-// every -inf entry is taken as live. A NaN in the value (possible only with
-// validation off) gives NaN gradients, as it always has.
+// share of the sums; where x = 0 the gradient is w itself, not w - 0 * sum w,
+// which an infinite sum (upstream gradients near the float64 maximum) would
+// turn into NaN (a third review). The temperature gradient needs y_k itself, in the
+// term w_k (y_k - log S), and the stored -inf no longer holds it: beyond the dtype's
+// range the term's size, and so the sum's (even its sign, where other entries lie near
+// the range's end), is unknown. A row with such a term (w_k != 0) gets NaN for its
+// temperature gradient (a second review: a first version summed the term as an
+// infinity, and gave -inf where the exact gradient is +4.9e308, and inf in float32
+// where it is 2.6e36). Without logits every -inf entry is taken as live. A NaN in the
+// value (possible only with validation off) gives NaN gradients, as it always has.
 
 // A value given as x (simplex) or as y = log x: the other of the two, flat over
 // n elements. On the simplex rsample_vjp reads log x only for the temperature
@@ -2084,12 +2085,14 @@ void rsample_vjp_block_columns(const RsampleVjpArgs<Real>& a, Walker& walk, int6
             const D xv = load_lanes<D>(xj + i), yv = load_lanes<D>(yj + i);
             const D gv = load_lanes<D>(gj + i);
             const D is = load_lanes<D>(inv_sum + i);
-            const D usual = simplex ? (xv > 0.0 ? xv *
-                                                      (gv * load_lanes<D>(sum + i) -
-                                                       load_lanes<D>(wx + i)) *
-                                                      (is * is)
-                                                : D{})
-                                    : gv - (xv * is) * load_lanes<D>(wsum + i);
+            const D usual =
+                simplex
+                    ? (xv > 0.0
+                           ? xv *
+                                 (gv * load_lanes<D>(sum + i) - load_lanes<D>(wx + i)) *
+                                 (is * is)
+                           : D{})
+                    : (xv != 0.0 ? gv - (xv * is) * load_lanes<D>(wsum + i) : gv);
             // Note [dominant sample entry].
             const auto one = load_lanes<D>(n_dom + i) == 1.0;
             const D stable = dominant_ds_lanes(
@@ -2306,7 +2309,7 @@ void rsample_vjp_rows(const RsampleVjpArgs<Real>& a, int64_t r0, int64_t r1,
                 const D usual =
                     simplex
                         ? (xv > 0.0 ? xv * (wv * sum - wx) * (inv_sum * inv_sum) : D{})
-                        : wv - (xv * inv_sum) * wsum;
+                        : (xv != 0.0 ? wv - (xv * inv_sum) * wsum : wv);
                 // Note [dominant sample entry].
                 const D stable =
                     dominant_ds_lanes(simplex, xv, wv, Lanes<D>::splat(inv_sum),
