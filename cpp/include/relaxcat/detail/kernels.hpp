@@ -814,6 +814,15 @@ inline void per_temperature(const double* t, int64_t nb, double* out, F f) {
     }
 }
 
+// inv_t[i] = 1 / t[i] for a block's rows, dividing once per run of equal
+// temperatures (per_temperature); true when every one is finite.
+inline bool inverse_temperatures(const double* t, int64_t nb, double* inv_t) {
+    per_temperature(t, nb, inv_t, [](double ti) { return 1.0 / ti; });
+    int64_t infinite = 0;
+    for (int64_t i = 0; i < nb; ++i) infinite += !(inv_t[i] < kInf);
+    return infinite == 0;
+}
+
 // One block of rsample_rows in columns: rows rb .. rb + nb - 1, whose noise (if
 // drawn) is in s, row-major, or already in e down columns when noise_in_columns
 // (fill_gumbels_f32_columns). s, e and la are three element buffers of the
@@ -861,11 +870,7 @@ void rsample_block_columns(const RsampleArgs<Real>& a, Walker& walk, int64_t rb,
     for (int64_t j = 1; j < k; ++j)
         for (int64_t i = 0; i < nb; ++i) umax[i] = max_d(umax[i], u[j * nb + i]);
 
-    // 1 / T, dividing once per run of equal temperatures (most calls have one).
-    per_temperature(t, nb, inv_t, [](double ti) { return 1.0 / ti; });
-    int64_t infinite = 0;
-    for (int64_t i = 0; i < nb; ++i) infinite += !(inv_t[i] < kInf);
-    const bool all_finite = infinite == 0;
+    const bool all_finite = inverse_temperatures(t, nb, inv_t);
     if (all_finite) {
         for (int64_t j = 0; j < k; ++j)
             for (int64_t i = 0; i < nb; ++i)
@@ -2057,10 +2062,7 @@ void rsample_vjp_block_columns(const RsampleVjpArgs<Real>& a, Walker& walk, int6
         inv_sum[i] = 1.0 / sum[i];
     }
     log_inplace(lsum, nb);
-    per_temperature(t, nb, inv_t, [](double ti) { return 1.0 / ti; });
-    int64_t infinite = 0;  // rows whose 1 / T is not finite
-    for (int64_t i = 0; i < nb; ++i) infinite += !(inv_t[i] < kInf);
-    const bool all_finite = infinite == 0;
+    const bool all_finite = inverse_temperatures(t, nb, inv_t);
     // On the simplex log sum x - y stays below 1500 (x is at least the smallest
     // subnormal), so the scale is 1 without a pass.
     for (int64_t j = 0; j < k && !simplex; ++j) {
