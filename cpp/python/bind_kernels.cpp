@@ -479,7 +479,7 @@ void bind_kernels(py::module_& m) {
         py::arg("status"), py::arg("num_threads"),
         "Per-row support check of values (0 = on the support).");
     m.def("gumbels", &gumbels, py::arg("key"), py::arg("stream"), py::arg("first"),
-          py::arg("n"), py::arg("float32") = false,
+          py::arg("n"), py::arg("float32").noconvert() = false,
           "The Gumbel noise of elements first .. first + n - 1 of a stream: the "
           "noise of float64 samples, or with float32=True that of float32 samples.");
     m.def(

@@ -112,7 +112,11 @@ def mode(d) -> np.ndarray:
 
 
 # ------------------------------------------------------------------ Monte Carlo
-def _check_n(n_samples) -> int:
+def _check_n(n_samples, d, batch: tuple) -> int:
+    """n_samples as an int, checked, and small enough that n_samples samples of
+    d over ``batch`` fit in an array."""
+    from .distributions import _check_indexable
+
     if isinstance(n_samples, (bool, np.bool_)) or not isinstance(
         n_samples, (int, np.integer)
     ):
@@ -121,7 +125,13 @@ def _check_n(n_samples) -> int:
         raise ValueError(
             f"n_samples must be at least 2 (for a standard error), got {n_samples}"
         )
-    return int(n_samples)
+    n = int(n_samples)
+    _check_indexable(
+        (n,) + batch + d.event_shape,
+        f"n_samples {n} with batch_shape {batch} and event_shape {d.event_shape}",
+        d.dtype.itemsize,
+    )
+    return n
 
 
 def _log_space(d, batch=None):
@@ -143,7 +153,7 @@ def _estimate(samples: np.ndarray) -> MonteCarloEstimate:
 
 
 def entropy(d, n_samples=_DEFAULT_SAMPLES, rng=None) -> MonteCarloEstimate:
-    n = _check_n(n_samples)
+    n = _check_n(n_samples, d, d.batch_shape)
     e = _log_space(d)
     y = e.rsample((n,), rng=rng)
     log_q = e.log_prob(y).astype(np.float64)
@@ -214,7 +224,7 @@ def kl_divergence(p, q, n_samples=_DEFAULT_SAMPLES, rng=None) -> MonteCarloEstim
     The estimate can be negative by chance; it is unbiased, not clipped.
     """
     batch = _same_family(p, q, "kl_divergence")
-    n = _check_n(n_samples)
+    n = _check_n(n_samples, p, batch)
     k = p.event_shape[0]
     ep, eq = _log_space(p, batch), _log_space(q, batch)
     y = ep.rsample((n,), rng=rng)

@@ -351,9 +351,12 @@ class RelaxedOneHotCategorical:
         """The same distribution broadcast to a larger ``batch_shape`` (views)."""
         batch_shape = _int_shape(batch_shape, "expand: batch_shape")
         _check_batch_rank(len(batch_shape), "expand: batch_shape")
+        # NumPy refuses even a broadcast view whose nominal size in bytes is
+        # past what an array can index, so the check counts bytes.
         _check_indexable(
             batch_shape + self.event_shape,
             f"expand: batch_shape {batch_shape} with event_shape {self.event_shape}",
+            self.dtype.itemsize,
         )
         try:
             np.broadcast_shapes(batch_shape, self._batch_shape)

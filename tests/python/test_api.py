@@ -654,6 +654,22 @@ def test_expand_beyond_what_an_array_can_index_says_so():
         d.expand((2**62,))
 
 
+@pytest.mark.parametrize("dtype,rows", [(np.float32, 2**60), (np.float64, 2**59)])
+def test_expand_beyond_what_an_array_can_index_in_bytes_says_so(dtype, rows):
+    # Regression: 2**59 rows of 3 float64 can be counted but not viewed (NumPy
+    # refuses a broadcast view past 2**63 - 1 bytes), and the message had said
+    # the batch shape could not hold () instead.
+    d = R(dtype(1.0), logits=np.zeros(3, dtype))
+    with pytest.raises(
+        ValueError,
+        match=rf"^expand: batch_shape \({rows},\) with event_shape \(3,\) gives "
+        rf"{rows * 3} elements of {np.dtype(dtype).itemsize} bytes, more bytes than "
+        r"an array can index",
+    ):
+        d.expand((rows,))
+    assert d.expand((2**40,)).batch_shape == (2**40,)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_a_sample_too_big_in_bytes_names_sample_shape(dtype):
     # Regression (a fresh-user review): 2**59 rows of 6 elements can be indexed

@@ -1285,6 +1285,11 @@ def test_gumbels_names_an_integer_argument_out_of_range():
         _core.gumbels(np.uint64(2**64 - 1), np.int8(3), 5, np.int64(4)),
         _core.gumbels(2**64 - 1, 3, 5, 4),
     )
+    # float32 takes a bool only: None and 1 had been read as False and True.
+    for bad in (None, 1, "yes"):
+        with pytest.raises(TypeError, match=r"float32: bool"):
+            _core.gumbels(1, 0, 0, 3, float32=bad)
+    assert _core.gumbels(1, 0, 0, 3, float32=np.bool_(True)).dtype == np.float32
 
 
 def test_a_draw_past_the_end_of_the_stream_is_an_error():

@@ -551,3 +551,19 @@ def test_covariance_rows_sum_to_zero_and_the_dominant_variance_is_the_rest(logit
     assert abs(cov[top, top] - cov[np.ix_(rest, rest)].sum()) <= 1e-12 * scale
     assert cov[top, top] > 0
     np.testing.assert_allclose(d.variance, np.diag(cov), rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("fn", ["entropy", "kl_divergence"])
+def test_monte_carlo_n_samples_too_big_for_an_array_names_n_samples(fn):
+    # Regression: n_samples = 2**60 had been refused as a sample_shape, which
+    # the caller never passed.
+    d = relaxcat.RelaxedOneHotCategorical(0.5, logits=np.zeros((2, 3)))
+    with pytest.raises(
+        ValueError,
+        match=r"^n_samples 1152921504606846976 with batch_shape \(2,\) and "
+        r"event_shape \(3,\) gives 6917529027641081856 elements of 8 bytes",
+    ):
+        if fn == "entropy":
+            d.entropy(n_samples=2**60)
+        else:
+            relaxcat.kl_divergence(d, d, n_samples=2**60)
