@@ -274,8 +274,11 @@ def test_exp_is_fused_where_the_level_has_fma():
 
 @pytest.mark.parametrize("name", ["log", "exp"])
 def test_math_result_does_not_depend_on_position_in_the_array(simd_level, name):
-    # Vector lanes and the scalar tail must compute the same bits for a value.
-    x = _edge_and_sample_inputs()[name][:41]
+    # Vector lanes and the scalar tail must compute the same bits for a value,
+    # in vectors of ordinary values only (log's quick path) and in vectors
+    # with an edge (a zero, a subnormal, an infinity, a NaN) among them.
+    inputs = _edge_and_sample_inputs()[name]
+    x = np.random.default_rng(8).permutation(np.concatenate([inputs[:33], inputs[-8:]]))
     whole = _core.math(name, x).view(np.uint64)
     for start in range(9):
         for n in (1, 3, 7, 8, 9, 17, 32 - start):

@@ -169,47 +169,6 @@ private:
 // above kRatioAbove.
 constexpr double kRatioAbove = 64.0;
 
-inline bool all_lanes(bool b) {
-    return b;
-}
-
-inline bool any_lane(bool b) {
-    return b;
-}
-
-#if defined(RELAXCAT_HAVE_VECTOR_EXTENSIONS)
-// The lanes of a comparison's result (each all ones or all zeros) as bits: one
-// instruction where the level has it (a loop over the lanes took a tenth of
-// log_prob's time on long rows).
-RELAXCAT_SIMD_INLINE unsigned lane_bits(VecI m) {
-#if defined(__AVX512F__)
-    __m512i v;
-    std::memcpy(&v, &m, sizeof v);
-    return _mm512_test_epi64_mask(v, v);
-#elif defined(__AVX__)
-    __m256d v;
-    std::memcpy(&v, &m, sizeof v);
-    return static_cast<unsigned>(_mm256_movemask_pd(v));
-#elif defined(__SSE2__)
-    __m128d v;
-    std::memcpy(&v, &m, sizeof v);
-    return static_cast<unsigned>(_mm_movemask_pd(v));
-#else
-    unsigned bits = 0;
-    for (int l = 0; l < kLanes; ++l) bits |= (m[l] != 0 ? 1u : 0u) << l;
-    return bits;
-#endif
-}
-
-RELAXCAT_SIMD_INLINE bool all_lanes(VecI m) {
-    return lane_bits(m) == (1u << kLanes) - 1u;
-}
-
-RELAXCAT_SIMD_INLINE bool any_lane(VecI m) {
-    return lane_bits(m) != 0u;
-}
-#endif
-
 template <class D>
 RELAXCAT_ALWAYS_INLINE D log_ratio_lanes(D x, D xref, D log_x, D log_xref, D t) {
     const D diff = log_x - log_xref;

@@ -49,12 +49,36 @@ inline double double_of(uint64_t b) {
 #define RELAXCAT_ALWAYS_INLINE inline
 #endif
 
+// Whether every lane of a comparison holds, or some lane does: for one lane,
+// the comparison itself (simd.hpp has the vector versions).
+inline bool all_lanes(bool b) {
+    return b;
+}
+
+inline bool any_lane(bool b) {
+    return b;
+}
+
 // What log_lanes and exp_lanes need of a lane type D: its bit pattern type U,
 // a signed integer type I of the same width, bit casts and constants. double is
 // one lane type; simd.hpp adds vectors of doubles, so that the scalar and the
 // vector functions are one source and give the same bits.
 template <class D>
 struct Lanes;
+
+// y 2^k for y in [1/2, 2) and k in [-1077, 1025], rounded once: two factors
+// 2^(k >> 1) and 2^(k - (k >> 1)), each a normal number, so that the first
+// product is exact and only a subnormal or infinite result rounds.
+template <class D, class I>
+RELAXCAT_ALWAYS_INLINE D scale_by_two_factors(D y, I k) {
+    using L = Lanes<D>;
+    using U = typename L::U;
+    const I k1 = k >> 1;
+    const I k2 = k - k1;
+    const D s1 = L::value((U)(k1 + 1023) << 52);
+    const D s2 = L::value((U)(k2 + 1023) << 52);
+    return y * s1 * s2;
+}
 
 template <>
 struct Lanes<double> {
@@ -64,6 +88,12 @@ struct Lanes<double> {
     static double value(U b) { return double_of(b); }
     static double splat(double c) { return c; }
     static I splat_i(int64_t c) { return c; }
+    static bool all(bool b) { return b; }
+    // y 2^k, kd = k as a double (exp_lanes).
+    static double scale(double y, double kd, I k) {
+        (void)kd;
+        return scale_by_two_factors(y, k);
+    }
     // a b + c, fused where the level has FMA (Note [fused exp]).
     static double mul_add(double a, double b, double c) {
 #if defined(__FMA__)
@@ -92,27 +122,21 @@ RELAXCAT_ALWAYS_INLINE D log1p_poly(D f, D& h, D& s) {
     return t1 + t2;
 }
 
-// Natural logarithm for x >= 0 (x = 0 gives -inf, +inf gives +inf), lane by
-// lane. x = 2^k (1 + f) with 1 + f in [sqrt(2)/2, sqrt(2)), then fdlibm's
-// combination k ln2_hi - ((h - (s (h + R) + k ln2_lo)) - f); unlike fdlibm,
-// without special paths for k = 0 or tiny f (README, "The random stream").
+// log x for positive normal finite x, lane by lane: x = 2^k (1 + f) with
+// 1 + f in [sqrt(2)/2, sqrt(2)), then fdlibm's combination
+// k ln2_hi - ((h - (s (h + R) + k ln2_lo)) - f); unlike fdlibm, without special
+// paths for k = 0 or tiny f (README, "The random stream"). kadj is added to k
+// (log_lanes scales subnormals by 2^54 and passes -54).
 template <class D>
-RELAXCAT_ALWAYS_INLINE D log_lanes(D x) {
+RELAXCAT_ALWAYS_INLINE D log_positive_lanes(D x, typename Lanes<D>::I kadj) {
     using L = Lanes<D>;
     using U = typename L::U;
     using I = typename L::I;
     constexpr double kLn2Hi = 6.93147180369123816490e-01;
     constexpr double kLn2Lo = 1.90821492927058770002e-10;
-    constexpr double kInf = std::numeric_limits<double>::infinity();
-    constexpr double kNan = std::numeric_limits<double>::quiet_NaN();
-
-    // Subnormals are scaled into the normal range first.
-    const auto tiny = x < 2.2250738585072014e-308;
-    const D xs = tiny ? x * 18014398509481984.0 : x;
-    const I kadj = tiny ? L::splat_i(-54) : L::splat_i(0);
 
     // Split off the exponent so that the mantissa lands in [sqrt(2)/2, sqrt(2)).
-    const U b = L::bits(xs);
+    const U b = L::bits(x);
     U hx = (b >> 32) + (0x3ff00000 - 0x3fe6a09e);
     const I k = (I)(hx >> 20) - 0x3ff + kadj;
     hx = (hx & 0x000fffff) + 0x3fe6a09e;
@@ -124,7 +148,30 @@ RELAXCAT_ALWAYS_INLINE D log_lanes(D x) {
     D h, s;
     const D r = log1p_poly(f, h, s);
     const D dk = L::value(UINT64_C(0x4338000000000000) + (U)k) - 6755399441055744.0;
-    const D y = dk * kLn2Hi - ((h - (s * (h + r) + dk * kLn2Lo)) - f);
+    return dk * kLn2Hi - ((h - (s * (h + r) + dk * kLn2Lo)) - f);
+}
+
+template <class D>
+RELAXCAT_ALWAYS_INLINE D log_positive_lanes(D x) {
+    return log_positive_lanes(x, Lanes<D>::splat_i(0));
+}
+
+// Natural logarithm for x >= 0 (x = 0 gives -inf, +inf gives +inf), lane by
+// lane: log_positive_lanes, with subnormals scaled into the normal range first
+// and the edges set after. When every lane is normal, positive and finite (the
+// usual case), those two steps are skipped: they would not change a bit, and
+// they are about a fifth of the work.
+template <class D>
+RELAXCAT_ALWAYS_INLINE D log_lanes(D x) {
+    using L = Lanes<D>;
+    constexpr double kInf = std::numeric_limits<double>::infinity();
+    constexpr double kNan = std::numeric_limits<double>::quiet_NaN();
+    constexpr double kMinNormal = 2.2250738585072014e-308;
+    if (L::all((x >= kMinNormal) & (x < kInf))) return log_positive_lanes(x);
+
+    const auto tiny = x < kMinNormal;
+    const D xs = tiny ? x * 18014398509481984.0 : x;
+    const D y = log_positive_lanes(xs, tiny ? L::splat_i(-54) : L::splat_i(0));
 
     // Edges: log(0) = -inf, log(inf) = inf, log(negative or NaN) = NaN.
     const D edge =
@@ -164,15 +211,14 @@ constexpr double kInvFactorial[14] = {
 
 // exp(x) for any x (below -746 it is 0, above 709.78 +inf, exp(-inf) = 0), lane
 // by lane. Reduction x = k ln2 + r with |r| <= ln2 / 2, then the Taylor series of
-// exp(r) to degree Degree, then scaling by 2^k in two factors so that subnormal
-// results are rounded once. Degree 13 (the default, for double results) leaves a
-// truncation error below 4e-18; degree 9, used where the result is rounded to
-// float, below 7e-12 (a ten-thousandth of a float ulp) at four fewer steps.
+// exp(r) to degree Degree, then scaling by 2^k with a single rounding, so that
+// subnormal results are rounded once (Lanes::scale). Degree 13 (the default, for double
+// results) leaves a truncation error below 4e-18; degree 9, used where the result is
+// rounded to float, below 7e-12 (a ten-thousandth of a float ulp) at four fewer steps.
 template <int Degree = 13, class D>
 RELAXCAT_ALWAYS_INLINE D exp_lanes(D x) {
     static_assert(Degree >= 2 && Degree <= 13, "exp_lanes takes degree 2 to 13");
     using L = Lanes<D>;
-    using U = typename L::U;
     using I = typename L::I;
     constexpr double kShifter = 6755399441055744.0;  // 1.5 * 2^52
 
@@ -184,7 +230,9 @@ RELAXCAT_ALWAYS_INLINE D exp_lanes(D x) {
     const D t = xc * 1.4426950408889634074 + kShifter;
     const D kd = t - kShifter;
     const I k = (I)(L::bits(t) - UINT64_C(0x4338000000000000));
-    const D hi = xc - kd * 6.93147180369123816490e-01;
+    // kd ln2_hi is exact (ln2_hi has 32 significant bits, |k| < 2^11), so
+    // the fused and the unfused form give the same bits.
+    const D hi = L::mul_add(-kd, L::splat(6.93147180369123816490e-01), xc);
     const D lo = kd * 1.90821492927058770002e-10;
     const D r = hi - lo;
 
@@ -196,12 +244,8 @@ RELAXCAT_ALWAYS_INLINE D exp_lanes(D x) {
         p = L::mul_add(r, p, L::splat(kInvFactorial[n]));
     const D y = L::mul_add(r, p, L::splat(1.0));
 
-    // 2^k as two powers of two, each a normal number for k in [-1077, 1025].
-    const I k1 = k >> 1;
-    const I k2 = k - k1;
-    const D s1 = L::value((U)(k1 + 1023) << 52);
-    const D s2 = L::value((U)(k2 + 1023) << 52);
-    return y * s1 * s2;
+    // y 2^k, rounded once (scale_by_two_factors, or one AVX-512 instruction).
+    return L::scale(y, kd, k);
 }
 
 template <int Degree = 13>
