@@ -889,8 +889,8 @@ def main(argv: Sequence[str] | None = None, args=None) -> int:
     -------
     int
         0 on success, 1 if a package of the ``demo`` extra is missing (reported in
-        one line on stderr), ``--epochs`` is not positive or ``--out`` cannot be
-        made or written.
+        one line on stderr), ``--epochs`` is not positive, ``--seed`` is
+        negative or ``--out`` cannot be made or written.
     """
     if args is None:
         parser = argparse.ArgumentParser(
@@ -906,6 +906,9 @@ def main(argv: Sequence[str] | None = None, args=None) -> int:
         return 1
     if args.epochs < 1:
         print(f"--epochs must be at least 1, got {args.epochs}", file=sys.stderr)
+        return 1
+    if args.seed < 0:
+        print(f"--seed must be non-negative, got {args.seed}", file=sys.stderr)
         return 1
     # Before training, not after it: a folder that cannot be written would
     # otherwise cost the whole run.

@@ -92,6 +92,17 @@ def _check_indexable(shape: tuple, what: str, itemsize: int = 1) -> None:
     arguments that made the shape."""
     elements = math.prod(shape)
     limit = np.iinfo(np.intp).max
+    if elements == 0:
+        # NumPy refuses even an empty shape whose nonzero sizes multiply past
+        # what an array can index.
+        span = math.prod(n for n in shape if n != 0)
+        if span * itemsize > limit:
+            raise ValueError(
+                f"{what} has no elements, but its nonzero sizes multiply to {span} "
+                f"elements of {itemsize} bytes, more bytes than an array's shape may "
+                f"span ({limit})"
+            )
+        return
     if elements > limit:
         raise ValueError(
             f"{what} gives {elements} elements, more than an array can index ({limit})"
@@ -309,8 +320,10 @@ class RelaxedOneHotCategorical:
 
     @property
     def temperature(self) -> np.ndarray:
-        """The temperature as given (converted to the distribution's dtype)."""
-        return self._temperature
+        """The temperature as given (converted to the distribution's dtype), as
+        a new array: the distribution keeps its own checked copy, which the
+        kernels read."""
+        return self._temperature.copy()
 
     @property
     def logits(self) -> np.ndarray:
@@ -848,6 +861,12 @@ class ExpRelaxedOneHotCategorical(RelaxedOneHotCategorical):
     samples, ``log_prob`` and the VJPs work with ``y = log x``. Use it at low
     temperature: ``y`` stays finite where ``x`` underflows to 0, and its density
     is finite there too.
+
+    ``log_prob(y)`` is ``log p(x) + sum_k y_k`` over the live categories, the
+    log-space density of Maddison et al. (2017) and torch's
+    ``ExpRelaxedCategorical``. As a density of the first K - 1 coordinates of
+    ``y`` it is off by ``y_K``: that density is ``log_prob(y) - y_K``, and
+    ``exp(log_prob)`` integrates over those coordinates to ``E[x_K]``, not 1.
     """
 
     _space = _LOG

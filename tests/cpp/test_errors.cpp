@@ -96,6 +96,28 @@ TEST(Errors, LogitsMustBeFiniteOrMinusInfWithALiveCategory) {
         Dist(1.0, relaxcat::logits(MatrixView<const double>(nullptr, 2, 2))),
         "RelaxedOneHotCategorical: logits must not have a null data pointer");
     EXPECT_TRUE(std::isnan(nan_at[3]));
+
+    // Strides whose farthest element is beyond what a pointer can span had been
+    // read past the caller's buffer (a fresh-user review); the largest that
+    // still can, and negative ones, are taken as given.
+    const int64_t big = std::numeric_limits<int64_t>::max() / 2;
+    EXPECT_MESSAGE(
+        Dist(1.0,
+             relaxcat::logits(MatrixView<const double>(wide.data(), 2, 2, big, 1))),
+        "RelaxedOneHotCategorical: logits must have strides that stay within memory, "
+        "got (4611686018427387903, 1) for shape (2, 2)");
+    EXPECT_MESSAGE(
+        Dist(1.0, relaxcat::logits(MatrixView<const double>(
+                      wide.data(), 2, 2, 1, std::numeric_limits<int64_t>::min()))),
+        "RelaxedOneHotCategorical: logits must have strides that stay within "
+        "memory, got (1, -9223372036854775808) for shape (2, 2)");
+    const std::vector<double> flat = {0.0, 1.0, 2.0, 3.0};
+    const Dist reversed(
+        1.0, relaxcat::logits(MatrixView<const double>(flat.data() + 3, 2, 2, -2, -1)));
+    const Dist one_row(1.0, relaxcat::logits(MatrixView<const double>(
+                                flat.data(), 1, 4, big, 1)));  // one row: never stepped
+    EXPECT_EQ(one_row.batch_rows(), 1);
+    EXPECT_EQ(reversed.batch_rows(), 2);
 }
 
 TEST(Errors, ProbsMustBeNonNegativeWithAPositiveSum) {
@@ -153,6 +175,34 @@ TEST(Errors, ShapesMustMatch) {
                    "has only 3 (a stream has 2^64 elements)");
     EXPECT_EQ(late.offset(), ~uint64_t{0} - 2);
     EXPECT_EQ(out, std::vector<double>(9, 7.0));
+
+    // A draw that ends at the last element uses the stream up. The offset is 0
+    // again, and a later draw had silently started the stream over (a
+    // fresh-user review); now it is an error until a seek.
+    Philox last(1, 0, ~uint64_t{0} - 5);  // 6 elements remain
+    d.rsample(MatrixView<double>(out.data(), 2, 3), last);
+    EXPECT_EQ(last.offset(), 0u);
+    EXPECT_TRUE(last.exhausted());
+    EXPECT_TRUE(last.holds(0));
+    EXPECT_FALSE(last.holds(1));
+    const std::vector<double> drawn(out.begin(), out.begin() + 6);
+    EXPECT_MESSAGE(d.rsample(MatrixView<double>(out.data(), 2, 3), last),
+                   "RelaxedOneHotCategorical::rsample: gen must hold the 6 elements of "
+                   "this draw, got a stream already used up (a draw ended at its last "
+                   "element, 2^64 - 1; seek to draw from it again)");
+    std::vector<double> g(2, 7.0);
+    EXPECT_MESSAGE(
+        relaxcat::gumbel_noise(last, 2, g.data()),
+        "gumbel_noise: gen must hold the 2 elements of this draw, got a "
+        "stream already used up (a draw ended at its last element, 2^64 - 1; "
+        "seek to draw from it again)");
+    EXPECT_EQ(g, std::vector<double>(2, 7.0));
+    EXPECT_EQ(std::vector<double>(out.begin(), out.begin() + 6), drawn);
+    relaxcat::gumbel_noise(last, 0, g.data());  // nothing to draw is not an error
+    last.seek(~uint64_t{0} - 5);
+    EXPECT_FALSE(last.exhausted());
+    d.rsample(MatrixView<double>(out.data(), 2, 3), last);
+    EXPECT_EQ(std::vector<double>(out.begin(), out.begin() + 6), drawn);
 
     const std::vector<double> x = {0.2, 0.3, 0.5, 0.4, 0.6, 0.0};
     std::vector<double> lp(3);

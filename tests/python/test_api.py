@@ -654,6 +654,22 @@ def test_expand_beyond_what_an_array_can_index_says_so():
         d.expand((2**62,))
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_an_empty_sample_too_big_in_bytes_names_sample_shape(dtype):
+    # Regression (a fresh-user review): NumPy refuses an empty shape whose
+    # nonzero sizes multiply past 2**63 - 1 bytes, and its "array is too big"
+    # had come out instead of a message naming sample_shape.
+    d = R(dtype(1.0), logits=np.zeros((2, 3), dtype))
+    with pytest.raises(
+        ValueError,
+        match=r"^sample_shape \(4611686018427387904, 0\) with batch_shape \(2,\) "
+        r"and event_shape \(3,\) has no elements, but its nonzero sizes multiply to "
+        rf"27670116110564327424 elements of {np.dtype(dtype).itemsize} bytes",
+    ):
+        d.rsample((2**62, 0))
+    assert d.rsample((2**40, 0)).shape == (2**40, 0, 2, 3)
+
+
 @pytest.mark.parametrize("dtype,rows", [(np.float32, 2**60), (np.float64, 2**59)])
 def test_expand_beyond_what_an_array_can_index_in_bytes_says_so(dtype, rows):
     # Regression: 2**59 rows of 3 float64 can be counted but not viewed (NumPy

@@ -264,6 +264,22 @@ def test_demo_with_an_unusable_out_folder_fails_before_training(
     assert err.count("\n") == 1
 
 
+@pytest.mark.parametrize(
+    "argv,says",
+    [
+        (["--epochs", "0"], "--epochs must be at least 1, got 0"),
+        (["--seed", "-5"], "--seed must be non-negative, got -5"),
+    ],
+)
+def test_demo_refuses_bad_numbers_in_one_line_before_training(
+    argv, says, monkeypatch, capsys
+):
+    # Regression (a fresh-user review): --seed -5 had ended in NumPy's traceback.
+    monkeypatch.setattr(demo, "run", lambda *a, **k: pytest.fail("training started"))
+    assert demo.main(argv) == 1
+    assert capsys.readouterr().err == says + "\n"
+
+
 def test_cli_cmake_dir_prints_the_cmake_folder_inside_the_package(capsys):
     assert cli_main(["--cmake-dir"]) == 0
     printed = capsys.readouterr().out.strip()

@@ -567,3 +567,26 @@ def test_monte_carlo_n_samples_too_big_for_an_array_names_n_samples(fn):
             d.entropy(n_samples=2**60)
         else:
             relaxcat.kl_divergence(d, d, n_samples=2**60)
+
+
+@pytest.mark.parametrize("t", [0.3, 1.0, 3.0])
+def test_log_space_density_convention_as_the_readme_states(t):
+    # ExpRelaxed log_prob(y) = log p(x) + sum_k y_k (torch's convention): as a
+    # density of y_0 (K = 2, y_1 = log(1 - e^y_0)) it is off by y_1, so
+    # log_prob - y_1 integrates to 1 and log_prob itself to E[x_1].
+    logits = np.array([0.4, -0.3])
+    e = relaxcat.ExpRelaxedOneHotCategorical(t, logits=logits)
+
+    def y_of(y0):
+        return np.array([y0, math.log(-math.expm1(y0))])
+
+    def lp(y0):
+        return float(e.log_prob(y_of(y0)))
+
+    total = integrate.quad(
+        lambda y0: math.exp(lp(y0) - y_of(y0)[1]), -np.inf, 0, limit=400
+    )[0]
+    weighted = integrate.quad(lambda y0: math.exp(lp(y0)), -np.inf, 0, limit=400)[0]
+    mean_x1 = relaxcat.RelaxedOneHotCategorical(t, logits=logits).mean[1]
+    assert total == pytest.approx(1.0, abs=1e-6)
+    assert weighted == pytest.approx(mean_x1, abs=1e-6)

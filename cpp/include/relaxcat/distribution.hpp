@@ -450,7 +450,7 @@ private:
                 bool is_probs, bool validate_args)
         : validate_(validate_args) {
         const char* pname = is_probs ? "probs" : "logits";
-        check_view_shape(kName, pname, param.rows, param.cols, param.data);
+        check_view(kName, pname, param);
         if (param.cols < 1)
             detail::fail(kName, std::string(pname) +
                                     " must have at least one category per row, got " +
@@ -530,6 +530,54 @@ private:
                                  detail::show(rows) + ", " + detail::show(cols) + ")");
         if (data == nullptr && rows * cols > 0)
             detail::fail(fn, std::string(name) + " must not have a null data pointer");
+    }
+
+    // A view's shape as check_view_shape checks it, and its strides: the
+    // farthest element from the data pointer, |row_stride| (rows - 1) +
+    // |col_stride| (cols - 1) elements of `bytes` bytes, must be a distance a
+    // pointer can span, else the strides cannot describe memory (a stride of
+    // 2^62 had been read past the caller's buffer).
+    static void check_view_strides(const std::string& fn, const char* name,
+                                   int64_t rows, int64_t cols, int64_t row_stride,
+                                   int64_t col_stride, size_t bytes) {
+        if (rows == 0 || cols == 0) return;
+        const uint64_t limit =
+            static_cast<uint64_t>(std::numeric_limits<int64_t>::max()) / bytes;
+        const auto magnitude = [](int64_t v) {
+            return v < 0 ? uint64_t{0} - static_cast<uint64_t>(v)
+                         : static_cast<uint64_t>(v);
+        };
+        const auto span = [&](int64_t n, int64_t stride, uint64_t& out) {
+            const uint64_t m = magnitude(stride);
+            const uint64_t steps = static_cast<uint64_t>(n - 1);
+            if (m != 0 && steps > limit / m) return false;
+            out = steps * m;
+            return true;
+        };
+        uint64_t down = 0, across = 0;
+        if (span(rows, row_stride, down) && span(cols, col_stride, across) &&
+            down <= limit - across)
+            return;
+        detail::fail(fn, std::string(name) +
+                             " must have strides that stay within memory, got (" +
+                             detail::show(row_stride) + ", " +
+                             detail::show(col_stride) + ") for shape (" +
+                             detail::show(rows) + ", " + detail::show(cols) + ")");
+    }
+
+    template <class T>
+    static void check_view(const std::string& fn, const char* name,
+                           const MatrixView<T>& v) {
+        check_view_shape(fn, name, v.rows, v.cols, v.data);
+        check_view_strides(fn, name, v.rows, v.cols, v.row_stride, v.col_stride,
+                           sizeof(T));
+    }
+
+    template <class T>
+    static void check_view(const std::string& fn, const char* name,
+                           const VectorView<T>& v) {
+        check_view_shape(fn, name, v.size, 1, v.data);
+        check_view_strides(fn, name, v.size, 1, v.stride, 1, sizeof(T));
     }
 
     void check_logits(const std::vector<Real>& l) const {
@@ -668,7 +716,7 @@ private:
     template <class T>
     void check_matrix(const std::string& fn, const char* name, const MatrixView<T>& v,
                       int64_t rows) const {
-        check_view_shape(fn, name, v.rows, v.cols, v.data);
+        check_view(fn, name, v);
         if (v.rows != rows || v.cols != k_)
             detail::fail(fn, std::string(name) + " must have shape (" +
                                  detail::show(rows) + ", " + detail::show(k_) +
@@ -694,7 +742,7 @@ private:
     template <class T>
     void check_vector(const std::string& fn, const char* name, const VectorView<T>& v,
                       int64_t size, bool output) const {
-        check_view_shape(fn, name, v.size, 1, v.data);
+        check_view(fn, name, v);
         if (v.size != size)
             detail::fail(fn, std::string(name) + " must have " + detail::show(size) +
                                  " entries (one per value row), got " +
@@ -706,7 +754,7 @@ private:
 
     int64_t check_out_rows(const std::string& fn, const char* name,
                            const MatrixView<Real>& out, bool required) const {
-        check_view_shape(fn, name, out.rows, out.cols, out.data);
+        check_view(fn, name, out);
         if (out.cols != k_)
             detail::fail(fn, std::string(name) + " must have " + detail::show(k_) +
                                  " columns (the categories), got " +
@@ -728,7 +776,7 @@ private:
                             std::initializer_list<Named> others) const {
         const char* pname = has_probs() ? "grad_param (probs)" : "grad_param (logits)";
         if (gp.data != nullptr) {
-            check_view_shape(fn, "grad_param", gp.rows, gp.cols, gp.data);
+            check_view(fn, "grad_param", gp);
             if (gp.rows != param_rows_ || gp.cols != k_)
                 detail::fail(fn,
                              std::string(pname) + " must have the parameter's shape (" +
@@ -756,7 +804,7 @@ private:
     // which the library's own samples always meet.
     int64_t check_value(const std::string& fn,
                         const MatrixView<const Real>& value) const {
-        check_view_shape(fn, "value", value.rows, value.cols, value.data);
+        check_view(fn, "value", value);
         if (value.cols != k_)
             detail::fail(fn, "value must have " + detail::show(k_) +
                                  " columns (the categories), got " +
@@ -1056,7 +1104,7 @@ private:
 
     void param_op(const std::string& fn, detail::ParamOp op,
                   const std::vector<Real>& in, MatrixView<Real> out) const {
-        check_view_shape(fn, "out", out.rows, out.cols, out.data);
+        check_view(fn, "out", out);
         if (out.rows != param_rows_ || out.cols != k_ || out.data == nullptr)
             detail::fail(fn, "out must have the parameter's shape (" +
                                  detail::show(param_rows_) + ", " + detail::show(k_) +

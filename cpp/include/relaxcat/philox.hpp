@@ -13,10 +13,9 @@
 // continue the stream: two calls of n rows give the two halves of one call of
 // 2 n rows. A stream has 2^64 elements; a draw that would run past its last one
 // (possible only after a seek near the end) is an error, not a wrap-around. A
-// draw that ends exactly at the last element leaves offset() at 0 (the counter
-// is 64 bits wide), and a later draw would start the stream again: Philox keeps
-// no flag for an exhausted stream, which only a seek to within one draw of the
-// end can reach.
+// draw that ends exactly at the last element uses the stream up: offset() is 0
+// again (the counter is 64 bits wide), exhausted() is true, and every later draw
+// of one element or more is an error until a seek.
 
 #include <array>
 #include <cstdint>
@@ -40,26 +39,36 @@ public:
 
     constexpr uint64_t key() const { return key_; }
     constexpr uint64_t stream() const { return stream_; }
-    // The element of the stream the next draw starts at.
+    // The element of the stream the next draw starts at (0 once it is used up).
     constexpr uint64_t offset() const { return offset_; }
+    // Whether a draw ended at the stream's last element (no seek since).
+    constexpr bool exhausted() const { return exhausted_; }
 
     // Moves to element `offset` of the stream (0 restarts it).
-    constexpr void seek(uint64_t offset) { offset_ = offset; }
+    constexpr void seek(uint64_t offset) {
+        offset_ = offset;
+        exhausted_ = false;
+    }
 
-    // Reserves the next n elements: returns the first and moves past them.
+    // Reserves the next n elements (holds(n) must be true): returns the first
+    // and moves past them.
     constexpr uint64_t advance(uint64_t n) {
         const uint64_t first = offset_;
         offset_ += n;
+        if (n > 0 && offset_ == 0) exhausted_ = true;
         return first;
     }
 
     // Whether elements offset() .. offset() + n - 1 all lie in the stream.
-    constexpr bool holds(uint64_t n) const { return detail::stream_holds(offset_, n); }
+    constexpr bool holds(uint64_t n) const {
+        return exhausted_ ? n == 0 : detail::stream_holds(offset_, n);
+    }
 
 private:
     uint64_t key_ = 0;
     uint64_t stream_ = 0;
     uint64_t offset_ = 0;
+    bool exhausted_ = false;
 };
 
 namespace detail {
@@ -71,6 +80,11 @@ inline void check_noise_room(const char* fn, const Philox& gen, int64_t n) {
         throw std::invalid_argument(std::string(fn) + ": n must be non-negative, got " +
                                     std::to_string(n));
     if (gen.holds(static_cast<uint64_t>(n))) return;
+    if (gen.exhausted())
+        throw std::invalid_argument(
+            std::string(fn) + ": gen must hold the " + std::to_string(n) +
+            " elements of this draw, got a stream already used up (a draw ended at "
+            "its last element, 2^64 - 1; seek to draw from it again)");
     throw std::invalid_argument(
         std::string(fn) + ": gen must hold the " + std::to_string(n) +
         " elements of this draw, got offset " + std::to_string(gen.offset()) +

@@ -851,7 +851,7 @@ void rsample_block_columns(const RsampleArgs<Real>& a, Walker& walk, int64_t rb,
         if (a.x != nullptr) {
             for (int64_t i = 0; i < nb; ++i) inv[i] = 1.0 / sum[i];
             columns_to_rows(ex, nb, kk, a.x + rb * k,
-                            [inv](double e, int64_t i) { return e * inv[i]; });
+                            [inv](double ei, int64_t i) { return ei * inv[i]; });
         }
         if (a.log_x != nullptr) {
             for (int64_t i = 0; i < nb; ++i) inv[i] = sum[i];

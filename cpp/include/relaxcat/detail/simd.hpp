@@ -214,9 +214,12 @@ RELAXCAT_SIMD_INLINE VecD gumbel_v(VecU lo, VecU hi) {
 // generic 64-bit product to a much slower instruction sequence.
 RELAXCAT_SIMD_INLINE VecU mul_low32(VecU a, uint32_t m) {
 #if defined(__AVX512F__)
+    // The zero-masked forms with every lane kept: GCC 12's unmasked
+    // _mm512_mul_epu32 and _mm512_set1_epi64 read an uninitialized vector
+    // (-Wmaybe-uninitialized in code built with -Wall).
     __m512i v;
     std::memcpy(&v, &a, sizeof v);
-    v = _mm512_mul_epu32(v, _mm512_set1_epi64(m));
+    v = _mm512_maskz_mul_epu32(0xff, v, _mm512_maskz_set1_epi64(0xff, m));
 #elif defined(__AVX2__)
     __m256i v;
     std::memcpy(&v, &a, sizeof v);
