@@ -1,15 +1,19 @@
 #pragma once
 // Elementary functions in double precision, written with +, -, *, / and bit
-// operations only, so that:
+// operations only (and, for exp, the exact steps named below), so that:
 //   - log computes the same bits on every instruction set (no fused
 //     multiply-add is formed: the project compiles with -ffp-contract=off),
 //     which is what makes the Gumbel noise identical on every SIMD level;
-//   - the loops that call them vectorise (no calls into libm, no branches).
+//   - the loops that call them vectorise (no calls into libm; log's one branch
+//     is per vector, between two paths that give the same bits).
 //
 // Note [fused exp]: exp is not part of the noise, and its Taylor steps are
 // most of its cost, so each step is an explicit fused multiply-add where the
-// level has FMA (AVX2, AVX-512) and a multiply and an add elsewhere. Levels
-// with FMA agree bit for bit; the baseline level differs from them by at most
+// level has FMA (AVX2, AVX-512) and a multiply and an add elsewhere. Two more
+// steps change no bit: the reduction's k ln2_hi is exact, so it is subtracted
+// in a fused step, and AVX-512 scales by 2^k in one instruction (scalef),
+// rounded once as the two factors elsewhere are. Levels with FMA agree bit for
+// bit; the baseline level differs from them by at most
 // an ulp (test_math.py), and every level is within 2 ulp of exact. Samples and
 // densities may therefore differ across levels in the last place, within the
 // bounds the tests hold them to; the noise does not.
