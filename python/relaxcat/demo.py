@@ -889,8 +889,8 @@ def main(argv: Sequence[str] | None = None, args=None) -> int:
     -------
     int
         0 on success, 1 if a package of the ``demo`` extra is missing (reported in
-        one line on stderr), ``--epochs`` is not positive, ``--seed`` is
-        negative or ``--out`` cannot be made or written.
+        one line on stderr), ``--epochs`` is not positive, ``--seed`` is not in
+        [0, 2**64) or ``--out`` cannot be made or written.
     """
     if args is None:
         parser = argparse.ArgumentParser(
@@ -907,8 +907,9 @@ def main(argv: Sequence[str] | None = None, args=None) -> int:
     if args.epochs < 1:
         print(f"--epochs must be at least 1, got {args.epochs}", file=sys.stderr)
         return 1
-    if args.seed < 0:
-        print(f"--seed must be non-negative, got {args.seed}", file=sys.stderr)
+    if not 0 <= args.seed < 2**64:
+        # The figure's samples take the seed as relaxcat's int seed.
+        print(f"--seed must be in [0, 2**64), got {args.seed}", file=sys.stderr)
         return 1
     # Before training, not after it: a folder that cannot be written would
     # otherwise cost the whole run.

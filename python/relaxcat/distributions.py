@@ -114,6 +114,16 @@ def _check_indexable(shape: tuple, what: str, itemsize: int = 1) -> None:
         )
 
 
+def _fresh(a: np.ndarray) -> np.ndarray:
+    """An array equal to ``a`` that shares no memory with it, costing no more
+    than ``a``'s own data: along axes that ``a`` broadcasts (stride 0) one slice
+    is copied and broadcast again, read-only."""
+    if a.size <= 1 or 0 not in a.strides:
+        return a.copy()
+    one = tuple(slice(0, 1) if st == 0 else slice(None) for st in a.strides)
+    return np.broadcast_to(a[one].copy(), a.shape)
+
+
 def _sample_shape(sample_shape) -> tuple:
     return _int_shape(sample_shape, "sample_shape")
 
@@ -322,8 +332,10 @@ class RelaxedOneHotCategorical:
     def temperature(self) -> np.ndarray:
         """The temperature as given (converted to the distribution's dtype), as
         a new array: the distribution keeps its own checked copy, which the
-        kernels read."""
-        return self._temperature.copy()
+        kernels read. After :meth:`expand` it is a read-only broadcast view of a
+        new copy of the values, as the expanded batch may be far larger than
+        memory."""
+        return _fresh(self._temperature)
 
     @property
     def logits(self) -> np.ndarray:

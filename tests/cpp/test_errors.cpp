@@ -118,6 +118,41 @@ TEST(Errors, LogitsMustBeFiniteOrMinusInfWithALiveCategory) {
                                 flat.data(), 1, 4, big, 1)));  // one row: never stepped
     EXPECT_EQ(one_row.batch_rows(), 1);
     EXPECT_EQ(reversed.batch_rows(), 2);
+    // INT64_MIN has no magnitude, even as the stride of a single row.
+    EXPECT_MESSAGE(
+        Dist(1.0, relaxcat::logits(MatrixView<const double>(
+                      flat.data(), 1, 4, std::numeric_limits<int64_t>::min(), 1))),
+        "RelaxedOneHotCategorical: logits must have strides that stay within "
+        "memory, got (-9223372036854775808, 1) for shape (1, 4)");
+    // The end of the farthest element must be addressable too (a review: the
+    // farthest element itself at the limit had overflowed the extent).
+    const int64_t at_limit = std::numeric_limits<int64_t>::max() / 8;
+    EXPECT_MESSAGE(Dist(1.0, relaxcat::logits(MatrixView<const double>(
+                                 flat.data(), 2, 2, at_limit, 1))),
+                   "RelaxedOneHotCategorical: logits must have strides that stay "
+                   "within memory, got "
+                   "(1152921504606846975, 1) for shape (2, 2)");
+
+    // The temperature and the grad_temperature output are views too (a review:
+    // both had skipped the check and crashed).
+    const std::vector<double> temps = {0.5, 2.0};
+    const int64_t far = (int64_t{1} << 61) + (int64_t{1} << 58);
+    EXPECT_MESSAGE(Dist(VectorView<const double>(temps.data(), 2, far),
+                        relaxcat::logits(MatrixView<const double>(wide.data(), 2, 2))),
+                   "RelaxedOneHotCategorical: temperature must have strides that stay "
+                   "within memory, got (2594073385365405696, 1) for shape (2, 1)");
+    const Dist two(VectorView<const double>(temps.data(), 2),
+                   relaxcat::logits(MatrixView<const double>(flat.data(), 2, 2)));
+    const std::vector<double> xv = {0.25, 0.75, 0.5, 0.5}, gv = {1.0, 0.0, 0.0, 1.0};
+    std::vector<double> gt(2, 7.0);
+    EXPECT_MESSAGE(
+        two.rsample_vjp(MatrixView<const double>(xv.data(), 2, 2),
+                        MatrixView<const double>(gv.data(), 2, 2), MatrixView<double>(),
+                        VectorView<double>(gt.data(), 2, far)),
+        "RelaxedOneHotCategorical::rsample_vjp: grad_temperature must have "
+        "strides that stay within memory, got (2594073385365405696, 1) for "
+        "shape (2, 1)");
+    EXPECT_EQ(gt, std::vector<double>(2, 7.0));
 }
 
 TEST(Errors, ProbsMustBeNonNegativeWithAPositiveSum) {

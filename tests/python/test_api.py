@@ -648,6 +648,26 @@ def test_expand_checks_its_batch_shape_like_a_sample_shape(shape, error, says):
     assert d.expand((np.int64(2), 3)).batch_shape == (2, 3)
 
 
+def test_temperature_of_an_expanded_distribution_costs_no_more_than_its_values():
+    # Regression (a review): the temperature property copied the whole
+    # broadcast of an expanded batch, 8 PiB for 2**50 rows.
+    d = R(np.array([0.5, 2.0]), logits=np.zeros((2, 3)))
+    e = d.expand((2**50, 2))
+    t = e.temperature
+    assert t.shape == (2**50, 2) and t.dtype == np.float64
+    np.testing.assert_array_equal(t[:3], [[0.5, 2.0]] * 3)
+    assert not np.shares_memory(t, e._temperature)
+    with pytest.raises(ValueError, match="read-only"):
+        t[0, 0] = -7.0
+    small = d.expand((4, 2))
+    before = small.rsample(rng=0)
+    t = small.temperature
+    t.base.setflags(write=True)  # its values are a copy: writing them changes nothing
+    t.base[...] = -7.0
+    np.testing.assert_array_equal(small.temperature, [[0.5, 2.0]] * 4)
+    np.testing.assert_array_equal(small.rsample(rng=0), before)
+
+
 def test_expand_beyond_what_an_array_can_index_says_so():
     d = R(1.0, logits=np.zeros(3))
     with pytest.raises(ValueError, match=r"more than an array can index"):

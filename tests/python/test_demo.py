@@ -268,13 +268,15 @@ def test_demo_with_an_unusable_out_folder_fails_before_training(
     "argv,says",
     [
         (["--epochs", "0"], "--epochs must be at least 1, got 0"),
-        (["--seed", "-5"], "--seed must be non-negative, got -5"),
+        (["--seed", "-5"], "--seed must be in [0, 2**64), got -5"),
+        (["--seed", str(2**64)], f"--seed must be in [0, 2**64), got {2**64}"),
     ],
 )
 def test_demo_refuses_bad_numbers_in_one_line_before_training(
     argv, says, monkeypatch, capsys
 ):
-    # Regression (a fresh-user review): --seed -5 had ended in NumPy's traceback.
+    # Regression (fresh-user reviews): --seed -5 had ended in NumPy's traceback,
+    # and --seed 2**64 in relaxcat's, after the whole training run.
     monkeypatch.setattr(demo, "run", lambda *a, **k: pytest.fail("training started"))
     assert demo.main(argv) == 1
     assert capsys.readouterr().err == says + "\n"

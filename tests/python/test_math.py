@@ -284,6 +284,17 @@ def test_math_result_does_not_depend_on_position_in_the_array(simd_level, name):
         for n in (1, 3, 7, 8, 9, 17, 32 - start):
             part = _core.math(name, x[start : start + n]).view(np.uint64)
             assert np.array_equal(part, whole[start : start + n])
+    # Each value alone (the scalar path) against its lane, NaNs of both signs
+    # included: the fused reduction step of exp had flipped a NaN's sign in the
+    # scalar path only (a review).
+    signed = np.concatenate([x, [-np.nan, np.nan]])
+    whole = _core.math(name, np.concatenate([signed, signed])).view(np.uint64)
+    alone = [
+        _core.math(name, signed[i : i + 1]).view(np.uint64)[0]
+        for i in range(len(signed))
+    ]
+    assert np.array_equal(whole[: len(signed)], alone)
+    assert np.array_equal(whole[len(signed) :], alone)
 
 
 def test_math_rejects_an_unknown_function_name():

@@ -458,6 +458,7 @@ private:
         if (temperature.size < 1 || (temperature.data == nullptr))
             detail::fail(kName, "temperature must hold at least one value, got " +
                                     detail::show(temperature.size));
+        check_view(kName, "temperature", temperature);
         k_ = param.cols;
         param_rows_ = param.rows;
 
@@ -532,15 +533,18 @@ private:
             detail::fail(fn, std::string(name) + " must not have a null data pointer");
     }
 
-    // A view's shape as check_view_shape checks it, and its strides: the
-    // farthest element from the data pointer, |row_stride| (rows - 1) +
-    // |col_stride| (cols - 1) elements of `bytes` bytes, must be a distance a
-    // pointer can span, else the strides cannot describe memory (a stride of
-    // 2^62 had been read past the caller's buffer).
+    // A view's shape as check_view_shape checks it, and its strides: the end of
+    // the farthest element from the data pointer, |row_stride| (rows - 1) +
+    // |col_stride| (cols - 1) + 1 elements of `bytes` bytes, must be a distance
+    // a pointer can span, else the strides cannot describe memory (a stride of
+    // 2^62 had been read past the caller's buffer). A stride of INT64_MIN is
+    // refused even where it is never stepped: it has no magnitude in int64.
     static void check_view_strides(const std::string& fn, const char* name,
                                    int64_t rows, int64_t cols, int64_t row_stride,
                                    int64_t col_stride, size_t bytes) {
-        if (rows == 0 || cols == 0) return;
+        constexpr int64_t kLowest = std::numeric_limits<int64_t>::min();
+        const bool representable = row_stride != kLowest && col_stride != kLowest;
+        if (representable && (rows == 0 || cols == 0)) return;
         const uint64_t limit =
             static_cast<uint64_t>(std::numeric_limits<int64_t>::max()) / bytes;
         const auto magnitude = [](int64_t v) {
@@ -555,8 +559,8 @@ private:
             return true;
         };
         uint64_t down = 0, across = 0;
-        if (span(rows, row_stride, down) && span(cols, col_stride, across) &&
-            down <= limit - across)
+        if (representable && span(rows, row_stride, down) &&
+            span(cols, col_stride, across) && down < limit - across)
             return;
         detail::fail(fn, std::string(name) +
                              " must have strides that stay within memory, got (" +
@@ -784,6 +788,7 @@ private:
                                  "), got (" + detail::show(gp.rows) + ", " +
                                  detail::show(gp.cols) + ")");
         }
+        if (gt.data != nullptr) check_view(fn, "grad_temperature", gt);
         if (gt.data != nullptr && gt.size != num_temperatures())
             detail::fail(fn, "grad_temperature must have one entry per temperature (" +
                                  detail::show(num_temperatures()) + "), got " +

@@ -98,9 +98,11 @@ struct Lanes<double> {
         (void)kd;
         return scale_by_two_factors(y, k);
     }
-    // a b + c, fused where the level has FMA (Note [fused exp]).
+    // a b + c, fused where the level has FMA (Note [fused exp]); AVX-512F has
+    // the fused instruction without -mfma, and simd.hpp's vectors use it there,
+    // so the scalar tail does too.
     static double mul_add(double a, double b, double c) {
-#if defined(__FMA__)
+#if defined(__FMA__) || defined(__AVX512F__)
         return __builtin_fma(a, b, c);
 #else
         return a * b + c;
@@ -236,7 +238,9 @@ RELAXCAT_ALWAYS_INLINE D exp_lanes(D x) {
     const I k = (I)(L::bits(t) - UINT64_C(0x4338000000000000));
     // kd ln2_hi is exact (ln2_hi has 32 significant bits, |k| < 2^11), so
     // the fused and the unfused form give the same bits.
-    const D hi = L::mul_add(-kd, L::splat(6.93147180369123816490e-01), xc);
+    // kd times -ln2_hi, not -kd times ln2_hi: a NaN keeps its sign through the
+    // product, as through the unfused form (-kd flipped it in the scalar path).
+    const D hi = L::mul_add(kd, L::splat(-6.93147180369123816490e-01), xc);
     const D lo = kd * 1.90821492927058770002e-10;
     const D r = hi - lo;
 
