@@ -162,13 +162,39 @@ def _reduce_to(grad: np.ndarray, shape: tuple) -> np.ndarray:
     # warnings. Gradients that are summed arrive per row in float64 (Note
     # [summed gradients], args.hpp) and are rounded once, after the sum.
     # np.add.reduce is what ndarray.sum calls, without its Python layer.
-    with np.errstate(invalid="ignore", over="ignore"):
-        if lead:
-            grad = np.add.reduce(grad, axis=tuple(range(lead)))
-        axes = tuple(i for i, n in enumerate(shape) if n == 1 and grad.shape[i] != 1)
-        if axes:
-            grad = np.add.reduce(grad, axis=axes, keepdims=True)
+    if lead:
+        grad = _sum_in_range(grad, tuple(range(lead)), False)
+    axes = tuple(i for i, n in enumerate(shape) if n == 1 and grad.shape[i] != 1)
+    if axes:
+        grad = _sum_in_range(grad, axes, True)
     return np.ascontiguousarray(grad).reshape(shape)
+
+
+# Note [sums past the range]: finite per-row gradients near the largest double
+# (log-space values near -1e307 at large temperatures) can have partial sums
+# that overflow, to inf or, with both signs, to NaN, where the exact sum is
+# finite (a fuzz campaign: rows up to 9e307 summing to -1.7e308). Such a sum is
+# taken again with every term scaled by 2^-64: the same additions in the same
+# order, each exact in its scaling, so scaled back the sum is what arithmetic
+# without an exponent limit would give, rounded to a double (terms below 2^-958
+# lose bits in the scaling, far below the rounding of a sum of that size).
+_SUM_SCALE = 2.0**-64
+
+
+def _sum_in_range(grad: np.ndarray, axes: tuple, keepdims: bool) -> np.ndarray:
+    """np.add.reduce over ``axes``, with Note [sums past the range]."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        total = np.add.reduce(grad, axis=axes, keepdims=keepdims)
+        lost = ~np.isfinite(total)
+        if lost.any():
+            terms_finite = np.logical_and.reduce(
+                np.isfinite(grad), axis=axes, keepdims=keepdims
+            )
+            redo = lost & terms_finite
+            if redo.any():
+                scaled = np.add.reduce(grad * _SUM_SCALE, axis=axes, keepdims=keepdims)
+                total = np.where(redo, scaled / _SUM_SCALE, total)
+    return total
 
 
 def _round_to(x: np.ndarray, dtype) -> np.ndarray:

@@ -129,6 +129,24 @@ TEST(Api, OneLogitsRowBroadcastsOverPerRowTemperatures) {
 }
 
 // log_prob summed with weights, as a function of one logit, T or one coordinate.
+// Per-row temperature gradients near the largest double, summed over the rows
+// that share one temperature, had partial sums that overflowed to inf and then
+// NaN, where the exact total is 1e307 (a fuzz campaign; Note [sums past the
+// range]).
+TEST(Api, SummedTemperatureGradientPastTheRangeInPartialSumsIsFinite) {
+    const std::vector<double> logits = {0.0, 0.0};
+    const ExpRelaxedOneHotCategorical<double> d(
+        1.0, relaxcat::logits(MatrixView<const double>(logits.data(), 1, 2)), false);
+    const std::vector<double> y = {0.0, -1e307, 0.0, -1e307, 0.0, -1e307, 0.0, -1e307};
+    const std::vector<double> w = {0.0, 17.0, 0.0, 10.0, 0.0, -17.0, 0.0, -9.0};
+    double gt = 0.0;
+    d.rsample_vjp(MatrixView<const double>(y.data(), 4, 2),
+                  MatrixView<const double>(w.data(), 4, 2), MatrixView<double>(),
+                  VectorView<double>(&gt, 1));
+    EXPECT_TRUE(std::isfinite(gt));
+    EXPECT_NEAR(gt / 1e307, 1.0, 1e-12);
+}
+
 TEST(Api, LogProbVjpMatchesCentralDifferences) {
     const std::vector<double> lg = {0.3, -0.4, 1.1, 0.0};
     const std::vector<double> x = {0.1, 0.2, 0.3, 0.4};

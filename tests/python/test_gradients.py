@@ -11,6 +11,9 @@ coordinate-wise difference measures.
 
 from __future__ import annotations
 
+import math
+from fractions import Fraction
+
 import mpmath
 import numpy as np
 import pytest
@@ -635,3 +638,48 @@ def test_wrt_names_what_it_takes(wrt, error, says):
         relaxcat.RelaxedOneHotCategorical(0.5, probs=np.ones(3)).log_prob_vjp(
             x, 1.0, wrt="logits"
         )
+
+
+def test_summed_temperature_gradient_whose_partial_sums_overflow_is_finite():
+    # Regression (a fuzz campaign): per-row temperature gradients near the
+    # largest double, summed over the rows that share one temperature, had
+    # partial sums that overflowed to inf and -inf (NaN) although the exact
+    # total is 1e307 (Note [sums past the range]).
+    e = relaxcat.ExpRelaxedOneHotCategorical(
+        1.0, logits=np.zeros(2), validate_args=False
+    )
+    y = np.array([[0.0, -1e307]] * 4)
+    w = np.array([[0.0, 17.0], [0.0, 10.0], [0.0, -17.0], [0.0, -9.0]])
+    rows = (
+        relaxcat.ExpRelaxedOneHotCategorical(
+            np.ones(4), logits=np.zeros((4, 2)), validate_args=False
+        )
+        .rsample_vjp(y, w)
+        .temperature
+    )
+    assert np.all(np.isfinite(rows)) and np.max(np.abs(rows)) > 1.6e308
+    got = e.rsample_vjp(y, w).temperature
+    want = float(sum(Fraction(float(r)) for r in rows))
+    assert got == pytest.approx(want, rel=1e-15)
+    assert want == pytest.approx(1e307, rel=1e-12)
+
+
+def test_log_space_temperature_gradient_of_a_deep_row_is_finite_when_g_brings_it_back():
+    # Regression (a fuzz campaign): sum_k (K w_k - 1) y_k of a row with log-space
+    # entries of -1e307 passes the largest double, and it was scaled back before
+    # g multiplied it: -inf where g = 0.0323 gives -8.4e306.
+    k, deep = 33, 7
+    y = np.concatenate([np.full(k - deep, -math.log(k - deep)), np.full(deep, -1e307)])
+    g = 0.0323
+    e = relaxcat.ExpRelaxedOneHotCategorical(
+        1.0, logits=np.zeros(k), validate_args=False
+    )
+    got = e.log_prob_vjp(y, g).temperature
+    # w = softmax(a - T y) puts 1/deep on each deep entry and nothing elsewhere:
+    # g (K - 1 + sum_k (K w_k - 1) y_k).
+    share = Fraction(k, deep) - 1
+    inner = (k - 1) + sum(
+        Fraction(float(v)) * (share if v == -1e307 else -1) for v in y
+    )
+    want = float(Fraction(g) * inner)
+    assert np.isfinite(got) and got == pytest.approx(want, rel=1e-12)

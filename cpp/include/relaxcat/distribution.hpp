@@ -1074,12 +1074,8 @@ private:
     void finish_param_grad(const std::vector<double>& per_row, int64_t rows,
                            MatrixView<Real> out, int threads) const {
         if (out.data == nullptr) return;
-        std::vector<double> acc(static_cast<size_t>(param_rows_ * k_), 0.0);
-        for (int64_t r = 0; r < rows; ++r) {
-            double* dst = acc.data() + param_row(r) * k_;
-            const double* src = per_row.data() + r * k_;
-            for (int64_t j = 0; j < k_; ++j) dst[j] += src[j];
-        }
+        const std::vector<double> acc = sum_rows(
+            per_row, rows, k_, param_rows_, [this](int64_t r) { return param_row(r); });
         if (!has_probs()) {
             for (int64_t i = 0; i < param_rows_; ++i)
                 for (int64_t j = 0; j < k_; ++j)
@@ -1102,9 +1098,45 @@ private:
     void finish_temperature_grad(const std::vector<double>& per_row, int64_t rows,
                                  VectorView<Real> out) const {
         if (out.data == nullptr) return;
-        std::vector<double> acc(temperature_.size(), 0.0);
-        for (int64_t r = 0; r < rows; ++r) acc[temperature_index(r)] += per_row[r];
+        const std::vector<double> acc =
+            sum_rows(per_row, rows, 1, static_cast<int64_t>(temperature_.size()),
+                     [this](int64_t r) { return temperature_index(r); });
         for (int64_t i = 0; i < out.size; ++i) out[i] = static_cast<Real>(acc[i]);
+    }
+
+    // Row r of per_row (width values) added into row target(r) of `targets`
+    // rows, in row order. Finite values near the largest double can have
+    // partial sums that overflow (to inf, or NaN with both signs) where the
+    // exact sum is finite; such a sum is taken again with every term scaled by
+    // 2^-64, the same additions each exact in its scaling, and scaled back
+    // (Note [sums past the range] in python/relaxcat/distributions.py).
+    template <class Target>
+    static std::vector<double> sum_rows(const std::vector<double>& per_row,
+                                        int64_t rows, int64_t width, int64_t targets,
+                                        Target target) {
+        const size_t n = static_cast<size_t>(targets * width);
+        std::vector<double> acc(n, 0.0);
+        for (int64_t r = 0; r < rows; ++r) {
+            double* dst = acc.data() + target(r) * width;
+            const double* src = per_row.data() + r * width;
+            for (int64_t j = 0; j < width; ++j) dst[j] += src[j];
+        }
+        bool lost = false;
+        for (double v : acc) lost = lost || !std::isfinite(v);
+        if (!lost) return acc;
+        std::vector<double> scaled(n, 0.0);
+        std::vector<char> terms_finite(n, 1);
+        for (int64_t r = 0; r < rows; ++r) {
+            const int64_t base = target(r) * width;
+            const double* src = per_row.data() + r * width;
+            for (int64_t j = 0; j < width; ++j) {
+                scaled[base + j] += src[j] * 0x1p-64;
+                if (!std::isfinite(src[j])) terms_finite[base + j] = 0;
+            }
+        }
+        for (size_t i = 0; i < n; ++i)
+            if (!std::isfinite(acc[i]) && terms_finite[i]) acc[i] = scaled[i] * 0x1p64;
+        return acc;
     }
 
     void param_op(const std::string& fn, detail::ParamOp op,

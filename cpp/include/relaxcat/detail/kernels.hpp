@@ -1165,6 +1165,19 @@ double ordinary_long_row(const double* lg, double amax, double ymax, const Real*
     return m[0];
 }
 
+// log_prob_vjp's temperature gradient of a row, g (head + acc scale), where
+// acc scale is sum_k (K w_k - 1) y_k formed as acc over y / scale (scale 1, or
+// the row's largest |y| when that is huge). g = 0 contributes 0 even where the
+// sum overflowed. A scaled row multiplies g in before scaling back: acc scale
+// alone can pass the largest double where g brings the product back into range
+// (log-space entries of -1e307 at T = 1, g = 0.03: -8e306, not -inf; a fuzz
+// campaign).
+inline double temperature_gradient(double g, double head, double acc, double scale) {
+    if (g == 0.0) return 0.0;
+    if (scale == 1.0) return g * (head + acc);
+    return g * head + (g * acc) * scale;
+}
+
 // g (T (K w - 1) - one), the numerator of a value gradient (one = 1 on the
 // simplex, 0 in log space), as written unless T (K w - 1) - one overflows; then
 // as (g T) (K w - 1) - g one, which is finite where g brings the product back
@@ -1408,7 +1421,7 @@ bool log_prob_block_columns(const LogProbArgs<Real>& a, Walker& walk, int64_t rb
         }
         for (int64_t i = 0; i < nb; ++i)
             a.grad_temperature[rb + i] =
-                (g[i] == 0.0 ? 0.0 : g[i] * ((kd - 1.0) / t[i] + acc[i] * scale[i]));
+                temperature_gradient(g[i], (kd - 1.0) / t[i], acc[i], scale[i]);
     }
     with_short_k(k, [&](auto kk) {
         grad_logits.from_columns(yc, nb, kk, rb, [g, kd](double w, int64_t i) {
@@ -1755,13 +1768,18 @@ void log_prob_rows(const LogProbArgs<Real>& a, int64_t r0, int64_t r1,
                     // which only log space allows: on the simplex |y - y_ref| is
                     // below 1500 (x lies between the smallest subnormal and the
                     // largest double), so the scale is 1 without a pass.
+                    // The largest |y - y_ref|, not -(y - y_ref): a row formed
+                    // against its dominant entry (Note [dominant reference]) has
+                    // y - y_ref of 1e307 above it when that entry is -1e307 (a
+                    // fuzz campaign: the unscaled sum overflowed).
                     const double ymax =
                         simplex
                             ? 0.0
                             : reduce_terms(k, 0.0, kMax, [lg, yi](auto d, int64_t j) {
                                   using D = decltype(d);
+                                  const D yv = load_lanes<D>(yi + j);
                                   return load_lanes<D>(lg + j) > -kInf
-                                             ? -load_lanes<D>(yi + j)
+                                             ? (yv < 0.0 ? -yv : yv)
                                              : D{};
                               });
                     const double scale = ymax > kScaleAbove ? ymax : 1.0;
@@ -1777,8 +1795,7 @@ void log_prob_rows(const LogProbArgs<Real>& a, int64_t r0, int64_t r1,
                                 (kd * wv - 1.0) * (scale == 1.0 ? yv : yv / scale);
                             return load_lanes<D>(lg + j) > -kInf ? term : D{};
                         });
-                    // g = 0 contributes 0 even where the sum overflowed.
-                    gt = g == 0.0 ? 0.0 : g * ((kd - 1.0) / t + acc * scale);
+                    gt = temperature_gradient(g, (kd - 1.0) / t, acc, scale);
                 } else if (kind == 1 && g != 0.0) {
                     gt = g > 0.0 ? -kInf : kInf;  // the limit tends to -inf
                 }
