@@ -177,7 +177,9 @@ def _reduce_to(grad: np.ndarray, shape: tuple) -> np.ndarray:
 # taken again with every term scaled by 2^-64: the same additions in the same
 # order, each exact in its scaling, so scaled back the sum is what arithmetic
 # without an exponent limit would give, rounded to a double (terms below 2^-958
-# lose bits in the scaling, far below the rounding of a sum of that size).
+# lose bits in the scaling, far below the rounding of a sum of that size). A
+# term that is itself infinite (a row's exact value past the range) is left as
+# it is: the README's Limitations say what that costs.
 _SUM_SCALE = 2.0**-64
 
 
