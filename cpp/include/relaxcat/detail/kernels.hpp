@@ -773,6 +773,23 @@ inline void per_temperature(const double* t, int64_t nb, double* out, F f) {
     }
 }
 
+// 1 / T for rows read one at a time, dividing once per run of equal
+// temperatures (T > 0, so the first row sets it).
+class InverseTemperature {
+public:
+    double operator()(double t) {
+        if (t != last_t_) {
+            last_t_ = t;
+            inv_t_ = 1.0 / t;
+        }
+        return inv_t_;
+    }
+
+private:
+    double last_t_ = 0.0;
+    double inv_t_ = kInf;
+};
+
 // inv_t[i] = 1 / t[i] for a block's rows, dividing once per run of equal
 // temperatures (per_temperature); true when every one is finite.
 inline bool inverse_temperatures(const double* t, int64_t nb, double* inv_t) {
@@ -931,7 +948,7 @@ void rsample_rows(const RsampleArgs<Real>& a, int64_t r0, int64_t r1, double* sc
     double* la = columns ? scratch + 2 * cap : nullptr;
     double* row_sum = columns ? scratch + 3 * cap : nullptr;  // per-row buffers
     const int64_t ks = a.logits.kstride;
-    double last_t = 0.0, inv_t = kInf;  // T > 0, so the first row sets them
+    InverseTemperature inverse;  // 1 / T, row by row
     const bool in_output = rsample_in_output(k, rsample_needs(a));
 
     for (int64_t rb = r0; rb < r1; rb += rows_per_block(k)) {
@@ -939,11 +956,7 @@ void rsample_rows(const RsampleArgs<Real>& a, int64_t r0, int64_t r1, double* sc
         const int64_t n = nb * k;
         if (in_output) {  // one row per block (k >= kBlockElements)
             const double t = static_cast<double>(a.temperature.data[walk.offset[1]]);
-            if (t != last_t) {
-                last_t = t;
-                inv_t = 1.0 / t;
-            }
-            rsample_row_in_output(a, rb, a.logits.data + walk.offset[0], t, inv_t);
+            rsample_row_in_output(a, rb, a.logits.data + walk.offset[0], t, inverse(t));
             walk.advance();
             continue;
         }
@@ -982,10 +995,7 @@ void rsample_rows(const RsampleArgs<Real>& a, int64_t r0, int64_t r1, double* sc
         for (int64_t i = 0; i < nb; ++i, walk.advance()) {
             const Real* lg = a.logits.data + walk.offset[0];
             const double t = static_cast<double>(a.temperature.data[walk.offset[1]]);
-            if (t != last_t) {  // one division per distinct temperature in a row
-                last_t = t;
-                inv_t = 1.0 / t;
-            }
+            const double inv_t = inverse(t);
             double* si = s + i * k;
             if (given64)
                 load_row(a.noise.gumbels64.data + walk.offset[2],
@@ -2183,7 +2193,7 @@ void rsample_vjp_rows(const RsampleVjpArgs<Real>& a, int64_t r0, int64_t r1,
     double* gb = scratch + 2 * cap;       // the upstream gradient, per element
     double* row_sum = scratch + 3 * cap;  // per row: sum x and its log
     double* row_log_sum = row_sum + row_buffer_size(k);
-    double last_t = 0.0, inv_t = kInf;  // T > 0, so the first row sets them
+    InverseTemperature inverse;  // 1 / T, row by row
 
     for (int64_t rb = r0; rb < r1; rb += rows_per_block(k)) {
         const int64_t nb = r1 - rb < rows_per_block(k) ? r1 - rb : rows_per_block(k);
@@ -2216,12 +2226,8 @@ void rsample_vjp_rows(const RsampleVjpArgs<Real>& a, int64_t r0, int64_t r1,
             for (int64_t i = 0; i < nb; ++i, walk.advance()) {
                 const double t =
                     static_cast<double>(a.temperature.data[walk.offset[2]]);
-                if (t != last_t) {
-                    last_t = t;
-                    inv_t = 1.0 / t;
-                }
-                rsample_vjp_long_row(a, a.grad.data + walk.offset[1], rb + i, t, inv_t,
-                                     x + i * k, gb);
+                rsample_vjp_long_row(a, a.grad.data + walk.offset[1], rb + i, t,
+                                     inverse(t), x + i * k, gb);
             }
             continue;
         }
@@ -2244,10 +2250,7 @@ void rsample_vjp_rows(const RsampleVjpArgs<Real>& a, int64_t r0, int64_t r1,
             const int64_t r = rb + i;
             double* gw = gb + i * k;
             const double t = static_cast<double>(a.temperature.data[walk.offset[2]]);
-            if (t != last_t) {  // one division per run of equal temperatures
-                last_t = t;
-                inv_t = 1.0 / t;
-            }
+            const double inv_t = inverse(t);
             const double* xi = x + i * k;
             const double* yi = y + i * k;
             // The sums and the maximum of Note [renormalised sample], each in the
