@@ -179,6 +179,35 @@ const KernelSet<Real>& kernels() {
         return active().f64;
 }
 
+// rsample over all rows, a few long rows each spread over the threads chunk by
+// chunk (Note [split rows] in kernels.hpp), other calls row by row (run).
+template <class Real>
+void run_rsample(const detail::RsampleArgs<Real>& args, int threads) {
+    const int64_t k = args.shape.k;
+    if (!detail::rsample_splits(k, detail::rsample_needs(args)) ||
+        !detail::split_rows_pay(args.shape.rows, k, threads)) {
+        run(args, kernels<Real>().rsample, threads);
+        return;
+    }
+    const KernelTable& table = active();
+    const auto step = kernels<Real>().rsample_step;
+    bool finished;
+    {
+        py::gil_scoped_release nogil;
+        finished = detail::parallel_row_steps(
+            args.shape.rows, k, 4, threads,
+            detail::rsample_split_scratch(k, detail::rsample_needs(args)),
+            [&](int64_t r, int s, int64_t j0, int64_t n, const double* facts,
+                double* kept) { return step(args, r, s, j0, n, facts, kept); },
+            table.split_row_combine,
+            [] {
+                py::gil_scoped_acquire gil;
+                return PyErr_CheckSignals() != 0;
+            });
+    }
+    if (!finished) throw py::error_already_set();
+}
+
 template <class Real>
 void rsample_t(const py::array& logits, const py::array& temperature,
                const py::object& gumbels, uint64_t key, uint64_t stream,
@@ -200,7 +229,7 @@ void rsample_t(const py::array& logits, const py::array& temperature,
     a.x = out_arg<Real>(out_x, a.shape, true, fn, "out");
     a.log_x = out_arg<Real>(out_log_x, a.shape, true, fn, "out_log");
     a.no_scratch = no_scratch;
-    run(a, kernels<Real>().rsample, threads);
+    run_rsample(a, threads);
 }
 
 template <class Real>

@@ -22,6 +22,9 @@ using detail::RsampleVjpArgs;
 template <class Real>
 struct KernelSet {
     void (*rsample)(const RsampleArgs<Real>&, int64_t, int64_t, double*);
+    // One step over one chunk of a row (Note [split rows] in kernels.hpp).
+    double (*rsample_step)(const RsampleArgs<Real>&, int64_t, int, int64_t, int64_t,
+                           const double*, double*);
     void (*log_prob)(const LogProbArgs<Real>&, int64_t, int64_t, double*);
     void (*rsample_vjp)(const RsampleVjpArgs<Real>&, int64_t, int64_t, double*);
     void (*param)(const ParamArgs<Real>&, int64_t, int64_t, double*);
@@ -35,6 +38,7 @@ struct KernelTable {
     KernelSet<double> f64;
     int64_t (*scratch_size)(int64_t k);
     int64_t (*rsample_scratch_size)(int64_t k, detail::RsampleNeeds needs);
+    double (*split_row_combine)(int step, const double* results, int64_t chunks);
     void (*gumbels)(uint64_t key, uint64_t stream, uint64_t first, int64_t n,
                     double* out);
     void (*gumbels_f32)(uint64_t key, uint64_t stream, uint64_t first, int64_t n,

@@ -15,9 +15,10 @@ namespace k = detail::RELAXCAT_ISA_NAMESPACE;
 
 template <class Real>
 KernelSet<Real> make_set() {
-    return KernelSet<Real>{&k::rsample_rows<Real>,     &k::log_prob_rows<Real>,
-                           &k::rsample_vjp_rows<Real>, &k::param_rows<Real>,
-                           &k::probs_vjp_rows<Real>,   &k::check_rows<Real>};
+    return KernelSet<Real>{&k::rsample_rows<Real>,  &k::rsample_row_step<Real>,
+                           &k::log_prob_rows<Real>, &k::rsample_vjp_rows<Real>,
+                           &k::param_rows<Real>,    &k::probs_vjp_rows<Real>,
+                           &k::check_rows<Real>};
 }
 
 // log and exp as the kernels run them: vectors for whole groups of lanes, then
@@ -44,6 +45,7 @@ const KernelTable& RELAXCAT_TABLE_FN() {
                                    make_set<double>(),
                                    &k::scratch_size,
                                    &k::rsample_scratch_size,
+                                   &k::split_row_combine,
                                    &k::fill_gumbels,
                                    &k::fill_gumbels_f32<float>,
                                    &map_log,

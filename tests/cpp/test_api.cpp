@@ -13,6 +13,7 @@
 #include <limits>
 #include <mutex>
 #include <numeric>
+#include <type_traits>
 #include <vector>
 
 namespace {
@@ -69,6 +70,47 @@ TEST(Api, ResultsDoNotDependOnTheThreadCount) {
     d.log_prob(MatrixView<const float>(one.data(), rows, k),
                VectorView<float>(lp4.data(), rows), 0);
     EXPECT_EQ(lp1, lp4);
+}
+
+// Rows longer than one chunk (Note [split rows]): one to three of them are
+// spread over the threads chunk by chunk, eight go row by row, and the noise
+// given as gumbels takes the buffered path; all give the same bits.
+template <class Dist, class Real>
+void check_long_rows_split_over_threads() {
+    const int k = 3 * 8192 + 777;
+    std::vector<Real> lg(k);
+    const std::vector<double> src = ramp(k, 4.0);
+    for (int j = 0; j < k; ++j) lg[j] = static_cast<Real>(src[j]);
+    lg[4] = -std::numeric_limits<Real>::infinity();
+    const Dist d(static_cast<Real>(0.4),
+                 relaxcat::logits(MatrixView<const Real>(lg.data(), 1, k)));
+    std::vector<Real> want(8 * static_cast<size_t>(k));
+    Philox gen(21);
+    d.rsample(MatrixView<Real>(want.data(), 8, k), gen, 2);
+    for (int n = 1; n <= 3; ++n)
+        for (int threads : {1, 2, 4}) {
+            std::vector<Real> got(static_cast<size_t>(n) * k);
+            gen.seek(0);
+            d.rsample(MatrixView<Real>(got.data(), n, k), gen, threads);
+            EXPECT_TRUE(std::equal(got.begin(), got.end(), want.begin()))
+                << n << " rows, " << threads << " threads";
+        }
+    std::vector<Real> g(3 * static_cast<size_t>(k)), given(3 * static_cast<size_t>(k));
+    Philox noise(21);
+    relaxcat::gumbel_noise(noise, static_cast<int64_t>(g.size()), g.data());
+    d.rsample(MatrixView<const Real>(g.data(), 3, k),
+              MatrixView<Real>(given.data(), 3, k), 2);
+    EXPECT_TRUE(std::equal(given.begin(), given.end(), want.begin()));
+    constexpr bool kSimplex = std::is_same<Dist, RelaxedOneHotCategorical<Real>>::value;
+    const Real masked = kSimplex ? Real(0) : -std::numeric_limits<Real>::infinity();
+    EXPECT_EQ(want[4], masked);
+}
+
+TEST(Api, LongRowsSplitOverThreadsGiveTheBitsOfWholeRows) {
+    check_long_rows_split_over_threads<RelaxedOneHotCategorical<float>, float>();
+    check_long_rows_split_over_threads<RelaxedOneHotCategorical<double>, double>();
+    check_long_rows_split_over_threads<ExpRelaxedOneHotCategorical<float>, float>();
+    check_long_rows_split_over_threads<ExpRelaxedOneHotCategorical<double>, double>();
 }
 
 TEST(Api, StridedViewsGiveTheSameResultsAsContiguousOnes) {

@@ -506,6 +506,57 @@ def test_the_default_thread_count_gives_the_same_bits(threads):
         _assert_same_bits(_all_outputs(shape, np.float32, None), want)
 
 
+# Rows longer than one chunk of 8192 (Note [split rows]): a call of few such rows
+# spreads each row over the threads, others go row by row; both give one sample.
+CHUNK = 8192
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("cls", [R, E])
+@pytest.mark.parametrize("k", [CHUNK + 1, 3 * CHUNK + 777])
+def test_long_rows_spread_over_threads_give_the_bits_of_whole_rows(
+    threads, dtype, cls, k
+):
+    rng = np.random.default_rng(k)
+    logits = (3.0 * rng.normal(size=k)).astype(dtype)
+    logits[[4, k - 1]] = -np.inf
+    d = cls(dtype(0.4), logits=logits)
+    # Eight rows run row by row; one, two or three rows on 2 to 7 threads are
+    # split into chunks; out= and the row's own buffer take different paths.
+    want = d.rsample((8,), rng=99, num_threads=2)
+    for n in (1, 2, 3):
+        for num_threads in (1, 2, 3, 7):
+            got = d.rsample((n,), rng=99, num_threads=num_threads)
+            np.testing.assert_array_equal(got, want[:n])
+            out = np.full((n, k), np.nan, dtype=dtype)
+            d.rsample((n,), rng=99, num_threads=num_threads, out=out)
+            np.testing.assert_array_equal(out, want[:n])
+    # The noise given as gumbels= takes the buffered path of one row per thread.
+    g = stream_noise(99, 0, 0, 3 * k, dtype).reshape(3, k)
+    given = d.rsample((3,), gumbels=g.astype(dtype), num_threads=2)
+    np.testing.assert_array_equal(given, want[:3])
+    # And the sample is the exact one to a few ulps (a long double softmax as
+    # oracle: 64-bit significands on x86-64, where a float64 one would be off by
+    # 1e-14 here, as exp magnifies the rounding of s near 100).
+    a = logits.astype(np.longdouble)
+    s = (a - a.max() + g.astype(np.longdouble)) / np.longdouble(dtype(0.4))
+    e = np.exp(s - s.max(axis=-1, keepdims=True))
+    oracle = (e / e.sum(axis=-1, keepdims=True)).astype(np.float64)
+    ulp = EPS32 if dtype == np.float32 else EPS64
+    if cls is E:
+        with np.errstate(divide="ignore"):
+            oracle = np.log(oracle)
+        live = np.isfinite(oracle)
+        assert np.all(want[:3][~live] == -np.inf)
+        assert gumbel_err(want[:3][live], oracle[live]) < 8 * ulp
+    elif dtype == np.float32:  # formed in double: only the last rounding
+        assert np.all(want[:3][oracle == 0] == 0)
+        rel = np.abs(want[:3] - oracle) / np.where(oracle > 0, oracle, 1.0)
+        assert np.max(rel) < 2 * ulp
+    else:  # s = (a + g) / T itself is rounded: an absolute bound, as above
+        np.testing.assert_allclose(want[:3], oracle, rtol=0, atol=SAMPLE_TOL64)
+
+
 # --------------------------------------------------------------- SIMD levels
 def _noise_probe():
     return np.concatenate(

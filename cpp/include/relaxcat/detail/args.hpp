@@ -34,6 +34,10 @@ struct RowArg {
     int64_t kstride = 1;
 };
 
+// The chunks of Note [split rows] (kernels.hpp): rows longer than this reduce
+// chunk by chunk, and rsample can spread one such row over threads.
+constexpr int64_t kChunkElements = 8192;
+
 // Whether elements first .. first + n - 1 all lie in a stream, which has 2^64
 // elements: a draw never wraps around (the SIMD levels would not agree there).
 constexpr bool stream_holds(uint64_t first, uint64_t n) {
@@ -83,6 +87,20 @@ RsampleNeeds rsample_needs(const RsampleArgs<Real>& a) {
     return {x, a.log_x != nullptr,
             a.noise.gumbels.data != nullptr || a.noise.gumbels64.data != nullptr,
             std::is_same<Real, double>::value || !x || a.no_scratch};
+}
+
+// Whether rsample may spread each row over threads, chunk by chunk (Note [split
+// rows] in kernels.hpp): rows longer than one chunk, whose noise comes from the
+// stream and that have one output, which holds the row's noise meanwhile.
+inline bool rsample_splits(int64_t k, const RsampleNeeds& n) {
+    return k > kChunkElements && !n.given && n.x != n.log_x;
+}
+
+// Doubles of scratch a split row shares between its threads: exp(s) of a float
+// row of x that keeps it rather than take it twice (Note [rows without scratch]
+// in kernels.hpp), as a row sampled by one thread does.
+inline int64_t rsample_split_scratch(int64_t k, const RsampleNeeds& n) {
+    return n.recompute ? 0 : k;
 }
 
 // The value space of a log-density: the simplex (x) or its logarithm (y = log x).

@@ -879,46 +879,107 @@ void rsample_block_columns(const RsampleArgs<Real>& a, Walker& walk, int64_t rb,
     });
 }
 
-// One row of rsample_rows in its output (Note [rows without scratch]): row r,
-// logits lg, temperature t with inv_t = 1 / t.
+// Note [split rows]: a row of more than kChunkElements categories (args.hpp) is
+// reduced chunk by chunk: chunk c holds elements c kChunkElements ..
+// (c + 1) kChunkElements - 1 and is reduced as a row of its own (Note [row
+// reductions]), and the chunks' results are combined in order, from the first
+// (split_row_combine). rsample reduces every row so, on any path. A call of few
+// such rows can then spread each row over threads (parallel_row_steps in
+// parallel.hpp): rsample_row_step takes one of four steps over one chunk of a
+// row sampled in its output (Note [rows without scratch]): draw the noise and
+// give max a; give max u; take exp(s), store what the output keeps and give the
+// sum; write x or log x. Every chunk of a step runs before any of the next, which
+// reads the combined results of the earlier ones. A row sampled on one thread
+// takes the same steps over the same chunks, so the bits do not depend on the
+// thread count. A maximum is exact in any order; only the sums moved, in the
+// last bits, from the order of a whole row (relaxcat 0.1.0) to this one.
+template <class Op, class F>
+inline double reduce_chunked(int64_t k, double empty, Op op, F f) {
+    if (k <= kChunkElements) return reduce_terms(k, empty, op, f);
+    double acc = empty;
+    for (int64_t j0 = 0; j0 < k; j0 += kChunkElements) {
+        const int64_t n = k - j0 < kChunkElements ? k - j0 : kChunkElements;
+        const double part = reduce_terms(
+            n, empty, op, [&f, j0](auto d, int64_t j) { return f(d, j0 + j); });
+        acc = j0 == 0 ? part : op(acc, part);
+    }
+    return acc;
+}
+
+// Two results of a split row's step combined, the earlier chunk's (or the
+// chunks' before it) first: maxima for steps 0 and 1, the sum for step 2.
+inline double split_row_fold(int step, double acc, double part) {
+    return step == 2 ? acc + part : max_d(acc, part);
+}
+
+// The results of a step over a row's chunks p[0 .. n - 1], combined in order as
+// reduce_chunked does.
+inline double split_row_combine(int step, const double* p, int64_t n) {
+    double acc = p[0];
+    for (int64_t c = 1; c < n; ++c) acc = split_row_fold(step, acc, p[c]);
+    return acc;
+}
+
+// Step `step` of Note [split rows] over elements j0 .. j0 + n - 1 of row r,
+// sampled in its output: facts holds the combined results of the earlier steps
+// (max a, max u, sum exp(s)). Returns this chunk's result (0 for the last step).
+// The steps are those of rsample_rows: u = (a - max a) + g, s = (u - max u) / T
+// (a multiply by 1 / T where that is finite), x = exp(s) / sum or
+// log x = s - log(sum). A double output holds exp(s) or s after step 2; a float
+// one still holds the noise, and step 3 forms s (and exp(s)) again, unless
+// `kept` (rsample_split_scratch doubles, null otherwise) holds exp(s) of a
+// float row of x from step 2.
 template <class Real>
-void rsample_row_in_output(const RsampleArgs<Real>& a, int64_t r, const Real* lg,
-                           double t, double inv_t) {
+double rsample_row_step(const RsampleArgs<Real>& a, int64_t r, int step, int64_t j0,
+                        int64_t n, const double* facts, double* kept) {
     constexpr bool kDouble = std::is_same<Real, double>::value;
     const int64_t k = a.shape.k;
+    const int64_t* const strides[2] = {a.logits.stride, a.temperature.stride};
+    const RowWalker<2> walk(a.shape, r, strides);
     const int64_t ks = a.logits.kstride;
+    const Real* const lg = a.logits.data + walk.offset[0] + j0 * ks;
+    const double t = static_cast<double>(a.temperature.data[walk.offset[1]]);
+    const double inv_t = 1.0 / t;
     const bool want_x = a.x != nullptr;
-    Real* const out = (want_x ? a.x : a.log_x) + r * k;
-    const uint64_t first = a.noise.offset + static_cast<uint64_t>(r * k);
-    if constexpr (kDouble)
-        fill_gumbels(a.noise.key, a.noise.stream, first, k, out);
-    else
-        fill_gumbels_f32(a.noise.key, a.noise.stream, first, k, out);
+    Real* const out = (want_x ? a.x : a.log_x) + r * k + j0;
     const auto logit = [lg, ks](auto d, int64_t j) {
         return load_strided_lanes<decltype(d)>(lg + j * ks, ks);
     };
-    const double amax = reduce_terms(k, -kInf, kMax, logit);
+    if (step == 0) {
+        const uint64_t first = a.noise.offset + static_cast<uint64_t>(r * k + j0);
+        if constexpr (kDouble)
+            fill_gumbels(a.noise.key, a.noise.stream, first, n, out);
+        else
+            fill_gumbels_f32(a.noise.key, a.noise.stream, first, n, out);
+        return reduce_terms(n, -kInf, kMax, logit);
+    }
+    const double amax = facts[0];
     const auto u_of = [&](auto d, int64_t j) {  // (a - max a) + g
         return (logit(d, j) - amax) + load_lanes<decltype(d)>(out + j);
     };
-    const double umax = reduce_terms(k, -kInf, kMax, u_of);
+    if (step == 1) return reduce_terms(n, -kInf, kMax, u_of);
+    const double umax = facts[1];
     const bool multiply = inv_t < kInf;
     const auto s_of = [&](auto d, int64_t j) {
         const auto u = u_of(d, j) - umax;
         return multiply ? u * inv_t : u / t;
     };
-    const double sum = reduce_terms(k, 0.0, kPlus, [&](auto d, int64_t j) {
-        const auto sj = s_of(d, j);
-        const auto ej = exp_lanes<kExpDegree<Real>>(sj);
-        if constexpr (kDouble) store_lanes(out + j, want_x ? ej : sj);
-        return ej;
-    });
-    // x = exp(s) / sum and log x = s - log(sum), as rsample_rows writes them.
-    const double inv = 1.0 / sum;
-    const double lse = want_x ? 0.0 : log_d(sum);
-    for_lanes(k, true, [&](auto d, int64_t j) {
+    double* const e = kept != nullptr ? kept + j0 : nullptr;
+    if (step == 2)
+        return reduce_terms(n, 0.0, kPlus, [&](auto d, int64_t j) {
+            const auto sj = s_of(d, j);
+            const auto ej = exp_lanes<kExpDegree<Real>>(sj);
+            if constexpr (kDouble) store_lanes(out + j, want_x ? ej : sj);
+            if (e != nullptr) store_lanes(e + j, ej);
+            return ej;
+        });
+    const double inv = 1.0 / facts[2];
+    const double lse = want_x ? 0.0 : log_d(facts[2]);
+    for_lanes(n, true, [&](auto d, int64_t j) {
         using D = decltype(d);
-        if constexpr (kDouble) {
+        if (e != nullptr) {
+            store_lanes(out + j, load_lanes<D>(e + j) * inv);
+        } else if constexpr (kDouble) {
             const D v = load_lanes<D>(out + j);
             store_lanes(out + j, want_x ? v * inv : v - lse);
         } else {
@@ -927,6 +988,24 @@ void rsample_row_in_output(const RsampleArgs<Real>& a, int64_t r, const Real* lg
                         want_x ? exp_lanes<kExpDegree<Real>>(sj) * inv : sj - lse);
         }
     });
+    return 0.0;
+}
+
+// Row r of rsample_rows in its output (Note [rows without scratch]), one step
+// over all its chunks after another (Note [split rows]).
+template <class Real>
+void rsample_row_in_output(const RsampleArgs<Real>& a, int64_t r) {
+    const int64_t k = a.shape.k;
+    double facts[3] = {0.0, 0.0, 0.0};
+    for (int step = 0; step < 4; ++step) {
+        double acc = 0.0;
+        for (int64_t j0 = 0; j0 < k; j0 += kChunkElements) {
+            const int64_t n = k - j0 < kChunkElements ? k - j0 : kChunkElements;
+            const double part = rsample_row_step(a, r, step, j0, n, facts, nullptr);
+            acc = j0 == 0 ? part : split_row_fold(step, acc, part);
+        }
+        if (step < 3) facts[step] = acc;
+    }
 }
 
 // rsample: x = softmax((a + g) / T) and log x; see Note [blocks of rows].
@@ -955,8 +1034,7 @@ void rsample_rows(const RsampleArgs<Real>& a, int64_t r0, int64_t r1, double* sc
         const int64_t nb = r1 - rb < rows_per_block(k) ? r1 - rb : rows_per_block(k);
         const int64_t n = nb * k;
         if (in_output) {  // one row per block (k >= kBlockElements)
-            const double t = static_cast<double>(a.temperature.data[walk.offset[1]]);
-            rsample_row_in_output(a, rb, a.logits.data + walk.offset[0], t, inverse(t));
+            rsample_row_in_output(a, rb);
             walk.advance();
             continue;
         }
@@ -1007,15 +1085,15 @@ void rsample_rows(const RsampleArgs<Real>& a, int64_t r0, int64_t r1, double* sc
             const auto logit = [lg, ks](auto d, int64_t j) {
                 return load_strided_lanes<decltype(d)>(lg + j * ks, ks);
             };
-            const double amax = reduce_terms(k, -kInf, kMax, logit);
-            const double umax = reduce_terms(k, -kInf, kMax, [&](auto d, int64_t j) {
+            const double amax = reduce_chunked(k, -kInf, kMax, logit);
+            const double umax = reduce_chunked(k, -kInf, kMax, [&](auto d, int64_t j) {
                 using D = decltype(d);
                 const D u = (logit(d, j) - amax) + load_lanes<D>(si + j);
                 store_lanes(si + j, u);
                 return u;
             });
             const bool multiply = inv_t < kInf;
-            const double sum = reduce_terms(k, 0.0, kPlus, [&](auto d, int64_t j) {
+            const double sum = reduce_chunked(k, 0.0, kPlus, [&](auto d, int64_t j) {
                 using D = decltype(d);
                 const D u = load_lanes<D>(si + j) - umax;
                 const D sj = multiply ? u * inv_t : u / t;

@@ -1,15 +1,21 @@
 #pragma once
 // Splitting rows over threads. Each row is computed by exactly one thread with
 // the same code whatever the split, and the noise of an element depends only on
-// its index, so results are bit-identical for any thread count.
+// its index, so results are bit-identical for any thread count. A call of few
+// long rows can instead spread each row over threads in fixed chunks (Note
+// [split rows] in kernels.hpp, parallel_row_steps below).
 
 #include <algorithm>
 #include <atomic>
+#include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <system_error>
 #include <thread>
 #include <vector>
+
+#include "args.hpp"
 
 namespace relaxcat {
 namespace detail {
@@ -26,6 +32,40 @@ inline int threads_for(int64_t rows, int64_t k, int requested) {
     const int64_t useful = std::max<int64_t>(1, elements / kMinElementsPerThread);
     return static_cast<int>(
         std::min<int64_t>({static_cast<int64_t>(requested), useful, rows}));
+}
+
+// Runs worker(0) on the calling thread and worker(1) .. worker(nthreads - 1) on
+// threads of their own, and returns when all have. A thread that cannot be
+// started only costs speed: the workers share their tasks through a counter, so
+// its share goes to the threads that did start.
+template <class Worker>
+void run_workers(int nthreads, Worker& worker) {
+    std::vector<std::thread> pool;
+    pool.reserve(static_cast<size_t>(nthreads > 1 ? nthreads - 1 : 0));
+    for (int i = 1; i < nthreads; ++i) {
+        try {
+            pool.emplace_back(std::ref(worker), i);
+        } catch (const std::system_error&) {
+            break;
+        }
+    }
+    worker(0);
+    for (auto& th : pool) th.join();
+}
+
+// The next of ntasks tasks handed out in order by `next`, for worker `id`, or
+// -1 when none is left or the call is cancelled: worker 0 polls stop() before
+// each task it takes, and cancels the call when it answers true.
+template <class Stop>
+int64_t next_task(int id, Stop& stop, std::atomic<bool>& cancelled,
+                  std::atomic<int64_t>& next, int64_t ntasks) {
+    if (id == 0 && stop()) {
+        cancelled.store(true);
+        return -1;
+    }
+    if (cancelled.load(std::memory_order_relaxed)) return -1;
+    const int64_t t = next.fetch_add(1);
+    return t < ntasks ? t : -1;
 }
 
 // Runs body(r0, r1, scratch) over [0, rows) in tasks handed out in order from an
@@ -66,31 +106,99 @@ bool parallel_rows(int64_t rows, int64_t k, int requested_threads,
     auto worker = [&](int id) {
         double* mine = base + static_cast<size_t>(id) * per_thread;
         for (;;) {
-            if (id == 0 && stop()) {
-                cancelled.store(true);
-                return;
-            }
-            if (cancelled.load(std::memory_order_relaxed)) return;
-            const int64_t t = next.fetch_add(1);
-            if (t >= ntasks) return;
+            const int64_t t = next_task(id, stop, cancelled, next, ntasks);
+            if (t < 0) return;
             const int64_t r0 = t * per_task;
             body(r0, std::min(rows, r0 + per_task), mine);
         }
     };
 
-    // A thread that cannot be started only costs speed: its share of the tasks
-    // goes to the threads that did start.
-    std::vector<std::thread> pool;
-    pool.reserve(static_cast<size_t>(nthreads - 1));
-    for (int i = 1; i < nthreads; ++i) {
-        try {
-            pool.emplace_back(worker, i);
-        } catch (const std::system_error&) {
-            break;
-        }
+    run_workers(nthreads, worker);
+    return !cancelled.load();
+}
+
+// Whether a call of `rows` rows of K categories is better spread chunk by
+// chunk (parallel_row_steps) than row by row: rows of more than one chunk, and
+// fewer rows than twice the threads, where whole rows would leave a thread idle
+// or the threads unevenly loaded.
+inline bool split_rows_pay(int64_t rows, int64_t k, int requested_threads) {
+    return requested_threads > 1 && k > kChunkElements &&
+           rows < 2 * static_cast<int64_t>(requested_threads) &&
+           rows * k >= 2 * kMinElementsPerThread;
+}
+
+// Runs `steps` steps over every row of [0, rows), each row cut into chunks of
+// kChunkElements (the last one shorter), on up to requested_threads threads:
+// step(r, s, j0, n, facts, shared) handles elements j0 .. j0 + n - 1 of row r in
+// step s and returns the chunk's result; once every chunk of a step is done, its
+// results are combined in chunk order by combine(s, results, chunks) into
+// facts[s] of the row, which the row's later steps read (a pointer to the row's
+// `steps` facts). Steps run in order, each after the previous one is combined,
+// so what a step computes does not depend on the threads. `shared` is
+// shared_doubles doubles of scratch (null if 0) for all threads, which one row
+// uses at a time, as the rows run one after another. `stop()` is polled as in
+// parallel_rows.
+template <class Step, class Combine, class Stop>
+bool parallel_row_steps(int64_t rows, int64_t k, int steps, int requested_threads,
+                        int64_t shared_doubles, Step step, Combine combine, Stop stop) {
+    if (rows <= 0) return true;
+    const int64_t chunks = (k + kChunkElements - 1) / kChunkElements;
+    const int64_t phases = rows * steps;  // (row, step) pairs, in order
+    const int64_t ntasks = phases * chunks;
+    const int64_t useful =
+        std::max<int64_t>(1, rows * std::max<int64_t>(k, 1) / kMinElementsPerThread);
+    const int nthreads = static_cast<int>(
+        std::max<int64_t>(1, std::min<int64_t>({static_cast<int64_t>(requested_threads),
+                                                useful, rows * chunks})));
+
+    // Allocated here, in the calling thread (see parallel_rows).
+    const std::unique_ptr<double[]> results(new double[static_cast<size_t>(ntasks)]);
+    const std::unique_ptr<double[]> shared(
+        shared_doubles > 0 ? new double[static_cast<size_t>(shared_doubles)] : nullptr);
+#if defined(RELAXCAT_POISON_SCRATCH)
+    if (shared)
+        std::fill(shared.get(), shared.get() + shared_doubles, __builtin_nan(""));
+#endif
+    const std::unique_ptr<double[]> facts(new double[static_cast<size_t>(phases)]());
+    const std::unique_ptr<std::atomic<int64_t>[]> done(
+        new std::atomic<int64_t>[static_cast<size_t>(phases)]);
+    const std::unique_ptr<std::atomic<bool>[]> ready(
+        new std::atomic<bool>[static_cast<size_t>(phases)]);
+    for (int64_t q = 0; q < phases; ++q) {
+        done[q].store(0, std::memory_order_relaxed);
+        ready[q].store(false, std::memory_order_relaxed);
     }
-    worker(0);
-    for (auto& th : pool) th.join();
+    std::atomic<int64_t> next{0};
+    std::atomic<bool> cancelled{false};
+
+    // Tasks are handed out in order, so every task of a phase went to a thread
+    // before any of the next: a thread waiting for a phase waits only for tasks
+    // that are running, and the calls cannot deadlock. The thread that finishes
+    // a phase's last task combines its results and releases the phase.
+    auto worker = [&](int id) {
+        for (;;) {
+            const int64_t t = next_task(id, stop, cancelled, next, ntasks);
+            if (t < 0) return;
+            const int64_t q = t / chunks;
+            const int64_t c = t % chunks;
+            if (q > 0)
+                while (!ready[q - 1].load(std::memory_order_acquire)) {
+                    if (cancelled.load(std::memory_order_relaxed)) return;
+                    std::this_thread::yield();
+                }
+            const int64_t r = q / steps;
+            const int s = static_cast<int>(q % steps);
+            const int64_t j0 = c * kChunkElements;
+            results[t] = step(r, s, j0, std::min(kChunkElements, k - j0),
+                              facts.get() + r * steps, shared.get());
+            if (done[q].fetch_add(1, std::memory_order_acq_rel) + 1 == chunks) {
+                facts[q] = combine(s, results.get() + q * chunks, chunks);
+                ready[q].store(true, std::memory_order_release);
+            }
+        }
+    };
+
+    run_workers(nthreads, worker);
     return !cancelled.load();
 }
 
