@@ -36,10 +36,10 @@ inline int threads_for(int64_t rows, int64_t k, int requested) {
 
 // Runs worker(0) on the calling thread and worker(1) .. worker(nthreads - 1) on
 // threads of their own, and returns when all have. A thread that cannot be
-// started only costs speed: the workers share their tasks through a counter, so
-// its share goes to the threads that did start.
+// started only costs speed: the workers share out their tasks knowing how many
+// of them run, which `started` (if given) receives before worker(0) starts.
 template <class Worker>
-void run_workers(int nthreads, Worker& worker) {
+void run_workers(int nthreads, Worker& worker, std::atomic<int>* started = nullptr) {
     std::vector<std::thread> pool;
     pool.reserve(static_cast<size_t>(nthreads > 1 ? nthreads - 1 : 0));
     for (int i = 1; i < nthreads; ++i) {
@@ -49,6 +49,8 @@ void run_workers(int nthreads, Worker& worker) {
             break;
         }
     }
+    if (started != nullptr)
+        started->store(static_cast<int>(pool.size()) + 1, std::memory_order_release);
     worker(0);
     for (auto& th : pool) th.join();
 }
@@ -136,23 +138,28 @@ inline bool split_rows_pay(int64_t rows, int64_t k, int requested_threads) {
 // `steps` facts). Steps run in order, each after the previous one is combined,
 // so what a step computes does not depend on the threads. `shared` is
 // shared_doubles doubles of scratch (null if 0) for all threads, which one row
-// uses at a time, as the rows run one after another. `stop()` is polled as in
-// parallel_rows.
+// uses at a time, as the rows run one after another. `stop()` is polled by the
+// calling thread before each of its steps, as in parallel_rows.
+//
+// Each thread takes the same run of chunks in every step, so a row's data stays
+// in the cache of the core that wrote it. Handing the chunks out from a counter
+// instead moved them between the cores' caches from step to step: a float32
+// row of K = 128000 (the C++ class, AVX-512) ran 1.38 times as fast on two
+// threads as on one that way, and 1.54 times this way (float64: 1.65, 1.79).
 template <class Step, class Combine, class Stop>
 bool parallel_row_steps(int64_t rows, int64_t k, int steps, int requested_threads,
                         int64_t shared_doubles, Step step, Combine combine, Stop stop) {
     if (rows <= 0) return true;
     const int64_t chunks = (k + kChunkElements - 1) / kChunkElements;
     const int64_t phases = rows * steps;  // (row, step) pairs, in order
-    const int64_t ntasks = phases * chunks;
     const int64_t useful =
         std::max<int64_t>(1, rows * std::max<int64_t>(k, 1) / kMinElementsPerThread);
-    const int nthreads = static_cast<int>(
-        std::max<int64_t>(1, std::min<int64_t>({static_cast<int64_t>(requested_threads),
-                                                useful, rows * chunks})));
+    const int nthreads = static_cast<int>(std::max<int64_t>(
+        1,
+        std::min<int64_t>({static_cast<int64_t>(requested_threads), useful, chunks})));
 
     // Allocated here, in the calling thread (see parallel_rows).
-    const std::unique_ptr<double[]> results(new double[static_cast<size_t>(ntasks)]);
+    const std::unique_ptr<double[]> results(new double[static_cast<size_t>(chunks)]);
     const std::unique_ptr<double[]> shared(
         shared_doubles > 0 ? new double[static_cast<size_t>(shared_doubles)] : nullptr);
 #if defined(RELAXCAT_POISON_SCRATCH)
@@ -168,37 +175,51 @@ bool parallel_row_steps(int64_t rows, int64_t k, int steps, int requested_thread
         done[q].store(0, std::memory_order_relaxed);
         ready[q].store(false, std::memory_order_relaxed);
     }
-    std::atomic<int64_t> next{0};
+    std::atomic<int> started{0};
     std::atomic<bool> cancelled{false};
 
-    // Tasks are handed out in order, so every task of a phase went to a thread
-    // before any of the next: a thread waiting for a phase waits only for tasks
-    // that are running, and the calls cannot deadlock. The thread that finishes
-    // a phase's last task combines its results and releases the phase.
+    // Every chunk of a phase belongs to a running thread, and a thread waits
+    // only for the phase before its next one, so the threads cannot deadlock.
+    // The thread that finishes a phase's last chunk combines the results and
+    // releases the phase; results are reused from phase to phase, as a phase
+    // starts only once the one before it has been combined.
+    auto released = [&](int64_t q) {
+        while (!ready[q].load(std::memory_order_acquire)) {
+            if (cancelled.load(std::memory_order_relaxed)) return false;
+            std::this_thread::yield();
+        }
+        return true;
+    };
     auto worker = [&](int id) {
-        for (;;) {
-            const int64_t t = next_task(id, stop, cancelled, next, ntasks);
-            if (t < 0) return;
-            const int64_t q = t / chunks;
-            const int64_t c = t % chunks;
-            if (q > 0)
-                while (!ready[q - 1].load(std::memory_order_acquire)) {
-                    if (cancelled.load(std::memory_order_relaxed)) return;
-                    std::this_thread::yield();
-                }
+        int n = 0;
+        while ((n = started.load(std::memory_order_acquire)) == 0)
+            std::this_thread::yield();
+        const int64_t c0 = chunks * id / n;
+        const int64_t c1 = chunks * (id + 1) / n;
+        for (int64_t q = 0; q < phases; ++q) {
+            if (q > 0 && !released(q - 1)) return;
+            if (id == 0 && stop()) {
+                cancelled.store(true);
+                return;
+            }
+            if (cancelled.load(std::memory_order_relaxed)) return;
+            if (c0 == c1) continue;
             const int64_t r = q / steps;
             const int s = static_cast<int>(q % steps);
-            const int64_t j0 = c * kChunkElements;
-            results[t] = step(r, s, j0, std::min(kChunkElements, k - j0),
-                              facts.get() + r * steps, shared.get());
-            if (done[q].fetch_add(1, std::memory_order_acq_rel) + 1 == chunks) {
-                facts[q] = combine(s, results.get() + q * chunks, chunks);
+            for (int64_t c = c0; c < c1; ++c) {
+                const int64_t j0 = c * kChunkElements;
+                results[c] = step(r, s, j0, std::min(kChunkElements, k - j0),
+                                  facts.get() + r * steps, shared.get());
+            }
+            if (done[q].fetch_add(c1 - c0, std::memory_order_acq_rel) + (c1 - c0) ==
+                chunks) {
+                facts[q] = combine(s, results.get(), chunks);
                 ready[q].store(true, std::memory_order_release);
             }
         }
     };
 
-    run_workers(nthreads, worker);
+    run_workers(nthreads, worker, &started);
     return !cancelled.load();
 }
 
