@@ -152,17 +152,39 @@ def _estimate(samples: np.ndarray) -> MonteCarloEstimate:
     return MonteCarloEstimate(np.asarray(est), np.asarray(err))
 
 
+# Samples per chunk of entropy and kl_divergence: about this many elements (8
+# MiB of float64), so that their memory grows with n_samples by one float64 per
+# sample and batch entry, not by whole samples.
+_CHUNK_ELEMENTS = 1 << 20
+
+
+def _sample_chunks(e, n: int, rng):
+    """``e.rsample((n,), rng=rng)`` in chunks of samples, as (index of the first
+    sample, samples): the noise of that one call, so the same bits."""
+    key, stream = v.key_and_stream(rng)
+    per_sample = int(np.prod(e.batch_shape, dtype=np.int64)) * e.event_shape[0]
+    m = max(1, _CHUNK_ELEMENTS // max(1, per_sample))
+    threads = _threads.get_num_threads()
+    for s0 in range(0, n, m):
+        logits, temp = e._full((min(m, n - s0),))
+        y = np.empty(logits.shape, dtype=e.dtype)
+        e._draw(logits, temp, None, key, stream, s0 * per_sample, y, threads, False)
+        yield s0, y
+
+
 def entropy(d, n_samples=_DEFAULT_SAMPLES, rng=None) -> MonteCarloEstimate:
     n = _check_n(n_samples, d, d.batch_shape)
     e = _log_space(d)
-    y = e.rsample((n,), rng=rng)
-    log_q = e.log_prob(y).astype(np.float64)
-    if _is_log(d):
-        h = -log_q
-    else:
-        # log p_x(x) = log q(y) - sum_k y_k over the live categories.
-        live = np.broadcast_to(d._a > -np.inf, y.shape)
-        h = np.where(live, y, 0.0).sum(axis=-1, dtype=np.float64) - log_q
+    live = d._a > -np.inf
+    h = np.empty((n,) + d.batch_shape, dtype=np.float64)
+    for s0, y in _sample_chunks(e, n, rng):
+        log_q = e.log_prob(y).astype(np.float64)
+        if _is_log(d):
+            h[s0 : s0 + len(y)] = -log_q
+        else:
+            # log p_x(x) = log q(y) - sum_k y_k over the live categories.
+            in_row = np.where(np.broadcast_to(live, y.shape), y, 0.0)
+            h[s0 : s0 + len(y)] = in_row.sum(axis=-1, dtype=np.float64) - log_q
     return _estimate(h)
 
 
@@ -227,13 +249,14 @@ def kl_divergence(p, q, n_samples=_DEFAULT_SAMPLES, rng=None) -> MonteCarloEstim
     n = _check_n(n_samples, p, batch)
     k = p.event_shape[0]
     ep, eq = _log_space(p, batch), _log_space(q, batch)
-    y = ep.rsample((n,), rng=rng)
-    lp = ep.log_prob(y).astype(np.float64)
-    lq = eq.log_prob(y).astype(np.float64)
+    log_ratio = np.empty((n,) + batch, dtype=np.float64)
+    for s0, y in _sample_chunks(ep, n, rng):
+        lp = ep.log_prob(y).astype(np.float64)
+        log_ratio[s0 : s0 + len(y)] = lp - eq.log_prob(y).astype(np.float64)
     mask_p = np.broadcast_to(p._a == -np.inf, batch + (k,))
     mask_q = np.broadcast_to(q._a == -np.inf, batch + (k,))
     differ = np.any(mask_p != mask_q, axis=-1)
-    est = _estimate(np.where(differ, 0.0, lp - lq))
+    est = _estimate(np.where(differ, 0.0, log_ratio))
     if differ.any():
         est = MonteCarloEstimate(
             np.where(differ, np.inf, est.estimate), np.where(differ, 0.0, est.stderr)
@@ -307,12 +330,13 @@ def gumbel_softmax(logits, temperature, hard=False, axis=-1, rng=None):
     numpy.ndarray or HardSample
         The soft sample with the shape of ``logits`` (hard=False), or the pair.
     """
-    from .distributions import RelaxedOneHotCategorical
+    from .distributions import RelaxedOneHotCategorical, _check_batch_rank
 
     hard = v.check_flag(hard, "hard")
     arr = v.as_float_array(logits, "logits")
     if arr.ndim == 0:
         raise ValueError("logits must have a category axis, got a 0-d array")
+    _check_batch_rank(arr.ndim - 1, "logits")
     axis = _axis(axis, arr.ndim)
     moved = np.moveaxis(arr, axis, -1)
     rows_t = _without_category_axis(temperature, arr.ndim, axis)
@@ -377,11 +401,12 @@ def gumbel_softmax_vjp(sample_soft, grad, temperature, axis=-1):
         ``logits`` with the sample's shape, ``temperature`` with the shape of the
         temperature given (broadcast dimensions summed).
     """
-    from .distributions import RsampleGrad, _reduce_to, _round_to
+    from .distributions import RsampleGrad, _check_batch_rank, _reduce_to, _round_to
 
     x = v.as_float_array(sample_soft, "sample_soft")
     if x.ndim == 0:
         raise ValueError("sample_soft must have a category axis, got a 0-d array")
+    _check_batch_rank(x.ndim - 1, "sample_soft")
     axis = _axis(axis, x.ndim)
     x = np.moveaxis(x, axis, -1)
     v.check_simplex(x, np.zeros(x.shape[-1], dtype=x.dtype), "sample_soft")
@@ -405,6 +430,7 @@ def gumbel_softmax_vjp(sample_soft, grad, temperature, axis=-1):
     t_rows = _without_category_axis(t, x.ndim, axis)
     if t_rows is t and t.ndim == x.ndim and t.shape[-1] == 1:
         t_rows = t[..., 0]
+    _check_batch_rank(t_rows.ndim, "temperature")
     try:
         rows = np.broadcast_shapes(t_rows.shape, x.shape[:-1])
     except ValueError:

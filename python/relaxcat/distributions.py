@@ -141,6 +141,25 @@ def _check_batch_rank(ndim: int, name: str) -> None:
         )
 
 
+class _Broadcast:
+    """A broadcast view in a pickled state: the elements it reads (length 1 on
+    its axes of stride 0) and its shape."""
+
+    def __init__(self, base: np.ndarray, shape: tuple):
+        self.base = base
+        self.shape = shape
+
+    @classmethod
+    def of(cls, arr: np.ndarray) -> _Broadcast:
+        read = tuple(
+            slice(0, 1) if stride == 0 else slice(None) for stride in arr.strides
+        )
+        return cls(np.ascontiguousarray(arr[read]), arr.shape)
+
+    def remake(self) -> np.ndarray:
+        return np.broadcast_to(self.base, self.shape)  # read-only
+
+
 def _broadcast(arr: np.ndarray, shape: tuple) -> np.ndarray:
     """``arr`` broadcast to ``shape``: ``arr`` itself when it has that shape.
 
@@ -332,14 +351,24 @@ class RelaxedOneHotCategorical:
         self._t_batch = _broadcast(rows, self._batch_shape)
         self._validate = True if validate_args is None else bool(validate_args)
 
-    # Pickling leaves out _t_batch, a broadcast view that pickle would write out
-    # in full (a scalar temperature as one float per row), and remakes it.
+    # Pickling (and copy.deepcopy, which goes through the same state) leaves out
+    # _t_batch and keeps every other broadcast view as the elements it reads and
+    # its shape: pickle would write such a view out in full (a scalar
+    # temperature as one float per row; an expand to 2^40 rows as 2^40 rows,
+    # which it cannot), and the remade object reads the same numbers.
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
         state.pop("_t_batch", None)
+        for name, arr in state.items():
+            if isinstance(arr, np.ndarray) and 0 in arr.strides and arr.size > 1:
+                state[name] = _Broadcast.of(arr)
         return state
 
     def __setstate__(self, state: dict) -> None:
+        state = {
+            name: val.remake() if isinstance(val, _Broadcast) else val
+            for name, val in state.items()
+        }
         self.__dict__.update(state)
         self._t_batch = _broadcast(self._t_rows, self._batch_shape)
 
@@ -535,19 +564,26 @@ class RelaxedOneHotCategorical:
                     f"gumbels must be finite, got {v.first_value(noise, bad)}"
                     f"{v.first_bad(bad)}"
                 )
-        else:
-            key, stream = v.key_and_stream(rng)
         # With out= the caller has the memory: long float rows are then sampled
         # without scratch at the cost of a second exponential (Note [rows
         # without scratch]); the bits are the same either way.
         no_scratch = out is not None
         out = v.prepare_out(out, shape, self.dtype, self._owned() + (noise,))
         threads = _threads.resolve(num_threads)
+        # A Generator is drawn from only once every argument has passed: a call
+        # that fails leaves it as it was.
+        if noise is None:
+            key, stream = v.key_and_stream(rng)
+        self._draw(logits, temp, noise, key, stream, 0, out, threads, no_scratch)
+        return _extras.hard_sample(out) if hard else out
+
+    def _draw(self, logits, temp, noise, key, stream, first, out, threads, no_scratch):
+        """The kernel of rsample into ``out``: noise elements ``first`` onwards
+        of (key, stream), or the given ``noise``."""
         x, log_x = (out, None) if self._space == _SIMPLEX else (None, out)
         _core.rsample(
-            logits, temp, noise, key, stream, 0, x, log_x, threads, no_scratch
+            logits, temp, noise, key, stream, first, x, log_x, threads, no_scratch
         )
-        return _extras.hard_sample(out) if hard else out
 
     def sample(
         self,

@@ -230,6 +230,49 @@ def test_probs_with_too_many_batch_dimensions_name_probs():
         Relaxed(1.0, probs=np.ones((1,) * 32 + (2,)))
 
 
+@pytest.mark.skipif(not NUMPY_2, reason=NEEDS_33_DIMS)
+@pytest.mark.parametrize(
+    "call, name",
+    [
+        (
+            lambda: relaxcat.gumbel_softmax_vjp(
+                np.full((1,) * 32 + (2,), 0.5), 1.0, 0.5
+            ),
+            "sample_soft",
+        ),
+        (
+            lambda: relaxcat.gumbel_softmax_vjp(
+                np.full((1,) * 33 + (2,), 0.5), 1.0, np.ones((1,) * 34)
+            ),
+            "sample_soft",
+        ),
+        (
+            lambda: relaxcat.gumbel_softmax_vjp(
+                np.full((3, 2), 0.5), 1.0, np.ones((1,) * 40)
+            ),
+            "temperature",
+        ),
+        (
+            lambda: relaxcat.gumbel_softmax(
+                np.zeros((1,) * 33 + (2,)), np.ones((1,) * 34), rng=1
+            ),
+            "logits",
+        ),
+        (
+            lambda: relaxcat.gumbel_softmax(
+                np.zeros((3, 2)), np.ones((1,) * 40), rng=1
+            ),
+            "temperature",
+        ),
+    ],
+)
+def test_the_functional_forms_name_an_argument_with_too_many_dimensions(call, name):
+    # NumPy's broadcast_shapes raises RuntimeError past 32 dimensions; the
+    # arguments' ranks are checked before it is reached.
+    with pytest.raises(ValueError, match=f"{name} may have at most 31 batch dim"):
+        call()
+
+
 def test_summed_opposite_infinite_temperature_limits_are_nan_without_a_warning():
     # Both rows are vertices (one zero, K = 2, T = 1: the finite case of the zero
     # rule) whose temperature gradient tends to -inf times the upstream sign, so

@@ -362,6 +362,26 @@ def test_a_generator_draws_one_key_and_stream_per_call():
 
 
 @pytest.mark.parametrize(
+    "call",
+    [
+        lambda d, g: d.rsample(rng=g, out=np.zeros(3)),
+        lambda d, g: d.rsample(rng=g, out=np.zeros(2, dtype=np.float32)),
+        lambda d, g: d.rsample(rng=g, num_threads=0),
+        lambda d, g: d.sample((2,), rng=g, out=np.zeros((3, 2))),
+        lambda d, g: d.rsample(rng=g, hard="yes"),
+        lambda d, g: d.entropy(n_samples=1, rng=g),
+    ],
+)
+def test_a_call_that_fails_leaves_the_generator_as_it_was(call):
+    d = R(0.5, logits=np.array([0.0, 1.0]))
+    gen = np.random.default_rng(7)
+    before = gen.bit_generator.state
+    with pytest.raises((ValueError, TypeError)):
+        call(d, gen)
+    assert gen.bit_generator.state == before
+
+
+@pytest.mark.parametrize(
     "bit_generator",
     [
         np.random.PCG64,
