@@ -527,13 +527,15 @@ def test_the_default_thread_count_gives_the_same_bits(threads):
 
 
 # Rows longer than one chunk of 8192 (Note [split rows]): a call of few such rows
-# spreads each row over the threads, others go row by row; both give one sample.
+# (fewer than twice the threads, and 2^16 elements or more) spreads each row over
+# the threads, others go row by row; both give one sample. Rows of K = CHUNK + 1
+# split when eight of them go to 7 threads, rows of 8 CHUNK + 777 even alone.
 CHUNK = 8192
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("cls", [R, E])
-@pytest.mark.parametrize("k", [CHUNK + 1, 3 * CHUNK + 777])
+@pytest.mark.parametrize("k", [CHUNK + 1, 8 * CHUNK + 777])
 def test_long_rows_spread_over_threads_give_the_bits_of_whole_rows(
     threads, dtype, cls, k
 ):
@@ -541,10 +543,10 @@ def test_long_rows_spread_over_threads_give_the_bits_of_whole_rows(
     logits = (3.0 * rng.normal(size=k)).astype(dtype)
     logits[[4, k - 1]] = -np.inf
     d = cls(dtype(0.4), logits=logits)
-    # Eight rows run row by row; one, two or three rows on 2 to 7 threads are
-    # split into chunks; out= and the row's own buffer take different paths.
-    want = d.rsample((8,), rng=99, num_threads=2)
-    for n in (1, 2, 3):
+    # One thread runs row by row; the calls below that split are those named
+    # above; out= and the row's own buffer take different paths.
+    want = d.rsample((8,), rng=99, num_threads=1)
+    for n in (1, 2, 3, 8):
         for num_threads in (1, 2, 3, 7):
             got = d.rsample((n,), rng=99, num_threads=num_threads)
             np.testing.assert_array_equal(got, want[:n])
