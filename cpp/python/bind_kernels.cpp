@@ -10,6 +10,7 @@
 
 #include "dispatch.hpp"
 #include "relaxcat/detail/parallel.hpp"
+#include "without_gil.hpp"
 
 namespace py = pybind11;
 
@@ -154,21 +155,14 @@ int64_t scratch_for(const KernelTable& table, const detail::RsampleArgs<Real>& a
 template <class Args, class Kernel>
 void run(const Args& args, Kernel kernel, int threads) {
     const KernelTable& table = active();
-    const int64_t k = args.shape.k;
-    bool finished;
-    {
-        py::gil_scoped_release nogil;
-        finished = detail::parallel_rows(
-            args.shape.rows, k, threads, scratch_for(table, args),
+    without_gil([&](auto stop) {
+        return detail::parallel_rows(
+            args.shape.rows, args.shape.k, threads, scratch_for(table, args),
             [&](int64_t r0, int64_t r1, double* scratch) {
                 kernel(args, r0, r1, scratch);
             },
-            [] {
-                py::gil_scoped_acquire gil;
-                return PyErr_CheckSignals() != 0;
-            });
-    }
-    if (!finished) throw py::error_already_set();
+            stop);
+    });
 }
 
 template <class Real>
@@ -183,29 +177,20 @@ const KernelSet<Real>& kernels() {
 // chunk (Note [split rows] in kernels.hpp), other calls row by row (run).
 template <class Real>
 void run_rsample(const detail::RsampleArgs<Real>& args, int threads) {
-    const int64_t k = args.shape.k;
-    if (!detail::rsample_splits(k, detail::rsample_needs(args)) ||
-        !detail::split_rows_pay(args.shape.rows, k, threads)) {
+    if (!detail::rsample_split(args, threads)) {
         run(args, kernels<Real>().rsample, threads);
         return;
     }
-    const KernelTable& table = active();
     const auto step = kernels<Real>().rsample_step;
-    bool finished;
-    {
-        py::gil_scoped_release nogil;
-        finished = detail::parallel_row_steps(
-            args.shape.rows, k, 4, threads,
-            detail::rsample_split_scratch(k, detail::rsample_needs(args)),
+    const auto combine = active().split_row_combine;
+    without_gil([&](auto stop) {
+        return detail::parallel_row_steps(
+            args.shape.rows, args.shape.k, 4, threads,
+            detail::rsample_split_scratch(args.shape.k, detail::rsample_needs(args)),
             [&](int64_t r, int s, int64_t j0, int64_t n, const double* facts,
                 double* kept) { return step(args, r, s, j0, n, facts, kept); },
-            table.split_row_combine,
-            [] {
-                py::gil_scoped_acquire gil;
-                return PyErr_CheckSignals() != 0;
-            });
-    }
-    if (!finished) throw py::error_already_set();
+            combine, stop);
+    });
 }
 
 template <class Real>

@@ -16,6 +16,7 @@
 
 #include "relaxcat/detail/moments.hpp"
 #include "relaxcat/detail/parallel.hpp"
+#include "without_gil.hpp"
 
 namespace py = pybind11;
 
@@ -45,22 +46,16 @@ py::array checked(const py::array& a, const char* fn, const char* name,
 // Runs body(row, scratch) over the rows without the GIL, polling for Ctrl-C.
 template <class Body>
 void run_rows(int64_t rows, int64_t k, int threads, int64_t scratch, Body body) {
-    bool finished;
-    {
-        py::gil_scoped_release nogil;
+    without_gil([&](auto stop) {
         // The quadrature costs about 1e5 operations per element, so every row is
         // worth a thread: the element count handed to the splitter is scaled up.
-        finished = detail::parallel_rows(
+        return detail::parallel_rows(
             rows, k * detail::kMinElementsPerThread, threads, scratch,
             [&](int64_t r0, int64_t r1, double* s) {
                 for (int64_t r = r0; r < r1; ++r) body(r, s);
             },
-            [] {
-                py::gil_scoped_acquire gil;
-                return PyErr_CheckSignals() != 0;
-            });
-    }
-    if (!finished) throw py::error_already_set();
+            stop);
+    });
 }
 
 void moments(int kind, const py::array& logits, const py::array& temperature,

@@ -949,16 +949,13 @@ private:
     // rsample: a few long rows are each spread over the threads chunk by chunk
     // (Note [split rows] in detail/kernels.hpp), other calls run row by row.
     static void run(const detail::RsampleArgs<Real>& a, int threads) {
-        const int64_t k = a.shape.k;
-        if (a.shape.rows <= 0) return;
-        if (!detail::rsample_splits(k, detail::rsample_needs(a)) ||
-            !detail::split_rows_pay(a.shape.rows, k, threads)) {
+        if (!detail::rsample_split(a, threads)) {
             run<detail::RsampleArgs<Real>>(a, threads);
             return;
         }
         detail::parallel_row_steps(
-            a.shape.rows, k, 4, threads,
-            detail::rsample_split_scratch(k, detail::rsample_needs(a)),
+            a.shape.rows, a.shape.k, 4, threads,
+            detail::rsample_split_scratch(a.shape.k, detail::rsample_needs(a)),
             [&a](int64_t r, int s, int64_t j0, int64_t n, const double* facts,
                  double* kept) {
                 return detail::RELAXCAT_ISA_NAMESPACE::rsample_row_step(a, r, s, j0, n,

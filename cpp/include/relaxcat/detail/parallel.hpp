@@ -129,6 +129,14 @@ inline bool split_rows_pay(int64_t rows, int64_t k, int requested_threads) {
            rows * k >= 2 * kMinElementsPerThread;
 }
 
+// Whether an rsample call is spread chunk by chunk: its rows can be
+// (rsample_splits) and it pays (split_rows_pay).
+template <class Real>
+bool rsample_split(const RsampleArgs<Real>& a, int requested_threads) {
+    return rsample_splits(a.shape.k, rsample_needs(a)) &&
+           split_rows_pay(a.shape.rows, a.shape.k, requested_threads);
+}
+
 // Runs `steps` steps over every row of [0, rows), each row cut into chunks of
 // kChunkElements (the last one shorter), on up to requested_threads threads:
 // step(r, s, j0, n, facts, shared) handles elements j0 .. j0 + n - 1 of row r in
@@ -194,7 +202,7 @@ bool parallel_row_steps(int64_t rows, int64_t k, int steps, int requested_thread
         int n = 0;
         while ((n = started.load(std::memory_order_acquire)) == 0)
             std::this_thread::yield();
-        const int64_t c0 = chunks * id / n;
+        const int64_t c0 = chunks * id / n;  // at least one chunk: n <= chunks
         const int64_t c1 = chunks * (id + 1) / n;
         for (int64_t q = 0; q < phases; ++q) {
             if (q > 0 && !released(q - 1)) return;
@@ -203,7 +211,6 @@ bool parallel_row_steps(int64_t rows, int64_t k, int steps, int requested_thread
                 return;
             }
             if (cancelled.load(std::memory_order_relaxed)) return;
-            if (c0 == c1) continue;
             const int64_t r = q / steps;
             const int s = static_cast<int>(q % steps);
             for (int64_t c = c0; c < c1; ++c) {
