@@ -160,7 +160,11 @@ _CHUNK_ELEMENTS = 1 << 20
 
 def _sample_chunks(e, n: int, rng):
     """``e.rsample((n,), rng=rng)`` in chunks of samples, as (index of the first
-    sample, samples): the noise of that one call, so the same bits."""
+    sample, samples): the noise of that one call, so the same bits. Run it
+    inside v.UndoDraws(rng)."""
+    from .distributions import _check_batch_rank
+
+    _check_batch_rank(1 + len(e.batch_shape), "the samples (n_samples,) + batch_shape")
     key, stream = v.key_and_stream(rng)
     per_sample = int(np.prod(e.batch_shape, dtype=np.int64)) * e.event_shape[0]
     m = max(1, _CHUNK_ELEMENTS // max(1, per_sample))
@@ -177,14 +181,15 @@ def entropy(d, n_samples=_DEFAULT_SAMPLES, rng=None) -> MonteCarloEstimate:
     e = _log_space(d)
     live = d._a > -np.inf
     h = np.empty((n,) + d.batch_shape, dtype=np.float64)
-    for s0, y in _sample_chunks(e, n, rng):
-        log_q = e.log_prob(y).astype(np.float64)
-        if _is_log(d):
-            h[s0 : s0 + len(y)] = -log_q
-        else:
-            # log p_x(x) = log q(y) - sum_k y_k over the live categories.
-            in_row = np.where(np.broadcast_to(live, y.shape), y, 0.0)
-            h[s0 : s0 + len(y)] = in_row.sum(axis=-1, dtype=np.float64) - log_q
+    with v.UndoDraws(rng):
+        for s0, y in _sample_chunks(e, n, rng):
+            log_q = e.log_prob(y).astype(np.float64)
+            if _is_log(d):
+                h[s0 : s0 + len(y)] = -log_q
+            else:
+                # log p_x(x) = log q(y) - sum_k y_k over the live categories.
+                in_row = np.where(np.broadcast_to(live, y.shape), y, 0.0)
+                h[s0 : s0 + len(y)] = in_row.sum(axis=-1, dtype=np.float64) - log_q
     return _estimate(h)
 
 
@@ -250,9 +255,10 @@ def kl_divergence(p, q, n_samples=_DEFAULT_SAMPLES, rng=None) -> MonteCarloEstim
     k = p.event_shape[0]
     ep, eq = _log_space(p, batch), _log_space(q, batch)
     log_ratio = np.empty((n,) + batch, dtype=np.float64)
-    for s0, y in _sample_chunks(ep, n, rng):
-        lp = ep.log_prob(y).astype(np.float64)
-        log_ratio[s0 : s0 + len(y)] = lp - eq.log_prob(y).astype(np.float64)
+    with v.UndoDraws(rng):
+        for s0, y in _sample_chunks(ep, n, rng):
+            lp = ep.log_prob(y).astype(np.float64)
+            log_ratio[s0 : s0 + len(y)] = lp - eq.log_prob(y).astype(np.float64)
     mask_p = np.broadcast_to(p._a == -np.inf, batch + (k,))
     mask_q = np.broadcast_to(q._a == -np.inf, batch + (k,))
     differ = np.any(mask_p != mask_q, axis=-1)

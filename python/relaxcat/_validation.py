@@ -24,6 +24,7 @@ __all__ = [
     "check_simplex",
     "check_log_simplex",
     "key_and_stream",
+    "UndoDraws",
     "first_bad",
     "first_value",
     "prepare_out",
@@ -407,6 +408,28 @@ def key_and_stream(rng) -> tuple[int, int]:
         "rng must be None, an int seed or a numpy.random.Generator, "
         f"got {type(rng).__name__}"
     )
+
+
+class UndoDraws:
+    """A context in which a call draws from ``rng``: if the call fails inside it
+    (a MemoryError from the core's scratch, Ctrl-C), a Generator is set back to
+    its state on entry, so that a failed call leaves it as it was. Ints and
+    None hold no state."""
+
+    __slots__ = ("rng", "state")
+
+    def __init__(self, rng):
+        self.rng = rng
+        generator = isinstance(rng, np.random.Generator)
+        self.state = rng.bit_generator.state if generator else None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, value, traceback):
+        if kind is not None and self.state is not None:
+            self.rng.bit_generator.state = self.state
+        return False
 
 
 def prepare_out(out, shape: tuple, dtype, inputs=(), name: str = "out"):

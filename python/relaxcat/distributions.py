@@ -369,6 +369,9 @@ class RelaxedOneHotCategorical:
             name: val.remake() if isinstance(val, _Broadcast) else val
             for name, val in state.items()
         }
+        for val in state.values():
+            if isinstance(val, np.ndarray):  # read-only, as the original's are
+                val.flags.writeable = False
         self.__dict__.update(state)
         self._t_batch = _broadcast(self._t_rows, self._batch_shape)
 
@@ -570,11 +573,12 @@ class RelaxedOneHotCategorical:
         no_scratch = out is not None
         out = v.prepare_out(out, shape, self.dtype, self._owned() + (noise,))
         threads = _threads.resolve(num_threads)
-        # A Generator is drawn from only once every argument has passed: a call
-        # that fails leaves it as it was.
-        if noise is None:
-            key, stream = v.key_and_stream(rng)
-        self._draw(logits, temp, noise, key, stream, 0, out, threads, no_scratch)
+        # A Generator is drawn from only once every argument has passed, and set
+        # back if the kernel fails: a call that fails leaves it as it was.
+        with v.UndoDraws(rng):
+            if noise is None:
+                key, stream = v.key_and_stream(rng)
+            self._draw(logits, temp, noise, key, stream, 0, out, threads, no_scratch)
         return _extras.hard_sample(out) if hard else out
 
     def _draw(self, logits, temp, noise, key, stream, first, out, threads, no_scratch):

@@ -129,6 +129,16 @@ def test_expanded_distributions_pickle_and_copy_what_they_read_not_their_views(
     assert huge.batch_shape == (2**40, 2)
 
 
+@pytest.mark.parametrize("protocol", range(pickle.HIGHEST_PROTOCOL + 1))
+def test_copies_hold_their_arrays_read_only_as_the_original_does(protocol):
+    # Protocols 0 to 4 and deepcopy had handed back writable arrays.
+    d = Relaxed(np.array([0.5, 2.0]), probs=np.array([[1.0, 2.0], [3.0, 4.0]]))
+    for copied in (pickle.loads(pickle.dumps(d, protocol)), copy.deepcopy(d)):
+        arrays = [a for a in vars(copied).values() if isinstance(a, np.ndarray)]
+        assert len(arrays) >= 4
+        assert not any(a.flags.writeable for a in arrays)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize(
     "call", ["logits", "log_prob", "rsample_out", "rsample_vjp", "log_prob_vjp"]

@@ -370,6 +370,7 @@ def test_a_generator_draws_one_key_and_stream_per_call():
         lambda d, g: d.sample((2,), rng=g, out=np.zeros((3, 2))),
         lambda d, g: d.rsample(rng=g, hard="yes"),
         lambda d, g: d.entropy(n_samples=1, rng=g),
+        lambda d, g: R(0.5, logits=np.zeros((1,) * 31 + (2,))).entropy(4, rng=g),
     ],
 )
 def test_a_call_that_fails_leaves_the_generator_as_it_was(call):
@@ -377,6 +378,31 @@ def test_a_call_that_fails_leaves_the_generator_as_it_was(call):
     gen = np.random.default_rng(7)
     before = gen.bit_generator.state
     with pytest.raises((ValueError, TypeError)):
+        call(d, gen)
+    assert gen.bit_generator.state == before
+
+
+@pytest.mark.parametrize("error", [MemoryError, KeyboardInterrupt])
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda d, g: d.rsample((2,), rng=g),
+        lambda d, g: d.entropy(n_samples=4, rng=g),
+        lambda d, g: relaxcat.kl_divergence(d, d, n_samples=4, rng=g),
+    ],
+)
+def test_a_kernel_that_fails_leaves_the_generator_as_it_was(monkeypatch, error, call):
+    # The kernel fails after the key and stream were drawn (the core's scratch
+    # can be too big for memory; Ctrl-C): the Generator is set back.
+    d = R(0.5, logits=np.array([0.0, 1.0]))
+    gen = np.random.default_rng(7)
+    before = gen.bit_generator.state
+
+    def failing(*args):
+        raise error()
+
+    monkeypatch.setattr(_core, "rsample", failing)
+    with pytest.raises(error):
         call(d, gen)
     assert gen.bit_generator.state == before
 
