@@ -185,7 +185,7 @@ void run_rsample(const detail::RsampleArgs<Real>& args, int threads) {
     const auto combine = active().split_row_combine;
     without_gil([&](auto stop) {
         return detail::parallel_row_steps(
-            args.shape.rows, args.shape.k, 4, threads,
+            args.shape.rows, args.shape.k, detail::kRsampleSteps, threads,
             detail::rsample_split_scratch(args.shape.k, detail::rsample_needs(args)),
             [&](int64_t r, int s, int64_t j0, int64_t n, const double* facts,
                 double* kept) { return step(args, r, s, j0, n, facts, kept); },

@@ -954,7 +954,7 @@ private:
             return;
         }
         detail::parallel_row_steps(
-            a.shape.rows, a.shape.k, 4, threads,
+            a.shape.rows, a.shape.k, detail::kRsampleSteps, threads,
             detail::rsample_split_scratch(a.shape.k, detail::rsample_needs(a)),
             [&a](int64_t r, int s, int64_t j0, int64_t n, const double* facts,
                  double* kept) {

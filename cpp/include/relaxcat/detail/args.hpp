@@ -103,6 +103,10 @@ inline int64_t rsample_split_scratch(int64_t k, const RsampleNeeds& n) {
     return n.recompute ? 0 : k;
 }
 
+// The steps of a split rsample row (rsample_row_step): the noise and max a,
+// max u, exp(s) and its sum, the output; the first three give a result.
+constexpr int kRsampleSteps = 4;
+
 // The value space of a log-density: the simplex (x) or its logarithm (y = log x).
 enum class Space { simplex, log };
 

@@ -996,15 +996,15 @@ double rsample_row_step(const RsampleArgs<Real>& a, int64_t r, int step, int64_t
 template <class Real>
 void rsample_row_in_output(const RsampleArgs<Real>& a, int64_t r) {
     const int64_t k = a.shape.k;
-    double facts[3] = {0.0, 0.0, 0.0};
-    for (int step = 0; step < 4; ++step) {
+    double facts[kRsampleSteps - 1] = {0.0, 0.0, 0.0};
+    for (int step = 0; step < kRsampleSteps; ++step) {
         double acc = 0.0;
         for (int64_t j0 = 0; j0 < k; j0 += kChunkElements) {
             const int64_t n = k - j0 < kChunkElements ? k - j0 : kChunkElements;
             const double part = rsample_row_step(a, r, step, j0, n, facts, nullptr);
             acc = j0 == 0 ? part : split_row_fold(step, acc, part);
         }
-        if (step < 3) facts[step] = acc;
+        if (step < kRsampleSteps - 1) facts[step] = acc;
     }
 }
 
