@@ -25,6 +25,7 @@ using relaxcat::RelaxedOneHotCategorical;
 using relaxcat::VectorView;
 
 constexpr double kInf = std::numeric_limits<double>::infinity();
+constexpr float kInfF = std::numeric_limits<float>::infinity();
 
 // Central differences in double with step 1e-6 have truncation error near 1e-12
 // and rounding error near 1e-10 relative to the density; 1e-6 leaves a margin.
@@ -133,6 +134,39 @@ TEST(Api, StridedViewsGiveTheSameResultsAsContiguousOnes) {
     d.log_prob(MatrixView<const double>(xt.data(), 2, 4, 1, 2),
                VectorView<double>(lpt.data(), 2));
     EXPECT_EQ(lp, lpt);
+}
+
+// The constructor copies its parameter through the view's strides (column-major
+// here, and a row stride of 0 repeating one row): the same distribution as
+// from a contiguous copy, bit for bit.
+TEST(Api, StridedParametersAreCopiedAsContiguousOnes) {
+    const std::vector<float> lg = {0.5f, -1.0f, 2.0f, 0.25f, -kInfF, 1.5f};
+    const std::vector<float> lgt = {0.5f, 0.25f, -1.0f, -kInfF, 2.0f, 1.5f};
+    const RelaxedOneHotCategorical<float> plain(
+        0.7f, relaxcat::logits(MatrixView<const float>(lg.data(), 2, 3)));
+    const RelaxedOneHotCategorical<float> strided(
+        0.7f, relaxcat::logits(MatrixView<const float>(lgt.data(), 2, 3, 1, 2)));
+    std::vector<float> x(6), y(6);
+    Philox gen(5);
+    plain.rsample(MatrixView<float>(x.data(), 2, 3), gen);
+    gen.seek(0);
+    strided.rsample(MatrixView<float>(y.data(), 2, 3), gen);
+    EXPECT_EQ(x, y);
+
+    const std::vector<float> probs = {0.2f, 0.0f, 0.8f};
+    const std::vector<float> repeated = {0.2f, 0.0f, 0.8f, 0.2f, 0.0f, 0.8f,
+                                         0.2f, 0.0f, 0.8f, 0.2f, 0.0f, 0.8f};
+    const RelaxedOneHotCategorical<float> one(
+        0.7f, relaxcat::probs(MatrixView<const float>(probs.data(), 4, 3, 0, 1)));
+    const RelaxedOneHotCategorical<float> four(
+        0.7f, relaxcat::probs(MatrixView<const float>(repeated.data(), 4, 3)));
+    std::vector<float> a(12), b(12);
+    gen.seek(0);
+    one.rsample(MatrixView<float>(a.data(), 4, 3), gen);
+    gen.seek(0);
+    four.rsample(MatrixView<float>(b.data(), 4, 3), gen);
+    EXPECT_EQ(a, b);
+    for (int i = 0; i < 4; ++i) EXPECT_EQ(a[i * 3 + 1], 0.0f);
 }
 
 TEST(Api, OneLogitsRowBroadcastsOverPerRowTemperatures) {

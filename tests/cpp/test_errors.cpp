@@ -316,6 +316,53 @@ TEST(Errors, ValuesMustLieOnTheSupportWhenValidating) {
         "on the simplex (finite or -inf), got nan at row 0, category 2");
 }
 
+// The support check runs over all rows on the threads asked for; the message
+// names the first bad row of the call, wherever the threads' rows begin, and
+// what is wrong in it.
+TEST(Errors, ValidationNamesTheFirstBadRowOnAnyThreadCount) {
+    const int64_t rows = 3000, k = 5;
+    std::vector<double> lg(static_cast<size_t>(rows * k), 0.0);
+    const Dist d(0.5, relaxcat::logits(MatrixView<const double>(lg.data(), rows, k)));
+    std::vector<double> x(static_cast<size_t>(rows * k), 0.2);
+    x[2345 * k + 1] = 0.3;  // row 2345 sums to 1.1
+    x[2900 * k + 4] = kNan;
+    std::vector<double> lp(rows, 7.0);
+    for (int threads : {1, 2, 3, 8}) {
+        EXPECT_MESSAGE(
+            d.log_prob(MatrixView<const double>(x.data(), rows, k),
+                       VectorView<double>(lp.data(), rows), threads),
+            "RelaxedOneHotCategorical::log_prob: value must sum to 1 over each row "
+            "within 9.9999999999999995e-07, got 1.0999999999999999 at row 2345");
+    }
+    x[1200 * k] = -0.0;  // a signed zero is on the simplex
+    x[700 * k + 3] = -kInf;
+    EXPECT_MESSAGE(
+        d.log_prob(MatrixView<const double>(x.data(), rows, k),
+                   VectorView<double>(lp.data(), rows), 2),
+        "RelaxedOneHotCategorical::log_prob: value must be non-negative and finite "
+        "(a point on the simplex), got -inf at row 700, category 3");
+    EXPECT_EQ(lp, std::vector<double>(rows, 7.0));
+}
+
+// The constructor checks its copy in one pass and names the first bad row.
+TEST(Errors, ParametersNameTheirFirstBadRow) {
+    std::vector<float> lg(4000 * 4, 0.5f);
+    lg[3100 * 4 + 2] = std::numeric_limits<float>::infinity();
+    lg[3500 * 4 + 1] = std::numeric_limits<float>::quiet_NaN();
+    EXPECT_MESSAGE(
+        RelaxedOneHotCategorical<float>(
+            1.0f, relaxcat::logits(MatrixView<const float>(lg.data(), 4000, 4))),
+        "RelaxedOneHotCategorical: logits must be finite or -inf (a masked "
+        "category), got inf at row 3100, category 2 (2 entries in all)");
+    std::vector<float> q(4000 * 4, 0.25f);
+    for (int j = 0; j < 4; ++j) q[2999 * 4 + j] = 0.0f;
+    EXPECT_MESSAGE(
+        RelaxedOneHotCategorical<float>(
+            1.0f, relaxcat::probs(MatrixView<const float>(q.data(), 4000, 4))),
+        "RelaxedOneHotCategorical: probs must have a positive sum in every row, got "
+        "sum 0 at row 2999");
+}
+
 TEST(Errors, GumbelsMustBeFiniteAndOutputsMustNotOverlapInputs) {
     const Dist d = two_rows();
     std::vector<double> g = {0.1, 0.2, 0.3, 0.4, kInf, 0.6};

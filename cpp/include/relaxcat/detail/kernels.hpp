@@ -2406,13 +2406,15 @@ inline bool check_flagged(const Real* v, const Real* lg, int64_t n, bool simplex
     const Real lowest = simplex ? Real(0) : -inf;
     int flagged = 0;
     if (simplex) {
-        for (int64_t i = 0; i < n; ++i)
-            flagged |= !((v[i] >= Real(0)) & (v[i] < inf)) |
-                       ((lg[i] == -inf) & (v[i] > lowest));
+        for (int64_t i = 0; i < n; ++i) {
+            const bool ok = (v[i] >= Real(0)) & (v[i] < inf);
+            flagged |= (!ok) | ((lg[i] == -inf) & (v[i] > lowest));
+        }
     } else {
-        for (int64_t i = 0; i < n; ++i)
-            flagged |=
-                !((v[i] == v[i]) & (v[i] < inf)) | ((lg[i] == -inf) & (v[i] > lowest));
+        for (int64_t i = 0; i < n; ++i) {
+            const bool ok = (v[i] == v[i]) & (v[i] < inf);
+            flagged |= (!ok) | ((lg[i] == -inf) & (v[i] > lowest));
+        }
     }
     return flagged != 0;
 }
