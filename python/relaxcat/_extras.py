@@ -344,6 +344,10 @@ def gumbel_softmax(logits, temperature, hard=False, axis=-1, rng=None):
         raise ValueError("logits must have a category axis, got a 0-d array")
     _check_batch_rank(arr.ndim - 1, "logits")
     axis = _axis(axis, arr.ndim)
+    if axis != arr.ndim - 1:
+        # Entries are named by their index in the logits as given; a row
+        # (all -inf, or too wide) has the same batch index in both layouts.
+        v.check_logit_entries(arr)
     moved = np.moveaxis(arr, axis, -1)
     rows_t = _without_category_axis(temperature, arr.ndim, axis)
     if rows_t is not temperature:
@@ -415,7 +419,12 @@ def gumbel_softmax_vjp(sample_soft, grad, temperature, axis=-1):
     _check_batch_rank(x.ndim - 1, "sample_soft")
     axis = _axis(axis, x.ndim)
     x = np.moveaxis(x, axis, -1)
-    v.check_simplex(x, np.zeros(x.shape[-1], dtype=x.dtype), "sample_soft")
+    v.check_simplex(
+        x,
+        np.zeros(x.shape[-1], dtype=x.dtype),
+        "sample_soft",
+        axis=None if axis == x.ndim - 1 else axis,
+    )
     g = v.as_float_array(grad, "grad", x.dtype)
     v.check_finite(g, "grad")
     try:

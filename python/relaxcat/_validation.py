@@ -20,6 +20,7 @@ __all__ = [
     "check_temperature",
     "check_flag",
     "check_logits",
+    "check_logit_entries",
     "check_probs",
     "check_simplex",
     "check_log_simplex",
@@ -201,6 +202,12 @@ def check_flag(value, name: str) -> bool:
 def check_finite(arr: np.ndarray, name: str) -> None:
     """Raise unless every entry is finite (an upstream gradient: one inf or NaN
     would turn every gradient entry into NaN)."""
+    # Two reductions that allocate nothing and propagate NaN: only an array with
+    # a NaN or an infinity takes the elementwise pass that names the first one
+    # (np.isfinite's boolean temporary had cost 0.3 ns per float32 entry, about
+    # 5% of rsample_vjp at K = 8).
+    if arr.size == 0 or (math.isfinite(arr.min()) and math.isfinite(arr.max())):
+        return
     bad = ~np.isfinite(arr)
     if bad.any():
         raise ValueError(
@@ -208,13 +215,19 @@ def check_finite(arr: np.ndarray, name: str) -> None:
         )
 
 
-def check_logits(logits: np.ndarray) -> None:
+def check_logit_entries(logits: np.ndarray) -> None:
+    """Each logit must be finite or -inf; the first that is not is named by its
+    index in ``logits`` as given (whichever axis holds the categories)."""
     bad = np.isnan(logits) | (logits == np.inf)
     if bad.any():
         raise ValueError(
             "logits must be finite or -inf (a masked category), got "
             f"{first_value(logits, bad)}{first_bad(bad)}"
         )
+
+
+def check_logits(logits: np.ndarray) -> None:
+    check_logit_entries(logits)
     dead = np.all(logits == -np.inf, axis=-1)
     if dead.any():
         raise ValueError(
@@ -287,12 +300,15 @@ def _check_rows(
     tol: float,
     what: tuple,
     at: tuple = (),
+    axis: int | None = None,
 ) -> None:
     """Raise for the first row (in row-major order) that fails any test, naming
     that row's first problem: a bad entry (bad), a sum off 1 (total, the row
     sums of x), or weight on a masked category (v not ``zero`` where the logit
     is -inf). ``what`` holds the three messages up to the value they show; ``at``
-    is put before every index shown (the batch index of a row checked alone)."""
+    is put before every index shown (the batch index of a row checked alone).
+    ``axis``: where the caller's array had its category axis before it was
+    moved to the last (an entry is named at that position of its index)."""
     shape = np.broadcast_shapes(v.shape, logits.shape)
     v, bad = np.broadcast_to(v, shape), np.broadcast_to(bad, shape)
     total = np.broadcast_to(total, shape[:-1])
@@ -309,8 +325,10 @@ def _check_rows(
         in_row = mask[row]
         if in_row.any():
             j = int(np.argmax(in_row))
+            cut = len(shown) if axis is None else axis
+            index = shown[:cut] + (j,) + shown[cut:]
             raise ValueError(
-                f"{name} {opening} {as_shown(v, v[row + (j,)])} at index {shown + (j,)}"
+                f"{name} {opening} {as_shown(v, v[row + (j,)])} at index {index}"
             )
         if mask is bad and off[row]:
             where = f" at batch index {shown}" if shown else ""
@@ -323,9 +341,11 @@ def check_simplex(
     name: str = "value",
     tol: float | None = None,
     at: tuple = (),
+    axis: int | None = None,
 ) -> None:
     """``x`` must lie on the probability simplex of the live categories. The
-    message names the first row that fails, and its first problem."""
+    message names the first row that fails, and its first problem; ``axis`` as
+    for :func:`_check_rows` (the caller's category axis, for the message)."""
     with np.errstate(over="ignore"):
         total = x.sum(axis=-1, dtype=np.float64)
     tol = simplex_tolerance(x.shape[-1], x.dtype) if tol is None else tol
@@ -339,11 +359,16 @@ def check_simplex(
         tol,
         (
             "must be non-negative and finite (a point on the simplex), got",
-            f"must sum to 1 over the last axis within {tol:.3g}, got sum",
+            f"must sum to 1 over {_axis_name(axis)} within {tol:.3g}, got sum",
             "must be 0 on masked categories (probability 0, logit -inf); got weight",
         ),
         at,
+        axis,
     )
+
+
+def _axis_name(axis: int | None) -> str:
+    return "the last axis" if axis is None else f"axis {axis}"
 
 
 def check_log_simplex(

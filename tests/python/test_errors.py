@@ -1334,6 +1334,55 @@ def test_gumbel_softmax_vjp_rejects_a_non_finite_upstream_gradient():
         )
 
 
+# A fresh-user review: with the categories on another axis than the last, the
+# functional forms named entries by their index after moving that axis to the
+# end ((1, 3, 2) for the caller's (1, 2, 3)) and said "over the last axis".
+@pytest.mark.parametrize("axis", [1, -2, 0])
+def test_functional_forms_name_entries_in_the_callers_layout(axis):
+    shape = (3, 4, 5)
+    ax = axis % 3
+    soft = relaxcat.gumbel_softmax(np.zeros(shape), 0.5, axis=axis, rng=1)
+    ones = np.ones(shape)
+    where = (1, 2, 3)
+    batch = tuple(i for d, i in enumerate(where) if d != ax)
+    bad = soft.copy()
+    bad[where] = -0.01
+    check_raises(
+        ValueError,
+        r"^sample_soft must be non-negative and finite \(a point on the simplex\), "
+        r"got -0\.01 at index \(1, 2, 3\)$",
+        lambda: relaxcat.gumbel_softmax_vjp(bad, ones, 0.5, axis=axis),
+        bad,
+    )
+    off = soft.copy()
+    off[where] += 0.01
+    check_raises(
+        ValueError,
+        rf"^sample_soft must sum to 1 over axis {ax} within 1e-06, got sum "
+        rf"1\.01\d* at batch index \({batch[0]}, {batch[1]}\)$",
+        lambda: relaxcat.gumbel_softmax_vjp(off, ones, 0.5, axis=axis),
+        off,
+    )
+    logits = np.zeros(shape)
+    logits[where] = np.nan
+    check_raises(
+        ValueError,
+        r"^logits must be finite or -inf \(a masked category\), got nan at index "
+        r"\(1, 2, 3\)$",
+        lambda: relaxcat.gumbel_softmax(logits, 0.5, axis=axis, rng=1),
+        logits,
+    )
+    dead = np.zeros(shape)
+    dead[tuple(slice(None) if d == ax else i for d, i in enumerate(where))] = -np.inf
+    check_raises(
+        ValueError,
+        r"^logits must leave at least one category possible in every row, got a "
+        rf"row of all -inf at batch index \({batch[0]}, {batch[1]}\)$",
+        lambda: relaxcat.gumbel_softmax(dead, 0.5, axis=axis, rng=1),
+        dead,
+    )
+
+
 # Third fresh-user review of this session: dtypes and values as given.
 @pytest.mark.parametrize("given", [">f4", ">f2", "<f4"])
 def test_non_native_float32_stays_float32(given):
