@@ -1,0 +1,216 @@
+"""How fast relaxcat could ever be here, against the float32 speed-up targets.
+
+The float32 speed targets (README, Performance) ask each operation to run several
+times as fast as the fastest of torch, JAX and NumPy.  This script measures, in one
+run on one pinned core, a lower bound ("floor") on what relaxcat's design must spend
+per element, and whether each target leaves that much time.
+
+What the floors count, in ns per element (nothing else of the work):
+
+* noise: the stream's float32 noise drawn into a fresh array by the C++ kernel that
+  rsample uses (``_core.gumbels``).  Every sample is a function of these bits (README,
+  "The random stream"), and writing them into a fresh array costs what writing the
+  sample into one does.
+* make: constructing the distribution (the checked copy of the logits), which the
+  timed ``rsample``, ``log_prob`` and forward+backward calls of bench/compare.py
+  include.
+* log, exp: one float64 ``log`` or ``exp`` per element, the faster of NumPy's and
+  relaxcat's, on an array that stays in cache.  The float32 accuracy bounds (README,
+  Accuracy) are kept by taking the logs of the values and the exponentials of the
+  log-density in float64; float32 ones miss them (README, Accuracy).
+
+Floors: rsample = noise + make; log_prob = make + log + exp; rsample VJP = log (the
+temperature gradient needs log x of every entry); forward+backward = noise + make +
+log.  Two threads can at best halve a floor.
+
+The competitors are timed at one thread as bench/compare.py times them (which checks
+their answers first; bench/_impls.py).  *allowed* = the fastest one's time divided by
+the target speed-up: the most time the target leaves.  At two threads NumPy's time
+bounds the fastest competitor's (NumPy runs on one thread whatever it is told), so
+NumPy / target bounds what a two-thread target allows.  **no**: the floor is above
+the allowed time, so relaxcat's design cannot meet the target on this machine; *open*:
+the floor does not rule it out.
+
+Usage::
+
+    python bench/floor.py               # a few minutes; writes bench/FLOOR.md
+    python bench/floor.py --out -       # print only
+"""
+
+from __future__ import annotations
+
+import os
+
+if __name__ == "__main__":
+    # One core, before NumPy, torch or JAX start a thread pool (bench/_worker.py).
+    os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:1])
+
+import argparse  # noqa: E402
+import gc  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+import _cases  # noqa: E402
+import _impls  # noqa: E402
+
+SHAPES = [(1 << 20, 8), (4096, 256), (32, 128000)]
+OPS = ("rsample", "log_prob", "rsample_vjp", "fwd_bwd")
+COMPETITORS = ("torch", "torch_nv", "torch_gs", "jax", "numpy")
+
+# The float32 targets: speed-up over the fastest competitor, (1 thread, 2 threads).
+TARGETS = {
+    "rsample": {(1 << 20, 8): (6, 10), (4096, 256): (3, 5), (32, 128000): (2.5, 5)},
+    "log_prob": {(1 << 20, 8): (3, 5), (4096, 256): (1.5, 2), (32, 128000): (3, 5)},
+    "rsample_vjp": {(1 << 20, 8): (3, 4), (4096, 256): (2, 3), (32, 128000): (2, 3)},
+    "fwd_bwd": {(1 << 20, 8): (5, 8), (4096, 256): (2.5, 5), (32, 128000): (3, 5)},
+}
+
+# Elements of the in-cache arrays that time log and exp.
+MATH_ELEMENTS = 1 << 14
+
+
+def median_ns(fn, elements: int, repeats: int) -> float:
+    """Median wall time of ``fn`` in ns per element, after one untimed call."""
+    fn()
+    times = []
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(repeats):
+            t0 = time.perf_counter_ns()
+            out = fn()
+            times.append(time.perf_counter_ns() - t0)
+            del out
+    finally:
+        gc.enable()
+    return float(np.median(times)) / elements
+
+
+def math_floors(repeats: int) -> dict:
+    """ns per element of one float64 log and one exp: the faster of NumPy's and
+    relaxcat's, on arrays that stay in cache."""
+    from relaxcat import _core
+
+    rng = np.random.default_rng(0)
+    n = MATH_ELEMENTS
+    x = rng.random(n) + 1e-3
+    z = -30.0 * rng.random(n)
+    out = np.empty(n)
+    many = 50 * repeats
+    return {
+        "log": min(
+            median_ns(lambda: np.log(x, out=out), n, many),
+            median_ns(lambda: _core.math("log", x), n, many),
+        ),
+        "exp": min(
+            median_ns(lambda: np.exp(z, out=out), n, many),
+            median_ns(lambda: _core.math("exp", z), n, many),
+        ),
+    }
+
+
+def measure(rows: int, k: int, impls: list, repeats: int) -> dict:
+    import relaxcat
+    from relaxcat import _core
+
+    relaxcat.set_num_threads(1)
+    case = _cases.make_case(rows, k, np.float32)
+    n = case.elements
+    t = case.temperature
+    rec = {"rows": rows, "k": k, "make": 0.0, "noise": 0.0, "ops": {}}
+    rec["make"] = median_ns(
+        lambda: relaxcat.RelaxedOneHotCategorical(t, logits=case.logits), n, repeats
+    )
+    rec["noise"] = median_ns(lambda: _core.gumbels(12345, 0, 0, n, True), n, repeats)
+    for impl in impls:
+        impl.setup(case)
+        for op in OPS:
+            if op in impl.ops:
+                ns = median_ns(impl.timed(op), n, repeats)
+                rec["ops"].setdefault(op, {})[impl.name] = ns
+    return rec
+
+
+def floors(rec: dict, m: dict) -> dict:
+    noise, make = rec["noise"], rec["make"]
+    return {
+        "rsample": noise + make,
+        "log_prob": make + m["log"] + m["exp"],
+        "rsample_vjp": m["log"],
+        "fwd_bwd": noise + make + m["log"],
+    }
+
+
+def fmt(v: float) -> str:
+    return f"{v:.2f}"
+
+
+def report(results: list, m: dict, labels: dict) -> str:
+    lines = [
+        "# Floors of relaxcat's float32 operations against the speed-up targets",
+        "",
+        "Written by `python bench/floor.py` (one run, one pinned core, float32; ns per "
+        "element, medians; the script's docstring defines every column). Per "
+        f"element: float64 log {fmt(m['log'])}, exp {fmt(m['exp'])}.",
+        "",
+        "| op | shape | fastest competitor | NumPy | relaxcat now | floor | "
+        "1T: target, allowed, met? | 2T: target, allowed (at most), floor / 2, met? |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for op in OPS:
+        for r in results:
+            shape = (r["rows"], r["k"])
+            one, two = TARGETS[op][shape]
+            times = r["ops"][op]
+            rivals = {name: v for name, v in times.items() if name in COMPETITORS}
+            best = min(rivals, key=rivals.get)
+            floor = floors(r, m)[op]
+            a1 = rivals[best] / one
+            a2 = rivals["numpy"] / two
+            v1 = "open" if a1 >= floor else "**no**"
+            v2 = "open" if a2 >= floor / 2 else "**no**"
+            lines.append(
+                f"| {op} | ({r['rows']}, {r['k']}) | {fmt(rivals[best])} "
+                f"{labels[best]} | {fmt(rivals['numpy'])} | "
+                f"{fmt(times['relaxcat'])} | {fmt(floor)} | "
+                f"{one}x, {fmt(a1)}, {v1} | {two}x, {fmt(a2)}, {fmt(floor / 2)}, {v2} |"
+            )
+    noise = ", ".join(
+        f"({r['rows']}, {r['k']}) {fmt(r['noise'])} and {fmt(r['make'])}"
+        for r in results
+    )
+    lines += ["", f"Noise and make per element: {noise}."]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument(
+        "--out",
+        default=os.path.join(HERE, "FLOOR.md"),
+        help="where to write the Markdown table ('-': print only)",
+    )
+    args = parser.parse_args()
+    impls, skipped = _impls.load(("relaxcat",) + COMPETITORS, 1)
+    if "numpy" in skipped:
+        raise SystemExit(f"NumPy is needed: {skipped['numpy']}")
+    for name, why in skipped.items():
+        print(f"skipped {name}: {why}", file=sys.stderr)
+    m = math_floors(args.repeats)
+    results = [measure(rows, k, impls, args.repeats) for rows, k in SHAPES]
+    text = report(results, m, _impls.LABELS)
+    print(text, end="")
+    if args.out != "-":
+        with open(args.out, "w") as f:
+            f.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
