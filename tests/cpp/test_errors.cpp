@@ -344,6 +344,58 @@ TEST(Errors, ValidationNamesTheFirstBadRowOnAnyThreadCount) {
     EXPECT_EQ(lp, std::vector<double>(rows, 7.0));
 }
 
+// The sum in the message is the one the check tested (its order of addition
+// and its exp), so it lies outside the tolerance the message names. Around the
+// edge of the tolerance a plain left-to-right sum (std::exp in log space) had
+// put a rejected row's shown sum inside it (a review: double, K = 40, four ulps
+// above (1 + 1e-6) / K in one entry).
+template <class D>
+void check_shown_sums_are_outside(int64_t k, bool log_space) {
+    std::vector<double> lg(static_cast<size_t>(k), 0.0);
+    const D d(1.0, relaxcat::logits(MatrixView<const double>(lg.data(), 1, k)));
+    const double tol = 1e-6;
+    double out = 0.0;
+    int rejected = 0;
+    for (int q = -60; q <= 60; ++q) {
+        std::vector<double> x(static_cast<size_t>(k), (1.0 + tol) / k);
+        for (int64_t j = 0; j < k; ++j)
+            for (int n = 0; n < std::abs(q); ++n)
+                x[j] = std::nextafter(x[j], q > 0 ? 2.0 : 0.0);
+        if (log_space)
+            for (double& v : x) v = std::log(v);
+        const std::string m = message_of([&] {
+            d.log_prob(MatrixView<const double>(x.data(), 1, k),
+                       VectorView<double>(&out, 1));
+        });
+        if (m == "<no exception>") continue;
+        ++rejected;
+        const size_t at = m.find(", got ");
+        ASSERT_NE(at, std::string::npos) << m;
+        const double shown = std::stod(m.substr(at + 6));
+        EXPECT_GT(std::abs(shown - 1.0), tol) << m;
+    }
+    EXPECT_GT(rejected, 0);
+    EXPECT_LT(rejected, 121);
+}
+
+TEST(Errors, TheSumShownIsTheOneTested) {
+    for (int64_t k : {5, 16, 17, 40, 1000}) {
+        check_shown_sums_are_outside<Dist>(k, false);
+        check_shown_sums_are_outside<ExpRelaxedOneHotCategorical<double>>(k, true);
+    }
+}
+
+// param_op (logits(), probs()) writes an empty parameter through an empty view,
+// whose data pointer may be null (an empty Eigen array's is).
+TEST(Errors, AnEmptyParameterIsWrittenThroughAnEmptyView) {
+    const Dist d(0.5, relaxcat::logits(MatrixView<const double>(nullptr, 0, 3)));
+    EXPECT_NO_THROW(d.logits(MatrixView<double>(nullptr, 0, 3)));
+    EXPECT_NO_THROW(d.probs(MatrixView<double>(nullptr, 0, 3)));
+    EXPECT_MESSAGE(d.logits(MatrixView<double>(nullptr, 1, 3)),
+                   "RelaxedOneHotCategorical::logits: out must not have a null data "
+                   "pointer");
+}
+
 // The constructor checks its copy in one pass and names the first bad row.
 TEST(Errors, ParametersNameTheirFirstBadRow) {
     std::vector<float> lg(4000 * 4, 0.5f);

@@ -530,11 +530,15 @@ private:
         for (int64_t r = 0; r < param.rows; ++r) {
             const int code = status[static_cast<size_t>(r)];
             if (code == 0) continue;
+            // These test one kind of fault at a time over all rows, in the
+            // order the messages list them (as the Python package does), so
+            // the row named is the first with the first kind of fault found,
+            // not always row r. Whenever the kernel flags a row, one of them
+            // throws; the message below is not reached.
             if (is_probs)
                 check_probs(copy);
             else
                 check_logits(copy);
-            // Not reached: both name the first failing row of the kernel's.
             detail::fail(kName, std::string(pname) + " are invalid at row " +
                                     detail::show(r) + " (check " + detail::show(code) +
                                     ")");
@@ -924,13 +928,10 @@ private:
                                 "probability zero; got " +
                                 detail::show(value(r, j)) + " at " + where(r, j));
         }
-        // A sum off 1 (code 2), shown as summed here in double (std::exp in
-        // log space, where the kernel's own exp may differ in the last bits).
-        double sum = 0.0;
-        for (int64_t j = 0; j < k_; ++j) {
-            const double v = static_cast<double>(value(r, j));
-            sum += simplex ? v : std::exp(v);
-        }
+        // A sum off 1 (code 2): the sum the check tested, in its order and
+        // with its exp, so that the number shown is outside the tolerance.
+        const double sum = detail::RELAXCAT_ISA_NAMESPACE::support_row_sum(
+            value.data + r * value.row_stride, value.col_stride, k_, simplex);
         detail::fail(fn, std::string("value must ") +
                              (simplex ? "sum to 1" : "satisfy sum(exp(value)) = 1") +
                              " over each row within " + detail::show(tol) + ", got " +
@@ -1241,7 +1242,8 @@ private:
     void param_op(const std::string& fn, detail::ParamOp op,
                   const std::vector<Real>& in, MatrixView<Real> out) const {
         check_view(fn, "out", out);
-        if (out.rows != param_rows_ || out.cols != k_ || out.data == nullptr)
+        // (check_view refuses a null pointer unless the view is empty.)
+        if (out.rows != param_rows_ || out.cols != k_)
             detail::fail(fn, "out must have the parameter's shape (" +
                                  detail::show(param_rows_) + ", " + detail::show(k_) +
                                  "), got (" + detail::show(out.rows) + ", " +

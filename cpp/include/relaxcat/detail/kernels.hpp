@@ -2528,6 +2528,28 @@ void check_rows(const CheckArgs<Real>& a, int64_t r0, int64_t r1, double* scratc
     }
 }
 
+// The sum that check_rows tests for one row of k values (stride vs): x, or exp
+// of a log-space value, added in element order for short rows (Note [rows as
+// columns]) and by fold_terms for longer ones, as check_rows adds them. The C++
+// API shows it in the message for a row whose sum is off 1.
+template <class Real>
+double support_row_sum(const Real* v, int64_t vs, int64_t k, bool simplex) {
+    if (k <= kColumnMaxK) {
+        double sum = 0.0;
+        for (int64_t j = 0; j < k; ++j) {
+            const double x = static_cast<double>(v[j * vs]);
+            const double e = simplex ? x : exp_d<kExpDegree<Real>>(x);
+            sum = j == 0 ? e : sum + e;
+        }
+        return sum;
+    }
+    return fold_terms<Fold::plus>(k, [=](auto d, int64_t j) {
+        using D = decltype(d);
+        const D x = load_strided_lanes<D>(v + j * vs, vs);
+        return std::array<D, 1>{simplex ? x : exp_lanes<kExpDegree<Real>>(x)};
+    })[0];
+}
+
 // Note [probs of any scale]: probs are normalised by their row sum, and float64
 // probs near the largest double can have a sum that overflows (in the order it
 // is added, or at all) although every entry is valid and the distribution is
