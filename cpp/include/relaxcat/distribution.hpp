@@ -1184,10 +1184,7 @@ private:
         }
         detail::RowsOut<Real> target(out);
         detail::ProbsVjpArgs<Real> a;
-        a.shape.ndim = 1;
-        a.shape.shape[0] = param_rows_;
-        a.shape.rows = param_rows_;
-        a.shape.k = k_;
+        a.shape = rows_shape(param_rows_);
         a.probs = contiguous_arg(probs_.data());
         a.grad_logits = contiguous_arg<double>(acc.data());
         a.grad_probs = target.get();
@@ -1250,10 +1247,7 @@ private:
                                  detail::show(out.cols) + ")");
         detail::RowsOut<Real> target(out);
         detail::ParamArgs<Real> a;
-        a.shape.ndim = 1;
-        a.shape.shape[0] = param_rows_;
-        a.shape.rows = param_rows_;
-        a.shape.k = k_;
+        a.shape = rows_shape(param_rows_);
         a.op = op;
         a.in = contiguous_arg(in.data());
         a.out = target.get();
