@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -112,6 +113,48 @@ TEST(Api, LongRowsSplitOverThreadsGiveTheBitsOfWholeRows) {
     check_long_rows_split_over_threads<RelaxedOneHotCategorical<double>, double>();
     check_long_rows_split_over_threads<ExpRelaxedOneHotCategorical<float>, float>();
     check_long_rows_split_over_threads<ExpRelaxedOneHotCategorical<double>, double>();
+}
+
+// Ctrl-C in a split call (the Python module's stop poll): parallel_row_steps
+// asks stop() on the calling thread before each (row, step) phase, phase q
+// being row q / steps, step q % steps. Once it answers yes the call returns
+// false on any thread count, with no phase after the one it stopped at begun
+// (the other threads may have begun that one), and the threads waiting for a
+// phase that will never be released leave too (the test would hang otherwise).
+TEST(Api, SplitRowsStopWhenAskedOnAnyThreadCount) {
+    const int64_t rows = 3, chunks = 6, k = (chunks - 1) * 8192 + 1;
+    const int steps = 4;
+    const int64_t phases = rows * steps;
+    ASSERT_EQ(relaxcat::detail::kChunkElements, 8192);
+    for (int threads : {1, 2, 3, 7}) {
+        for (int64_t after : {int64_t{0}, int64_t{1}, int64_t{5}, phases, phases + 9}) {
+            std::atomic<int64_t> calls{0}, last{-1};
+            int64_t polls = 0;
+            const bool finished = relaxcat::detail::parallel_row_steps(
+                rows, k, steps, threads, 0,
+                [&](int64_t r, int s, int64_t, int64_t, const double*, double*) {
+                    const int64_t q = r * steps + s;
+                    ++calls;
+                    int64_t seen = last.load();
+                    while (seen < q && !last.compare_exchange_weak(seen, q)) {
+                    }
+                    return 1.0;
+                },
+                [](int, const double* results, int64_t n) {
+                    return std::accumulate(results, results + n, 0.0);
+                },
+                [&] { return polls++ >= after; });
+            EXPECT_EQ(finished, after >= phases) << threads << " threads, " << after;
+            if (finished) {
+                EXPECT_EQ(calls.load(), phases * chunks);
+                EXPECT_EQ(last.load(), phases - 1);
+            } else {
+                EXPECT_LE(calls.load(), (after + 1) * chunks);
+                EXPECT_LE(last.load(), after);
+                EXPECT_GE(calls.load(), after * chunks);
+            }
+        }
+    }
 }
 
 TEST(Api, StridedViewsGiveTheSameResultsAsContiguousOnes) {
