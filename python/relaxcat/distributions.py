@@ -141,6 +141,11 @@ def _check_batch_rank(ndim: int, name: str) -> None:
         )
 
 
+def _elements_read(arr: np.ndarray) -> np.ndarray:
+    """The elements a view reads, each once: length 1 on its axes of stride 0."""
+    return arr[tuple(slice(0, 1) if st == 0 else slice(None) for st in arr.strides)]
+
+
 class _Broadcast:
     """A broadcast view in a pickled state: the elements it reads (length 1 on
     its axes of stride 0) and its shape."""
@@ -151,10 +156,7 @@ class _Broadcast:
 
     @classmethod
     def of(cls, arr: np.ndarray) -> _Broadcast:
-        read = tuple(
-            slice(0, 1) if stride == 0 else slice(None) for stride in arr.strides
-        )
-        return cls(np.ascontiguousarray(arr[read]), arr.shape)
+        return cls(np.ascontiguousarray(_elements_read(arr)), arr.shape)
 
     def remake(self) -> np.ndarray:
         return np.broadcast_to(self.base, self.shape)  # read-only
@@ -431,6 +433,19 @@ class RelaxedOneHotCategorical:
         out = np.empty(arr.shape, dtype=arr.dtype)
         _core.param(op, arr, out, _threads.get_num_threads())
         return out
+
+    def _has_masks(self) -> bool:
+        """Whether some category is masked (a logit of -inf). The VJP of a sample
+        reads the logits only to find such categories; without one it is given
+        none and skips that pass (rsample_vjp at K = 8: 5.8 -> 5.3 ns per
+        element). Found once, on first use, so that making a distribution costs
+        no more for it."""
+        found = self.__dict__.get("_masked")
+        if found is None:
+            read = _elements_read(self._a)
+            found = read.size > 0 and bool(read.min() == -np.inf)
+            self._masked = found
+        return found
 
     def expand(self, batch_shape) -> RelaxedOneHotCategorical:
         """The same distribution broadcast to a larger ``batch_shape`` (views)."""
@@ -869,7 +884,8 @@ class RelaxedOneHotCategorical:
         gl = self._logits_grad_rows(val.shape) if want_param else None
         # Note [summed gradients]
         gt = np.empty(temp.shape, dtype=np.float64) if want_t else None
-        _core.rsample_vjp(self._space, val, grad, temp, gl, gt, threads, logits)
+        masks = logits if self._has_masks() else None
+        _core.rsample_vjp(self._space, val, grad, temp, gl, gt, threads, masks)
         gp = self._param_grad(gl, threads) if want_param else None
         gt = self._temperature_grad(gt) if want_t else None
         cls = RsampleGradProbs if self._probs_given is not None else RsampleGrad

@@ -265,6 +265,43 @@ def test_masked_categories_get_exactly_zero_gradient(cls, temperature, param_nam
     assert np.all(got[1][dead] == 0.0)
 
 
+# rsample_vjp hands the kernel the logits only when a category is masked
+# (_has_masks): without one the pass over them changes nothing, so both calls
+# give the same bits; with one, the masked category keeps its zeros in a
+# distribution expanded before or after the first call, and the search for a
+# mask reads each element once, however large the expanded batch.
+@pytest.mark.parametrize("cls", CLASSES, ids=CLASS_IDS)
+@pytest.mark.parametrize("k", [3, 8, 40])
+def test_the_vjp_of_a_sample_reads_the_logits_only_for_masks(cls, k):
+    rng = np.random.default_rng(k)
+    logits = rng.normal(size=(6, k)).astype(np.float32)
+    d = cls(np.float32(0.6), logits=logits)
+    x = d.rsample(rng=3)
+    w = rng.normal(size=x.shape).astype(np.float32)
+    got = d.rsample_vjp(x, w)
+    assert d._has_masks() is False
+    gl = np.empty(x.shape, dtype=np.float64)
+    gt = np.empty(x.shape[:-1], dtype=np.float64)
+    temp = np.full(x.shape[:-1], np.float32(0.6))
+    space = 0 if cls is relaxcat.RelaxedOneHotCategorical else 1
+    relaxcat._core.rsample_vjp(space, x, w, temp, gl, gt, 1, logits)
+    np.testing.assert_array_equal(got.logits, gl.astype(np.float32))
+    assert got.temperature == np.float32(gt.sum())
+
+    masked = logits.copy()
+    masked[:, 1] = -np.inf
+    m = cls(np.float32(0.6), logits=masked)
+    big = m.expand((1 << 40, 6))
+    assert big._has_masks() is True  # would not finish if it read 2^40 rows
+    xm = m.rsample(rng=3)
+    g = m.rsample_vjp(xm, w)
+    assert np.all(g.logits[:, 1] == 0)
+    assert m._has_masks() is True
+    wide = m.expand((2, 6))
+    g2 = wide.rsample_vjp(np.broadcast_to(xm, (2, 6, k)), np.broadcast_to(w, (2, 6, k)))
+    assert np.all(g2.logits[..., 1] == 0)
+
+
 @pytest.mark.parametrize("cls", CLASSES, ids=CLASS_IDS)
 @pytest.mark.parametrize(
     "tshape,lshape",
