@@ -114,14 +114,18 @@ def _check_indexable(shape: tuple, what: str, itemsize: int = 1) -> None:
         )
 
 
+def _elements_read(arr: np.ndarray) -> np.ndarray:
+    """The elements a view reads, each once: length 1 on its axes of stride 0."""
+    return arr[tuple(slice(0, 1) if st == 0 else slice(None) for st in arr.strides)]
+
+
 def _fresh(a: np.ndarray) -> np.ndarray:
     """An array equal to ``a`` that shares no memory with it, costing no more
     than ``a``'s own data: along axes that ``a`` broadcasts (stride 0) one slice
     is copied and broadcast again, read-only."""
     if a.size <= 1 or 0 not in a.strides:
         return a.copy()
-    one = tuple(slice(0, 1) if st == 0 else slice(None) for st in a.strides)
-    return np.broadcast_to(a[one].copy(), a.shape)
+    return np.broadcast_to(_elements_read(a).copy(), a.shape)
 
 
 def _sample_shape(sample_shape) -> tuple:
@@ -139,11 +143,6 @@ def _check_batch_rank(ndim: int, name: str) -> None:
         raise ValueError(
             f"{name} may have at most {_MAX_BATCH_DIMS} batch dimensions, got {ndim}"
         )
-
-
-def _elements_read(arr: np.ndarray) -> np.ndarray:
-    """The elements a view reads, each once: length 1 on its axes of stride 0."""
-    return arr[tuple(slice(0, 1) if st == 0 else slice(None) for st in arr.strides)]
 
 
 class _Broadcast:
