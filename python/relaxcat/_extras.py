@@ -344,9 +344,10 @@ def gumbel_softmax(logits, temperature, hard=False, axis=-1, rng=None):
         raise ValueError("logits must have a category axis, got a 0-d array")
     _check_batch_rank(arr.ndim - 1, "logits")
     axis = _axis(axis, arr.ndim)
-    if axis != arr.ndim - 1:
-        # Entries are named by their index in the logits as given; a row
-        # (all -inf, or too wide) has the same batch index in both layouts.
+    if axis != arr.ndim - 1 and arr.size and not arr.max() < np.inf:
+        # A NaN or +inf (max propagates NaN) is named by its index in the logits
+        # as given, before the axis moves; good logits cost one reduction, and
+        # a row (all -inf, or too wide) has the same batch index in both layouts.
         v.check_logit_entries(arr)
     moved = np.moveaxis(arr, axis, -1)
     rows_t = _without_category_axis(temperature, arr.ndim, axis)
