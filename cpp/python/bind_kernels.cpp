@@ -139,7 +139,7 @@ void set_grad_out(Real*& real, double*& wide, const RowShape& shape,
 }
 
 // Scratch per thread for a kernel's arguments (rsample needs less than the others
-// on rows above 16 categories).
+// on rows above kColumnMaxK categories).
 template <class Args>
 int64_t scratch_for(const KernelTable& table, const Args& args) {
     return table.scratch_size(args.shape.k);

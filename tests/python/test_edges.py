@@ -678,7 +678,7 @@ def test_rsample_vjp_gives_masked_categories_zero_even_for_an_unvalidated_value(
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("k", [3, 20])  # down columns, and row by row
+@pytest.mark.parametrize("k", [3, 20, 40])  # down columns (3, 20), and row by row
 def test_log_space_rsample_vjp_keeps_the_gradient_of_an_underflowed_category(
     simd_level, dtype, k
 ):
@@ -750,9 +750,9 @@ def test_rsample_vjp_of_a_nan_value_is_nan_without_validation(simd_level, cls, k
 # ------------------------------------------------ short rows taken as columns
 @pytest.mark.parametrize("cls", [Relaxed, ExpRelaxed])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("k", [2, 3, 8, 16])
+@pytest.mark.parametrize("k", [2, 3, 8, 16, 17, 24, 31])
 def test_short_rows_give_the_bits_of_the_row_by_row_path(simd_level, cls, dtype, k):
-    # Rows of up to 16 categories are computed down columns when every row of a
+    # Rows of up to 31 categories are computed down columns when every row of a
     # block is ordinary (kernels.hpp, Note [rows as columns]). One masked
     # category anywhere in the block sends the whole block row by row, so the
     # ordinary rows must come out the same either way. Temperatures up to 1e6
@@ -786,7 +786,7 @@ def test_short_rows_give_the_bits_of_the_row_by_row_path(simd_level, cls, dtype,
 
 @pytest.mark.parametrize("cls", [Relaxed, ExpRelaxed])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("k", [2, 3, 8, 16, 40])
+@pytest.mark.parametrize("k", [2, 3, 8, 16, 20, 31, 40, 64, 100])
 def test_a_rows_bits_do_not_depend_on_its_lane(simd_level, cls, dtype, k):
     # The column loops run whole vectors of rows, then a scalar loop for the rest
     # of a block; a call of one row takes the scalar loop only. Both must give
@@ -859,6 +859,15 @@ def test_long_rows_give_the_bits_of_the_block_path(simd_level, dtype):
         np.testing.assert_array_equal(got.temperature, want.temperature)
 
 
+def _five_masked_rows(dtype, k):
+    """Five rows of K logits, the second with every fourth category masked, and
+    temperatures from 0.05 to 1e3, one per row; and the generator after them."""
+    rng = np.random.default_rng(k)
+    logits = rng.normal(scale=2.0, size=(5, k)).astype(dtype)
+    logits[1, ::4] = -np.inf
+    return logits, np.array([0.05, 0.5, 1.0, 7.0, 1e3], dtype), rng
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("k", [3, 40, 3000])
 def test_strided_logits_give_the_bits_of_contiguous_ones(simd_level, dtype, k):
@@ -866,11 +875,8 @@ def test_strided_logits_give_the_bits_of_contiguous_ones(simd_level, dtype, k):
     # loaded as vectors (rsample's fused row path reads them in place, Note [long
     # rows]); the distribution classes always pass contiguous copies, so this goes
     # to the module directly.
-    rng = np.random.default_rng(k)
-    rows = 5
-    logits = rng.normal(scale=2.0, size=(rows, k)).astype(dtype)
-    logits[1, ::4] = -np.inf
-    temp = np.array([0.05, 0.5, 1.0, 7.0, 1e3], dtype)
+    logits, temp, rng = _five_masked_rows(dtype, k)
+    rows = len(logits)
     key, stream = 12345, 6
 
     def draw(lg):
@@ -888,6 +894,50 @@ def test_strided_logits_give_the_bits_of_contiguous_ones(simd_level, dtype, k):
         assert not strided.flags["C_CONTIGUOUS"]
         for a, b in zip(draw(strided), want):
             np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("k", [64, 100, 3000])
+def test_rsample_vjp_rows_give_the_same_bits_from_every_layout(simd_level, dtype, k):
+    # On the simplex rsample_vjp takes rows of 64 categories or more one at a
+    # time, reading a contiguous value and upstream gradient where they lie; a
+    # strided one, or a value whose logits are given for their masks, is first
+    # widened into a buffer of doubles (kernels.hpp, rsample_vjp_simplex_row).
+    # Every route, and the float64 output that summed gradients use, must give
+    # the same bits. One row sits near a vertex (Note [dominant sample entry]),
+    # and one has masked categories, where the sample holds exact zeros.
+    logits, temp, rng = _five_masked_rows(dtype, k)
+    rows = len(logits)
+    x = Relaxed(temp, logits=logits).rsample(rng=4)
+    x[2] = dtype(1e-30)
+    x[2, 5] = 1.0
+    w = rng.normal(size=x.shape).astype(dtype)
+
+    def vjp(value, grad, masks=None, wide=False):
+        gl = np.empty((rows, k), np.float64 if wide else dtype)
+        gt = np.empty(rows, np.float64)
+        _core.rsample_vjp(0, value, grad, temp, gl, gt, 1, masks)
+        return gl, gt
+
+    want_l, want_t = vjp(x, w)
+    assert np.all(want_l[1, ::4] == 0) and np.all(np.isfinite(want_t))
+    wide_x = np.zeros((rows, 2 * k), dtype)
+    wide_x[:, ::2] = x
+    wide_w = np.zeros((rows, 3 * k), dtype)
+    wide_w[:, ::3] = w
+    routes = [
+        vjp(wide_x[:, ::2], w),
+        vjp(x, wide_w[:, ::3]),
+        vjp(np.asfortranarray(x), np.asfortranarray(w)),
+        vjp(x, w, masks=logits),
+        vjp(wide_x[:, ::2], wide_w[:, ::3], masks=np.asfortranarray(logits)),
+    ]
+    for gl, gt in routes:
+        np.testing.assert_array_equal(gl, want_l)
+        np.testing.assert_array_equal(gt, want_t)
+    gl, gt = vjp(x, w, wide=True)
+    np.testing.assert_array_equal(gl.astype(dtype), want_l)
+    np.testing.assert_array_equal(gt, want_t)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -1109,15 +1159,15 @@ def test_long_rows_log_prob_matches_a_long_double_oracle(simd_level, space, k):
 
 @pytest.mark.parametrize("cls", [Relaxed, ExpRelaxed])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("k", [2, 5, 16])
-def test_short_rows_rsample_vjp_gives_the_bits_of_the_row_by_row_path(
+@pytest.mark.parametrize("k", [2, 5, 16, 20])
+def test_short_rows_rsample_vjp_gives_the_bits_of_the_masked_path(
     simd_level, cls, dtype, k
 ):
-    # rsample_vjp takes rows of up to 16 categories down columns. Padding each
-    # row with 24 - K masked categories sends it row by row, where rows of fewer
-    # than 32 categories are summed in order (Note [row reductions]); the masked
-    # entries add exact zeros to every sum, so the live gradients must be the
-    # same bits.
+    # rsample_vjp takes rows of up to 31 categories down columns, summing each
+    # in element order (Note [row reductions]). Padding each row with 24 - K
+    # masked categories (given with the logits) sends it through the masked
+    # loads, whose entries add exact zeros to every sum, so the live gradients
+    # must be the same bits.
     rng = np.random.default_rng(100 + k)
     rows = 500
     logits = rng.normal(scale=2.0, size=(rows, k)).astype(dtype)

@@ -503,7 +503,7 @@ def test_float32_samples_draw_the_float_noise_and_float64_the_double_noise():
 
 
 # ------------------------------------------------------------------ threads
-# Short rows (taken as columns, K <= 16), ordinary rows and one long row.
+# Short rows (taken as columns, K <= 31), ordinary rows and one long row.
 SPLIT_SHAPES = [(5000, 3), (3000, 50), (2, 200000)]
 
 

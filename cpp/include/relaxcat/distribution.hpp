@@ -1042,7 +1042,8 @@ private:
             [] { return false; });
     }
 
-    // Scratch per thread (rsample needs less than the others above 16 categories).
+    // Scratch per thread (rsample needs less than the others above kColumnMaxK
+    // categories).
     template <class Args>
     static int64_t scratch_for(const Args& a) {
         return detail::RELAXCAT_ISA_NAMESPACE::scratch_size(a.shape.k);

@@ -303,23 +303,29 @@ RELAXCAT_ALWAYS_INLINE D load_strided_lanes(const Real* p, int64_t stride) {
 template <class Op, class F>
 inline double slot_reduce(int64_t k, Op op, F f) {
     double slot[kSlots];
-    for (int i = 0; i < kSlots; ++i) slot[i] = f(0.0, i);
     int64_t j = kSlots;
+    int i = 0;  // the slot of element j
 #if defined(RELAXCAT_HAVE_VECTOR_EXTENSIONS)
+    // The same slots with kLanes of them to a vector: the first kSlots terms
+    // start them, and the tail's whole vectors (which begin at slot 0, kLanes,
+    // ...) join them as vectors too; only the last few terms go one by one.
     constexpr int kVectors = kSlots / kLanes;
     VecD acc[kVectors];
-    for (int v = 0; v < kVectors; ++v) acc[v] = load_d(slot + v * kLanes);
+    for (int v = 0; v < kVectors; ++v) acc[v] = f(VecD{}, v * kLanes);
     for (; j + kSlots <= k; j += kSlots)
         for (int v = 0; v < kVectors; ++v)
             acc[v] = op(acc[v], f(VecD{}, j + v * kLanes));
     for (int v = 0; v < kVectors; ++v) store_d(slot + v * kLanes, acc[v]);
+    for (; j + kLanes <= k; j += kLanes, i += kLanes)
+        store_d(slot + i, op(load_d(slot + i), f(VecD{}, j)));
 #else
+    for (int s = 0; s < kSlots; ++s) slot[s] = f(0.0, s);
     for (; j + kSlots <= k; j += kSlots)
-        for (int i = 0; i < kSlots; ++i) slot[i] = op(slot[i], f(0.0, j + i));
+        for (int s = 0; s < kSlots; ++s) slot[s] = op(slot[s], f(0.0, j + s));
 #endif
-    for (int i = 0; j < k; ++i, ++j) slot[i] = op(slot[i], f(0.0, j));
+    for (; j < k; ++i, ++j) slot[i] = op(slot[i], f(0.0, j));
     for (int w = kSlots / 2; w >= 1; w /= 2)
-        for (int i = 0; i < w; ++i) slot[i] = op(slot[i], slot[i + w]);
+        for (int s = 0; s < w; ++s) slot[s] = op(slot[s], slot[s + w]);
     return slot[0];
 }
 
@@ -393,13 +399,15 @@ inline std::array<double, sizeof...(Ops)> fold_terms(int64_t k, F f) {
         return r;
     }
     double slot[N][kSlots];
-    for (int i = 0; i < kSlots; ++i) {
-        const auto t = f(0.0, i);
-        for (int m = 0; m < N; ++m) slot[m][i] = t[m];
-    }
     int64_t j = kSlots;
+    int i = 0;  // the slot of element j
 #if defined(RELAXCAT_HAVE_VECTOR_EXTENSIONS)
+    // Vectors of slots as in slot_reduce.
     constexpr int kVectors = kSlots / kLanes;
+    for (int v = 0; v < kVectors; ++v) {
+        const auto t = f(VecD{}, v * kLanes);
+        for (int m = 0; m < N; ++m) store_d(slot[m] + v * kLanes, t[m]);
+    }
     VecD acc[N][kVectors];
     for (int m = 0; m < N; ++m)
         for (int v = 0; v < kVectors; ++v) acc[m][v] = load_d(slot[m] + v * kLanes);
@@ -411,20 +419,24 @@ inline std::array<double, sizeof...(Ops)> fold_terms(int64_t k, F f) {
     for (int m = 0; m < N; ++m)
         for (int v = 0; v < kVectors; ++v) store_d(slot[m] + v * kLanes, acc[m][v]);
 #else
+    for (int s = 0; s < kSlots; ++s) {
+        const auto t = f(0.0, s);
+        for (int m = 0; m < N; ++m) slot[m][s] = t[m];
+    }
     for (; j + kSlots <= k; j += kSlots)
-        for (int i = 0; i < kSlots; ++i) {
-            const auto t = f(0.0, j + i);
-            for (int m = 0; m < N; ++m) slot[m][i] = fold_step(op[m], slot[m][i], t[m]);
+        for (int s = 0; s < kSlots; ++s) {
+            const auto t = f(0.0, j + s);
+            for (int m = 0; m < N; ++m) slot[m][s] = fold_step(op[m], slot[m][s], t[m]);
         }
 #endif
-    for (int i = 0; j < k; ++i, ++j) {
+    for (; j < k; ++i, ++j) {
         const auto t = f(0.0, j);
         for (int m = 0; m < N; ++m) slot[m][i] = fold_step(op[m], slot[m][i], t[m]);
     }
     for (int m = 0; m < N; ++m) {
         for (int w = kSlots / 2; w >= 1; w /= 2)
-            for (int i = 0; i < w; ++i)
-                slot[m][i] = fold_step(op[m], slot[m][i], slot[m][i + w]);
+            for (int s = 0; s < w; ++s)
+                slot[m][s] = fold_step(op[m], slot[m][s], slot[m][s + w]);
         r[m] = slot[m][0];
     }
     return r;
@@ -554,11 +566,20 @@ inline void log_inplace(double* p, int64_t n) {
 // step as a flat loop down the columns, which vectorises across rows. Each row
 // still goes through the same operations in the same order as in the row-major
 // path (reductions in element order, Note [row reductions]), so the bits do not
-// depend on the path taken. Taking log_prob a group of rows at a time through
+// depend on the path taken. kColumnMaxK is the longest row Note [row
+// reductions] reduces in element order, one latency-bound add after another
+// when taken along the row: with it at 16, rsample_vjp at K = 17 to 31 took
+// 8-9 ns per float32 element (one thread), and 4.5-5 ns down the columns.
+// Taking log_prob a group of rows at a time through
 // every step, with its K columns in registers instead of a flat pass per step,
 // was tried and measured no faster at K = 8 and 16 and 10-20% slower at K = 2
 // and 3: the blocks stay in L1, and the logs and exponentials bound these rows.
-constexpr int64_t kColumnMaxK = 16;
+constexpr int64_t kColumnMaxK = 2 * kSlots - 1;
+
+// rsample_vjp on the simplex takes rows of this many categories or more one at a
+// time (rsample_vjp_simplex_row); shorter ones above kColumnMaxK go in blocks,
+// whose flat log loop is faster there (measured at K = 17 to 256).
+constexpr int64_t kRowPathMinK = 64;
 
 // Note [rows without scratch]: a row of kBlockElements or more whose noise
 // comes from the stream and that has one output, x or log x (every call from
@@ -618,9 +639,11 @@ inline bool same_for_all_rows(const RowArg<T>& x, const RowShape& shape) {
     return true;
 }
 
-// Calls f with K as a compile-time constant for K = 1 .. kColumnMaxK, so that
-// the loops over a row unroll and the transpositions vectorise; otherwise with
-// K itself.
+// Calls f with K as a compile-time constant for K = 1 .. 16, so that the loops
+// over a row unroll and the transpositions vectorise; otherwise with K itself
+// (rows of 17 to kColumnMaxK categories, rarer, take the columns path with a
+// run-time K: it still vectorises down the columns, and keeps the code size
+// of one instantiation).
 template <class F>
 inline void with_short_k(int64_t k, F&& f) {
     switch (k) {
@@ -648,7 +671,6 @@ inline void with_short_k(int64_t k, F&& f) {
             return f(k);
     }
 }
-static_assert(kColumnMaxK == 16, "with_short_k covers K = 1 .. kColumnMaxK");
 
 // nb dense rows of K elements into columns: dst[j nb + i] = src[i K + j].
 template <class Src, class K>
@@ -2011,8 +2033,8 @@ struct RestSums {
     double xsum = 0.0;  // sum x
 };
 
-template <class W>
-RestSums rest_sums(bool simplex, int64_t k, const double* x, const W* w) {
+template <class X, class W>
+RestSums rest_sums(bool simplex, int64_t k, const X* x, const W* w) {
     const auto sums = sum_terms<7>(k, [=](auto d, int64_t j) {
         using D = decltype(d);
         const D xv = load_lanes<D>(x + j);
@@ -2213,47 +2235,46 @@ void rsample_vjp_block_columns(const RsampleVjpArgs<Real>& a, Walker& walk, int6
 // maximum and takes the exponentials (K = 128000: 6.3 to 4.8 ns per float32
 // element, with validation off).
 
-// rsample_vjp_rows for one row of kBlockElements or more on the simplex (Note
-// [long rows]), x holding the row's value (masked) on entry; x and gb are
-// element buffers.
-template <class Real>
-void rsample_vjp_long_row(const RsampleVjpArgs<Real>& a, const Real* gp, int64_t r,
-                          double t, double inv_t, double* x, double* gb) {
+// rsample_vjp_rows for one row of more than kColumnMaxK categories on the
+// simplex (Note [long rows]), in two passes that read the value x (masked) and
+// the upstream gradient g where they are, as Reals in the caller's contiguous
+// row or as doubles in an element buffer (the same doubles either way), and
+// write the logits gradient straight to the output: no element buffer and no
+// pass of its own for log x, sum x or the output. The operations and their
+// order are those of the block passes this replaced, so the bits are too.
+template <class Real, class X, class W>
+void rsample_vjp_simplex_row(const RsampleVjpArgs<Real>& a, const X* x, const W* g,
+                             int64_t r, double t, double inv_t) {
     const int64_t k = a.shape.k;
-    const int64_t gs = a.grad.kstride;
-    if (gs != 1) load_row(gp, gs, k, gb);
-    const auto row = [&](const auto* g) {
-        // sum x with the sums of Note [dominant sample entry], in one pass.
-        const RestSums dom = rest_sums(true, k, x, g);
-        const double sum = dom.xsum;
-        const double wx = dom.wsum;
-        const double log_sum = log_d(sum);
-        const double inv_sum = 1.0 / sum;
-        const bool finite_inv_t = inv_t < kInf;
-        const bool want_t = a.grad_temperature != nullptr;
-        // On the simplex log_sum - log x stays below 1500 (x is at least the
-        // smallest subnormal), so the scale of rsample_vjp_rows is 1.
-        return reduce_terms(k, 0.0, kPlus, [&](auto d, int64_t j) {
-            using D = decltype(d);
-            const D xv = load_lanes<D>(x + j);
-            const D wv = load_lanes<D>(g + j);
-            const D usual = xv > 0.0 ? xv * (wv * sum - wx) * (inv_sum * inv_sum) : D{};
-            // Note [dominant sample entry].
-            const D ds = !dom.one
-                             ? usual
-                             : dominant_ds_lanes(
-                                   true, xv, wv, Lanes<D>::splat(inv_sum),
-                                   Lanes<D>::splat(dom.rest), Lanes<D>::splat(dom.q),
-                                   Lanes<D>::splat(dom.wd), Lanes<D>::splat(dom.xd));
-            // log x only for the temperature gradient (complete_x_and_log_x).
-            const D rel = want_t ? log_lanes(xv) - log_sum : D{};
-            store_lanes(x + j, finite_inv_t ? ds * inv_t : ds / t);
-            return ds != 0.0 ? ds * rel : D{};
-        });
-    };
-    const double acc = gs == 1 ? row(gp) : row(static_cast<const double*>(gb));
-    GradOut<Real>{a.grad_logits, a.grad_logits_wide}.set_row(r, k, x);
-    if (a.grad_temperature != nullptr) a.grad_temperature[r] = -(acc / t);
+    const GradOut<Real> out{a.grad_logits, a.grad_logits_wide};
+    const bool write = static_cast<bool>(out);
+    // sum x with the sums of Note [dominant sample entry], in one pass.
+    const RestSums dom = rest_sums(true, k, x, g);
+    const double sum = dom.xsum;
+    const double wx = dom.wsum;
+    const double log_sum = log_d(sum);
+    const double inv_sum = 1.0 / sum;
+    const bool finite_inv_t = inv_t < kInf;
+    const bool want_t = a.grad_temperature != nullptr;
+    // On the simplex log_sum - log x stays below 1500 (x is at least the
+    // smallest subnormal), so the scale of the log-space rows is 1 here.
+    const double acc = reduce_terms(k, 0.0, kPlus, [&](auto d, int64_t j) {
+        using D = decltype(d);
+        const D xv = load_lanes<D>(x + j);
+        const D wv = load_lanes<D>(g + j);
+        const D usual = xv > 0.0 ? xv * (wv * sum - wx) * (inv_sum * inv_sum) : D{};
+        // Note [dominant sample entry].
+        const D ds = !dom.one ? usual
+                              : dominant_ds_lanes(
+                                    true, xv, wv, Lanes<D>::splat(inv_sum),
+                                    Lanes<D>::splat(dom.rest), Lanes<D>::splat(dom.q),
+                                    Lanes<D>::splat(dom.wd), Lanes<D>::splat(dom.xd));
+        // log x only for the temperature gradient (complete_x_and_log_x).
+        const D rel = want_t ? log_lanes(xv) - log_sum : D{};
+        if (write) out.set_lanes(r, k, j, finite_inv_t ? ds * inv_t : ds / t);
+        return ds != 0.0 ? ds * rel : D{};
+    });
+    if (want_t) a.grad_temperature[r] = -(acc / t);
 }
 
 template <class Real>
@@ -2273,6 +2294,40 @@ void rsample_vjp_rows(const RsampleVjpArgs<Real>& a, int64_t r0, int64_t r1,
     double* row_log_sum = row_sum + row_buffer_size(k);
     InverseTemperature inverse;  // 1 / T, row by row
 
+    if (simplex && k >= kRowPathMinK) {
+        // Row by row (rsample_vjp_simplex_row): contiguous inputs are read where
+        // they are; a strided or masked value and a strided upstream gradient
+        // are first widened into element buffers.
+        for (int64_t r = r0; r < r1; ++r, walk.advance()) {
+            const Real* vp = a.value.data + walk.offset[0];
+            const Real* gp = a.grad.data + walk.offset[1];
+            const double t = static_cast<double>(a.temperature.data[walk.offset[2]]);
+            const double inv_t = inverse(t);
+            const bool buffer_x = vs != 1 || a.logits.data != nullptr;
+            if (buffer_x) {
+                load_row(vp, vs, k, x);
+                if (a.logits.data != nullptr) {  // Note [underflow in log space]
+                    const Real* lg = a.logits.data + walk.offset[3];
+                    for (int64_t j = 0; j < k; ++j)
+                        x[j] = static_cast<double>(lg[j * ls]) == -kInf ? 0.0 : x[j];
+                }
+            }
+            if (gs != 1) load_row(gp, gs, k, gb);
+            const auto with_g = [&](const auto* xr) {
+                if (gs == 1)
+                    rsample_vjp_simplex_row(a, xr, gp, r, t, inv_t);
+                else
+                    rsample_vjp_simplex_row(a, xr, static_cast<const double*>(gb), r, t,
+                                            inv_t);
+            };
+            if (buffer_x)
+                with_g(static_cast<const double*>(x));
+            else
+                with_g(vp);
+        }
+        return;
+    }
+
     for (int64_t rb = r0; rb < r1; rb += rows_per_block(k)) {
         const int64_t nb = r1 - rb < rows_per_block(k) ? r1 - rb : rows_per_block(k);
         const int64_t n = nb * k;
@@ -2282,32 +2337,20 @@ void rsample_vjp_rows(const RsampleVjpArgs<Real>& a, int64_t r0, int64_t r1,
             continue;
         }
 
-        // 1. x and log x for the whole block, the transcendental half flat; a
-        // long row on the simplex takes rsample_vjp_long_row instead.
-        const bool long_row = simplex && k >= kBlockElements;
+        // 1. x and log x for the whole block, the transcendental half flat.
         for (int64_t i = 0; i < nb; ++i, walk.advance()) {
             double* v = simplex ? x + i * k : y + i * k;
             load_row(a.value.data + walk.offset[0], vs, k, v);
-            if (!long_row) load_row(a.grad.data + walk.offset[1], gs, k, gb + i * k);
+            load_row(a.grad.data + walk.offset[1], gs, k, gb + i * k);
             if (a.logits.data != nullptr) {  // Note [underflow in log space]
                 const Real* lg = a.logits.data + walk.offset[3];
                 double* gi = gb + i * k;
                 for (int64_t j = 0; j < k; ++j) {
                     const bool masked = static_cast<double>(lg[j * ls]) == -kInf;
                     v[j] = masked ? (simplex ? 0.0 : -kInf) : v[j];
-                    if (!long_row) gi[j] = masked && !simplex ? 0.0 : gi[j];
+                    gi[j] = masked && !simplex ? 0.0 : gi[j];
                 }
             }
-        }
-        if (long_row) {
-            walk = block_start;
-            for (int64_t i = 0; i < nb; ++i, walk.advance()) {
-                const double t =
-                    static_cast<double>(a.temperature.data[walk.offset[2]]);
-                rsample_vjp_long_row(a, a.grad.data + walk.offset[1], rb + i, t,
-                                     inverse(t), x + i * k, gb);
-            }
-            continue;
         }
         complete_x_and_log_x(simplex, x, y, n, a.grad_temperature != nullptr);
 
