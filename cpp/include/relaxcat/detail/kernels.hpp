@@ -298,6 +298,22 @@ RELAXCAT_ALWAYS_INLINE D load_strided_lanes(const Real* p, int64_t stride) {
     }
 }
 
+// The last step of Note [row reductions]: for w = 8, 4, 2, 1, slot i (i < w)
+// takes slot i + w, whole vectors of slots at a time while w spans one, then
+// one by one (the same pairs either way); returns slot 0.
+template <class Op>
+inline double fold_slots(Op op, double* slot) {
+    int w = kSlots / 2;
+#if defined(RELAXCAT_HAVE_VECTOR_EXTENSIONS)
+    for (; w >= kLanes; w /= 2)
+        for (int s = 0; s < w; s += kLanes)
+            store_d(slot + s, op(load_d(slot + s), load_d(slot + s + w)));
+#endif
+    for (; w >= 1; w /= 2)
+        for (int s = 0; s < w; ++s) slot[s] = op(slot[s], slot[s + w]);
+    return slot[0];
+}
+
 // The slots of Note [row reductions] for a row of k >= 2 kSlots terms, given as
 // reduce_terms gives them.
 template <class Op, class F>
@@ -324,9 +340,7 @@ inline double slot_reduce(int64_t k, Op op, F f) {
         for (int s = 0; s < kSlots; ++s) slot[s] = op(slot[s], f(0.0, j + s));
 #endif
     for (; j < k; ++i, ++j) slot[i] = op(slot[i], f(0.0, j));
-    for (int w = kSlots / 2; w >= 1; w /= 2)
-        for (int s = 0; s < w; ++s) slot[s] = op(slot[s], slot[s + w]);
-    return slot[0];
+    return fold_slots(op, slot);
 }
 
 // Reduces f(p[0]), ..., f(p[k - 1]) with op (f applies lane by lane to doubles
@@ -433,12 +447,9 @@ inline std::array<double, sizeof...(Ops)> fold_terms(int64_t k, F f) {
         const auto t = f(0.0, j);
         for (int m = 0; m < N; ++m) slot[m][i] = fold_step(op[m], slot[m][i], t[m]);
     }
-    for (int m = 0; m < N; ++m) {
-        for (int w = kSlots / 2; w >= 1; w /= 2)
-            for (int s = 0; s < w; ++s)
-                slot[m][s] = fold_step(op[m], slot[m][s], slot[m][s + w]);
-        r[m] = slot[m][0];
-    }
+    for (int m = 0; m < N; ++m)
+        r[m] = fold_slots(
+            [how = op[m]](auto a, auto b) { return fold_step(how, a, b); }, slot[m]);
     return r;
 }
 
