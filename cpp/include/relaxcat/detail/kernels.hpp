@@ -317,7 +317,7 @@ inline double fold_slots(Op op, double* slot) {
 // The slots of Note [row reductions] for a row of k >= 2 kSlots terms, given as
 // reduce_terms gives them.
 template <class Op, class F>
-inline double slot_reduce(int64_t k, Op op, F f) {
+RELAXCAT_FLATTEN double slot_reduce(int64_t k, Op op, F f) {
     double slot[kSlots];
     int64_t j = kSlots;
     int i = 0;  // the slot of element j
@@ -400,7 +400,7 @@ RELAXCAT_ALWAYS_INLINE A fold_step(Fold op, A a, A b) {
 // empty, op, ...) would reduce it alone, so the bits are those of separate
 // passes.
 template <Fold... Ops, class F>
-inline std::array<double, sizeof...(Ops)> fold_terms(int64_t k, F f) {
+RELAXCAT_FLATTEN std::array<double, sizeof...(Ops)> fold_terms(int64_t k, F f) {
     constexpr int N = static_cast<int>(sizeof...(Ops));
     constexpr std::array<Fold, sizeof...(Ops)> op{Ops...};
     std::array<double, N> r;

@@ -49,8 +49,14 @@ inline double double_of(uint64_t b) {
 
 #if defined(__GNUC__)
 #define RELAXCAT_ALWAYS_INLINE inline __attribute__((always_inline))
+// Every call in the function's body is inlined, recursively: for the row
+// reductions, whose term functions take and return vectors, which GCC otherwise
+// sometimes calls out of line, each call passing its vectors through memory
+// (kernels.hpp, Note [row reductions]).
+#define RELAXCAT_FLATTEN inline __attribute__((flatten))
 #else
 #define RELAXCAT_ALWAYS_INLINE inline
+#define RELAXCAT_FLATTEN inline
 #endif
 
 // Whether every lane of a comparison holds, or some lane does: for one lane,
