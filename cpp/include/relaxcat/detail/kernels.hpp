@@ -2246,7 +2246,7 @@ void rsample_vjp_block_columns(const RsampleVjpArgs<Real>& a, Walker& walk, int6
 // maximum and takes the exponentials (K = 128000: 6.3 to 4.8 ns per float32
 // element, with validation off).
 
-// rsample_vjp_rows for one row of more than kColumnMaxK categories on the
+// rsample_vjp_rows for one row of kRowPathMinK categories or more on the
 // simplex (Note [long rows]), in two passes that read the value x (masked) and
 // the upstream gradient g where they are, as Reals in the caller's contiguous
 // row or as doubles in an element buffer (the same doubles either way), and
