@@ -2234,11 +2234,13 @@ void rsample_vjp_block_columns(const RsampleVjpArgs<Real>& a, Walker& walk, int6
 // three of them (3 MiB) no longer fit the per-core L2 cache (2 MiB here), and
 // every pass over the row goes out to L3 (log_prob, rsample_vjp and rsample
 // took 30-80% longer per element than at 256 categories). rsample's row path
-// (every row above kColumnMaxK) and rsample_vjp's on the simplex for such rows
-// therefore keep one element buffer: each step is fused into the pass that
-// reduces it, contiguous inputs are read where they are, and log x is formed
-// where it is used. The operations and their order are those of the unfused
-// passes, so the bits are the same. log_prob and its gradients still hold three
+// (every row above kColumnMaxK) therefore keeps one element buffer, and
+// rsample_vjp's on the simplex (rows of kRowPathMinK or more, where it also
+// measured faster) keeps none for contiguous inputs, one for each strided or
+// masked one: each step is fused into the pass that reduces it, contiguous
+// inputs are read where they are, and log x is formed where it is used. The
+// operations and their order are those of the unfused passes, so the bits are
+// the same. log_prob and its gradients still hold three
 // buffers per row, and so does rsample_vjp in log space; log_prob's rows of
 // 2 kSlots or more make three passes before their gradients instead of eleven:
 // one loads the logits and logs and learns the maxima and counts
