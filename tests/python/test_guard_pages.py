@@ -66,10 +66,9 @@ class GuardedArena:
         if self._libc.mprotect(address, PAGE, PROT_NONE) != 0:
             raise OSError(ctypes.get_errno(), "mprotect failed")
 
-    def place(self, a: np.ndarray, at_end: bool) -> np.ndarray:
-        """A C-contiguous copy of ``a`` whose bytes end just before a guard page
-        (at_end) or begin just after one."""
-        a = np.ascontiguousarray(a)
+    def place(self, a: np.ndarray, at_end: bool, order: str = "C") -> np.ndarray:
+        """A copy of ``a`` in C or Fortran order whose bytes end just before a
+        guard page (at_end) or begin just after one."""
         pages = -(-a.nbytes // PAGE) + 2
         span = mmap.mmap(-1, pages * PAGE)
         self._maps.append(span)
@@ -77,7 +76,7 @@ class GuardedArena:
         self._protect(base)
         self._protect(base + (pages - 1) * PAGE)
         start = (pages - 1) * PAGE - a.nbytes if at_end else PAGE
-        out = np.frombuffer(span, a.dtype, a.size, start).reshape(a.shape)
+        out = np.frombuffer(span, a.dtype, a.size, start).reshape(a.shape, order=order)
         out[...] = a
         assert out.ctypes.data == base + start
         return out
@@ -86,16 +85,17 @@ class GuardedArena:
         return self.place(np.zeros(shape, dtype), at_end)
 
 
-def _calls(cls, logits, temp, x, w, g_rows, arena=None, at_end=False):
+def _calls(cls, logits, temp, x, w, g_rows, arena=None, at_end=False, order="C"):
     """rsample, log_prob and both VJPs, with every input and out= array in the
-    arena when one is given. Returns the results and the (original, placed)
+    arena when one is given (the inputs of two dimensions in C or Fortran order,
+    out= always in C order, as it must be). Returns the results and the (original, placed)
     pairs of the inputs."""
     placed = []
 
     def put(a):
         if arena is None:
             return a
-        p = arena.place(a, at_end)
+        p = arena.place(a, at_end, order if a.ndim > 1 else "C")
         placed.append((a, p))
         return p
 
@@ -122,6 +122,7 @@ def _calls(cls, logits, temp, x, w, g_rows, arena=None, at_end=False):
     return results, placed
 
 
+@pytest.mark.parametrize("order", ["C", "F"])
 @pytest.mark.parametrize(
     "at_end", [True, False], ids=["ends-at-guard", "starts-at-guard"]
 )
@@ -129,7 +130,7 @@ def _calls(cls, logits, temp, x, w, g_rows, arena=None, at_end=False):
 @pytest.mark.parametrize("k,rows", CASES)
 @pytest.mark.parametrize("cls", [Relaxed, ExpRelaxed], ids=["simplex", "log-space"])
 def test_kernels_read_and_write_only_inside_the_callers_arrays(
-    simd_level, cls, k, rows, dtype, at_end
+    simd_level, cls, k, rows, dtype, at_end, order
 ):
     rng = np.random.default_rng(k * 7919 + rows)
     logits = rng.normal(scale=2.0, size=(rows, k)).astype(dtype)
@@ -141,7 +142,7 @@ def test_kernels_read_and_write_only_inside_the_callers_arrays(
     g_rows = rng.normal(size=rows).astype(dtype)
 
     want, _ = _calls(cls, logits, temp, x, w, g_rows)
-    got, placed = _calls(cls, logits, temp, x, w, g_rows, GuardedArena(), at_end)
+    got, placed = _calls(cls, logits, temp, x, w, g_rows, GuardedArena(), at_end, order)
     assert set(got) == set(want) and len(placed) == 4
     for name, value in want.items():
         np.testing.assert_array_equal(got[name], value, err_msg=name)
