@@ -289,12 +289,14 @@ RELAXCAT_SIMD_INLINE void store_lanes(float* p, VecD v) {
 // arrays outgrew the caches: at (32, 128000) in float32 (16 MiB per array)
 // rsample_vjp took 3.1-3.2 ns per element against 2.2 at (8, 128000), and perf
 // put most of its first pass's samples on the instructions waiting for its
-// loads. So the loops that first read a caller's contiguous array ask for the
+// loads. So the row paths' loads of contiguous memory (load_strided_lanes,
+// load_row, and rest_sums, which may also read an element buffer) ask for the
 // memory kPrefetchBytes ahead as they go: 2, 4 and 8 KiB measured alike there,
 // 0.9 ns per element faster than none. A prefetch is only a hint: it cannot
 // fault, so past an array's end it costs only the request, and it changes no
-// result. Short rows (the columns path) gained nothing measurable from it
-// (K = 8, 2^20 rows) and do not use it.
+// result (tests/python/test_guard_pages.py). Short rows (K <= kColumnMaxK)
+// move their blocks into columns without it: asking for the next block's
+// memory while transposing one measured no faster at K = 8 (2^20 rows).
 constexpr uintptr_t kPrefetchBytes = 4096;
 
 template <class T>
