@@ -67,12 +67,14 @@ int main() {
         std::printf(" ]  d/dT = %.5f\n", rs_temperature[b]);
     }
 
-    // Bad input is reported, not computed.
+    // Bad input is reported, not computed: a negative temperature throws.
     try {
         relaxcat::RelaxedOneHotCategorical<float> bad(
             -0.5f, relaxcat::logits(MatrixView<const float>(logits.data(), batch, k)));
+        std::printf("a negative temperature was accepted\n");
+        return 1;
     } catch (const std::invalid_argument& e) {
-        std::printf("error: %s\n", e.what());
+        std::printf("rejected as expected: %s\n", e.what());
     }
     return 0;
 }
