@@ -87,9 +87,9 @@ class GuardedArena:
 
 def _calls(cls, logits, temp, x, w, g_rows, arena=None, at_end=False, order="C"):
     """rsample, log_prob and both VJPs, with every input and out= array in the
-    arena when one is given (the inputs of two dimensions in C or Fortran order,
-    out= always in C order, as it must be). Returns the results and the (original, placed)
-    pairs of the inputs."""
+    arena when one is given (the inputs of two dimensions in C or Fortran
+    order, out= always in C order, as it must be). Returns the results and the
+    (original, placed) pairs of the inputs."""
     placed = []
 
     def put(a):
