@@ -289,17 +289,18 @@ def categorical_kl(p, q) -> np.ndarray:
 
 
 # ---------------------------------------------------------------- hard samples
-def one_hot(soft: np.ndarray) -> np.ndarray:
-    """One-hot (0 / 1, in soft's dtype) of the first largest entry of each row."""
+def one_hot(soft: np.ndarray, threads: int | None = None) -> np.ndarray:
+    """One-hot (0 / 1, in soft's dtype) of the first largest entry of each row,
+    on ``threads`` threads (default: get_num_threads())."""
     k = soft.shape[-1]
     x = np.ascontiguousarray(soft, dtype=np.float64).reshape(-1, k)
     out = np.empty(x.shape, dtype=np.float64)
-    _core.one_hot(x, out, _threads.get_num_threads())
+    _core.one_hot(x, out, _threads.resolve(threads))
     return out.reshape(soft.shape).astype(soft.dtype, copy=False)
 
 
-def hard_sample(soft: np.ndarray) -> HardSample:
-    return HardSample(one_hot(soft), soft)
+def hard_sample(soft: np.ndarray, threads: int | None = None) -> HardSample:
+    return HardSample(one_hot(soft, threads), soft)
 
 
 # ------------------------------------------------------------ functional form

@@ -593,7 +593,7 @@ class RelaxedOneHotCategorical:
             if noise is None:
                 key, stream = v.key_and_stream(rng)
             self._draw(logits, temp, noise, key, stream, 0, out, threads, no_scratch)
-        return _extras.hard_sample(out) if hard else out
+        return _extras.hard_sample(out, threads) if hard else out
 
     def _draw(self, logits, temp, noise, key, stream, first, out, threads, no_scratch):
         """The kernel of rsample into ``out``: noise elements ``first`` onwards
@@ -691,7 +691,7 @@ class RelaxedOneHotCategorical:
         return _extras.entropy(self, n_samples, rng)
 
     # -------------------------------------------------------------------- density
-    def _value(self, value, name: str = "value") -> np.ndarray:
+    def _value(self, value, threads: int, name: str = "value") -> np.ndarray:
         # A float16 value is checked with float16's tolerance: it was rounded to
         # float16 by the caller, whatever the distribution computes in.
         given = getattr(value, "dtype", None)
@@ -717,12 +717,15 @@ class RelaxedOneHotCategorical:
                 f"{self._batch_shape}"
             ) from None
         if self._validate:
-            self._check_support(value, name, tol_dtype)
+            self._check_support(value, name, tol_dtype, threads)
         return value
 
-    def _check_support(self, value: np.ndarray, name: str, tol_dtype) -> None:
-        """validate_args: one pass in the C++ core decides; only a value that fails
-        is examined again in NumPy, to name the first bad entry."""
+    def _check_support(
+        self, value: np.ndarray, name: str, tol_dtype, threads: int
+    ) -> None:
+        """validate_args: one pass in the C++ core decides (on the call's
+        ``threads``); only a value that fails is examined again in NumPy, to name
+        the first bad entry."""
         shape = value.shape
         if shape != self._a.shape:
             shape = np.broadcast_shapes(shape, self._a.shape)
@@ -730,9 +733,7 @@ class RelaxedOneHotCategorical:
         full = _broadcast(value, shape)
         status = np.empty(shape[:-1], dtype=np.uint8)
         tol = v.simplex_tolerance(shape[-1], tol_dtype)
-        _core.check_values(
-            self._space, logits, full, tol, status, _threads.get_num_threads()
-        )
+        _core.check_values(self._space, logits, full, tol, status, threads)
         if not status.any():
             return
         # The first failing row by the kernel's verdict, described from NumPy.
@@ -770,7 +771,8 @@ class RelaxedOneHotCategorical:
         limit; weight on a masked category: -inf, or ValueError when validating)
         are in the README's "Numerics" section.
         """
-        value = self._value(value)
+        threads = _threads.resolve(num_threads)
+        value = self._value(value, threads)
         val, logits, temp = self._broadcast_value(value)
         out = v.prepare_out(out, temp.shape, self.dtype, self._owned() + (value,))
         _core.log_prob(
@@ -783,7 +785,7 @@ class RelaxedOneHotCategorical:
             None,
             None,
             None,
-            _threads.resolve(num_threads),
+            threads,
         )
         return out
 
@@ -875,11 +877,11 @@ class RelaxedOneHotCategorical:
             (README, Limitations).
         """
         want_param, want_t = self._wanted(wrt, (self._param_name, "temperature"))
-        value = self._value(value)
+        threads = _threads.resolve(num_threads)
+        value = self._value(value, threads)
         grad = self._grad(grad, value.shape, "the value's shape")
         val, logits, temp = self._broadcast_value(value)
         grad = _broadcast(grad, val.shape)
-        threads = _threads.resolve(num_threads)
         gl = self._logits_grad_rows(val.shape) if want_param else None
         # Note [summed gradients]
         gt = np.empty(temp.shape, dtype=np.float64) if want_t else None
@@ -929,10 +931,10 @@ class RelaxedOneHotCategorical:
         want_v, want_param, want_t = self._wanted(
             wrt, ("value", self._param_name, "temperature")
         )
-        value = self._value(value)
+        threads = _threads.resolve(num_threads)
+        value = self._value(value, threads)
         val, logits, temp = self._broadcast_value(value)
         grad = self._grad(grad, temp.shape, "log_prob's shape")
-        threads = _threads.resolve(num_threads)
         lp = np.empty(temp.shape, dtype=self.dtype) if want_log_prob else None
         # The value gradient is summed over the batch rows a broadcast value
         # serves, in float64 then (Note [summed gradients]).

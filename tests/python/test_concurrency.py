@@ -109,6 +109,36 @@ def test_threads_changing_the_default_thread_count_do_not_change_results(threads
     assert not mismatches
 
 
+@pytest.mark.parametrize("validate", [True, False])
+def test_a_calls_num_threads_reaches_every_kernel_it_runs(monkeypatch, validate):
+    # A call that names num_threads runs every kernel on that many threads,
+    # whatever the default: the support check of validate_args and the one-hot of
+    # hard=True once took the default (get_num_threads) instead, so a caller
+    # limiting a call to one thread still got two.
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(40, 5))
+    dists = [
+        Relaxed(0.5, logits=logits, validate_args=validate),
+        ExpRelaxed(0.5, logits=logits, validate_args=validate),
+        Relaxed(0.5, probs=np.exp(logits), validate_args=validate),
+    ]
+    values = [d.rsample(rng=1) for d in dists]
+
+    def default_count():
+        raise AssertionError("a call that names num_threads read the default count")
+
+    monkeypatch.setattr(relaxcat._threads, "get_num_threads", default_count)
+    for d, x in zip(dists, values):
+        w = rng.normal(size=x.shape)
+        g = rng.normal(size=40)
+        d.rsample(rng=2, num_threads=1, hard=True)
+        d.rsample(rng=2, num_threads=1, out=np.empty_like(x))
+        d.log_prob(x, num_threads=1)
+        d.rsample_vjp(x, w, num_threads=1)
+        d.log_prob_vjp(x, g, num_threads=1)
+        d.log_prob_and_vjp(x, g, num_threads=1)
+
+
 # ------------------------------------------------------------------ Ctrl-C
 # The child builds a call that would run for a long time without allocating
 # much: log_prob of one sample broadcast (stride 0) to 2^20 rows of 4096
