@@ -193,6 +193,31 @@ void run_rsample(const detail::RsampleArgs<Real>& args, int threads) {
     });
 }
 
+// rsample_vjp over all rows, a few long rows on the simplex each spread over
+// the threads chunk by chunk (Note [split rows] for rsample_vjp in
+// kernels.hpp), other calls row by row (run).
+template <class Real>
+void run_rsample_vjp(const detail::RsampleVjpArgs<Real>& args, int threads) {
+    if (!detail::rsample_vjp_split(args, threads)) {
+        run(args, kernels<Real>().rsample_vjp, threads);
+        return;
+    }
+    const auto step = kernels<Real>().rsample_vjp_step;
+    const auto combine = active().split_row_combine;
+    without_gil([&](auto stop) {
+        return detail::parallel_row_steps(
+            args.shape.rows, args.shape.k, detail::kRsampleVjpSteps, threads,
+            detail::rsample_vjp_split_scratch(args.shape.k),
+            [&](int64_t r, int s, int64_t j0, int64_t n, const double* facts,
+                double* shared) { return step(args, r, s, j0, n, facts, shared); },
+            // Step 1's shares of the temperature sum, added in chunk order.
+            [&](int s, const double* results, int64_t chunks) {
+                return s == 1 ? combine(2, results, chunks) : 0.0;
+            },
+            stop);
+    });
+}
+
 template <class Real>
 void rsample_t(const py::array& logits, const py::array& temperature,
                const py::object& gumbels, uint64_t key, uint64_t stream,
@@ -264,7 +289,7 @@ void rsample_vjp_t(int space, const py::array& value, const py::array& grad,
     if (!logits.is_none())
         a.logits = in_arg<Real>(py::reinterpret_borrow<py::array>(logits), a.shape,
                                 true, fn, "logits");
-    run(a, kernels<Real>().rsample_vjp, threads);
+    run_rsample_vjp(a, threads);
 }
 
 template <class Real>

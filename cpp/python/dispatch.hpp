@@ -30,6 +30,10 @@ struct KernelSet {
     void (*param)(const ParamArgs<Real>&, int64_t, int64_t, double*);
     void (*probs_vjp)(const ProbsVjpArgs<Real>&, int64_t, int64_t, double*);
     void (*check)(const CheckArgs<Real>&, int64_t, int64_t, double*);
+    // One step over one chunk of a row on the simplex (Note [split rows] for
+    // rsample_vjp in kernels.hpp).
+    double (*rsample_vjp_step)(const RsampleVjpArgs<Real>&, int64_t, int, int64_t,
+                               int64_t, const double*, double*);
 };
 
 struct KernelTable {

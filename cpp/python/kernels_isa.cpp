@@ -18,7 +18,7 @@ KernelSet<Real> make_set() {
     return KernelSet<Real>{&k::rsample_rows<Real>,  &k::rsample_row_step<Real>,
                            &k::log_prob_rows<Real>, &k::rsample_vjp_rows<Real>,
                            &k::param_rows<Real>,    &k::probs_vjp_rows<Real>,
-                           &k::check_rows<Real>};
+                           &k::check_rows<Real>,    &k::rsample_vjp_row_step<Real>};
 }
 
 // log and exp as the kernels run them: vectors for whole groups of lanes, then

@@ -106,6 +106,29 @@ void check_long_rows_split_over_threads() {
     constexpr bool kSimplex = std::is_same<Dist, RelaxedOneHotCategorical<Real>>::value;
     const Real masked = kSimplex ? Real(0) : -std::numeric_limits<Real>::infinity();
     EXPECT_EQ(want[4], masked);
+
+    // rsample_vjp of one to three such rows (the simplex class spreads them
+    // over the threads too, Note [split rows] for rsample_vjp): the bits of one
+    // thread, for the gradient of the logits (summed over the rows) and of T.
+    std::vector<Real> w(3 * static_cast<size_t>(k));
+    const std::vector<double> wsrc = ramp(3 * k, 1.0);
+    for (size_t i = 0; i < w.size(); ++i) w[i] = static_cast<Real>(wsrc[i]);
+    for (int n = 1; n <= 3; ++n) {
+        std::vector<Real> gl1(static_cast<size_t>(k)), gl(static_cast<size_t>(k));
+        Real gt1 = 0, gt = 0;
+        d.rsample_vjp(MatrixView<const Real>(want.data(), n, k),
+                      MatrixView<const Real>(w.data(), n, k),
+                      MatrixView<Real>(gl1.data(), 1, k), VectorView<Real>(&gt1, 1), 1);
+        for (int threads : {2, 3, 4}) {
+            d.rsample_vjp(MatrixView<const Real>(want.data(), n, k),
+                          MatrixView<const Real>(w.data(), n, k),
+                          MatrixView<Real>(gl.data(), 1, k), VectorView<Real>(&gt, 1),
+                          threads);
+            EXPECT_EQ(gl, gl1) << n << " rows, " << threads << " threads";
+            EXPECT_EQ(std::memcmp(&gt, &gt1, sizeof gt), 0)
+                << n << " rows, " << threads << " threads";
+        }
+    }
 }
 
 TEST(Api, LongRowsSplitOverThreadsGiveTheBitsOfWholeRows) {

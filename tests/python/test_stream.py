@@ -605,6 +605,54 @@ def test_long_rows_spread_over_threads_give_the_bits_of_whole_rows(
         np.testing.assert_allclose(want[:3], oracle, rtol=0, atol=SAMPLE_TOL64)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("k", [3 * CHUNK + 777, 8 * CHUNK + 777])
+def test_rsample_vjp_of_long_rows_spread_over_threads_gives_the_bits_of_one(
+    threads, dtype, k
+):
+    # On the simplex, rsample_vjp spreads a call of few rows longer than a chunk
+    # over the threads (Note [split rows] for rsample_vjp in kernels.hpp): every
+    # thread count and layout, with masks or without, gives the bits of one
+    # thread, and those are the exact gradients to a few ulps. A call splits
+    # when it has fewer rows than twice its threads and 2^16 elements or more:
+    # here every call of 8 chunks, and the three-row calls of 3.
+    rng = np.random.default_rng(k)
+    logits = (3.0 * rng.normal(size=k)).astype(dtype)
+    logits[[4, k - 1]] = -np.inf
+    masked = R(dtype(0.4), logits=logits)
+    x = masked.rsample((3,), rng=7)
+    plain = R(dtype(0.4), logits=np.where(np.isinf(logits), 0, logits).astype(dtype))
+    w = rng.normal(size=x.shape).astype(dtype)
+    wide_w = np.repeat(w, 2, axis=1)[:, ::2]
+    for d in (masked, plain):
+        for n in (1, 2, 3):
+            want = d.rsample_vjp(x[:n], w[:n], num_threads=1)
+            for num_threads in (2, 3, 7):
+                for xv, wv in (
+                    (x[:n], w[:n]),
+                    (np.asfortranarray(x[:n]), np.asfortranarray(w[:n])),
+                    (x[:n], wide_w[:n]),
+                ):
+                    got = d.rsample_vjp(xv, wv, num_threads=num_threads)
+                    np.testing.assert_array_equal(got.logits, want.logits)
+                    np.testing.assert_array_equal(got.temperature, want.temperature)
+    # Against long double: per row d/da = x (w - <w, x>) / T and
+    # d/dT = -(1/T) sum_k x_k (w_k - <w, x>) log x_k; the logits and the
+    # temperature serve all three rows, so both come back summed over them.
+    got = masked.rsample_vjp(x, w, num_threads=2)
+    xl, wl = x.astype(np.longdouble), w.astype(np.longdouble)
+    t = np.longdouble(dtype(0.4))
+    ds = xl * (wl - (wl * xl).sum(axis=-1, keepdims=True))
+    logs = np.log(np.where(xl > 0, xl, 1))
+    grad_a = (ds / t).sum(axis=0).astype(np.float64)
+    grad_t = float(-(ds * logs).sum() / t)
+    ulp = EPS32 if dtype == np.float32 else EPS64
+    scale = float(np.max(np.abs(ds / t).sum(axis=0)))
+    # Row sums of this length err by several ulps (README, Accuracy).
+    assert np.max(np.abs(got.logits.astype(np.float64) - grad_a)) <= 16 * ulp * scale
+    assert abs(float(got.temperature) - grad_t) <= 64 * ulp * max(1.0, abs(grad_t))
+
+
 # --------------------------------------------------------------- SIMD levels
 def _noise_probe():
     return np.concatenate(

@@ -1042,6 +1042,30 @@ private:
             [] { return false; });
     }
 
+    // rsample_vjp: a few long rows on the simplex are each spread over the
+    // threads chunk by chunk (Note [split rows] for rsample_vjp in
+    // detail/kernels.hpp), other calls run row by row.
+    static void run(const detail::RsampleVjpArgs<Real>& a, int threads) {
+        if (!detail::rsample_vjp_split(a, threads)) {
+            run<detail::RsampleVjpArgs<Real>>(a, threads);
+            return;
+        }
+        detail::parallel_row_steps(
+            a.shape.rows, a.shape.k, detail::kRsampleVjpSteps, threads,
+            detail::rsample_vjp_split_scratch(a.shape.k),
+            [&a](int64_t r, int s, int64_t j0, int64_t n, const double* facts,
+                 double* shared) {
+                return detail::RELAXCAT_ISA_NAMESPACE::rsample_vjp_row_step(
+                    a, r, s, j0, n, facts, shared);
+            },
+            [](int s, const double* results, int64_t chunks) {
+                return s == 1 ? detail::RELAXCAT_ISA_NAMESPACE::split_row_combine(
+                                    2, results, chunks)
+                              : 0.0;
+            },
+            [] { return false; });
+    }
+
     // Scratch per thread (rsample needs less than the others above kColumnMaxK
     // categories).
     template <class Args>

@@ -35,8 +35,14 @@ struct RowArg {
 };
 
 // The chunks of Note [split rows] (kernels.hpp): rows longer than this reduce
-// chunk by chunk, and rsample can spread one such row over threads.
+// chunk by chunk, and rsample, and rsample_vjp on the simplex, can spread one
+// such row over threads.
 constexpr int64_t kChunkElements = 8192;
+
+// rsample_vjp on the simplex over chunks (Note [split rows] for rsample_vjp):
+// its steps, and the sums each chunk gives in the first (RestSums).
+constexpr int kRsampleVjpSteps = 3;
+constexpr int kRestSums = 7;
 
 // Whether elements first .. first + n - 1 all lie in a stream, which has 2^64
 // elements: a draw never wraps around (the SIMD levels would not agree there).

@@ -957,7 +957,8 @@ void rsample_block_columns(const RsampleArgs<Real>& a, Walker& walk, int64_t rb,
 // reduced chunk by chunk: chunk c holds elements c kChunkElements ..
 // (c + 1) kChunkElements - 1 and is reduced as a row of its own (Note [row
 // reductions]), and the chunks' results are combined in order, from the first
-// (split_row_combine). rsample reduces every row so, on any path. A call of few
+// (split_row_combine). rsample reduces every row so, on any path, and so does
+// rsample_vjp on the simplex (Note [split rows] for rsample_vjp). A call of few
 // such rows can then spread each row over threads (parallel_row_steps in
 // parallel.hpp): rsample_row_step takes one of four steps over one chunk of a
 // row sampled in its output (Note [rows without scratch]): draw the noise and
@@ -2085,22 +2086,28 @@ struct RestSums {
     double xsum = 0.0;  // sum x
 };
 
+// The seven sums of RestSums, in its order (the count of entries above 1/2
+// second), over k elements.
 template <class X, class W>
-RestSums rest_sums(bool simplex, int64_t k, const X* x, const W* w) {
-    const auto sums = sum_terms<7>(k, [=](auto d, int64_t j) {
+std::array<double, kRestSums> rest_sum_terms(bool simplex, int64_t k, const X* x,
+                                             const W* w) {
+    return sum_terms<kRestSums>(k, [=](auto d, int64_t j) {
         using D = decltype(d);
         const D xv = stream_lanes<D>(x + j);
         const D wv = stream_lanes<D>(w + j);
         const D qv = simplex ? (xv > 0.0 ? wv * xv : D{}) : wv;
         const auto low = xv <= 0.5;
-        return std::array<D, 7>{qv,
-                                low ? D{} : D{} + 1.0,
-                                low ? xv : D{},
-                                low ? qv : D{},
-                                low ? D{} : wv,
-                                low ? D{} : xv,
-                                xv};
+        return std::array<D, kRestSums>{qv,
+                                        low ? D{} : D{} + 1.0,
+                                        low ? xv : D{},
+                                        low ? qv : D{},
+                                        low ? D{} : wv,
+                                        low ? D{} : xv,
+                                        xv};
     });
+}
+
+inline RestSums rest_sums_of(const std::array<double, kRestSums>& sums) {
     RestSums r;
     r.wsum = sums[0];
     r.one = sums[1] == 1.0;
@@ -2110,6 +2117,11 @@ RestSums rest_sums(bool simplex, int64_t k, const X* x, const W* w) {
     r.xd = sums[5];
     r.xsum = sums[6];
     return r;
+}
+
+template <class X, class W>
+RestSums rest_sums(bool simplex, int64_t k, const X* x, const W* w) {
+    return rest_sums_of(rest_sum_terms(simplex, k, x, w));
 }
 
 // rsample_vjp_rows for one block of short rows in columns (Note [rows as
@@ -2296,14 +2308,16 @@ void rsample_vjp_block_columns(const RsampleVjpArgs<Real>& a, Walker& walk, int6
 // write the logits gradient straight to the output: no element buffer and no
 // pass of its own for log x, sum x or the output. The operations and their
 // order are those of the block passes this replaced, so the bits are too.
+// Elements j0 .. j0 + n - 1 of row r of rsample_vjp on the simplex, given the
+// row's sums (dom): writes their logits gradient and returns their share of the
+// temperature sum, reduced as a row of n elements (Note [row reductions]).
 template <class Real, class X, class W>
-void rsample_vjp_simplex_row(const RsampleVjpArgs<Real>& a, const X* x, const W* g,
-                             int64_t r, double t, double inv_t) {
+double simplex_vjp_part(const RsampleVjpArgs<Real>& a, const X* x, const W* g,
+                        int64_t r, int64_t j0, int64_t n, const RestSums& dom, double t,
+                        double inv_t) {
     const int64_t k = a.shape.k;
     const GradOut<Real> out{a.grad_logits, a.grad_logits_wide};
     const bool write = static_cast<bool>(out);
-    // sum x with the sums of Note [dominant sample entry], in one pass.
-    const RestSums dom = rest_sums(true, k, x, g);
     const double sum = dom.xsum;
     const double wx = dom.wsum;
     const double log_sum = log_d(sum);
@@ -2312,8 +2326,9 @@ void rsample_vjp_simplex_row(const RsampleVjpArgs<Real>& a, const X* x, const W*
     const bool want_t = a.grad_temperature != nullptr;
     // On the simplex log_sum - log x stays below 1500 (x is at least the
     // smallest subnormal), so the scale of the log-space rows is 1 here.
-    const double acc = reduce_terms(k, 0.0, kPlus, [&](auto d, int64_t j) {
+    return reduce_terms(n, 0.0, kPlus, [&](auto d, int64_t i) {
         using D = decltype(d);
+        const int64_t j = j0 + i;
         const D xv = load_lanes<D>(x + j);
         const D wv = load_lanes<D>(g + j);
         const D usual = xv > 0.0 ? xv * (wv * sum - wx) * (inv_sum * inv_sum) : D{};
@@ -2328,7 +2343,117 @@ void rsample_vjp_simplex_row(const RsampleVjpArgs<Real>& a, const X* x, const W*
         if (write) out.set_lanes(r, k, j, finite_inv_t ? ds * inv_t : ds / t);
         return ds != 0.0 ? ds * rel : D{};
     });
-    if (want_t) a.grad_temperature[r] = -(acc / t);
+}
+
+// The sums of RestSums of a row of more than kChunkElements elements, from the
+// chunks' own (each a row of its own, Note [row reductions]) added in order,
+// from the first: part holds kRestSums per chunk.
+
+inline RestSums combine_chunk_sums(const double* part, int64_t chunks) {
+    std::array<double, kRestSums> tot;
+    for (int m = 0; m < kRestSums; ++m) tot[m] = part[m];
+    for (int64_t c = 1; c < chunks; ++c)
+        for (int m = 0; m < kRestSums; ++m) tot[m] = tot[m] + part[c * kRestSums + m];
+    return rest_sums_of(tot);
+}
+
+// rsample_vjp_rows for one row of kRowPathMinK categories or more on the
+// simplex (Note [long rows]), in two passes that read the value x (masked) and
+// the upstream gradient g where they are, as Reals in the caller's contiguous
+// row or as doubles in an element buffer (the same doubles either way), and
+// write the logits gradient straight to the output: no element buffer and no
+// pass of its own for log x, sum x or the output. The operations and their
+// order are those of the block passes this replaced, so the bits are too. A
+// row of more than kChunkElements elements is reduced chunk by chunk (Note
+// [split rows]; `part` holds kRestSums doubles per chunk), as
+// rsample_vjp_row_step reduces it when it is spread over threads.
+template <class Real, class X, class W>
+void rsample_vjp_simplex_row(const RsampleVjpArgs<Real>& a, const X* x, const W* g,
+                             int64_t r, double t, double inv_t, double* part) {
+    const int64_t k = a.shape.k;
+    double acc = 0.0;
+    if (k <= kChunkElements) {
+        // sum x with the sums of Note [dominant sample entry], in one pass.
+        const RestSums dom = rest_sums(true, k, x, g);
+        acc = simplex_vjp_part(a, x, g, r, 0, k, dom, t, inv_t);
+    } else {
+        const int64_t chunks = (k + kChunkElements - 1) / kChunkElements;
+        for (int64_t c = 0; c < chunks; ++c) {
+            const int64_t j0 = c * kChunkElements;
+            const int64_t n = k - j0 < kChunkElements ? k - j0 : kChunkElements;
+            const auto s = rest_sum_terms(true, n, x + j0, g + j0);
+            for (int m = 0; m < kRestSums; ++m) part[c * kRestSums + m] = s[m];
+        }
+        const RestSums dom = combine_chunk_sums(part, chunks);
+        for (int64_t c = 0; c < chunks; ++c) {
+            const int64_t j0 = c * kChunkElements;
+            const int64_t n = k - j0 < kChunkElements ? k - j0 : kChunkElements;
+            const double share = simplex_vjp_part(a, x, g, r, j0, n, dom, t, inv_t);
+            acc = c == 0 ? share : split_row_fold(2, acc, share);
+        }
+    }
+    if (a.grad_temperature != nullptr) a.grad_temperature[r] = -(acc / t);
+}
+
+// Note [split rows] for rsample_vjp on the simplex: a row of more than
+// kChunkElements categories, reduced chunk by chunk on any path
+// (rsample_vjp_simplex_row), can be spread over threads in three steps, each
+// over one chunk (elements j0 .. j0 + n - 1 of row r): 0 widens the chunk of
+// x (masked) and g into `shared` where the row path would (rsample_vjp_rows)
+// and puts the chunk's seven sums in its slot there; 1 combines every chunk's
+// sums in order (each chunk alike, from the same numbers), writes the chunk's
+// gradient and returns its share of the temperature sum; 2 lets the first
+// chunk write the temperature gradient from facts[1], the shares combined in
+// order (split_row_combine). `shared` holds rsample_vjp_split_scratch(k)
+// doubles: x, g, then kRestSums per chunk.
+
+template <class Real>
+double rsample_vjp_row_step(const RsampleVjpArgs<Real>& a, int64_t r, int step,
+                            int64_t j0, int64_t n, const double* facts,
+                            double* shared) {
+    const int64_t k = a.shape.k;
+    const int64_t* const strides[4] = {a.value.stride, a.grad.stride,
+                                       a.temperature.stride, a.logits.stride};
+    const RowWalker<4> walk(a.shape, r, strides);
+    const double t = static_cast<double>(a.temperature.data[walk.offset[2]]);
+    if (step == 2) {
+        if (j0 == 0 && a.grad_temperature != nullptr)
+            a.grad_temperature[r] = -(facts[1] / t);
+        return 0.0;
+    }
+    const int64_t vs = a.value.kstride, gs = a.grad.kstride, ls = a.logits.kstride;
+    const Real* const vp = a.value.data + walk.offset[0];
+    const Real* const gp = a.grad.data + walk.offset[1];
+    const bool buffer_x = vs != 1 || a.logits.data != nullptr;
+    double* const xb = shared;
+    double* const gb = shared + k;
+    double* const part = shared + 2 * k;
+    const int64_t chunks = (k + kChunkElements - 1) / kChunkElements;
+    if (step == 0) {
+        if (buffer_x) {
+            load_row(vp + j0 * vs, vs, n, xb + j0);
+            if (a.logits.data != nullptr) {  // Note [underflow in log space]
+                const Real* lg = a.logits.data + walk.offset[3];
+                for (int64_t j = j0; j < j0 + n; ++j)
+                    xb[j] = static_cast<double>(lg[j * ls]) == -kInf ? 0.0 : xb[j];
+            }
+        }
+        if (gs != 1) load_row(gp + j0 * gs, gs, n, gb + j0);
+    }
+    const auto with = [&](const auto* x, const auto* g) {
+        if (step == 0) {
+            const auto s = rest_sum_terms(true, n, x + j0, g + j0);
+            double* const mine = part + (j0 / kChunkElements) * kRestSums;
+            for (int m = 0; m < kRestSums; ++m) mine[m] = s[m];
+            return 0.0;
+        }
+        const RestSums dom = combine_chunk_sums(part, chunks);
+        return simplex_vjp_part(a, x, g, r, j0, n, dom, t, 1.0 / t);
+    };
+    const auto with_x = [&](const auto* x) {
+        return gs == 1 ? with(x, gp) : with(x, static_cast<const double*>(gb));
+    };
+    return buffer_x ? with_x(static_cast<const double*>(xb)) : with_x(vp);
 }
 
 template <class Real>
@@ -2369,10 +2494,10 @@ void rsample_vjp_rows(const RsampleVjpArgs<Real>& a, int64_t r0, int64_t r1,
             if (gs != 1) load_row(gp, gs, k, gb);
             const auto with_g = [&](const auto* xr) {
                 if (gs == 1)
-                    rsample_vjp_simplex_row(a, xr, gp, r, t, inv_t);
+                    rsample_vjp_simplex_row(a, xr, gp, r, t, inv_t, y);
                 else
                     rsample_vjp_simplex_row(a, xr, static_cast<const double*>(gb), r, t,
-                                            inv_t);
+                                            inv_t, y);
             };
             if (buffer_x)
                 with_g(static_cast<const double*>(x));

@@ -137,6 +137,20 @@ bool rsample_split(const RsampleArgs<Real>& a, int requested_threads) {
            split_rows_pay(a.shape.rows, a.shape.k, requested_threads);
 }
 
+// Whether an rsample_vjp call is spread chunk by chunk (Note [split rows] for
+// rsample_vjp in kernels.hpp): rows on the simplex, when it pays.
+template <class Real>
+bool rsample_vjp_split(const RsampleVjpArgs<Real>& a, int requested_threads) {
+    return a.space == Space::simplex &&
+           split_rows_pay(a.shape.rows, a.shape.k, requested_threads);
+}
+
+// The shared scratch of a split rsample_vjp row: x and g widened, then seven
+// sums per chunk.
+inline int64_t rsample_vjp_split_scratch(int64_t k) {
+    return 2 * k + kRestSums * ((k + kChunkElements - 1) / kChunkElements);
+}
+
 // Runs `steps` steps over every row of [0, rows), each row cut into chunks of
 // kChunkElements (the last one shorter), on up to requested_threads threads:
 // step(r, s, j0, n, facts, shared) handles elements j0 .. j0 + n - 1 of row r in
