@@ -2301,13 +2301,6 @@ void rsample_vjp_block_columns(const RsampleVjpArgs<Real>& a, Walker& walk, int6
 // maximum and takes the exponentials (K = 128000: 6.3 to 4.8 ns per float32
 // element, with validation off).
 
-// rsample_vjp_rows for one row of kRowPathMinK categories or more on the
-// simplex (Note [long rows]), in two passes that read the value x (masked) and
-// the upstream gradient g where they are, as Reals in the caller's contiguous
-// row or as doubles in an element buffer (the same doubles either way), and
-// write the logits gradient straight to the output: no element buffer and no
-// pass of its own for log x, sum x or the output. The operations and their
-// order are those of the block passes this replaced, so the bits are too.
 // Elements j0 .. j0 + n - 1 of row r of rsample_vjp on the simplex, given the
 // row's sums (dom): writes their logits gradient and returns their share of the
 // temperature sum, reduced as a row of n elements (Note [row reductions]).
@@ -2348,7 +2341,6 @@ double simplex_vjp_part(const RsampleVjpArgs<Real>& a, const X* x, const W* g,
 // The sums of RestSums of a row of more than kChunkElements elements, from the
 // chunks' own (each a row of its own, Note [row reductions]) added in order,
 // from the first: part holds kRestSums per chunk.
-
 inline RestSums combine_chunk_sums(const double* part, int64_t chunks) {
     std::array<double, kRestSums> tot;
     for (int m = 0; m < kRestSums; ++m) tot[m] = part[m];
