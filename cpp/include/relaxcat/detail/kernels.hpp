@@ -2387,6 +2387,32 @@ void rsample_vjp_simplex_row(const RsampleVjpArgs<Real>& a, const X* x, const W*
     if (a.grad_temperature != nullptr) a.grad_temperature[r] = -(acc / t);
 }
 
+// The value and upstream gradient of a simplex row for rsample_vjp, elements
+// j0 .. j0 + n - 1: widened into the element buffers x and g (indexed by
+// element) where they are not read in place, a strided value or one whose
+// logits lg come for their masks (a masked category read as 0, Note [underflow
+// in log space]) and a strided gradient; then f(x, g) on the pointers to read,
+// Reals of the caller's row or doubles of a buffer (the same doubles either
+// way).
+template <class Real, class F>
+auto with_simplex_vjp_inputs(const RsampleVjpArgs<Real>& a, const Real* vp,
+                             const Real* gp, const Real* lg, int64_t j0, int64_t n,
+                             double* x, double* g, F f) {
+    const int64_t vs = a.value.kstride, gs = a.grad.kstride, ls = a.logits.kstride;
+    const bool buffer_x = vs != 1 || lg != nullptr;
+    if (buffer_x) {
+        load_row(vp + j0 * vs, vs, n, x + j0);
+        if (lg != nullptr)
+            for (int64_t j = j0; j < j0 + n; ++j)
+                x[j] = static_cast<double>(lg[j * ls]) == -kInf ? 0.0 : x[j];
+    }
+    if (gs != 1) load_row(gp + j0 * gs, gs, n, g + j0);
+    const auto with_x = [&](const auto* xr) {
+        return gs == 1 ? f(xr, gp) : f(xr, static_cast<const double*>(g));
+    };
+    return buffer_x ? with_x(static_cast<const double*>(x)) : with_x(vp);
+}
+
 // Note [split rows] for rsample_vjp on the simplex: a row of more than
 // kChunkElements categories, reduced chunk by chunk on any path
 // (rsample_vjp_simplex_row), can be spread over threads in three steps, each
@@ -2413,39 +2439,33 @@ double rsample_vjp_row_step(const RsampleVjpArgs<Real>& a, int64_t r, int step,
             a.grad_temperature[r] = -(facts[1] / t);
         return 0.0;
     }
-    const int64_t vs = a.value.kstride, gs = a.grad.kstride, ls = a.logits.kstride;
     const Real* const vp = a.value.data + walk.offset[0];
     const Real* const gp = a.grad.data + walk.offset[1];
-    const bool buffer_x = vs != 1 || a.logits.data != nullptr;
+    const Real* const lg =
+        a.logits.data != nullptr ? a.logits.data + walk.offset[3] : nullptr;
     double* const xb = shared;
     double* const gb = shared + k;
     double* const part = shared + 2 * k;
     const int64_t chunks = (k + kChunkElements - 1) / kChunkElements;
-    if (step == 0) {
-        if (buffer_x) {
-            load_row(vp + j0 * vs, vs, n, xb + j0);
-            if (a.logits.data != nullptr) {  // Note [underflow in log space]
-                const Real* lg = a.logits.data + walk.offset[3];
-                for (int64_t j = j0; j < j0 + n; ++j)
-                    xb[j] = static_cast<double>(lg[j * ls]) == -kInf ? 0.0 : xb[j];
-            }
-        }
-        if (gs != 1) load_row(gp + j0 * gs, gs, n, gb + j0);
-    }
-    const auto with = [&](const auto* x, const auto* g) {
-        if (step == 0) {
-            const auto s = rest_sum_terms(true, n, x + j0, g + j0);
-            double* const mine = part + (j0 / kChunkElements) * kRestSums;
-            for (int m = 0; m < kRestSums; ++m) mine[m] = s[m];
-            return 0.0;
-        }
-        const RestSums dom = combine_chunk_sums(part, chunks);
+    if (step == 0)
+        return with_simplex_vjp_inputs(
+            a, vp, gp, lg, j0, n, xb, gb, [&](const auto* x, const auto* g) {
+                const auto s = rest_sum_terms(true, n, x + j0, g + j0);
+                double* const mine = part + (j0 / kChunkElements) * kRestSums;
+                for (int m = 0; m < kRestSums; ++m) mine[m] = s[m];
+                return 0.0;
+            });
+    // Step 0 widened this chunk where needed: read the buffers, widen nothing.
+    const int64_t vs = a.value.kstride, gs = a.grad.kstride;
+    const RestSums dom = combine_chunk_sums(part, chunks);
+    const auto grad = [&](const auto* x, const auto* g) {
         return simplex_vjp_part(a, x, g, r, j0, n, dom, t, 1.0 / t);
     };
     const auto with_x = [&](const auto* x) {
-        return gs == 1 ? with(x, gp) : with(x, static_cast<const double*>(gb));
+        return gs == 1 ? grad(x, gp) : grad(x, static_cast<const double*>(gb));
     };
-    return buffer_x ? with_x(static_cast<const double*>(xb)) : with_x(vp);
+    return vs != 1 || lg != nullptr ? with_x(static_cast<const double*>(xb))
+                                    : with_x(vp);
 }
 
 template <class Real>
@@ -2474,27 +2494,12 @@ void rsample_vjp_rows(const RsampleVjpArgs<Real>& a, int64_t r0, int64_t r1,
             const Real* gp = a.grad.data + walk.offset[1];
             const double t = static_cast<double>(a.temperature.data[walk.offset[2]]);
             const double inv_t = inverse(t);
-            const bool buffer_x = vs != 1 || a.logits.data != nullptr;
-            if (buffer_x) {
-                load_row(vp, vs, k, x);
-                if (a.logits.data != nullptr) {  // Note [underflow in log space]
-                    const Real* lg = a.logits.data + walk.offset[3];
-                    for (int64_t j = 0; j < k; ++j)
-                        x[j] = static_cast<double>(lg[j * ls]) == -kInf ? 0.0 : x[j];
-                }
-            }
-            if (gs != 1) load_row(gp, gs, k, gb);
-            const auto with_g = [&](const auto* xr) {
-                if (gs == 1)
-                    rsample_vjp_simplex_row(a, xr, gp, r, t, inv_t, y);
-                else
-                    rsample_vjp_simplex_row(a, xr, static_cast<const double*>(gb), r, t,
-                                            inv_t, y);
-            };
-            if (buffer_x)
-                with_g(static_cast<const double*>(x));
-            else
-                with_g(vp);
+            const Real* lg =
+                a.logits.data != nullptr ? a.logits.data + walk.offset[3] : nullptr;
+            with_simplex_vjp_inputs(
+                a, vp, gp, lg, 0, k, x, gb, [&](const auto* xr, const auto* gr) {
+                    rsample_vjp_simplex_row(a, xr, gr, r, t, inv_t, y);
+                });
         }
         return;
     }
