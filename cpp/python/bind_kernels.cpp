@@ -4,6 +4,7 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <atomic>
 #include <cstdint>
 #include <stdexcept>
 #include <string>
@@ -271,8 +272,10 @@ void log_prob_t(int space, const py::array& logits, const py::array& temperature
     run(a, kernels<Real>().log_prob, threads);
 }
 
+// Returns whether grad holds a NaN or an infinity (Note [checking the upstream
+// gradient] in kernels.hpp); the caller then raises, naming it.
 template <class Real>
-void rsample_vjp_t(int space, const py::array& value, const py::array& grad,
+bool rsample_vjp_t(int space, const py::array& value, const py::array& grad,
                    const py::array& temperature, const py::object& out_gl,
                    const py::object& out_gt, int threads, const py::object& logits) {
     const char* fn = "rsample_vjp";
@@ -289,7 +292,10 @@ void rsample_vjp_t(int space, const py::array& value, const py::array& grad,
     if (!logits.is_none())
         a.logits = in_arg<Real>(py::reinterpret_borrow<py::array>(logits), a.shape,
                                 true, fn, "logits");
+    std::atomic<bool> grad_not_finite{false};
+    a.grad_not_finite = &grad_not_finite;
     run_rsample_vjp(a, threads);
+    return grad_not_finite.load();
 }
 
 template <class Real>
@@ -469,16 +475,18 @@ void bind_kernels(py::module_& m) {
         [](int space, const py::array& value, const py::array& grad,
            const py::array& temperature, const py::object& gl, const py::object& gt,
            int threads, const py::object& logits) {
+            bool grad_not_finite = false;
             by_dtype(
                 value, "rsample_vjp", "value",
                 [&] {
-                    rsample_vjp_t<float>(space, value, grad, temperature, gl, gt,
-                                         threads, logits);
+                    grad_not_finite = rsample_vjp_t<float>(
+                        space, value, grad, temperature, gl, gt, threads, logits);
                 },
                 [&] {
-                    rsample_vjp_t<double>(space, value, grad, temperature, gl, gt,
-                                          threads, logits);
+                    grad_not_finite = rsample_vjp_t<double>(
+                        space, value, grad, temperature, gl, gt, threads, logits);
                 });
+            return grad_not_finite;
         },
         py::arg("space"), py::arg("value"), py::arg("grad"), py::arg("temperature"),
         py::arg("grad_logits"), py::arg("grad_temperature"), py::arg("num_threads"),

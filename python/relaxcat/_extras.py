@@ -427,8 +427,8 @@ def gumbel_softmax_vjp(sample_soft, grad, temperature, axis=-1):
         "sample_soft",
         axis=None if axis == x.ndim - 1 else axis,
     )
-    g = v.as_float_array(grad, "grad", x.dtype)
-    v.check_finite(g, "grad")
+    g0 = v.as_float_array(grad, "grad", x.dtype)
+    g = g0  # its entries are checked by the kernel (below)
     try:
         g = np.broadcast_to(
             np.moveaxis(np.broadcast_to(g, np.moveaxis(x, -1, axis).shape), axis, -1),
@@ -464,6 +464,13 @@ def gumbel_softmax_vjp(sample_soft, grad, temperature, axis=-1):
     threads = _threads.get_num_threads()
     gl = np.empty(x.shape, dtype=x.dtype)
     gt = np.empty(rows, dtype=np.float64)  # per row in float64, then summed
-    _core.rsample_vjp(0, x, g, temp, gl, gt, threads)
+    bad = _core.rsample_vjp(0, x, g, temp, gl, gt, threads)
+    if bad or g.size == 0:
+        # Note [checking the upstream gradient] (kernels.hpp); the kernel reads
+        # no entry of an empty call. This raises for a bad entry, naming the
+        # first as the caller gave it.
+        v.check_finite(g0, "grad")
+    if bad:
+        raise ValueError("grad must be finite, got a NaN or an infinity")
     gt = _round_to(_reduce_to(gt, t_rows.shape).reshape(t.shape), x.dtype)
     return RsampleGrad(np.moveaxis(gl, -1, axis), gt)

@@ -811,10 +811,14 @@ class RelaxedOneHotCategorical:
         g = _reduce_to(grad_t_rows, self._t_rows.shape)
         return _round_to(g.reshape(self._temperature.shape), self.dtype)
 
-    def _grad(self, grad, shape: tuple, what: str) -> np.ndarray:
-        """The upstream gradient in the distribution's dtype, broadcast to shape."""
+    def _grad(self, grad, shape: tuple, what: str, check: bool = True) -> np.ndarray:
+        """The upstream gradient in the distribution's dtype, broadcast to shape;
+        its entries are checked to be finite unless ``check`` is False (the
+        caller's kernel then checks them, Note [checking the upstream gradient]
+        in kernels.hpp)."""
         grad = v.as_float_array(grad, "grad", self.dtype)
-        v.check_finite(grad, "grad")
+        if check:
+            v.check_finite(grad, "grad")
         try:
             return _broadcast(grad, shape)
         except ValueError:
@@ -879,14 +883,20 @@ class RelaxedOneHotCategorical:
         want_param, want_t = self._wanted(wrt, (self._param_name, "temperature"))
         threads = _threads.resolve(num_threads)
         value = self._value(value, threads)
-        grad = self._grad(grad, value.shape, "the value's shape")
+        g = self._grad(grad, value.shape, "the value's shape", check=False)
         val, logits, temp = self._broadcast_value(value)
-        grad = _broadcast(grad, val.shape)
+        g = _broadcast(g, val.shape)
         gl = self._logits_grad_rows(val.shape) if want_param else None
         # Note [summed gradients]
         gt = np.empty(temp.shape, dtype=np.float64) if want_t else None
         masks = logits if self._has_masks() else None
-        _core.rsample_vjp(self._space, val, grad, temp, gl, gt, threads, masks)
+        bad = _core.rsample_vjp(self._space, val, g, temp, gl, gt, threads, masks)
+        if bad or g.size == 0:
+            # The kernel reads no entry of an empty call. This raises for a bad
+            # entry, naming the first as the caller gave it.
+            v.check_finite(v.as_float_array(grad, "grad", self.dtype), "grad")
+        if bad:
+            raise ValueError("grad must be finite, got a NaN or an infinity")
         gp = self._param_grad(gl, threads) if want_param else None
         gt = self._temperature_grad(gt) if want_t else None
         cls = RsampleGradProbs if self._probs_given is not None else RsampleGrad

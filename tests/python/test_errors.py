@@ -1119,6 +1119,70 @@ def test_a_non_finite_upstream_grad_is_rejected(cls, bad_value):
     check_raises(ValueError, r"grad must be finite", lambda: d.log_prob_vjp(v, g), g, v)
 
 
+# The kernel itself finds a NaN or an infinity in rsample_vjp's grad (Note
+# [checking the upstream gradient] in kernels.hpp), on each of its paths: rows
+# in columns (K <= 31), blocks of rows (K = 40, and log space above 31), the
+# simplex's row path (K = 100) and long rows spread chunk by chunk over threads
+# (K = 70000, one row, two threads); the grad contiguous, in Fortran order, or
+# one row broadcast to every row; the bad entry first, inside, or last.
+@pytest.mark.parametrize("layout", ["C", "F", "broadcast"])
+@pytest.mark.parametrize("rows,k", [(37, 3), (37, 31), (20, 40), (9, 100), (1, 70000)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("cls", CLASSES)
+def test_rsample_vjp_finds_a_non_finite_grad_on_every_kernel_path(
+    cls, dtype, rows, k, layout, simd_level
+):
+    rng = np.random.default_rng(rows * k)
+    logits = rng.standard_normal((rows, k)).astype(dtype)
+    logits[:, 1] = -INF  # a masked category: its grad entry is checked too
+    d = cls(dtype(0.7), logits=logits)
+    x = d.rsample(rng=1)
+    shape = (k,) if layout == "broadcast" else (rows, k)
+    places = [
+        (0,) * len(shape),
+        tuple(n // 2 for n in shape),
+        tuple(n - 1 for n in shape),
+    ]
+    places.append((1,) if len(shape) == 1 else (rows - 1, 1))  # the masked one
+    for place, bad in zip(places, [NAN, INF, -INF, NAN]):
+        w = rng.standard_normal(shape).astype(dtype)
+        if layout == "F":
+            w = np.asfortranarray(w)
+        w[place] = bad
+        for threads in (1, 2):
+            check_raises(
+                ValueError,
+                rf"^grad must be finite, got {num(bad)} at index "
+                + re.escape(str(place))
+                + "$",
+                lambda w=w, threads=threads: d.rsample_vjp(x, w, num_threads=threads),
+                w,
+                x,
+            )
+        w[place] = 1.0  # the same grad made finite is accepted
+        got = d.rsample_vjp(x, w, num_threads=2)
+        assert np.all(np.isfinite(got[0])) and np.isfinite(got[1])
+
+
+def test_rsample_vjp_of_an_empty_sample_still_checks_its_grad():
+    # The kernel reads no grad entry when there are no rows; the front end then
+    # checks the grad itself, as it did before the kernel took the check over.
+    d = R(0.5, logits=np.zeros(3))
+    x = np.empty((0, 3))
+    check_raises(
+        ValueError,
+        r"^grad must be finite, got nan at index \(1,\)$",
+        lambda: d.rsample_vjp(x, np.array([0.0, NAN, 0.0])),
+        x,
+    )
+    check_raises(
+        ValueError,
+        r"^grad must be finite, got inf at index \(2,\)$",
+        lambda: relaxcat.gumbel_softmax_vjp(x, np.array([0.0, 1.0, INF]), 1.0),
+        x,
+    )
+
+
 def _oracle_status(space: int, logits, value, tol: float) -> np.ndarray:
     """The support check's per-row status in NumPy: 1 for a bad entry, 2 for a
     sum off 1 by more than tol, 3 for weight on a masked category, else 0."""

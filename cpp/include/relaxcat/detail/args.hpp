@@ -5,6 +5,7 @@
 // per-ISA translation units of the Python module can hand them to one another
 // without the one-definition trap described in kernels.hpp.
 
+#include <atomic>
 #include <cstdint>
 #include <type_traits>
 
@@ -159,6 +160,9 @@ struct RsampleVjpArgs {
     Real* grad_logits = nullptr;         // (rows, k), or null
     double* grad_logits_wide = nullptr;  // or in double, see Note [summed gradients]
     double* grad_temperature = nullptr;  // (rows,), or null; double as above
+    // Optional: set when an entry of grad is NaN or infinite (Note [checking
+    // the upstream gradient] in kernels.hpp); never cleared by the kernel.
+    std::atomic<bool>* grad_not_finite = nullptr;
 };
 
 // Row-wise transforms of the parameters (no temperature involved).
