@@ -1450,56 +1450,46 @@ bool log_prob_block_columns(const LogProbArgs<Real>& a, Walker& walk, int64_t rb
 
     for (int64_t j = 0; j < n; ++j) yc[j] = xc[j];
     if (simplex) log_inplace(yc, n);
+    // Each pass down the columns keeps its per-row sums and maxima in
+    // registers (Note [row sums in registers]).
     for_lanes(nb, true, [&](auto d, int64_t i) {
         using D = decltype(d);
-        store_lanes(amax + i, load_lanes<D>(lc + i));
-        store_lanes(ymax + i, load_lanes<D>(yc + i));
-        store_lanes(xmax + i, load_lanes<D>(xc + i));
-        store_lanes(lin + i, simplex ? -load_lanes<D>(yc + i) : D{});
-    });
-    for (int64_t j = 1; j < k; ++j) {
-        for_lanes(nb, true, [&](auto d, int64_t i) {
-            using D = decltype(d);
+        D am = load_lanes<D>(lc + i), ym = load_lanes<D>(yc + i);
+        D xm = load_lanes<D>(xc + i), ln = simplex ? -ym : D{};
+        for (int64_t j = 1; j < k; ++j) {
             const D yj = load_lanes<D>(yc + j * nb + i);
-            const D ym = load_lanes<D>(ymax + i);
             const auto up = yj > ym;
-            store_lanes(amax + i,
-                        kMax(load_lanes<D>(amax + i), load_lanes<D>(lc + j * nb + i)));
-            store_lanes(xmax + i,
-                        up ? load_lanes<D>(xc + j * nb + i) : load_lanes<D>(xmax + i));
-            store_lanes(ymax + i, up ? yj : ym);
-            if (simplex) store_lanes(lin + i, load_lanes<D>(lin + i) + -yj);
-        });
-    }
+            am = kMax(am, load_lanes<D>(lc + j * nb + i));
+            xm = up ? load_lanes<D>(xc + j * nb + i) : xm;
+            ym = up ? yj : ym;
+            if (simplex) ln = ln + -yj;
+        }
+        store_lanes(amax + i, am);
+        store_lanes(ymax + i, ym);
+        store_lanes(xmax + i, xm);
+        store_lanes(lin + i, ln);
+    });
     // z = (a - max a) - T (y - max y), y - max y as in Note [large temperatures];
     // z in place of y, and y - max y in place of the logits.
-    for (int64_t j = 0; j < k; ++j) {
-        double* const yj = yc + j * nb;
-        const double* const xj = xc + j * nb;
-        double* const aj = lc + j * nb;
-        int64_t i = 0;
-#if defined(RELAXCAT_HAVE_VECTOR_EXTENSIONS)
-        for (; i + kLanes <= nb; i += kLanes) {
-            const VecD y = load_d(yj + i);
-            const VecD d = simplex ? log_ratio_lanes(load_d(xj + i), load_d(xmax + i),
-                                                     y, load_d(ymax + i), load_d(t + i))
-                                   : y - load_d(ymax + i);
-            const VecD z = (load_d(aj + i) - load_d(amax + i)) - load_d(t + i) * d;
-            store_d(yj + i, z);
-            store_d(aj + i, d);
-            const VecD m = load_d(zmax + i);
-            store_d(zmax + i, j == 0 ? z : (m > z ? m : z));
+    for_lanes(nb, true, [&](auto lanes, int64_t i) {
+        using D = decltype(lanes);
+        const D xm = load_lanes<D>(xmax + i), ym = load_lanes<D>(ymax + i);
+        const D am = load_lanes<D>(amax + i), ti = load_lanes<D>(t + i);
+        D zm{};
+        for (int64_t j = 0; j < k; ++j) {
+            double* const yj = yc + j * nb;
+            double* const aj = lc + j * nb;
+            const D y = load_lanes<D>(yj + i);
+            const D d =
+                simplex ? log_ratio_lanes(load_lanes<D>(xc + j * nb + i), xm, y, ym, ti)
+                        : y - ym;
+            const D z = (load_lanes<D>(aj + i) - am) - ti * d;
+            store_lanes(yj + i, z);
+            store_lanes(aj + i, d);
+            zm = j == 0 ? z : kMax(zm, z);
         }
-#endif
-        for (; i < nb; ++i) {
-            const double d = simplex ? log_ratio(xj[i], xmax[i], yj[i], ymax[i], t[i])
-                                     : yj[i] - ymax[i];
-            const double z = (aj[i] - amax[i]) - t[i] * d;
-            yj[i] = z;
-            aj[i] = d;
-            zmax[i] = j == 0 ? z : max_d(zmax[i], z);
-        }
-    }
+        store_lanes(zmax + i, zm);
+    });
     bool finite = true;
     for (int64_t i = 0; i < nb; ++i) finite &= zmax[i] < kInf;
     if (!finite) return false;  // T (y - max y) overflowed: log_prob_rows's case
@@ -1509,19 +1499,27 @@ bool log_prob_block_columns(const LogProbArgs<Real>& a, Walker& walk, int64_t rb
             far_reference += (yc[j * nb + i] == zmax[i]) &
                              (t[i] * std::fabs(lc[j * nb + i]) > kRereferenceAbove);
     if (far_reference != 0) return false;
-    for (int64_t j = 0; j < k; ++j) {
-        for (int64_t i = 0; i < nb; ++i) {
-            yc[j * nb + i] -= zmax[i];
-            lin[i] += yc[j * nb + i];
+    for_lanes(nb, true, [&](auto d, int64_t i) {
+        using D = decltype(d);
+        const D zm = load_lanes<D>(zmax + i);
+        D ln = load_lanes<D>(lin + i);
+        for (int64_t j = 0; j < k; ++j) {
+            const D v = load_lanes<D>(yc + j * nb + i) - zm;
+            store_lanes(yc + j * nb + i, v);
+            ln = ln + v;
         }
-    }
+        store_lanes(lin + i, ln);
+    });
 
     // The density: lgamma(K) + (K - 1) log T + lin - K log(sum exp(z - max z)).
     exp_inplace(yc, n);
-    for (int64_t i = 0; i < nb; ++i) sum[i] = yc[i];
-    for (int64_t j = 1; j < k; ++j)
-        for (int64_t i = 0; i < nb; ++i) sum[i] += yc[j * nb + i];
-    for (int64_t i = 0; i < nb; ++i) zmax[i] = sum[i];
+    for_lanes(nb, true, [&](auto d, int64_t i) {
+        using D = decltype(d);
+        D total = load_lanes<D>(yc + i);
+        for (int64_t j = 1; j < k; ++j) total = total + load_lanes<D>(yc + j * nb + i);
+        store_lanes(sum + i, total);
+        store_lanes(zmax + i, total);
+    });
     log_inplace(zmax, nb);
     const double kd = static_cast<double>(k);
     if (a.log_prob != nullptr) {
@@ -1545,43 +1543,44 @@ bool log_prob_block_columns(const LogProbArgs<Real>& a, Walker& walk, int64_t rb
     double* const rest = ymax;
     double* const c = xmax;
     if (grad_value && simplex) {
-        for (int64_t i = 0; i < nb; ++i) rest[i] = 0.0;
-        for (int64_t j = 0; j < k; ++j) {
-            const double* ej = yc + j * nb;
-            for_lanes(nb, true, [&](auto d, int64_t i) {
-                using D = decltype(d);
-                const D e = load_lanes<D>(ej + i);
-                store_lanes(rest + i, load_lanes<D>(rest + i) + (e == 1.0 ? D{} : e));
-            });
-        }
+        for_lanes(nb, true, [&](auto d, int64_t i) {
+            using D = decltype(d);
+            D r{};
+            for (int64_t j = 0; j < k; ++j) {
+                const D e = load_lanes<D>(yc + j * nb + i);
+                r = r + (e == 1.0 ? D{} : e);
+            }
+            store_lanes(rest + i, r);
+        });
         per_temperature(t, nb, c,
                         [kd](double ti) { return std::fma(ti, kd - 1.0, -1.0); });
     }
     for (int64_t j = 0; j < k; ++j)
         for (int64_t i = 0; i < nb; ++i) yc[j * nb + i] *= inv[i];
     if (a.grad_temperature != nullptr) {
-        for (int64_t i = 0; i < nb; ++i) {
-            scale[i] = 0.0;
-            acc[i] = 0.0;
-        }
-        for (int64_t j = 0; j < k; ++j)
-            for (int64_t i = 0; i < nb; ++i)
-                scale[i] = max_d(scale[i], -lc[j * nb + i]);
+        for_lanes(nb, true, [&](auto d, int64_t i) {
+            using D = decltype(d);
+            D m{};
+            for (int64_t j = 0; j < k; ++j)
+                m = kMax(m, -load_lanes<D>(lc + j * nb + i));
+            store_lanes(scale + i, m);
+        });
         bool unit = true;  // y / 1 is y: no division when no row is scaled
         for (int64_t i = 0; i < nb; ++i) {
             scale[i] = scale[i] > kScaleAbove ? scale[i] : 1.0;
             unit &= scale[i] == 1.0;
         }
-        for (int64_t j = 0; j < k; ++j) {
-            const double* wj = yc + j * nb;
-            const double* dj = lc + j * nb;
-            if (unit) {
-                for (int64_t i = 0; i < nb; ++i) acc[i] += (kd * wj[i] - 1.0) * dj[i];
-            } else {
-                for (int64_t i = 0; i < nb; ++i)
-                    acc[i] += (kd * wj[i] - 1.0) * (dj[i] / scale[i]);
+        for_lanes(nb, true, [&](auto d, int64_t i) {
+            using D = decltype(d);
+            const D sc = load_lanes<D>(scale + i);
+            D total{};
+            for (int64_t j = 0; j < k; ++j) {
+                const D w = load_lanes<D>(yc + j * nb + i);
+                const D dj = load_lanes<D>(lc + j * nb + i);
+                total = total + (kd * w - 1.0) * (unit ? dj : dj / sc);
             }
-        }
+            store_lanes(acc + i, total);
+        });
         for (int64_t i = 0; i < nb; ++i)
             a.grad_temperature[rb + i] =
                 temperature_gradient(g[i], (kd - 1.0) / t[i], acc[i], scale[i]);
@@ -2131,7 +2130,12 @@ RestSums rest_sums(bool simplex, int64_t k, const X* x, const W* w) {
 // row's terms are still added in element order, so the bits are the same.
 // From Python, float32, validation off, one thread, AVX-512, in ns per
 // element: (2^20, 8) went from 6.1-6.5 to 5.2-5.6, (2^20, 3) from 6.2-6.4 to
-// 5.1-5.5, and (1024, 10) from 8.7-9.2 to 7.3-8.0.
+// 5.1-5.5, and (1024, 10) from 8.7-9.2 to 7.3-8.0. log_prob's passes down the
+// columns (log_prob_block_columns) do the same, each pass still a pass of its
+// own (Note [rows as columns] says why not all steps at once): log_prob at
+// (2^20, 8) 4.6-4.7 -> 3.9-4.5, (2^20, 3) 5.4-5.7 -> 5.0-5.2, (2^21, 2)
+// 5.8-6.1 -> 5.6-5.8, and log_prob_vjp 2-5% faster (three alternating runs
+// each, one pinned core).
 
 // The per-row sums of rsample_vjp over a block in columns, as RestSums holds
 // them for a long row: sum x, <w, x> (simplex) or the sum of w (log space; the
