@@ -1334,11 +1334,11 @@ double ordinary_long_row(const double* lg, double amax, double ymax, const Real*
 // sum overflowed. A scaled row multiplies g in before scaling back: acc scale
 // alone can pass the largest double where g brings the product back into range
 // (log-space entries of -1e307 at T = 1, g = 0.03: -8e306, not -inf; a fuzz
-// campaign).
-inline double temperature_gradient(double g, double head, double acc, double scale) {
-    if (g == 0.0) return 0.0;
-    if (scale == 1.0) return g * (head + acc);
-    return g * head + (g * acc) * scale;
+// campaign). Lane by lane (D = VecD) or for one row (D = double).
+template <class D>
+RELAXCAT_ALWAYS_INLINE D temperature_gradient(D g, D head, D acc, D scale) {
+    return g == 0.0 ? D{}
+                    : (scale == 1.0 ? g * (head + acc) : g * head + (g * acc) * scale);
 }
 
 // g (T (K w - 1) - one), the numerator of a value gradient (one = 1 on the
@@ -1581,9 +1581,17 @@ bool log_prob_block_columns(const LogProbArgs<Real>& a, Walker& walk, int64_t rb
             }
             store_lanes(acc + i, total);
         });
-        for (int64_t i = 0; i < nb; ++i)
-            a.grad_temperature[rb + i] =
-                temperature_gradient(g[i], (kd - 1.0) / t[i], acc[i], scale[i]);
+        // (K - 1) / T once per run of equal temperatures, in lin (no longer
+        // needed); then the rows' gradients in vectors.
+        double* const head = lin;
+        per_temperature(t, nb, head, [kd](double ti) { return (kd - 1.0) / ti; });
+        for_lanes(nb, true, [&](auto d, int64_t i) {
+            using D = decltype(d);
+            store_lanes(
+                a.grad_temperature + rb + i,
+                temperature_gradient(load_lanes<D>(g + i), load_lanes<D>(head + i),
+                                     load_lanes<D>(acc + i), load_lanes<D>(scale + i)));
+        });
     }
     with_short_k(k, [&](auto kk) {
         grad_logits.from_columns(yc, nb, kk, rb, [g, kd](double w, int64_t i) {
