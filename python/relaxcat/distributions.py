@@ -86,12 +86,21 @@ def _int_shape(shape, name: str) -> tuple:
     return lead
 
 
-def _check_indexable(shape: tuple, what: str, itemsize: int = 1) -> None:
+_INDEX_LIMIT = int(np.iinfo(np.intp).max)
+
+
+def _check_indexable(shape: tuple, what, itemsize: int = 1) -> None:
     """Raise unless an array of ``shape`` (and of ``itemsize`` bytes per element,
     for one that will be allocated) can be indexed; ``what`` names the
-    arguments that made the shape."""
+    arguments that made the shape, as a string or as a function that returns
+    one (called only to raise: formatting the shapes of every call into a
+    message cost about a microsecond a call)."""
     elements = math.prod(shape)
-    limit = np.iinfo(np.intp).max
+    limit = _INDEX_LIMIT
+    if 0 < elements and elements * itemsize <= limit:
+        return
+    if callable(what):
+        what = what()
     if elements == 0:
         # NumPy refuses even an empty shape whose nonzero sizes multiply past
         # what an array can index.
@@ -201,12 +210,18 @@ def _reduce_to(grad: np.ndarray, shape: tuple) -> np.ndarray:
 # term that is itself infinite (a row's exact value past the range) is left as
 # it is: the README's Limitations say what that costs.
 _SUM_SCALE = 2.0**-64
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def _sum_in_range(grad: np.ndarray, axes: tuple, keepdims: bool) -> np.ndarray:
     """np.add.reduce over ``axes``, with Note [sums past the range]."""
     with np.errstate(invalid="ignore", over="ignore"):
         total = np.add.reduce(grad, axis=axes, keepdims=keepdims)
+        if total.ndim == 0:  # a scalar: math.isfinite costs far less
+            if math.isfinite(total):
+                return total
+        elif np.isfinite(total).all():
+            return total
         lost = ~np.isfinite(total)
         if lost.any():
             terms_finite = np.logical_and.reduce(
@@ -224,6 +239,8 @@ def _round_to(x: np.ndarray, dtype) -> np.ndarray:
     infinity of its sign, an answer, not a warning."""
     if x.dtype == dtype:
         return x
+    if x.ndim == 0 and dtype == np.float32 and abs(float(x)) <= _FLOAT32_MAX:
+        return x.astype(dtype)  # in float32's range: nothing overflows
     with np.errstate(over="ignore"):
         return x.astype(dtype, copy=False)
 
@@ -485,8 +502,10 @@ class RelaxedOneHotCategorical:
         batch = lead + self._batch_shape
         _check_indexable(
             batch + self.event_shape,
-            f"sample_shape {lead} with batch_shape {self._batch_shape} and "
-            f"event_shape {self.event_shape}",
+            lambda: (
+                f"sample_shape {lead} with batch_shape {self._batch_shape} and "
+                f"event_shape {self.event_shape}"
+            ),
             self.dtype.itemsize,
         )
         logits = _broadcast(self._a, batch + self.event_shape)

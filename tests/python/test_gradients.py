@@ -720,3 +720,32 @@ def test_log_space_temperature_gradient_of_a_deep_row_is_finite_when_g_brings_it
     )
     want = float(Fraction(g) * inner)
     assert np.isfinite(got) and got == pytest.approx(want, rel=1e-12)
+
+
+@pytest.mark.parametrize("shape", [(), (3,)])
+def test_a_summed_float32_gradient_rounds_to_its_value_or_to_infinity_silently(shape):
+    # The rounding of a float64 sum to float32 takes a shortcut for a scalar
+    # inside float32's range; at the edge and past it, the answer must still be
+    # the nearest float32 or the infinity of its sign, with no warning.
+    import struct
+    import warnings
+
+    from relaxcat.distributions import _round_to
+
+    top = float(np.finfo(np.float32).max)
+    cases = [1.5, -(2.0**-149), top, -top, np.nextafter(top, np.inf), 3.5e38, -1e300]
+    cases += [np.inf, -np.inf]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for x in cases:
+            got = _round_to(np.full(shape, x, dtype=np.float64), np.float32)
+            # Nearest float32 (struct rounds as C does); from 2^128 - 2^103 on
+            # (half an ulp past the largest float32) the rounding is infinite.
+            if abs(x) >= 2.0**128 - 2.0**103:
+                want = np.float32(np.copysign(np.inf, x))
+            else:
+                want = np.float32(struct.unpack("f", struct.pack("f", x))[0])
+            assert got.dtype == np.float32 and got.shape == shape
+            assert np.all(got == want), (x, got)
+        nan = _round_to(np.full(shape, np.nan), np.float32)
+        assert nan.dtype == np.float32 and np.all(np.isnan(nan))
