@@ -428,15 +428,15 @@ def gumbel_softmax_vjp(sample_soft, grad, temperature, axis=-1):
         axis=None if axis == x.ndim - 1 else axis,
     )
     g0 = v.as_float_array(grad, "grad", x.dtype)
-    g = g0  # its entries are checked by the kernel (below)
+    given_shape = np.moveaxis(x, -1, axis).shape  # the sample's shape as given
     try:
         g = np.broadcast_to(
-            np.moveaxis(np.broadcast_to(g, np.moveaxis(x, -1, axis).shape), axis, -1),
-            x.shape,
-        )
+            np.moveaxis(np.broadcast_to(g0, given_shape), axis, -1), x.shape
+        )  # its entries are checked by the kernel (below)
     except ValueError:
         raise ValueError(
-            f"grad must broadcast to the sample's shape, got {np.shape(grad)}"
+            f"grad must broadcast to the sample's shape {given_shape}, "
+            f"got {np.shape(grad)}"
         ) from None
     t = v.as_float_array(temperature, "temperature", x.dtype, check_range=False)
     v.check_temperature(t, temperature)

@@ -104,6 +104,8 @@ def main() -> int:
     print(f"inputs tried: {stats.get('inputs', 0)} in {elapsed:.0f} s")
     for name in fuzz_harness.KNOWN:
         print(f"known bug {name!r} reached: {stats.get(name, 0)} times")
+    for name in fuzz_harness.LIMITATIONS:
+        print(f"documented limitation {name!r} reached: {stats.get(name, 0)} times")
     real = [k for k in failures if not k.endswith(" #count")]
     print(f"distinct failures: {len(real)}")
     for key in real:

@@ -404,6 +404,16 @@ def t_rows(work_t, param_ndim):
     return work_t[..., 0] if per_row else work_t
 
 
+# Documented limitations (README, Limitations) that an input may reach: a name
+# and what the README says, shown in the campaign's counts. Unlike KNOWN, these
+# are answers the project stands by, so the scenario still checks everything
+# else about the call.
+LIMITATIONS = {
+    "row-past-range": "a row's own temperature gradient past the float64 range is "
+    "an infinity and stays one in a sum over rows, which can then be NaN or an "
+    "infinity where the exact sum is finite (Note [sums past the range])",
+}
+
 # ================================================================ scenarios
 STATS: dict = {}
 
@@ -879,6 +889,14 @@ def _compare_param_grads(d, got, logits_grad, t_grad, t_shape, wdtype):
     want_t, tol_t = _reduce_pair(gt, gt_tol, t_shape, wdtype)
     want_t = want_t.reshape(d.temperature.shape)
     tol_t = tol_t.reshape(d.temperature.shape)
+    with np.errstate(invalid="ignore"):
+        past = np.abs(gt) - gt_tol > np.finfo(np.float64).max
+    if np.size(gt) != np.size(want_t) and np.any(past):
+        # LIMITATIONS["row-past-range"]: the call's summed temperature gradient
+        # is not compared (which of its entries took such a row is not tracked
+        # here); a single row past the range is still compared, as an infinity.
+        STATS["row-past-range"] = STATS.get("row-past-range", 0) + 1
+        return
     oracle.compare("gradient temperature", got[-1], want_t, tol_t, wdtype)
 
 

@@ -1384,6 +1384,23 @@ def test_a_draw_past_the_end_of_the_stream_is_an_error():
     assert np.all(out == 7.0)
 
 
+@pytest.mark.parametrize("axis", [-1, 0])
+def test_gumbel_softmax_vjp_names_the_shape_grad_must_broadcast_to(axis):
+    # A fresh-user review: the message gave grad's shape but not the sample's,
+    # which rsample_vjp's message gives.
+    x = np.full((2, 3), 1 / 3) if axis == -1 else np.full((3, 2), 1 / 3)
+    grad = np.ones((2, 4))
+    check_raises(
+        ValueError,
+        r"^grad must broadcast to the sample's shape "
+        + re.escape(str(x.shape))
+        + r", got \(2, 4\)$",
+        lambda: relaxcat.gumbel_softmax_vjp(x, grad, 0.5, axis=axis),
+        x,
+        grad,
+    )
+
+
 def test_gumbel_softmax_vjp_rejects_a_non_finite_upstream_gradient():
     # The class's rsample_vjp raised; the functional form let inf through as NaN.
     x = np.array([0.3, 0.7])

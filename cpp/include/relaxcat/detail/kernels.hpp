@@ -2058,7 +2058,11 @@ inline void complete_x_and_log_x(bool simplex, double* x, double* y, int64_t n,
 
 // A term ds_k (y_k - log S) of rsample_vjp's temperature sum (rel: its scaled
 // y_k - log S): 0 where ds_k is, NaN where y_k is -inf (Note [underflow in log
-// space]; on the simplex x_k = 0 there, and so is ds_k).
+// space]; on the simplex x_k = 0 there, and so is ds_k). A term past the float64
+// range is an infinity: in log space an upstream gradient near the float64
+// maximum can give terms of both signs that do, and the row's sum is then NaN
+// where its exact value is an infinity (README, Limitations; a second sum with
+// the terms scaled down would give it, and is not built).
 template <class D>
 RELAXCAT_ALWAYS_INLINE D temperature_term(D ds, D y, D rel) {
     const D unknown = D{} + std::numeric_limits<double>::quiet_NaN();
