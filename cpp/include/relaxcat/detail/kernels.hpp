@@ -2146,7 +2146,7 @@ RestSums rest_sums(bool simplex, int64_t k, const X* x, const W* w) {
 }
 
 // Note [row sums in registers]: rsample_vjp's passes down the columns of a
-// block keep each row's eight sums, and its per-row factors, in registers
+// block keep each row's seven sums, and its per-row factors, in registers
 // across the K columns, a group of rows (one vector's lanes) at a time, where a
 // flat pass per column had loaded and stored every sum once per element. Each
 // row's terms are still added in element order, so the bits are the same.
