@@ -8,12 +8,14 @@
 #include <algorithm>
 #include <array>
 #include <atomic>
+#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <limits>
 #include <mutex>
 #include <numeric>
+#include <thread>
 #include <type_traits>
 #include <vector>
 
@@ -72,6 +74,46 @@ TEST(Api, ResultsDoNotDependOnTheThreadCount) {
     d.log_prob(MatrixView<const float>(one.data(), rows, k),
                VectorView<float>(lp4.data(), rows), 0);
     EXPECT_EQ(lp1, lp4);
+}
+
+// Calls from several threads at once: one of them holds the kept threads of
+// Note [worker pool] (detail/parallel.hpp), the others start threads of their
+// own, and a thread's call may come while the pool's helpers watch for calls
+// or after they went to sleep. Whole rows and split long rows (parallel_row_steps)
+// alike must give the one-thread bits.
+TEST(Api, ConcurrentCallersGetTheOneThreadBits) {
+    const int rows = 4096, k = 16, long_k = 70000;  // long_k: split over 2 threads
+    std::vector<float> lg(rows * k);
+    const std::vector<double> src = ramp(rows * k, 2.0);
+    for (int i = 0; i < rows * k; ++i) lg[i] = static_cast<float>(src[i]);
+    const RelaxedOneHotCategorical<float> d(
+        0.5f, relaxcat::logits(MatrixView<const float>(lg.data(), rows, k)));
+    const std::vector<double> long_lg = ramp(long_k, 1.0);
+    const RelaxedOneHotCategorical<double> row(
+        0.5, relaxcat::logits(MatrixView<const double>(long_lg.data(), 1, long_k)));
+
+    std::vector<float> want(rows * k);
+    std::vector<double> long_want(long_k);
+    Philox a(21), b(22);
+    d.rsample(MatrixView<float>(want.data(), rows, k), a, 1);
+    row.rsample(MatrixView<double>(long_want.data(), 1, long_k), b, 1);
+
+    std::atomic<int> mismatches{0};
+    auto caller = [&](int id) {
+        std::vector<float> got(rows * k);
+        std::vector<double> long_got(long_k);
+        for (int i = 0; i < 30; ++i) {
+            Philox g(21), h(22);
+            d.rsample(MatrixView<float>(got.data(), rows, k), g, 2 + (id + i) % 3);
+            row.rsample(MatrixView<double>(long_got.data(), 1, long_k), h, 2);
+            if (got != want || long_got != long_want) ++mismatches;
+            if (i % 7 == id) std::this_thread::sleep_for(std::chrono::milliseconds(2));
+        }
+    };
+    std::vector<std::thread> callers;
+    for (int id = 0; id < 4; ++id) callers.emplace_back(caller, id);
+    for (auto& th : callers) th.join();
+    EXPECT_EQ(mismatches.load(), 0);
 }
 
 // Rows longer than one chunk (Note [split rows]): one to three of them are

@@ -211,3 +211,119 @@ def test_ctrl_c_interrupts_a_long_call_and_the_process_keeps_working(num_threads
     assert lines[0] == "interrupted", out
     assert float(lines[1]) < SIGNAL_DELAY_S + INTERRUPT_LATENCY_LIMIT_S, out
     assert lines[-1] == "ok", out
+
+
+# ------------------------------------------------------------------ the worker pool
+# Threads that help a call are kept for later calls (Note [worker pool] in
+# cpp/include/relaxcat/detail/parallel.hpp). A fault there shows as a hang, so
+# each check runs in a child process the test gives POOL_TIMEOUT_S to finish.
+POOL_TIMEOUT_S = 120.0
+
+POOL_PRELUDE = textwrap.dedent(
+    """
+    import os, signal, sys, threading, time
+    import numpy as np
+    import relaxcat
+
+    def check(d, x, threads):
+        # Every kernel on `threads` threads gives the one-thread bits.
+        for got, want in [
+            (d.rsample(rng=3, num_threads=threads), d.rsample(rng=3, num_threads=1)),
+            (d.log_prob(x, num_threads=threads), d.log_prob(x, num_threads=1)),
+            (d.rsample_vjp(x, x, num_threads=threads)[0],
+             d.rsample_vjp(x, x, num_threads=1)[0]),
+        ]:
+            assert np.array_equal(got, want), threads
+
+    # 2^18 elements: enough work for up to 8 threads.
+    d = relaxcat.RelaxedOneHotCategorical(
+        0.7, logits=np.random.default_rng(0).normal(size=(4096, 64)))
+    x = d.rsample(rng=1)
+    """
+)
+
+
+def _run_pool_child(body: str) -> str:
+    # A forked grandchild outlives the child's timeout; it ends itself sooner.
+    alarm = f"CHILD_ALARM_S = {int(POOL_TIMEOUT_S / 4)}\n"
+    proc = subprocess.run(
+        [sys.executable, "-c", POOL_PRELUDE + alarm + textwrap.dedent(body)],
+        capture_output=True,
+        text=True,
+        timeout=POOL_TIMEOUT_S,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def test_kept_threads_that_went_to_sleep_wake_for_the_next_call():
+    # Pauses longer than the helpers watch for a call (300 us) put them to
+    # sleep; each call must wake the ones it needs, whichever of them slept, and
+    # a call on fewer threads must leave the others asleep without losing them.
+    out = _run_pool_child(
+        """
+        for i in range(40):
+            check(d, x, [2, 4, 3, 2, 8][i % 5])
+            time.sleep(0.002 * (i % 4))
+        print("ok")
+        """
+    )
+    assert out.split() == ["ok"]
+
+
+def test_a_forked_child_runs_its_calls_on_threads_of_its_own():
+    # The parent's kept threads do not exist in a forked child: the child must
+    # make its own rather than wait for them. Forked once with the pool idle and
+    # then while another thread's call holds it.
+    out = _run_pool_child(
+        """
+        check(d, x, 2)  # the parent now keeps a thread
+
+        def fork_and_check():
+            pid = os.fork()
+            if pid == 0:
+                signal.alarm(CHILD_ALARM_S)  # a hung child ends, and says so
+                try:
+                    check(d, x, 2)
+                    check(d, x, 3)
+                except BaseException:
+                    os._exit(1)
+                os._exit(0)
+            return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+        codes = [fork_and_check()]
+        stop = threading.Event()
+
+        def busy():
+            while not stop.is_set():
+                d.log_prob(x, num_threads=2)
+
+        th = threading.Thread(target=busy)
+        th.start()
+        codes += [fork_and_check() for _ in range(5)]
+        stop.set()
+        th.join()
+        print(*codes)
+        """
+    )
+    assert out.split() == ["0"] * 6
+
+
+def test_a_call_asking_for_more_threads_than_the_pool_holds_gets_the_same_bits():
+    # The pool hands a call at most 255 workers; a call asking for more gets
+    # that many and says so to the tasks, and later calls on fewer threads still
+    # work. 38400 x 256 elements is enough work for 300 threads.
+    out = _run_pool_child(
+        """
+        big = relaxcat.RelaxedOneHotCategorical(
+            0.7, logits=np.random.default_rng(1).normal(size=(38400, 256)),
+            validate_args=False)
+        want = big.rsample(rng=5, num_threads=1)
+        assert np.array_equal(big.rsample(rng=5, num_threads=300), want)
+        assert np.array_equal(big.log_prob(want, num_threads=300),
+                              big.log_prob(want, num_threads=1))
+        check(d, x, 2)
+        print("ok")
+        """
+    )
+    assert out.split() == ["ok"]

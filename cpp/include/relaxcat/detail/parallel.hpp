@@ -7,13 +7,20 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
+#include <condition_variable>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <system_error>
 #include <thread>
 #include <vector>
+
+#if defined(__unix__) || defined(__APPLE__)
+#include <pthread.h>
+#endif
 
 #include "args.hpp"
 
@@ -34,12 +41,33 @@ inline int threads_for(int64_t rows, int64_t k, int requested) {
         std::min<int64_t>({static_cast<int64_t>(requested), useful, rows}));
 }
 
-// Runs worker(0) on the calling thread and worker(1) .. worker(nthreads - 1) on
-// threads of their own, and returns when all have. A thread that cannot be
-// started only costs speed: the workers share out their tasks knowing how many
-// of them run, which `started` (if given) receives before worker(0) starts.
+// Note [worker pool]: starting a thread, or waking one that sleeps, costs
+// 50-60 us on the 2-core VM the benchmarks run on (the idle core has to be woken
+// either way), as much as a tenth of a 2-thread call of a million elements. So
+// the threads that help a call are kept: after their part they watch for the
+// next call for kPoolSpinMicros, yielding the core to anything else runnable,
+// and only then sleep. Calls made back to back, as in a training loop that does
+// little between them or a benchmark, then start their helpers in about a
+// microsecond. The calling thread likewise watches for its helpers to finish for
+// that long before it sleeps.
+//
+// One call at a time uses the pool; a call that finds it busy (another thread's
+// call, or a call from inside a worker) starts threads of its own, as every call
+// did before the pool, so concurrent callers neither wait for each other nor
+// deadlock. The pool holds as many threads as the largest call has asked for,
+// and they live until the process exits; a forked child starts a pool of its
+// own (the parent's threads do not exist in it). A program that unloads the
+// library holding this code (dlclose) while the threads live would leave them
+// running unmapped code: such programs should compile with
+// RELAXCAT_NO_THREAD_POOL, which makes every call start its own threads.
+constexpr int64_t kPoolSpinMicros = 300;
+
+// Runs worker(1) .. worker(nthreads - 1) on threads started for this call
+// (never more than can be started) and worker(0) on the calling thread, and
+// returns when all have. `started` (if given) receives how many workers run
+// before worker(0) starts, so that they can share out their tasks.
 template <class Worker>
-void run_workers(int nthreads, Worker& worker, std::atomic<int>* started = nullptr) {
+void run_fresh_threads(int nthreads, Worker& worker, std::atomic<int>* started) {
     std::vector<std::thread> pool;
     pool.reserve(static_cast<size_t>(nthreads > 1 ? nthreads - 1 : 0));
     for (int i = 1; i < nthreads; ++i) {
@@ -53,6 +81,174 @@ void run_workers(int nthreads, Worker& worker, std::atomic<int>* started = nullp
         started->store(static_cast<int>(pool.size()) + 1, std::memory_order_release);
     worker(0);
     for (auto& th : pool) th.join();
+}
+
+// Whether `until` has passed; checked only every 64 calls with count, as
+// reading the clock costs more than a turn of a waiting loop.
+inline bool spin_expired(std::chrono::steady_clock::time_point until, unsigned& count) {
+    return (++count & 63) == 0 && std::chrono::steady_clock::now() >= until;
+}
+
+// The kept threads of Note [worker pool]. A call is posted as one 64-bit word,
+// its sequence number times 256 plus the number of workers taking part (the
+// caller included), so that a helper learns from one load both that a call is
+// new and whether it takes part: helper i (1, 2, ...) does when i is below that
+// number. Only then does it read the call's function, which stays put until
+// every helper taking part has finished. Each helper sleeps on a condition of
+// its own, and a call wakes only the helpers it needs; helpers a call leaves
+// out do not start watching anew, so that a pool once grown by a call on many
+// threads does not keep all of them busy.
+class WorkerPool {
+public:
+    // The process's pool, made on first use.
+    static WorkerPool& instance() {
+        WorkerPool* pool = slot().load(std::memory_order_acquire);
+        if (pool != nullptr) return *pool;
+        register_fork_handler();
+        auto made = std::make_unique<WorkerPool>();
+        if (slot().compare_exchange_strong(pool, made.get(), std::memory_order_acq_rel))
+            return *made.release();
+        return *pool;  // another thread made it first; ours has no threads yet
+    }
+
+    // Runs worker(0 .. nthreads - 1) as run_fresh_threads does, on the pool's
+    // threads. Returns false, having run nothing, when the pool is busy.
+    template <class Worker>
+    bool try_run(int nthreads, Worker& worker, std::atomic<int>* started) {
+        bool idle = false;
+        if (!busy_.compare_exchange_strong(idle, true, std::memory_order_acquire))
+            return false;
+        const int helpers = grow(std::min(nthreads, kMaxWorkers) - 1);
+        if (started != nullptr) started->store(helpers + 1, std::memory_order_release);
+
+        // Post the call, run worker 0, wait for the helpers.
+        if (helpers > 0) {
+            context_ = &worker;
+            call_ = [](void* context, int id) { (*static_cast<Worker*>(context))(id); };
+            pending_.store(helpers, std::memory_order_relaxed);
+            std::lock_guard<std::mutex> lock(mutex_);
+            const uint64_t next = word_.load(std::memory_order_relaxed) / 256 + 1;
+            word_.store(next * 256 + static_cast<uint64_t>(helpers + 1),
+                        std::memory_order_release);
+            for (int i = 1; i <= helpers; ++i)
+                if (asleep_[i]) posted_[i].notify_one();
+        }
+        worker(0);
+        if (helpers > 0) await_helpers();
+        busy_.store(false, std::memory_order_release);
+        return true;
+    }
+
+private:
+    static constexpr int kMaxWorkers = 255;  // the low byte of word_
+
+    static std::atomic<WorkerPool*>& slot() {
+        static std::atomic<WorkerPool*> pool{nullptr};
+        return pool;
+    }
+
+    // In a forked child the pool's threads are gone and its lock may be held by
+    // a call that was running in the parent, so the child forgets the pool
+    // (leaking it: nothing in it may be touched) and makes its own on first use.
+    static void register_fork_handler() {
+#if defined(__unix__) || defined(__APPLE__)
+        static const int registered = pthread_atfork(
+            nullptr, nullptr, [] { slot().store(nullptr, std::memory_order_relaxed); });
+        (void)registered;
+#endif
+    }
+
+    // Starts threads until `helpers` exist, or as many as can be started;
+    // returns how many exist. Only the caller holding busy_ gets here, before it
+    // posts its call, so a new thread starts from the word before that call
+    // (were it to read word_ itself, it might do so after the post, and miss
+    // the call it is meant to take part in).
+    int grow(int helpers) {
+        const uint64_t before = word_.load(std::memory_order_relaxed);
+        while (threads_ < helpers) {
+            try {
+                std::thread(&WorkerPool::serve, this, threads_ + 1, before).detach();
+            } catch (const std::system_error&) {
+                break;
+            }
+            ++threads_;
+        }
+        return std::min(helpers, threads_);
+    }
+
+    // The life of helper `id`: await a call it takes part in, do its part.
+    void serve(int id, uint64_t seen) {
+        for (;;) {
+            seen = await_call(id, seen);
+            call_(context_, id);
+            if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+                std::lock_guard<std::mutex> lock(mutex_);
+                if (caller_asleep_) finished_.notify_one();
+            }
+        }
+    }
+
+    // The word of the first call after `seen` that helper `id` takes part in:
+    // watched for kPoolSpinMicros, then slept for.
+    uint64_t await_call(int id, uint64_t seen) {
+        uint64_t word = seen;
+        auto called = [&] {
+            word = word_.load(std::memory_order_acquire);
+            return word != seen && static_cast<int>(word % 256) > id;
+        };
+        const auto until = std::chrono::steady_clock::now() +
+                           std::chrono::microseconds(kPoolSpinMicros);
+        for (unsigned count = 0; !spin_expired(until, count); std::this_thread::yield())
+            if (called()) return word;
+
+        std::unique_lock<std::mutex> lock(mutex_);
+        asleep_[id] = true;
+        posted_[id].wait(lock, called);
+        asleep_[id] = false;
+        return word;
+    }
+
+    // Until every helper of the call has finished: watched, then slept for.
+    void await_helpers() {
+        auto finished = [&] { return pending_.load(std::memory_order_acquire) == 0; };
+        const auto until = std::chrono::steady_clock::now() +
+                           std::chrono::microseconds(kPoolSpinMicros);
+        for (unsigned count = 0; !spin_expired(until, count); std::this_thread::yield())
+            if (finished()) return;
+
+        std::unique_lock<std::mutex> lock(mutex_);
+        caller_asleep_ = true;
+        finished_.wait(lock, finished);
+        caller_asleep_ = false;
+    }
+
+    std::atomic<bool> busy_{false};  // a call holds the pool
+    std::atomic<uint64_t> word_{0};  // the last call posted
+    std::atomic<int> pending_{0};    // its helpers yet to finish
+    void (*call_)(void*, int) = nullptr;
+    void* context_ = nullptr;
+    int threads_ = 0;  // helpers started, numbered 1 .. threads_
+
+    // The mutex guards the posting of word_ and the flags of who sleeps.
+    std::mutex mutex_;
+    std::condition_variable posted_[kMaxWorkers];  // index 0, the caller, unused
+    bool asleep_[kMaxWorkers] = {};
+    std::condition_variable finished_;
+    bool caller_asleep_ = false;
+};
+
+// Runs worker(0) on the calling thread and worker(1) .. worker(nthreads - 1) on
+// other threads (those of the pool when it is free; Note [worker pool]), and
+// returns when all have. A thread that cannot be started only costs speed: the
+// workers share out their tasks knowing how many of them run, which `started`
+// (if given) receives before worker(0) starts.
+template <class Worker>
+void run_workers(int nthreads, Worker& worker, std::atomic<int>* started = nullptr) {
+#if !defined(RELAXCAT_NO_THREAD_POOL)
+    if (nthreads > 1 && WorkerPool::instance().try_run(nthreads, worker, started))
+        return;
+#endif
+    run_fresh_threads(nthreads, worker, started);
 }
 
 // The next of ntasks tasks handed out in order by `next`, for worker `id`, or
