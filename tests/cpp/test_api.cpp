@@ -116,6 +116,55 @@ TEST(Api, ConcurrentCallersGetTheOneThreadBits) {
     EXPECT_EQ(mismatches.load(), 0);
 }
 
+// Note [large upstream gradients]: a row whose upstream gradient would take
+// rsample_vjp's sums or terms past the range is computed from a power of two
+// times less and scaled back, so its results are those of the same gradient
+// taken 2^10 times smaller and scaled back by hand (where nothing overflows):
+// the same bits, on every path (K = 8 down columns, 40 and 300 row by row,
+// 300 on the simplex's row path, 70000 split over two threads) and thread
+// count. Before, these rows gave NaN or infinities for finite gradients. In
+// log space ds / T is about 2 |w|, so the largest entries there are 3e307.
+template <class Dist>
+void check_large_upstream_gradients(int k, int threads, double big) {
+    std::vector<double> lg = ramp(k, 1.5);
+    lg[5] = 30.0;  // the two large entries of the sample, whatever the noise
+    lg[2] = 29.0;
+    const Dist d(0.5, relaxcat::logits(MatrixView<const double>(lg.data(), 1, k)));
+    std::vector<double> x(static_cast<size_t>(k));
+    Philox gen(4);
+    d.rsample(MatrixView<double>(x.data(), 1, k), gen);
+    std::vector<double> w = ramp(k, 1.0), small(static_cast<size_t>(k));
+    w[2] = big;
+    w[5] = -big;
+    for (int j = 0; j < k; ++j) small[j] = w[j] * 0x1p-10;
+    std::vector<double> gl(static_cast<size_t>(k)), gs(static_cast<size_t>(k));
+    double gt = 0.0, gts = 0.0;
+    d.rsample_vjp(MatrixView<const double>(x.data(), 1, k),
+                  MatrixView<const double>(w.data(), 1, k),
+                  MatrixView<double>(gl.data(), 1, k), VectorView<double>(&gt, 1),
+                  threads);
+    d.rsample_vjp(MatrixView<const double>(x.data(), 1, k),
+                  MatrixView<const double>(small.data(), 1, k),
+                  MatrixView<double>(gs.data(), 1, k), VectorView<double>(&gts, 1),
+                  threads);
+    // Where the scaled-back value passes the range the exact one does too, and
+    // the infinity of its sign is the answer.
+    EXPECT_EQ(gt, gts * 0x1p10) << k << " " << threads;
+    for (int j = 0; j < k; ++j)
+        ASSERT_EQ(gl[j], gs[j] * 0x1p10) << k << " " << threads << " " << j;
+}
+
+TEST(Api, LargeUpstreamGradientsGiveTheScaledBitsOfSmallerOnes) {
+    using Simplex = RelaxedOneHotCategorical<double>;
+    using Log = ExpRelaxedOneHotCategorical<double>;
+    for (int k : {8, 40, 300}) {
+        check_large_upstream_gradients<Simplex>(k, 1, 1.79e308);
+        check_large_upstream_gradients<Log>(k, 1, 3e307);
+    }
+    for (int threads : {1, 2})
+        check_large_upstream_gradients<Simplex>(70000, threads, 1.79e308);
+}
+
 // Rows longer than one chunk (Note [split rows]): one to three of them are
 // spread over 2 or 4 threads chunk by chunk, eight go row by row on one thread,
 // and the noise given as gumbels takes the buffered path; all give the same bits.

@@ -1293,3 +1293,130 @@ def test_probs_gradients_scale_with_the_probs(c):
     got = Relaxed(0.5, probs=base * c).rsample_vjp(x, w)
     np.testing.assert_allclose(got.probs * c, want.probs, rtol=1e-14, atol=1e-14)
     assert got.temperature == pytest.approx(want.temperature, rel=1e-14)
+
+
+# Note [large upstream gradients]: rsample_vjp against a 60-digit oracle for
+# upstream gradients near the float64 maximum. Each result may carry a few
+# roundings of every term it sums, so the error bound is LARGE_GRAD_RTOL times
+# K times the sum of the terms' sizes; past the float64 range the exact value
+# must come out as the infinity of its sign.
+LARGE_GRAD_RTOL = 16 * EPS64
+DOUBLE_MAX = mpmath.mpf(np.finfo(np.float64).max)
+
+
+def _mp_rsample_vjp(value, w, t, simplex):
+    """d sum(w x) / d logits and d/dT from the sample, with the sizes their
+    error bounds scale with (the sums of the terms' magnitudes)."""
+    with mpmath.workdps(REF_DPS):
+        vs = [mpmath.mpf(float(v)) for v in value]
+        if simplex:
+            y = [mpmath.log(v) if v > 0 else -mpmath.inf for v in vs]
+        else:
+            y = vs
+        x = [mpmath.e**v if v > -mpmath.inf else mpmath.mpf(0) for v in y]
+        s = mpmath.fsum(x)
+        ws = [mpmath.mpf(float(a)) for a in w]
+        log_s = mpmath.log(s)
+        w_abs = mpmath.fsum(abs(a) for a in ws)
+        if simplex:
+            wx = mpmath.fsum(a * b for a, b in zip(ws, x)) / s
+            ds = [b / s * (a - wx) for a, b in zip(ws, x)]
+            ds_size = [b / s * (abs(a) + w_abs) for a, b in zip(ws, x)]
+        else:
+            total = mpmath.fsum(ws)
+            ds = [a - b / s * total for a, b in zip(ws, x)]
+            ds_size = [abs(a) + b / s * w_abs for a, b in zip(ws, x)]
+        terms = [d * (v - log_s) for d, v in zip(ds, y) if d != 0]
+        t_grad = -mpmath.fsum(terms) / t
+        t_size = (
+            mpmath.fsum(
+                sz * abs(v - log_s) for sz, v in zip(ds_size, y) if v > -mpmath.inf
+            )
+            / t
+        )
+        return [d / t for d in ds], [sz / t for sz in ds_size], t_grad, t_size
+
+
+def _assert_exact_or_overflowed(got, want, size, k, what):
+    if abs(want) > DOUBLE_MAX:
+        assert got == (np.inf if want > 0 else -np.inf), (what, got, want)
+        return
+    bound = LARGE_GRAD_RTOL * k * size
+    assert np.isfinite(got) and abs(mpmath.mpf(float(got)) - want) <= bound, (
+        what,
+        got,
+        mpmath.nstr(want, 17),
+        mpmath.nstr(bound, 3),
+    )
+
+
+def _large_gradient_case(cls, k, kind, big):
+    rng = np.random.default_rng(k)
+    d = cls(0.5, logits=rng.normal(size=k))
+    value = d.rsample(rng=1)
+    w = rng.normal(size=k)
+    if kind == "both signs":
+        w[2], w[5] = big, -big
+    else:  # every entry large and positive: the sum of w passes the range
+        w = big * rng.uniform(0.5, 1.0, size=k)
+    return d, value, w
+
+
+@pytest.mark.parametrize("big", [1.79e308, 1e308, 3e307])
+@pytest.mark.parametrize("kind", ["both signs", "one sign"])
+@pytest.mark.parametrize(
+    "cls, k",
+    [(Relaxed, 8), (Relaxed, 40), (ExpRelaxed, 8), (ExpRelaxed, 40), (ExpRelaxed, 300)],
+    ids=["simplex-8", "simplex-40", "log-8", "log-40", "log-300"],
+)
+def test_rsample_vjp_of_upstream_gradients_near_the_float64_maximum_is_exact(
+    simd_level, cls, k, kind, big
+):
+    # Regression (Note [large upstream gradients]): terms and sums of such rows
+    # overflowed with both signs. Log space, K = 300, +-3e307 gave a NaN
+    # temperature gradient for -1.87e307; K = 8, +-1.79e308 gave +inf for
+    # 1.58e308 (the simplex: +inf for 6.7e307). K = 8 takes the column path,
+    # 40 and 300 the block path.
+    d, value, w = _large_gradient_case(cls, k, kind, big)
+    got = d.rsample_vjp(value, w)
+    grads, sizes, t_grad, t_size = _mp_rsample_vjp(value, w, 0.5, cls is Relaxed)
+    _assert_exact_or_overflowed(got.temperature, t_grad, t_size, k, "d/dT")
+    for j in range(k):
+        _assert_exact_or_overflowed(got.logits[j], grads[j], sizes[j], k, f"d/da {j}")
+
+
+_LONG_ROW_ORACLE: dict = {}  # k -> _mp_rsample_vjp of its case, made once
+
+
+@pytest.mark.parametrize("num_threads", [1, 2])
+@pytest.mark.parametrize("k", [64, 300, 70000])
+def test_long_simplex_rows_of_upstream_gradients_near_the_float64_maximum_are_exact(
+    simd_level, k, num_threads
+):
+    # Regression (Note [large upstream gradients]): a dominant entry (x near 1)
+    # with gradient -1.79e308 and another entry with +1.79e308 took the row
+    # path's temperature gradient to +inf where the exact value is finite
+    # (4.5e304 at K = 64). Rows of 64 categories or more take the simplex row
+    # path; one row of 70000 on two threads is split over them in chunks (Note
+    # [split rows]) and must give the bits of one thread.
+    rng = np.random.default_rng(k)
+    logits = rng.normal(size=k)
+    logits[5] = 8.0
+    d = Relaxed(0.5, logits=logits)
+    value = d.rsample(rng=1)
+    w = rng.normal(size=k)
+    w[2], w[5] = 1.79e308, -1.79e308
+    got = d.rsample_vjp(value, w, num_threads=num_threads)
+    one = d.rsample_vjp(value, w, num_threads=1)
+    np.testing.assert_array_equal(got.logits, one.logits)
+    assert got.temperature == one.temperature
+    if k not in _LONG_ROW_ORACLE:
+        _LONG_ROW_ORACLE[k] = _mp_rsample_vjp(value, w, 0.5, True)
+    grads, sizes, t_grad, t_size = _LONG_ROW_ORACLE[k]
+    _assert_exact_or_overflowed(got.temperature, t_grad, t_size, k, "d/dT")
+    for j in [0, 2, 5, k - 1]:
+        _assert_exact_or_overflowed(got.logits[j], grads[j], sizes[j], k, f"d/da {j}")
+    # Without the temperature gradient the row path has no temperature sum to
+    # see the overflow by; the logits gradient must be exact all the same.
+    only = d.rsample_vjp(value, w, num_threads=num_threads, wrt="logits")
+    np.testing.assert_array_equal(only.logits, one.logits)

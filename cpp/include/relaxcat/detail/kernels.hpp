@@ -572,10 +572,10 @@ inline int64_t row_buffer_size(int64_t k) {
 }
 
 // Scratch a kernel needs per thread, in doubles: three element buffers of one
-// block and fifteen per-row buffers of rows_per_block(k) each, so about
-// 3 kBlockElements + 15 kBlockElements / K: 288 KiB for K = 1, 78 KiB for K = 8.
+// block and sixteen per-row buffers of rows_per_block(k) each, so about
+// 3 kBlockElements + 16 kBlockElements / K: 304 KiB for K = 1, 80 KiB for K = 8.
 inline int64_t scratch_size(int64_t k) {
-    return 3 * block_capacity(k) + 15 * row_buffer_size(k);
+    return 3 * block_capacity(k) + 16 * row_buffer_size(k);
 }
 
 // exp and log over a buffer: vectors for whole groups of lanes, scalars for the
@@ -2039,6 +2039,99 @@ void log_prob_rows(const LogProbArgs<Real>& a, int64_t r0, int64_t r1,
 // where it is 2.6e36). Without logits every -inf entry is taken as live. A NaN in the
 // value (possible only with validation off) gives NaN gradients, as it always has.
 
+// Note [large upstream gradients]: every sum, ds and temperature term of
+// rsample_vjp is linear in the upstream gradient w, and none is larger than
+// 4 K^2 R max|w|, with R a bound on |y - log S| as the temperature sum uses it
+// (kSimplexRelBound on the simplex, where x is at least the smallest
+// subnormal; in log space the row's largest log_sum - y, or 1 once the row's
+// scale has divided it, and at most kScaleAbove). Where that bound passes
+// 2^1021, a row's terms could overflow with both signs, and did: in log space
+// with K = 300, upstream gradients of +-3e307 gave a NaN temperature gradient
+// where the exact one is -1.87e307, and K = 8 with +-1.79e308 gave +inf for
+// 1.58e308. Such a row is computed with w scaled by 2^-E, the smallest power
+// of two that brings its bound below 2^1021, and its results (d/da and d/dT)
+// are scaled back by 2^E, which overflows only where the exact result lies
+// past the range. A power of two changes no digits either way, except that
+// entries of w below 2^(E - 1022), at least 2^990 times smaller than the row's
+// largest, lose digits to the subnormal range. Every row inside the bound
+// keeps its bits. The column and block paths find the others by a pass for
+// the largest |w| of each row (only a block with a row above the bound for R
+// at its largest looks at its rows one by one) and scale them before their
+// sums. Simplex rows of kRowPathMinK or more (rsample_vjp_simplex_row, and the
+// split rows of Note [split rows]) read w where it lies in two passes, which a
+// pass for the largest |w| would make three, so they are computed as usual and
+// only a row whose temperature sum comes out past the range is redone scaled
+// (redo_large_simplex_row): on the simplex the sums of w cannot overflow (x
+// sums to 1), and an overflowed ds or term shows in that sum.
+constexpr double kSimplexRelBound = 1500.0;
+
+// The largest max|w| of a row of k entries whose bound of Note [large upstream
+// gradients] with R = rel_bound stays below 2^1021.
+inline double large_gradient_limit(int64_t k, double rel_bound) {
+    const double kd = static_cast<double>(k);
+    return std::ldexp(1.0, 1021) / (4.0 * kd * kd * rel_bound);
+}
+
+// The factor 2^E of Note [large upstream gradients] for a row whose largest
+// |w| is wmax: 1 inside the bound (and for a NaN or infinite wmax, whose call
+// the front end rejects).
+inline double large_gradient_factor(double wmax, int64_t k, double rel_bound) {
+    const double limit = large_gradient_limit(k, rel_bound);
+    if (!(wmax > limit) || !(wmax < kInf)) return 1.0;
+    int e = 0;
+    std::frexp(wmax / limit, &e);  // wmax / limit < 2^e
+    return std::ldexp(1.0, e);
+}
+
+// R of Note [large upstream gradients] for a log-space row with log S = log_sum,
+// from its largest log_sum - y over live entries (ymax), as the row's scale
+// treats it.
+inline double log_space_rel_bound(double ymax) {
+    return ymax > kScaleAbove ? 1.0 : max_d(ymax, 1.0);
+}
+
+// Note [large upstream gradients] for a block in columns (x, y and gb, nb rows
+// of k): scales each row of gb that needs it and writes every row's factor 2^E
+// to `factor`; returns false, with factor unwritten, when no row needs one.
+inline bool scale_large_gradient_columns(bool simplex, int64_t k, int64_t nb,
+                                         const double* x, const double* y, double* gb,
+                                         double* factor) {
+    // The largest |w| of each row, down the columns.
+    for (int64_t i = 0; i < nb; ++i) factor[i] = 0.0;
+    for (int64_t j = 0; j < k; ++j) {
+        const double* gj = gb + j * nb;
+        for (int64_t i = 0; i < nb; ++i)
+            factor[i] = max_d(factor[i], gj[i] < 0.0 ? -gj[i] : gj[i]);
+    }
+    double most = 0.0;
+    for (int64_t i = 0; i < nb; ++i) most = max_d(most, factor[i]);
+    if (!(most > large_gradient_limit(k, simplex ? kSimplexRelBound : kScaleAbove)))
+        return false;
+
+    // Rare: each row's own bound, from its sum and logs as the gradient pass
+    // will see them.
+    for (int64_t i = 0; i < nb; ++i) {
+        double rel_bound = kSimplexRelBound;
+        if (!simplex) {
+            double sum = 0.0;
+            for (int64_t j = 0; j < k; ++j) sum = sum + x[j * nb + i];
+            const double log_sum = log_d(sum);
+            double ymax = 0.0;
+            for (int64_t j = 0; j < k; ++j) {
+                const double yj = y[j * nb + i];
+                ymax = yj > -kInf ? max_d(ymax, log_sum - yj) : ymax;
+            }
+            rel_bound = log_space_rel_bound(ymax);
+        }
+        factor[i] = large_gradient_factor(factor[i], k, rel_bound);
+        if (factor[i] != 1.0) {
+            const double inv = 1.0 / factor[i];  // a power of two: exact
+            for (int64_t j = 0; j < k; ++j) gb[j * nb + i] *= inv;
+        }
+    }
+    return true;
+}
+
 // A value given as x (simplex) or as y = log x: the other of the two, flat over
 // n elements. On the simplex rsample_vjp reads log x only for the temperature
 // gradient; without it (logs false) y is set to 0 instead, which nothing else
@@ -2058,11 +2151,9 @@ inline void complete_x_and_log_x(bool simplex, double* x, double* y, int64_t n,
 
 // A term ds_k (y_k - log S) of rsample_vjp's temperature sum (rel: its scaled
 // y_k - log S): 0 where ds_k is, NaN where y_k is -inf (Note [underflow in log
-// space]; on the simplex x_k = 0 there, and so is ds_k). A term past the float64
-// range is an infinity: in log space an upstream gradient near the float64
-// maximum can give terms of both signs that do, and the row's sum is then NaN
-// where its exact value is an infinity (README, Limitations; a second sum with
-// the terms scaled down would give it, and is not built).
+// space]; on the simplex x_k = 0 there, and so is ds_k). No term passes the
+// float64 range in the column and block paths, whose rows of large upstream
+// gradients are scaled first (Note [large upstream gradients]).
 template <class D>
 RELAXCAT_ALWAYS_INLINE D temperature_term(D ds, D y, D rel) {
     const D unknown = D{} + std::numeric_limits<double>::quiet_NaN();
@@ -2257,7 +2348,7 @@ void rsample_vjp_column_grads(bool simplex, bool all_finite, K k, int64_t nb,
 
 // rsample_vjp_rows for one block of short rows in columns (Note [rows as
 // columns]): the same operations in the same order per row, so the same bits.
-// x, y and gb are element buffers of the block; rows points to fifteen
+// x, y and gb are element buffers of the block; rows points to sixteen
 // per-row buffers.
 template <class Real, class Walker>
 void rsample_vjp_block_columns(const RsampleVjpArgs<Real>& a, Walker& walk, int64_t rb,
@@ -2284,7 +2375,8 @@ void rsample_vjp_block_columns(const RsampleVjpArgs<Real>& a, Walker& walk, int6
     double* const rest_q = rest + row_buffer_size(k);      // Q, w_d and x_d.
     double* const dom_w = rest_q + row_buffer_size(k);
     double* const dom_x = dom_w + row_buffer_size(k);
-
+    double* const factor = dom_x + row_buffer_size(k);  // Note [large upstream
+                                                        // gradients]
     block_per_row(a.temperature, a.shape, walk, 2, nb, t);
     block_to_columns(a.value, a.shape, walk, 0, rb, nb, v);
     block_to_columns(a.grad, a.shape, walk, 1, rb, nb, gb);
@@ -2302,6 +2394,7 @@ void rsample_vjp_block_columns(const RsampleVjpArgs<Real>& a, Walker& walk, int6
         }
     }
     complete_x_and_log_x(simplex, x, y, n, a.grad_temperature != nullptr);
+    const bool scaled = scale_large_gradient_columns(simplex, k, nb, x, y, gb, factor);
 
     // The row sums, in element order (Note [row sums in registers]).
     with_short_k(k, [&](auto kk) {
@@ -2336,10 +2429,16 @@ void rsample_vjp_block_columns(const RsampleVjpArgs<Real>& a, Walker& walk, int6
     });
     if (a.grad_temperature != nullptr)
         for (int64_t i = 0; i < nb; ++i)
-            a.grad_temperature[rb + i] = (-(acc[i] / t[i]) * scale[i]);
+            a.grad_temperature[rb + i] = scaled
+                                             ? (-(acc[i] / t[i]) * scale[i]) * factor[i]
+                                             : (-(acc[i] / t[i]) * scale[i]);
     with_short_k(k, [&](auto kk) {
-        GradOut<Real>{a.grad_logits, a.grad_logits_wide}.from_columns(
-            gb, nb, kk, rb, [](double c, int64_t) { return c; });
+        const GradOut<Real> out{a.grad_logits, a.grad_logits_wide};
+        if (scaled)
+            out.from_columns(gb, nb, kk, rb,
+                             [factor](double c, int64_t i) { return c * factor[i]; });
+        else
+            out.from_columns(gb, nb, kk, rb, [](double c, int64_t) { return c; });
     });
 }
 
@@ -2373,10 +2472,12 @@ void rsample_vjp_block_columns(const RsampleVjpArgs<Real>& a, Walker& walk, int6
 // Elements j0 .. j0 + n - 1 of row r of rsample_vjp on the simplex, given the
 // row's sums (dom): writes their logits gradient and returns their share of the
 // temperature sum, reduced as a row of n elements (Note [row reductions]).
-template <class Real, class X, class W>
+// With Scaled (Note [large upstream gradients]), g is the row's upstream
+// gradient divided by `factor`, and the logits gradient is multiplied by it.
+template <bool Scaled = false, class Real, class X, class W>
 double simplex_vjp_part(const RsampleVjpArgs<Real>& a, const X* x, const W* g,
                         int64_t r, int64_t j0, int64_t n, const RestSums& dom, double t,
-                        double inv_t) {
+                        double inv_t, double factor = 1.0) {
     const int64_t k = a.shape.k;
     const GradOut<Real> out{a.grad_logits, a.grad_logits_wide};
     const bool write = static_cast<bool>(out);
@@ -2402,7 +2503,8 @@ double simplex_vjp_part(const RsampleVjpArgs<Real>& a, const X* x, const W* g,
                                     Lanes<D>::splat(dom.wd), Lanes<D>::splat(dom.xd));
         // log x only for the temperature gradient (complete_x_and_log_x).
         const D rel = want_t ? log_lanes(xv) - log_sum : D{};
-        if (write) out.set_lanes(r, k, j, finite_inv_t ? ds * inv_t : ds / t);
+        const D dv = finite_inv_t ? ds * inv_t : ds / t;
+        if (write) out.set_lanes(r, k, j, Scaled ? dv * factor : dv);
         return ds != 0.0 ? ds * rel : D{};
     });
 }
@@ -2427,33 +2529,75 @@ inline RestSums combine_chunk_sums(const double* part, int64_t chunks) {
 // order are those of the block passes this replaced, so the bits are too. A
 // row of more than kChunkElements elements is reduced chunk by chunk (Note
 // [split rows]; `part` holds kRestSums doubles per chunk), as
-// rsample_vjp_row_step reduces it when it is spread over threads.
-template <class Real, class X, class W>
-void rsample_vjp_simplex_row(const RsampleVjpArgs<Real>& a, const X* x, const W* g,
-                             int64_t r, double t, double inv_t, double* part) {
+// rsample_vjp_row_step reduces it when it is spread over threads. Returns the
+// temperature sum, which a row of large upstream gradients may take past the
+// range (redo_large_simplex_row). With Scaled, as simplex_vjp_part.
+template <bool Scaled = false, class Real, class X, class W>
+double simplex_row_sum(const RsampleVjpArgs<Real>& a, const X* x, const W* g, int64_t r,
+                       double t, double inv_t, double* part, double factor = 1.0) {
     const int64_t k = a.shape.k;
-    double acc = 0.0;
     if (k <= kChunkElements) {
         // sum x with the sums of Note [dominant sample entry], in one pass.
         const RestSums dom = rest_sums(true, k, x, g);
-        acc = simplex_vjp_part(a, x, g, r, 0, k, dom, t, inv_t);
-    } else {
-        const int64_t chunks = (k + kChunkElements - 1) / kChunkElements;
-        for (int64_t c = 0; c < chunks; ++c) {
-            const int64_t j0 = c * kChunkElements;
-            const int64_t n = k - j0 < kChunkElements ? k - j0 : kChunkElements;
-            const auto s = rest_sum_terms(true, n, x + j0, g + j0);
-            for (int m = 0; m < kRestSums; ++m) part[c * kRestSums + m] = s[m];
-        }
-        const RestSums dom = combine_chunk_sums(part, chunks);
-        for (int64_t c = 0; c < chunks; ++c) {
-            const int64_t j0 = c * kChunkElements;
-            const int64_t n = k - j0 < kChunkElements ? k - j0 : kChunkElements;
-            const double share = simplex_vjp_part(a, x, g, r, j0, n, dom, t, inv_t);
-            acc = c == 0 ? share : split_row_fold(2, acc, share);
-        }
+        return simplex_vjp_part<Scaled>(a, x, g, r, 0, k, dom, t, inv_t, factor);
     }
-    if (a.grad_temperature != nullptr) a.grad_temperature[r] = -(acc / t);
+    const int64_t chunks = (k + kChunkElements - 1) / kChunkElements;
+    for (int64_t c = 0; c < chunks; ++c) {
+        const int64_t j0 = c * kChunkElements;
+        const int64_t n = k - j0 < kChunkElements ? k - j0 : kChunkElements;
+        const auto s = rest_sum_terms(true, n, x + j0, g + j0);
+        for (int m = 0; m < kRestSums; ++m) part[c * kRestSums + m] = s[m];
+    }
+    const RestSums dom = combine_chunk_sums(part, chunks);
+    double acc = 0.0;
+    for (int64_t c = 0; c < chunks; ++c) {
+        const int64_t j0 = c * kChunkElements;
+        const int64_t n = k - j0 < kChunkElements ? k - j0 : kChunkElements;
+        const double share =
+            simplex_vjp_part<Scaled>(a, x, g, r, j0, n, dom, t, inv_t, factor);
+        acc = c == 0 ? share : split_row_fold(2, acc, share);
+    }
+    return acc;
+}
+
+// Note [large upstream gradients] for a simplex row of kRowPathMinK or more,
+// whose temperature sum `acc` came out past the range, a NaN or an infinity
+// (without a temperature gradient the terms are 0, and a NaN, 0 * inf, marks
+// an overflowed ds): where the row's largest |g| is beyond the bound, the row
+// is computed again from g / 2^E (into `scaled`, k doubles, which may be g
+// itself), its logits gradient overwritten, and 2^E put in `factor`. Returns
+// the row's temperature sum (of the scaled row where it was redone). The split
+// rows of Note [split rows] call it from their last step, once every chunk is
+// written, so that a row gets the same bits on any thread count.
+template <class Real, class X, class W>
+double redo_large_simplex_row(const RsampleVjpArgs<Real>& a, const X* x, const W* g,
+                              int64_t r, double t, double inv_t, double acc,
+                              double* part, double* scaled, double& factor) {
+    const int64_t k = a.shape.k;
+    factor = 1.0;
+    if (std::isfinite(acc)) return acc;
+    double wmax = 0.0;
+    for (int64_t j = 0; j < k; ++j) {
+        const double w = static_cast<double>(g[j]);
+        wmax = max_d(wmax, w < 0.0 ? -w : w);
+    }
+    factor = large_gradient_factor(wmax, k, kSimplexRelBound);
+    if (factor == 1.0) return acc;
+    const double inv = 1.0 / factor;  // a power of two: exact
+    for (int64_t j = 0; j < k; ++j) scaled[j] = static_cast<double>(g[j]) * inv;
+    const double* const sg = scaled;
+    return simplex_row_sum<true>(a, x, sg, r, t, inv_t, part, factor);
+}
+
+template <class Real, class X, class W>
+void rsample_vjp_simplex_row(const RsampleVjpArgs<Real>& a, const X* x, const W* g,
+                             int64_t r, double t, double inv_t, double* part,
+                             double* scaled) {
+    double factor = 1.0;
+    const double acc = redo_large_simplex_row(
+        a, x, g, r, t, inv_t, simplex_row_sum(a, x, g, r, t, inv_t, part), part, scaled,
+        factor);
+    if (a.grad_temperature != nullptr) a.grad_temperature[r] = -(acc / t) * factor;
 }
 
 // The value and upstream gradient of a simplex row for rsample_vjp, elements
@@ -2547,11 +2691,6 @@ double rsample_vjp_row_step(const RsampleVjpArgs<Real>& a, int64_t r, int step,
                                        a.temperature.stride, a.logits.stride};
     const RowWalker<4> walk(a.shape, r, strides);
     const double t = static_cast<double>(a.temperature.data[walk.offset[2]]);
-    if (step == 2) {
-        if (j0 == 0 && a.grad_temperature != nullptr)
-            a.grad_temperature[r] = -(facts[1] / t);
-        return 0.0;
-    }
     const Real* const vp = a.value.data + walk.offset[0];
     const Real* const gp = a.grad.data + walk.offset[1];
     const Real* const lg =
@@ -2560,6 +2699,25 @@ double rsample_vjp_row_step(const RsampleVjpArgs<Real>& a, int64_t r, int step,
     double* const gb = shared + k;
     double* const part = shared + 2 * k;
     const int64_t chunks = (k + kChunkElements - 1) / kChunkElements;
+    const int64_t vs = a.value.kstride, gs = a.grad.kstride;
+    if (step == 2) {
+        if (j0 != 0) return 0.0;
+        // Note [large upstream gradients], from the inputs step 1 read.
+        double factor = 1.0;
+        double acc = facts[1];
+        const auto redo = [&](const auto* x) {
+            const double inv_t = 1.0 / t;
+            return gs == 1
+                       ? redo_large_simplex_row(a, x, gp, r, t, inv_t, acc, part, gb,
+                                                factor)
+                       : redo_large_simplex_row(a, x, static_cast<const double*>(gb), r,
+                                                t, inv_t, acc, part, gb, factor);
+        };
+        acc =
+            vs != 1 || lg != nullptr ? redo(static_cast<const double*>(xb)) : redo(vp);
+        if (a.grad_temperature != nullptr) a.grad_temperature[r] = -(acc / t) * factor;
+        return 0.0;
+    }
     if (step == 0 && a.grad_not_finite != nullptr &&
         any_not_finite(gp + j0 * a.grad.kstride, a.grad.kstride, n))
         a.grad_not_finite->store(true, std::memory_order_relaxed);
@@ -2572,7 +2730,6 @@ double rsample_vjp_row_step(const RsampleVjpArgs<Real>& a, int64_t r, int step,
                 return 0.0;
             });
     // Step 0 widened this chunk where needed: read the buffers, widen nothing.
-    const int64_t vs = a.value.kstride, gs = a.grad.kstride;
     const RestSums dom = combine_chunk_sums(part, chunks);
     const auto grad = [&](const auto* x, const auto* g) {
         return simplex_vjp_part(a, x, g, r, j0, n, dom, t, 1.0 / t);
@@ -2615,7 +2772,7 @@ void rsample_vjp_rows(const RsampleVjpArgs<Real>& a, int64_t r0, int64_t r1,
                 a.logits.data != nullptr ? a.logits.data + walk.offset[3] : nullptr;
             with_simplex_vjp_inputs(
                 a, vp, gp, lg, 0, k, x, gb, [&](const auto* xr, const auto* gr) {
-                    rsample_vjp_simplex_row(a, xr, gr, r, t, inv_t, y);
+                    rsample_vjp_simplex_row(a, xr, gr, r, t, inv_t, y, gb);
                 });
         }
         return;
@@ -2667,13 +2824,6 @@ void rsample_vjp_rows(const RsampleVjpArgs<Real>& a, int64_t r0, int64_t r1,
             const double inv_t = inverse(t);
             const double* xi = x + i * k;
             const double* yi = y + i * k;
-            // The sums and the maximum of Note [renormalised sample], each in the
-            // order of reduce_terms.
-            // <w, x> serves the simplex, the sum of w log space.
-            // With the sums of Note [dominant sample entry].
-            const RestSums dom = rest_sums(simplex, k, xi, gw);
-            const double wx = simplex ? dom.wsum : 0.0;
-            const double wsum = simplex ? 0.0 : dom.wsum;
             const double sum = row_sum[i];
             const double log_sum = row_log_sum[i];
             const double inv_sum = 1.0 / sum;
@@ -2691,6 +2841,25 @@ void rsample_vjp_rows(const RsampleVjpArgs<Real>& a, int64_t r0, int64_t r1,
                               return yv > -kInf ? log_sum - yv : D{};
                           });
             const double scale = ymax > kScaleAbove ? ymax : 1.0;
+
+            // Note [large upstream gradients].
+            const double wmax = reduce_terms(k, 0.0, kMax, [gw](auto d, int64_t j) {
+                using D = decltype(d);
+                const D wv = load_lanes<D>(gw + j);
+                return wv < 0.0 ? -wv : wv;
+            });
+            const double factor = large_gradient_factor(
+                wmax, k, simplex ? kSimplexRelBound : log_space_rel_bound(ymax));
+            if (factor != 1.0)
+                for (int64_t j = 0; j < k; ++j) gw[j] *= 1.0 / factor;
+
+            // The sums and the maximum of Note [renormalised sample], each in the
+            // order of reduce_terms.
+            // <w, x> serves the simplex, the sum of w log space.
+            // With the sums of Note [dominant sample entry].
+            const RestSums dom = rest_sums(simplex, k, xi, gw);
+            const double wx = simplex ? dom.wsum : 0.0;
+            const double wsum = simplex ? 0.0 : dom.wsum;
             // Dividing by a scale of 1 changes nothing, and T only through 1 / T
             // where that is finite.
             const double inv_scale = 1.0 / scale;
@@ -2716,9 +2885,11 @@ void rsample_vjp_rows(const RsampleVjpArgs<Real>& a, int64_t r0, int64_t r1,
                 store_lanes(gw + j, finite_inv_t ? ds * inv_t : ds / t);
                 return temperature_term(ds, yv, rel);
             });
+            if (factor != 1.0)
+                for (int64_t j = 0; j < k; ++j) gw[j] *= factor;
             GradOut<Real>{a.grad_logits, a.grad_logits_wide}.set_row(r, k, gw);
             if (a.grad_temperature != nullptr)
-                a.grad_temperature[r] = -(acc / t) * scale;
+                a.grad_temperature[r] = (-(acc / t) * scale) * factor;
         }
     }
 }
