@@ -7,7 +7,8 @@
 #   4. build and run examples/cpp against the config in the pip-installed wheel
 #      (`$PYTHON -m relaxcat --cmake-dir`; PYTHON defaults to python3, and relaxcat
 #      must already be installed in it);
-#   5. compile examples/cpp with -Werror at the baseline, AVX2 and AVX-512 flags.
+#   5. compile examples/cpp with -Werror at the baseline, AVX2 and AVX-512 flags;
+#   6. check that the headers refuse -ffast-math and -ffinite-math-only.
 # Exits non-zero on the first failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -75,6 +76,16 @@ for flags in "" "-mavx2 -mfma" \
     # shellcheck disable=SC2086  # the flags are separate words
     c++ -std=c++17 -O2 -Wall -Wextra -Wshadow -Werror $flags -Icpp/include \
         -c examples/cpp/main.cpp -o "$WORK/warnings.o"
+done
+
+# 6. -ffast-math drops the NaN and infinity checks; the headers must refuse it.
+step "the headers refuse -ffast-math and -ffinite-math-only"
+for flag in -ffast-math -ffinite-math-only; do
+    if c++ -std=c++17 "$flag" -Icpp/include -c examples/cpp/main.cpp \
+        -o "$WORK/fast.o" 2>/dev/null; then
+        echo "examples/cpp/main.cpp compiled under $flag" >&2
+        exit 1
+    fi
 done
 
 step "C++ checks passed"

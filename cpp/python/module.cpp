@@ -9,6 +9,7 @@
 #include "dispatch.hpp"
 #include "relaxcat/detail/noise.hpp"
 #include "relaxcat/version.hpp"
+#include "without_gil.hpp"
 
 namespace py = pybind11;
 
@@ -25,6 +26,7 @@ PYBIND11_MODULE(_core, m) {
     m.attr("__version__") = RELAXCAT_VERSION_STRING;
     m.attr("build_type") = RELAXCAT_BUILD_TYPE;
     m.attr("compiler") = __VERSION__;
+    rp::remember_main_thread();  // Note [threads at exit]
     rp::bind_kernels(m);
     rp::bind_moments(m);
 

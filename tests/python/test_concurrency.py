@@ -327,3 +327,53 @@ def test_a_call_asking_for_more_threads_than_the_pool_holds_gets_the_same_bits()
         """
     )
     assert out.split() == ["ok"]
+
+
+# ------------------------------------------------------------------ exit
+# Note [threads at exit] (cpp/python/without_gil.hpp): daemon threads still in
+# calls when the program ends once aborted it ("terminate called without an
+# active exception", exit status 134, in every run of a fresh-user review).
+EXIT_CHILD = textwrap.dedent(
+    """
+    import threading
+    import numpy as np
+    import relaxcat
+
+    d = relaxcat.RelaxedOneHotCategorical(
+        0.5, logits=np.random.default_rng(0).normal(size=(512, 64)))
+    x = d.rsample(rng=1)
+    calls = [
+        lambda: d.rsample(rng=1, num_threads=1),
+        lambda: d.rsample(rng=1, num_threads=2),
+        lambda: d.log_prob(x, num_threads=2),
+        lambda: d.rsample_vjp(x, x, num_threads=2),
+        lambda: d.entropy(),
+    ]
+    started = threading.Barrier(len(calls) + 1)
+
+    def loop(call):
+        started.wait()
+        while True:
+            call()
+
+    for call in calls:
+        threading.Thread(target=loop, args=(call,), daemon=True).start()
+    started.wait()
+    d.rsample(rng=3)
+    print("exiting", flush=True)
+    """
+)
+EXIT_RUNS = 5  # the abort came in every run; several runs vary the timing
+
+
+def test_the_program_exits_cleanly_while_daemon_threads_are_in_calls():
+    for _ in range(EXIT_RUNS):
+        proc = subprocess.run(
+            [sys.executable, "-c", EXIT_CHILD],
+            capture_output=True,
+            text=True,
+            timeout=POOL_TIMEOUT_S,
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.split() == ["exiting"]
+        assert "terminate" not in proc.stderr, proc.stderr

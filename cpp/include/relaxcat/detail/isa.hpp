@@ -12,3 +12,11 @@
 #ifndef RELAXCAT_ISA_NAMESPACE
 #define RELAXCAT_ISA_NAMESPACE native
 #endif
+
+// The kernels test for NaN and infinities (grad checks, masked categories,
+// limits at zeros), which -ffast-math and -ffinite-math-only let the compiler
+// drop: under them bad input passed silently (a fresh-user review: 252 NaN and
+// infinite gradients accepted). Refuse to build that way.
+#if defined(__FAST_MATH__) || (defined(__FINITE_MATH_ONLY__) && __FINITE_MATH_ONLY__)
+#error "relaxcat needs IEEE arithmetic: no -ffast-math or -ffinite-math-only"
+#endif
