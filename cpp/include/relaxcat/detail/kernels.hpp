@@ -2054,15 +2054,22 @@ void log_prob_rows(const LogProbArgs<Real>& a, int64_t r0, int64_t r1,
 // past the range. A power of two changes no digits either way, except that
 // entries of w below 2^(E - 1022), at least 2^990 times smaller than the row's
 // largest, lose digits to the subnormal range. Every row inside the bound
-// keeps its bits. The column and block paths find the others by a pass for
-// the largest |w| of each row (only a block with a row above the bound for R
-// at its largest looks at its rows one by one) and scale them before their
-// sums. Simplex rows of kRowPathMinK or more (rsample_vjp_simplex_row, and the
-// split rows of Note [split rows]) read w where it lies in two passes, which a
-// pass for the largest |w| would make three, so they are computed as usual and
-// only a row whose temperature sum comes out past the range is redone scaled
-// (redo_large_simplex_row): on the simplex the sums of w cannot overflow (x
-// sums to 1), and an overflowed ds or term shows in that sum.
+// keeps its bits. No pass looks for the others ahead: a pass for the largest
+// |w| of each row cost the column and block paths 5-9% (float32, one thread:
+// (2^20, 8) on the simplex 4.96 -> 5.27 ns per element, (16384, 40) 3.77 ->
+// 4.11). Instead, every overflow of a row's sums, ds or terms reaches its
+// temperature sum as an infinity or a NaN (where log x is not wanted the terms
+// are ds times 0 or -log S, which an infinite ds still makes a NaN or an
+// infinity), and the kernels compute that sum anyway. A block of
+// rows in columns or of longer rows (rsample_vjp_block_columns,
+// rsample_vjp_block_pass) with such a row is computed again from its inputs,
+// now with a pass for each row's largest |w| and those above the bound scaled
+// before their sums. Simplex rows of kRowPathMinK or more
+// (rsample_vjp_simplex_row, and the split rows of Note [split rows]) redo just
+// the row (redo_large_simplex_row), on the simplex the sums of w cannot
+// overflow (x sums to 1). A block with a row whose temperature sum is NaN by
+// Note [underflow in log space], or from a NaN value, is computed twice, to the
+// same result.
 constexpr double kSimplexRelBound = 1500.0;
 
 // The largest max|w| of a row of k entries whose bound of Note [large upstream
@@ -2349,11 +2356,13 @@ void rsample_vjp_column_grads(bool simplex, bool all_finite, K k, int64_t nb,
 // rsample_vjp_rows for one block of short rows in columns (Note [rows as
 // columns]): the same operations in the same order per row, so the same bits.
 // x, y and gb are element buffers of the block; rows points to sixteen
-// per-row buffers.
+// per-row buffers. With `scan`, rows of large upstream gradients are scaled
+// first (Note [large upstream gradients]); returns whether some row's
+// temperature sum came out past the range.
 template <class Real, class Walker>
-void rsample_vjp_block_columns(const RsampleVjpArgs<Real>& a, Walker& walk, int64_t rb,
-                               int64_t nb, double* x, double* y, double* gb,
-                               double* rows) {
+bool rsample_vjp_columns_pass(const RsampleVjpArgs<Real>& a, Walker& walk, int64_t rb,
+                              int64_t nb, double* x, double* y, double* gb,
+                              double* rows, bool scan) {
     const int64_t k = a.shape.k;
     const int64_t n = nb * k;
     const bool simplex = a.space == Space::simplex;
@@ -2394,7 +2403,8 @@ void rsample_vjp_block_columns(const RsampleVjpArgs<Real>& a, Walker& walk, int6
         }
     }
     complete_x_and_log_x(simplex, x, y, n, a.grad_temperature != nullptr);
-    const bool scaled = scale_large_gradient_columns(simplex, k, nb, x, y, gb, factor);
+    const bool scaled =
+        scan && scale_large_gradient_columns(simplex, k, nb, x, y, gb, factor);
 
     // The row sums, in element order (Note [row sums in registers]).
     with_short_k(k, [&](auto kk) {
@@ -2440,6 +2450,23 @@ void rsample_vjp_block_columns(const RsampleVjpArgs<Real>& a, Walker& walk, int6
         else
             out.from_columns(gb, nb, kk, rb, [](double c, int64_t) { return c; });
     });
+    bool past = false;
+    for (int64_t i = 0; i < nb; ++i) past |= !std::isfinite(acc[i]);
+    return past;
+}
+
+// rsample_vjp_columns_pass, and where a temperature sum came out past the range
+// the block again from its inputs with its large upstream gradients scaled
+// (Note [large upstream gradients]): every overflow of a row's sums, ds or
+// terms reaches its temperature sum, as an infinity or a NaN (0 * inf where
+// log x is not wanted), and ordinary blocks pay only for that look.
+template <class Real, class Walker>
+void rsample_vjp_block_columns(const RsampleVjpArgs<Real>& a, Walker& walk, int64_t rb,
+                               int64_t nb, double* x, double* y, double* gb,
+                               double* rows) {
+    Walker again = walk;
+    if (rsample_vjp_columns_pass(a, walk, rb, nb, x, y, gb, rows, false))
+        rsample_vjp_columns_pass(a, again, rb, nb, x, y, gb, rows, true);
 }
 
 // The vector-Jacobian product of rsample, from the sample alone:
@@ -2741,6 +2768,129 @@ double rsample_vjp_row_step(const RsampleVjpArgs<Real>& a, int64_t r, int step,
                                     : with_x(vp);
 }
 
+// Steps 1 to 3 of rsample_vjp_rows for a block of rows longer than kColumnMaxK
+// (walk at its first row, and past it on return); `scan` and the result as for
+// rsample_vjp_columns_pass.
+template <class Real>
+bool rsample_vjp_block_pass(const RsampleVjpArgs<Real>& a, RowWalker<4>& walk,
+                            int64_t rb, int64_t nb, double* x, double* y, double* gb,
+                            double* row_sum, InverseTemperature& inverse, bool scan) {
+    const int64_t k = a.shape.k;
+    const int64_t n = nb * k;
+    const bool simplex = a.space == Space::simplex;
+    const int64_t vs = a.value.kstride, gs = a.grad.kstride, ls = a.logits.kstride;
+    double* const row_log_sum = row_sum + row_buffer_size(k);
+    const RowWalker<4> block_start = walk;
+    bool past = false;
+
+    // 1. x and log x for the whole block, the transcendental half flat.
+    for (int64_t i = 0; i < nb; ++i, walk.advance()) {
+        double* v = simplex ? x + i * k : y + i * k;
+        load_row(a.value.data + walk.offset[0], vs, k, v);
+        load_row(a.grad.data + walk.offset[1], gs, k, gb + i * k);
+        if (a.logits.data != nullptr) {  // Note [underflow in log space]
+            const Real* lg = a.logits.data + walk.offset[3];
+            double* gi = gb + i * k;
+            for (int64_t j = 0; j < k; ++j) {
+                const bool masked = static_cast<double>(lg[j * ls]) == -kInf;
+                v[j] = masked ? (simplex ? 0.0 : -kInf) : v[j];
+                gi[j] = masked && !simplex ? 0.0 : gi[j];
+            }
+        }
+    }
+    complete_x_and_log_x(simplex, x, y, n, a.grad_temperature != nullptr);
+
+    // 2. The row sums of x, and their logs in one flat pass.
+    for (int64_t i = 0; i < nb; ++i) {
+        const double* xi = x + i * k;
+        const double sum = reduce_terms(k, 0.0, kPlus, [xi](auto d, int64_t j) {
+            return load_lanes<decltype(d)>(xi + j);
+        });
+        row_sum[i] = sum;
+        row_log_sum[i] = sum;
+    }
+    log_inplace(row_log_sum, nb);
+
+    // 3. Per row; see Note [renormalised sample].
+    walk = block_start;
+    for (int64_t i = 0; i < nb; ++i, walk.advance()) {
+        const int64_t r = rb + i;
+        double* gw = gb + i * k;
+        const double t = static_cast<double>(a.temperature.data[walk.offset[2]]);
+        const double inv_t = inverse(t);
+        const double* xi = x + i * k;
+        const double* yi = y + i * k;
+        const double sum = row_sum[i];
+        const double log_sum = row_log_sum[i];
+        const double inv_sum = 1.0 / sum;
+
+        // In log space y may lie far below any double's log, where
+        // ds_k (y_k - log_sum) overflows with either sign (inf - inf); the
+        // temperature sum is then scaled by its largest log, so that only
+        // its final product can overflow. Ordinary rows keep scale 1, and so
+        // does every row on the simplex (log_sum - y stays below 1500).
+        const double ymax =
+            simplex ? 0.0
+                    : reduce_terms(k, 0.0, kMax, [yi, log_sum](auto d, int64_t j) {
+                          using D = decltype(d);
+                          const D yv = load_lanes<D>(yi + j);
+                          return yv > -kInf ? log_sum - yv : D{};
+                      });
+        const double scale = ymax > kScaleAbove ? ymax : 1.0;
+
+        // Note [large upstream gradients].
+        const double wmax =
+            !scan ? 0.0 : reduce_terms(k, 0.0, kMax, [gw](auto d, int64_t j) {
+                using D = decltype(d);
+                const D wv = load_lanes<D>(gw + j);
+                return wv < 0.0 ? -wv : wv;
+            });
+        const double factor = large_gradient_factor(
+            wmax, k, simplex ? kSimplexRelBound : log_space_rel_bound(ymax));
+        if (factor != 1.0)
+            for (int64_t j = 0; j < k; ++j) gw[j] *= 1.0 / factor;
+
+        // The sums and the maximum of Note [renormalised sample], each in the
+        // order of reduce_terms.
+        // <w, x> serves the simplex, the sum of w log space.
+        // With the sums of Note [dominant sample entry].
+        const RestSums dom = rest_sums(simplex, k, xi, gw);
+        const double wx = simplex ? dom.wsum : 0.0;
+        const double wsum = simplex ? 0.0 : dom.wsum;
+        // Dividing by a scale of 1 changes nothing, and T only through 1 / T
+        // where that is finite.
+        const double inv_scale = 1.0 / scale;
+        const bool finite_inv_t = inv_t < kInf;
+        // The gradient with respect to s_k = (a_k + g_k) / T, ds, and the
+        // temperature sum; d/da = ds / T replaces the upstream gradient in gw.
+        const double acc = reduce_terms(k, 0.0, kPlus, [&](auto d, int64_t j) {
+            using D = decltype(d);
+            const D xv = load_lanes<D>(xi + j), yv = load_lanes<D>(yi + j);
+            const D wv = load_lanes<D>(gw + j);
+            const D usual =
+                simplex ? (xv > 0.0 ? xv * (wv * sum - wx) * (inv_sum * inv_sum) : D{})
+                        : (xv != 0.0 ? wv - (xv * inv_sum) * wsum : wv);
+            // Note [dominant sample entry].
+            const D stable =
+                dominant_ds_lanes(simplex, xv, wv, Lanes<D>::splat(inv_sum),
+                                  Lanes<D>::splat(dom.rest), Lanes<D>::splat(dom.q),
+                                  Lanes<D>::splat(dom.wd), Lanes<D>::splat(dom.xd));
+            const D ds =
+                !dom.one ? usual : (simplex ? stable : (xv > 0.5 ? stable : usual));
+            const D rel = scale == 1.0 ? yv - log_sum : (yv - log_sum) * inv_scale;
+            store_lanes(gw + j, finite_inv_t ? ds * inv_t : ds / t);
+            return temperature_term(ds, yv, rel);
+        });
+        if (factor != 1.0)
+            for (int64_t j = 0; j < k; ++j) gw[j] *= factor;
+        GradOut<Real>{a.grad_logits, a.grad_logits_wide}.set_row(r, k, gw);
+        if (a.grad_temperature != nullptr)
+            a.grad_temperature[r] = (-(acc / t) * scale) * factor;
+        past |= !std::isfinite(acc);
+    }
+    return past;
+}
+
 template <class Real>
 void rsample_vjp_rows(const RsampleVjpArgs<Real>& a, int64_t r0, int64_t r1,
                       double* scratch) {
@@ -2751,13 +2901,11 @@ void rsample_vjp_rows(const RsampleVjpArgs<Real>& a, int64_t r0, int64_t r1,
     RowWalker<4> walk(a.shape, r0, strides);
     check_grad_rows(a, r0, r1, walk);
     const bool simplex = a.space == Space::simplex;
-    const int64_t vs = a.value.kstride, gs = a.grad.kstride, ls = a.logits.kstride;
     double* x = scratch;
     double* y = scratch + cap;
     double* gb = scratch + 2 * cap;       // the upstream gradient, per element
-    double* row_sum = scratch + 3 * cap;  // per row: sum x and its log
-    double* row_log_sum = row_sum + row_buffer_size(k);
-    InverseTemperature inverse;  // 1 / T, row by row
+    double* row_sum = scratch + 3 * cap;  // per row: sum x and its log (2 buffers)
+    InverseTemperature inverse;           // 1 / T, row by row
 
     if (simplex && k >= kRowPathMinK) {
         // Row by row (rsample_vjp_simplex_row): contiguous inputs are read where
@@ -2780,116 +2928,17 @@ void rsample_vjp_rows(const RsampleVjpArgs<Real>& a, int64_t r0, int64_t r1,
 
     for (int64_t rb = r0; rb < r1; rb += rows_per_block(k)) {
         const int64_t nb = r1 - rb < rows_per_block(k) ? r1 - rb : rows_per_block(k);
-        const int64_t n = nb * k;
         const RowWalker<4> block_start = walk;
         if (k <= kColumnMaxK) {
             rsample_vjp_block_columns(a, walk, rb, nb, x, y, gb, row_sum);
             continue;
         }
 
-        // 1. x and log x for the whole block, the transcendental half flat.
-        for (int64_t i = 0; i < nb; ++i, walk.advance()) {
-            double* v = simplex ? x + i * k : y + i * k;
-            load_row(a.value.data + walk.offset[0], vs, k, v);
-            load_row(a.grad.data + walk.offset[1], gs, k, gb + i * k);
-            if (a.logits.data != nullptr) {  // Note [underflow in log space]
-                const Real* lg = a.logits.data + walk.offset[3];
-                double* gi = gb + i * k;
-                for (int64_t j = 0; j < k; ++j) {
-                    const bool masked = static_cast<double>(lg[j * ls]) == -kInf;
-                    v[j] = masked ? (simplex ? 0.0 : -kInf) : v[j];
-                    gi[j] = masked && !simplex ? 0.0 : gi[j];
-                }
-            }
-        }
-        complete_x_and_log_x(simplex, x, y, n, a.grad_temperature != nullptr);
-
-        // 2. The row sums of x, and their logs in one flat pass.
-        for (int64_t i = 0; i < nb; ++i) {
-            const double* xi = x + i * k;
-            const double sum = reduce_terms(k, 0.0, kPlus, [xi](auto d, int64_t j) {
-                return load_lanes<decltype(d)>(xi + j);
-            });
-            row_sum[i] = sum;
-            row_log_sum[i] = sum;
-        }
-        log_inplace(row_log_sum, nb);
-
-        // 3. Per row; see Note [renormalised sample].
-        walk = block_start;
-        for (int64_t i = 0; i < nb; ++i, walk.advance()) {
-            const int64_t r = rb + i;
-            double* gw = gb + i * k;
-            const double t = static_cast<double>(a.temperature.data[walk.offset[2]]);
-            const double inv_t = inverse(t);
-            const double* xi = x + i * k;
-            const double* yi = y + i * k;
-            const double sum = row_sum[i];
-            const double log_sum = row_log_sum[i];
-            const double inv_sum = 1.0 / sum;
-
-            // In log space y may lie far below any double's log, where
-            // ds_k (y_k - log_sum) overflows with either sign (inf - inf); the
-            // temperature sum is then scaled by its largest log, so that only
-            // its final product can overflow. Ordinary rows keep scale 1, and so
-            // does every row on the simplex (log_sum - y stays below 1500).
-            const double ymax =
-                simplex ? 0.0
-                        : reduce_terms(k, 0.0, kMax, [yi, log_sum](auto d, int64_t j) {
-                              using D = decltype(d);
-                              const D yv = load_lanes<D>(yi + j);
-                              return yv > -kInf ? log_sum - yv : D{};
-                          });
-            const double scale = ymax > kScaleAbove ? ymax : 1.0;
-
-            // Note [large upstream gradients].
-            const double wmax = reduce_terms(k, 0.0, kMax, [gw](auto d, int64_t j) {
-                using D = decltype(d);
-                const D wv = load_lanes<D>(gw + j);
-                return wv < 0.0 ? -wv : wv;
-            });
-            const double factor = large_gradient_factor(
-                wmax, k, simplex ? kSimplexRelBound : log_space_rel_bound(ymax));
-            if (factor != 1.0)
-                for (int64_t j = 0; j < k; ++j) gw[j] *= 1.0 / factor;
-
-            // The sums and the maximum of Note [renormalised sample], each in the
-            // order of reduce_terms.
-            // <w, x> serves the simplex, the sum of w log space.
-            // With the sums of Note [dominant sample entry].
-            const RestSums dom = rest_sums(simplex, k, xi, gw);
-            const double wx = simplex ? dom.wsum : 0.0;
-            const double wsum = simplex ? 0.0 : dom.wsum;
-            // Dividing by a scale of 1 changes nothing, and T only through 1 / T
-            // where that is finite.
-            const double inv_scale = 1.0 / scale;
-            const bool finite_inv_t = inv_t < kInf;
-            // The gradient with respect to s_k = (a_k + g_k) / T, ds, and the
-            // temperature sum; d/da = ds / T replaces the upstream gradient in gw.
-            const double acc = reduce_terms(k, 0.0, kPlus, [&](auto d, int64_t j) {
-                using D = decltype(d);
-                const D xv = load_lanes<D>(xi + j), yv = load_lanes<D>(yi + j);
-                const D wv = load_lanes<D>(gw + j);
-                const D usual =
-                    simplex
-                        ? (xv > 0.0 ? xv * (wv * sum - wx) * (inv_sum * inv_sum) : D{})
-                        : (xv != 0.0 ? wv - (xv * inv_sum) * wsum : wv);
-                // Note [dominant sample entry].
-                const D stable =
-                    dominant_ds_lanes(simplex, xv, wv, Lanes<D>::splat(inv_sum),
-                                      Lanes<D>::splat(dom.rest), Lanes<D>::splat(dom.q),
-                                      Lanes<D>::splat(dom.wd), Lanes<D>::splat(dom.xd));
-                const D ds =
-                    !dom.one ? usual : (simplex ? stable : (xv > 0.5 ? stable : usual));
-                const D rel = scale == 1.0 ? yv - log_sum : (yv - log_sum) * inv_scale;
-                store_lanes(gw + j, finite_inv_t ? ds * inv_t : ds / t);
-                return temperature_term(ds, yv, rel);
-            });
-            if (factor != 1.0)
-                for (int64_t j = 0; j < k; ++j) gw[j] *= factor;
-            GradOut<Real>{a.grad_logits, a.grad_logits_wide}.set_row(r, k, gw);
-            if (a.grad_temperature != nullptr)
-                a.grad_temperature[r] = (-(acc / t) * scale) * factor;
+        // Note [large upstream gradients], as in rsample_vjp_block_columns.
+        if (rsample_vjp_block_pass(a, walk, rb, nb, x, y, gb, row_sum, inverse,
+                                   false)) {
+            RowWalker<4> again = block_start;
+            rsample_vjp_block_pass(a, again, rb, nb, x, y, gb, row_sum, inverse, true);
         }
     }
 }
