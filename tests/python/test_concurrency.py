@@ -377,3 +377,53 @@ def test_the_program_exits_cleanly_while_daemon_threads_are_in_calls():
         assert proc.returncode == 0, proc.stderr
         assert proc.stdout.split() == ["exiting"]
         assert "terminate" not in proc.stderr, proc.stderr
+
+
+FORKED_CTRL_C_CHILD = textwrap.dedent(
+    """
+    import os, signal, sys, threading, time
+    import numpy as np
+    import relaxcat
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    d = relaxcat.RelaxedOneHotCategorical(
+        0.7, logits=np.random.default_rng(0).normal(size=4096), validate_args=False)
+    rows = np.broadcast_to(d.rsample(rng=1), (1 << 20, 4096))
+
+    def forker():
+        pid = os.fork()
+        if pid == 0:
+            signal.alarm(120)
+            start = time.monotonic()
+            try:
+                d.log_prob(rows, num_threads=1)
+                print("completed", flush=True)
+            except KeyboardInterrupt:
+                print(f"interrupted {time.monotonic() - start:.3f}", flush=True)
+            os._exit(0)
+        time.sleep(0.5)
+        os.kill(pid, signal.SIGINT)
+        os.waitpid(pid, 0)
+
+    th = threading.Thread(target=forker)
+    th.start()
+    th.join()
+    """
+)
+
+
+@pytest.mark.skipif(os.name != "posix", reason="needs fork and POSIX signals")
+def test_ctrl_c_interrupts_a_call_in_a_child_forked_from_another_thread():
+    # Regression (a review): the main thread of a child forked from another
+    # thread is the forking one, but the polling for signals still looked for
+    # the parent's main thread, so SIGINT waited for the whole call.
+    proc = subprocess.run(
+        [sys.executable, "-c", FORKED_CTRL_C_CHILD],
+        capture_output=True,
+        text=True,
+        timeout=POOL_TIMEOUT_S,
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.split()
+    assert lines[0] == "interrupted", proc.stdout
+    assert float(lines[1]) < SIGNAL_DELAY_S + INTERRUPT_LATENCY_LIMIT_S, proc.stdout

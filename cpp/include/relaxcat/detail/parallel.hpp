@@ -54,10 +54,11 @@ inline int threads_for(int64_t rows, int64_t k, int requested) {
 // One call at a time uses the pool; a call that finds it busy (another thread's
 // call, or a call from inside a worker) starts threads of its own, as every call
 // did before the pool, so concurrent callers neither wait for each other nor
-// deadlock. The pool holds as many threads as the largest call has asked for,
-// and they live until the process exits; a forked child starts a pool of its
-// own (the parent's threads do not exist in it). A program that unloads the
-// library holding this code (dlclose) while the threads live would leave them
+// deadlock. The pool holds as many threads as the largest call has asked for
+// (up to 254 helpers), and they live until the process exits; a forked child
+// starts a pool of its own (the parent's threads do not exist in it). A
+// program that unloads the library holding this code (dlclose) while the
+// threads live would leave them
 // running unmapped code: such programs should compile with
 // RELAXCAT_NO_THREAD_POOL, which makes every call start its own threads.
 constexpr int64_t kPoolSpinMicros = 300;
