@@ -243,17 +243,23 @@ POOL_PRELUDE = textwrap.dedent(
 )
 
 
-def _run_pool_child(body: str) -> str:
-    # A forked grandchild outlives the child's timeout; it ends itself sooner.
-    alarm = f"CHILD_ALARM_S = {int(POOL_TIMEOUT_S / 4)}\n"
+def _run_child(script: str) -> subprocess.CompletedProcess:
+    """Runs a Python script in a child process of its own, which must end, and
+    end with status 0, within POOL_TIMEOUT_S."""
     proc = subprocess.run(
-        [sys.executable, "-c", POOL_PRELUDE + alarm + textwrap.dedent(body)],
+        [sys.executable, "-c", script],
         capture_output=True,
         text=True,
         timeout=POOL_TIMEOUT_S,
     )
     assert proc.returncode == 0, proc.stderr
-    return proc.stdout
+    return proc
+
+
+def _run_pool_child(body: str) -> str:
+    # A forked grandchild outlives the child's timeout; it ends itself sooner.
+    alarm = f"CHILD_ALARM_S = {int(POOL_TIMEOUT_S / 4)}\n"
+    return _run_child(POOL_PRELUDE + alarm + textwrap.dedent(body)).stdout
 
 
 def test_kept_threads_that_went_to_sleep_wake_for_the_next_call():
@@ -368,13 +374,7 @@ EXIT_RUNS = 5  # the abort came in every run; several runs vary the timing
 
 def test_the_program_exits_cleanly_while_daemon_threads_are_in_calls():
     for _ in range(EXIT_RUNS):
-        proc = subprocess.run(
-            [sys.executable, "-c", EXIT_CHILD],
-            capture_output=True,
-            text=True,
-            timeout=POOL_TIMEOUT_S,
-        )
-        assert proc.returncode == 0, proc.stderr
+        proc = _run_child(EXIT_CHILD)
         assert proc.stdout.split() == ["exiting"]
         assert "terminate" not in proc.stderr, proc.stderr
 
@@ -417,13 +417,6 @@ def test_ctrl_c_interrupts_a_call_in_a_child_forked_from_another_thread():
     # Regression (a review): the main thread of a child forked from another
     # thread is the forking one, but the polling for signals still looked for
     # the parent's main thread, so SIGINT waited for the whole call.
-    proc = subprocess.run(
-        [sys.executable, "-c", FORKED_CTRL_C_CHILD],
-        capture_output=True,
-        text=True,
-        timeout=POOL_TIMEOUT_S,
-    )
-    assert proc.returncode == 0, proc.stderr
-    lines = proc.stdout.split()
-    assert lines[0] == "interrupted", proc.stdout
-    assert float(lines[1]) < SIGNAL_DELAY_S + INTERRUPT_LATENCY_LIMIT_S, proc.stdout
+    lines = _run_child(FORKED_CTRL_C_CHILD).stdout.split()
+    assert lines[0] == "interrupted", lines
+    assert float(lines[1]) < SIGNAL_DELAY_S + INTERRUPT_LATENCY_LIMIT_S, lines

@@ -2060,13 +2060,13 @@ void log_prob_rows(const LogProbArgs<Real>& a, int64_t r0, int64_t r1,
 // 4.11). Instead, every overflow of a row's sums, ds or terms reaches its
 // temperature sum as an infinity or a NaN (where log x is not wanted the terms
 // are ds times 0 or -log S, which an infinite ds still makes a NaN or an
-// infinity), and the kernels compute that sum anyway. A block of
-// rows in columns or of longer rows (rsample_vjp_block_columns,
-// rsample_vjp_block_pass) with such a row is computed again from its inputs,
+// infinity), and the kernels compute that sum anyway. A block of rows in
+// columns or of longer rows (rsample_vjp_columns_pass, rsample_vjp_block_pass,
+// from rsample_vjp_rows) with such a row is computed again from its inputs,
 // now with a pass for each row's largest |w| and those above the bound scaled
 // before their sums. Simplex rows of kRowPathMinK or more
 // (rsample_vjp_simplex_row, and the split rows of Note [split rows]) redo just
-// the row (redo_large_simplex_row), on the simplex the sums of w cannot
+// the row (redo_large_simplex_row): on the simplex the sums of w cannot
 // overflow (x sums to 1). A block with a row whose temperature sum is NaN by
 // Note [underflow in log space], or from a NaN value, is computed twice, to the
 // same result.
@@ -2453,20 +2453,6 @@ bool rsample_vjp_columns_pass(const RsampleVjpArgs<Real>& a, Walker& walk, int64
     bool past = false;
     for (int64_t i = 0; i < nb; ++i) past |= !std::isfinite(acc[i]);
     return past;
-}
-
-// rsample_vjp_columns_pass, and where a temperature sum came out past the range
-// the block again from its inputs with its large upstream gradients scaled
-// (Note [large upstream gradients]): every overflow of a row's sums, ds or
-// terms reaches its temperature sum, as an infinity or a NaN (0 * inf where
-// log x is not wanted), and ordinary blocks pay only for that look.
-template <class Real, class Walker>
-void rsample_vjp_block_columns(const RsampleVjpArgs<Real>& a, Walker& walk, int64_t rb,
-                               int64_t nb, double* x, double* y, double* gb,
-                               double* rows) {
-    Walker again = walk;
-    if (rsample_vjp_columns_pass(a, walk, rb, nb, x, y, gb, rows, false))
-        rsample_vjp_columns_pass(a, again, rb, nb, x, y, gb, rows, true);
 }
 
 // The vector-Jacobian product of rsample, from the sample alone:
@@ -2928,18 +2914,18 @@ void rsample_vjp_rows(const RsampleVjpArgs<Real>& a, int64_t r0, int64_t r1,
 
     for (int64_t rb = r0; rb < r1; rb += rows_per_block(k)) {
         const int64_t nb = r1 - rb < rows_per_block(k) ? r1 - rb : rows_per_block(k);
-        const RowWalker<4> block_start = walk;
-        if (k <= kColumnMaxK) {
-            rsample_vjp_block_columns(a, walk, rb, nb, x, y, gb, row_sum);
-            continue;
-        }
-
-        // Note [large upstream gradients], as in rsample_vjp_block_columns.
-        if (rsample_vjp_block_pass(a, walk, rb, nb, x, y, gb, row_sum, inverse,
-                                   false)) {
-            RowWalker<4> again = block_start;
-            rsample_vjp_block_pass(a, again, rb, nb, x, y, gb, row_sum, inverse, true);
-        }
+        // The block in columns (short rows) or row by row; and where a
+        // temperature sum came out past the range, the block again from its
+        // inputs with its large upstream gradients scaled (Note [large upstream
+        // gradients]): ordinary blocks pay only for that look.
+        const auto pass = [&](RowWalker<4>& at, bool scan) {
+            return k <= kColumnMaxK ? rsample_vjp_columns_pass(a, at, rb, nb, x, y, gb,
+                                                               row_sum, scan)
+                                    : rsample_vjp_block_pass(a, at, rb, nb, x, y, gb,
+                                                             row_sum, inverse, scan);
+        };
+        RowWalker<4> again = walk;
+        if (pass(walk, false)) pass(again, true);
     }
 }
 

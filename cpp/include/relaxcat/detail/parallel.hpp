@@ -193,34 +193,35 @@ private:
     // watched for kPoolSpinMicros, then slept for.
     uint64_t await_call(int id, uint64_t seen) {
         uint64_t word = seen;
-        auto called = [&] {
-            word = word_.load(std::memory_order_acquire);
-            return word != seen && static_cast<int>(word % 256) > id;
-        };
-        const auto until = std::chrono::steady_clock::now() +
-                           std::chrono::microseconds(kPoolSpinMicros);
-        for (unsigned count = 0; !spin_expired(until, count); std::this_thread::yield())
-            if (called()) return word;
-
-        std::unique_lock<std::mutex> lock(mutex_);
-        asleep_[id] = true;
-        posted_[id].wait(lock, called);
-        asleep_[id] = false;
+        watch_then_sleep(
+            [&] {
+                word = word_.load(std::memory_order_acquire);
+                return word != seen && static_cast<int>(word % 256) > id;
+            },
+            posted_[id], asleep_[id]);
         return word;
     }
 
     // Until every helper of the call has finished: watched, then slept for.
     void await_helpers() {
-        auto finished = [&] { return pending_.load(std::memory_order_acquire) == 0; };
+        watch_then_sleep([&] { return pending_.load(std::memory_order_acquire) == 0; },
+                         finished_, caller_asleep_);
+    }
+
+    // Returns once done() answers true: asked for kPoolSpinMicros between
+    // yields, then on each wake-up of `woken`, with `asleep` set meanwhile so
+    // that the thread that makes done() true knows to notify.
+    template <class Done>
+    void watch_then_sleep(Done done, std::condition_variable& woken, bool& asleep) {
         const auto until = std::chrono::steady_clock::now() +
                            std::chrono::microseconds(kPoolSpinMicros);
         for (unsigned count = 0; !spin_expired(until, count); std::this_thread::yield())
-            if (finished()) return;
+            if (done()) return;
 
         std::unique_lock<std::mutex> lock(mutex_);
-        caller_asleep_ = true;
-        finished_.wait(lock, finished);
-        caller_asleep_ = false;
+        asleep = true;
+        woken.wait(lock, done);
+        asleep = false;
     }
 
     std::atomic<bool> busy_{false};  // a call holds the pool
