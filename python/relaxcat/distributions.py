@@ -234,6 +234,105 @@ def _sum_in_range(grad: np.ndarray, axes: tuple, keepdims: bool) -> np.ndarray:
     return total
 
 
+# Note [gradients summed in slices]: a VJP gradient that is summed over rows (a
+# logits row, temperature or value that serves several batch rows) is written by
+# the kernel per row in float64 (Note [summed gradients], args.hpp) and reduced
+# here. Written for all rows at once, that buffer was (rows, K) doubles, twice
+# a float32 value whose rows may be no more than the broadcast of one logits
+# row: 32 GiB for samples (2^20, 4096) of one float32 logits vector. When a
+# K-wide gradient is summed and the call has more than _SLICE_ELEMENTS
+# elements, the kernel runs over slices of the first batch axis instead (one
+# index of it at least, so one index of a huge second axis is still written
+# whole), and each slice is reduced as it comes: into its own rows of the
+# result where the first axis is kept, else added into a float64 total in slice
+# order. The slices depend on the shapes alone, so the bits do not depend on the
+# thread count; a total can differ from one sum over all rows in the last place,
+# as any other grouping of the same terms would. A total that is not finite
+# (infinite limits, or Note [sums past the range], whose rescue needs every
+# term) is taken again over all rows at once.
+_SLICE_ELEMENTS = 1 << 20
+
+
+def _at(arr, index):
+    """Rows ``index`` of the first batch axis of ``arr``; all of it for None."""
+    return arr if index is None or arr is None else arr[index]
+
+
+class _PerRowGrad:
+    """A gradient that a VJP kernel writes per row over the row shape ``full``
+    (with K where it has it), reduced to the shape ``target``.
+
+    With ``full == target`` nothing is summed and the kernel writes the result
+    itself, in ``dtype``, slice by slice. Otherwise each slice is written in
+    float64 to a buffer of its own size and reduced (Note [gradients summed in
+    slices]); ``total`` is then float64."""
+
+    def __init__(self, full: tuple, target: tuple, dtype):
+        self.full, self.target = tuple(full), tuple(target)
+        self.whole = self.full == self.target
+        kept = len(self.full) == len(self.target) and (
+            not self.full or self.full[0] == self.target[0]
+        )
+        self.added = not self.whole and not kept  # slices add into the total
+        self.total = np.empty(self.full, dtype) if self.whole else None
+        self._buffer = None
+
+    def rows(self, index) -> np.ndarray:
+        """Where the kernel writes the rows of slice ``index`` (None: all)."""
+        if self.whole:
+            return _at(self.total, index)
+        if index is None:
+            return np.empty(self.full, np.float64)
+        n = index.stop - index.start
+        if self._buffer is None or self._buffer.shape[0] < n:
+            self._buffer = np.empty((n,) + self.full[1:], np.float64)
+        return self._buffer[:n]
+
+    def take(self, per_row: np.ndarray, index) -> None:
+        """Reduce the rows the kernel wrote for slice ``index`` into the total."""
+        if self.whole:
+            return
+        if index is None:
+            self.total = _reduce_to(per_row, self.target)
+        elif not self.added:
+            if self.total is None:
+                self.total = np.empty(self.target, np.float64)
+            rows = (index.stop - index.start,) + self.target[1:]
+            self.total[index] = _reduce_to(per_row, rows)
+        elif self.total is None:
+            self.total = np.array(_reduce_to(per_row, self.target), np.float64)
+        else:
+            with np.errstate(over="ignore", invalid="ignore"):
+                self.total += _reduce_to(per_row, self.target)
+
+    def lost(self) -> bool:
+        """Whether a total added over slices is not finite."""
+        return self.added and not np.isfinite(self.total).all()
+
+
+def _over_slices(rows: tuple, k: int, make, call, sliced: bool = True) -> list:
+    """Runs a VJP kernel over slices of the first batch axis (Note [gradients
+    summed in slices]). ``make()`` gives the call's gradients (_PerRowGrad or
+    None each) and ``call(index, buffers)`` runs the kernel on rows ``index``
+    (None: all) with their buffers for it. Returns the gradients, totals set."""
+    grads = make()
+    n = math.prod(rows) * k
+    wide = any(g is not None and not g.whole and len(g.full) > len(rows) for g in grads)
+    step = 0
+    if sliced and wide and rows and rows[0] > 1 and n > _SLICE_ELEMENTS:
+        step = max(1, _SLICE_ELEMENTS // (n // rows[0]))
+    for i0 in range(0, rows[0], step) if step else [None]:
+        index = None if i0 is None else slice(i0, min(i0 + step, rows[0]))
+        buffers = [None if g is None else g.rows(index) for g in grads]
+        call(index, buffers)
+        for g, b in zip(grads, buffers):
+            if g is not None:
+                g.take(b, index)
+    if step and any(g is not None and g.lost() for g in grads):
+        return _over_slices(rows, k, make, call, sliced=False)
+    return grads
+
+
 def _round_to(x: np.ndarray, dtype) -> np.ndarray:
     """A float64 result in the distribution's dtype; past its range it is the
     infinity of its sign, an answer, not a warning."""
@@ -809,25 +908,32 @@ class RelaxedOneHotCategorical:
         return out
 
     # ---------------------------------------------------------------- gradients
-    def _logits_grad_rows(self, shape: tuple) -> np.ndarray:
+    def _logits_grad_rows(self, shape: tuple) -> _PerRowGrad:
         """Where a VJP kernel writes the per-row logits gradient: in the dtype when
         that is the result (one row per parameter row, logits given), else in
         float64, summed over rows and taken through the probs transform before
         one rounding (Note [summed gradients])."""
-        direct = self._probs_given is None and tuple(shape) == self._a.shape
-        return np.empty(shape, dtype=self.dtype if direct else np.float64)
+        dtype = self.dtype if self._probs_given is None else np.float64
+        return _PerRowGrad(shape, self._a.shape, dtype)
 
-    def _param_grad(self, grad_logits_rows: np.ndarray, threads: int) -> np.ndarray:
-        """Reduce a (rows, K) logits gradient to the parameter the user gave."""
-        g = _reduce_to(grad_logits_rows, self._a.shape)
+    def _param_grad(self, g: np.ndarray, threads: int) -> np.ndarray:
+        """The gradient of the parameter the user gave, from the logits gradient
+        summed to the logits' shape (_logits_grad_rows's total)."""
         if self._probs_given is None:
             return _round_to(g, self.dtype)
         out = np.empty(self._probs_given.shape, dtype=self.dtype)
         _core.probs_vjp(self._probs_given, g, out, threads)
         return out
 
-    def _temperature_grad(self, grad_t_rows: np.ndarray) -> np.ndarray:
-        g = _reduce_to(grad_t_rows, self._t_rows.shape)
+    def _temperature_grad_rows(self, rows: tuple) -> _PerRowGrad:
+        """Where a VJP kernel writes the per-row temperature gradient: in float64,
+        summed over the rows that share a temperature (Note [summed
+        gradients])."""
+        return _PerRowGrad(rows, self._t_rows.shape, np.float64)
+
+    def _temperature_grad(self, g: np.ndarray) -> np.ndarray:
+        """The temperature's gradient as given, from _temperature_grad_rows's
+        total."""
         return _round_to(g.reshape(self._temperature.shape), self.dtype)
 
     def _grad(self, grad, shape: tuple, what: str, check: bool = True) -> np.ndarray:
@@ -905,19 +1011,28 @@ class RelaxedOneHotCategorical:
         g = self._grad(grad, value.shape, "the value's shape", check=False)
         val, logits, temp = self._broadcast_value(value)
         g = _broadcast(g, val.shape)
-        gl = self._logits_grad_rows(val.shape) if want_param else None
-        # Note [summed gradients]
-        gt = np.empty(temp.shape, dtype=np.float64) if want_t else None
         masks = logits if self._has_masks() else None
-        bad = _core.rsample_vjp(self._space, val, g, temp, gl, gt, threads, masks)
-        if bad or g.size == 0:
-            # The kernel reads no entry of an empty call. This raises for a bad
-            # entry, naming the first as the caller gave it.
-            v.check_finite(v.as_float_array(grad, "grad", self.dtype), "grad")
-        if bad:
-            raise ValueError("grad must be finite, got a NaN or an infinity")
-        gp = self._param_grad(gl, threads) if want_param else None
-        gt = self._temperature_grad(gt) if want_t else None
+
+        def make():
+            # Note [summed gradients]
+            return [
+                self._logits_grad_rows(val.shape) if want_param else None,
+                self._temperature_grad_rows(temp.shape) if want_t else None,
+            ]
+
+        def call(index, out):
+            at = (_at(a, index) for a in (val, g, temp))
+            bad = _core.rsample_vjp(self._space, *at, *out, threads, _at(masks, index))
+            if bad or g.size == 0:
+                # The kernel reads no entry of an empty call. This raises for a
+                # bad entry, naming the first as the caller gave it.
+                v.check_finite(v.as_float_array(grad, "grad", self.dtype), "grad")
+            if bad:
+                raise ValueError("grad must be finite, got a NaN or an infinity")
+
+        gl, gt = _over_slices(temp.shape, self.event_shape[0], make, call)
+        gp = self._param_grad(gl.total, threads) if want_param else None
+        gt = self._temperature_grad(gt.total) if want_t else None
         cls = RsampleGradProbs if self._probs_given is not None else RsampleGrad
         return cls(gp, gt)
 
@@ -965,17 +1080,32 @@ class RelaxedOneHotCategorical:
         val, logits, temp = self._broadcast_value(value)
         grad = self._grad(grad, temp.shape, "log_prob's shape")
         lp = np.empty(temp.shape, dtype=self.dtype) if want_log_prob else None
-        # The value gradient is summed over the batch rows a broadcast value
-        # serves, in float64 then (Note [summed gradients]).
-        wide = val.shape != value.shape
-        gv = np.empty(val.shape, np.float64 if wide else self.dtype) if want_v else None
-        gl = self._logits_grad_rows(val.shape) if want_param else None
-        # Note [summed gradients]
-        gt = np.empty(temp.shape, dtype=np.float64) if want_t else None
-        _core.log_prob(self._space, logits, temp, val, grad, lp, gv, gl, gt, threads)
-        gv = _round_to(_reduce_to(gv, value.shape), self.dtype) if want_v else None
-        gp = self._param_grad(gl, threads) if want_param else None
-        gt = self._temperature_grad(gt) if want_t else None
+
+        def make():
+            # The value gradient is summed over the batch rows a broadcast value
+            # serves, in float64 then (Note [summed gradients]).
+            return [
+                _PerRowGrad(val.shape, value.shape, self.dtype) if want_v else None,
+                self._logits_grad_rows(val.shape) if want_param else None,
+                self._temperature_grad_rows(temp.shape) if want_t else None,
+            ]
+
+        def call(index, out):
+            _core.log_prob(
+                self._space,
+                _at(logits, index),
+                _at(temp, index),
+                _at(val, index),
+                _at(grad, index),
+                _at(lp, index),
+                *out,
+                threads,
+            )
+
+        gv, gl, gt = _over_slices(temp.shape, self.event_shape[0], make, call)
+        gv = _round_to(gv.total, self.dtype) if want_v else None
+        gp = self._param_grad(gl.total, threads) if want_param else None
+        gt = self._temperature_grad(gt.total) if want_t else None
         cls = LogProbGradProbs if self._probs_given is not None else LogProbGrad
         return lp, cls(gv, gp, gt)
 

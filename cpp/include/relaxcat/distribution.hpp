@@ -1151,7 +1151,10 @@ private:
     // value row per parameter row and logits as the parameter, that gradient is
     // the result, so the kernel writes it in Real into the caller's grad_param
     // (through RowsOut) and nothing is copied; otherwise in double into a
-    // buffer that finish_param_grad reduces (Note [summed gradients]).
+    // buffer that finish_param_grad reduces (Note [summed gradients]). That
+    // buffer holds every row at once (n B K doubles); the Python class runs such
+    // calls over slices of rows instead (Note [gradients summed in slices] in
+    // python/relaxcat/distributions.py), which this class does not do yet.
     class ParamGrad {
     public:
         ParamGrad(const RelaxedBase& d, MatrixView<Real> out, int64_t rows)
