@@ -249,7 +249,8 @@ def _sum_in_range(grad: np.ndarray, axes: tuple, keepdims: bool) -> np.ndarray:
 # thread count; a total can differ from one sum over all rows in the last place,
 # as any other grouping of the same terms would. A total that is not finite
 # (infinite limits, or Note [sums past the range], whose rescue needs every
-# term) is taken again over all rows at once.
+# term) is taken again over all rows at once. The C++ class does the same over
+# slices of draws (distribution.hpp).
 _SLICE_ELEMENTS = 1 << 20
 
 

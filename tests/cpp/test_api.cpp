@@ -11,13 +11,49 @@
 #include <chrono>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
+#include <new>
 #include <limits>
 #include <mutex>
 #include <numeric>
 #include <thread>
 #include <type_traits>
 #include <vector>
+
+// The largest single allocation through operator new since the last reset,
+// for the memory a call takes (SummedGradientsTakeSliceSizedScratch). Not
+// under AddressSanitizer, which has its own operator new.
+#if defined(__SANITIZE_ADDRESS__)
+#define RELAXCAT_TRACK_ALLOCATIONS 0
+#else
+#define RELAXCAT_TRACK_ALLOCATIONS 1
+std::atomic<size_t> g_largest_allocation{0};
+
+void* operator new(size_t n) {
+    size_t seen = g_largest_allocation.load();
+    while (n > seen && !g_largest_allocation.compare_exchange_weak(seen, n)) {
+    }
+    if (void* p = std::malloc(n == 0 ? 1 : n)) return p;
+    throw std::bad_alloc();
+}
+
+// GCC cannot tell that these pair with the operator new above.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmismatched-new-delete"
+#endif
+void operator delete(void* p) noexcept {
+    std::free(p);
+}
+
+void operator delete(void* p, size_t) noexcept {
+    std::free(p);
+}
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
+#endif
 
 namespace {
 
@@ -359,6 +395,135 @@ TEST(Api, OneLogitsRowBroadcastsOverPerRowTemperatures) {
     for (int j = 0; j < 5; ++j)
         EXPECT_NEAR(gs[j], gr[j] + gr[5 + j] + gr[10 + j], 1e-14);
     EXPECT_EQ(ts, tr);
+}
+
+// Note [gradients summed in slices] (distribution.hpp): a call whose logits
+// gradient is summed over more than 2^20 elements runs over slices of draws,
+// and its sums must be the row-order sums of the per-row gradients, bit for
+// bit, which a distribution with one parameter row per value row gives unsummed.
+TEST(Api, GradientsSummedOverManyDrawsAreTheRowOrderSumsOfPerRowOnes) {
+    constexpr int64_t kB = 2, kK = 8, kDraws = 70000, kRows = kDraws * kB;
+    const std::vector<double> lg = ramp(kB * kK, 1.3);
+    const std::vector<double> t = {0.6, 1.3};
+    const RelaxedOneHotCategorical<double> shared(
+        VectorView<const double>(t.data(), kB),
+        relaxcat::logits(MatrixView<const double>(lg.data(), kB, kK)), false);
+    std::vector<double> lg_rows(kRows * kK), t_rows(kRows);
+    for (int64_t r = 0; r < kRows; ++r) {
+        std::copy_n(lg.begin() + (r % kB) * kK, kK, lg_rows.begin() + r * kK);
+        t_rows[r] = t[r % kB];
+    }
+    const RelaxedOneHotCategorical<double> per_row(
+        VectorView<const double>(t_rows.data(), kRows),
+        relaxcat::logits(MatrixView<const double>(lg_rows.data(), kRows, kK)), false);
+    std::vector<double> x(kRows * kK);
+    Philox gen(8);
+    shared.rsample(MatrixView<double>(x.data(), kRows, kK), gen);
+    const std::vector<double> w = ramp(kRows * kK, 0.9);
+    const std::vector<double> g = ramp(kRows, 1.1);
+    const MatrixView<const double> xv(x.data(), kRows, kK), wv(w.data(), kRows, kK);
+    const VectorView<const double> gv(g.data(), kRows);
+
+    // The per-row gradients summed in row order, as the class sums them.
+    auto row_sums = [&](const std::vector<double>& rows, int64_t width) {
+        std::vector<double> acc(kB * width, 0.0);
+        for (int64_t r = 0; r < kRows; ++r)
+            for (int64_t j = 0; j < width; ++j)
+                acc[(r % kB) * width + j] += rows[r * width + j];
+        return acc;
+    };
+    for (int threads : {1, 2}) {
+        std::vector<double> gl(kB * kK), gt(kB), rl(kRows * kK), rt(kRows);
+        shared.rsample_vjp(xv, wv, MatrixView<double>(gl.data(), kB, kK),
+                           VectorView<double>(gt.data(), kB), threads);
+        per_row.rsample_vjp(xv, wv, MatrixView<double>(rl.data(), kRows, kK),
+                            VectorView<double>(rt.data(), kRows), threads);
+        EXPECT_EQ(gl, row_sums(rl, kK));
+        EXPECT_EQ(gt, row_sums(rt, 1));
+
+        std::vector<double> lp(kRows), lp_rows(kRows), gvv(kRows * kK),
+            gv_rows(kRows * kK);
+        shared.log_prob_and_vjp(xv, gv, VectorView<double>(lp.data(), kRows),
+                                MatrixView<double>(gvv.data(), kRows, kK),
+                                MatrixView<double>(gl.data(), kB, kK),
+                                VectorView<double>(gt.data(), kB), threads);
+        per_row.log_prob_and_vjp(xv, gv, VectorView<double>(lp_rows.data(), kRows),
+                                 MatrixView<double>(gv_rows.data(), kRows, kK),
+                                 MatrixView<double>(rl.data(), kRows, kK),
+                                 VectorView<double>(rt.data(), kRows), threads);
+        EXPECT_EQ(lp, lp_rows);
+        EXPECT_EQ(gvv, gv_rows);
+        EXPECT_EQ(gl, row_sums(rl, kK));
+        EXPECT_EQ(gt, row_sums(rt, 1));
+    }
+}
+
+// Samples (2^16, 64) of one logits row: the per-row float64 gradients of all
+// rows at once would take 32 MiB; slices of 2^20 elements take 8 MiB.
+TEST(Api, SummedGradientsTakeSliceSizedScratch) {
+#if RELAXCAT_TRACK_ALLOCATIONS
+    constexpr int64_t kK = 64, kRows = int64_t(1) << 16;
+    const std::vector<float> lg(kK, 0.25f);
+    const RelaxedOneHotCategorical<float> d(
+        0.7f, relaxcat::logits(MatrixView<const float>(lg.data(), 1, kK)), false);
+    std::vector<float> x(kRows * kK), w(kRows * kK, 0.5f), g(kRows, 1.0f);
+    Philox gen(2);
+    d.rsample(MatrixView<float>(x.data(), kRows, kK), gen);
+    const MatrixView<const float> xv(x.data(), kRows, kK), wv(w.data(), kRows, kK);
+    float gl[kK], gt;
+    g_largest_allocation = 0;
+    d.rsample_vjp(xv, wv, MatrixView<float>(gl, 1, kK), VectorView<float>(&gt, 1));
+    EXPECT_LE(g_largest_allocation.load(), size_t(9) << 20);
+    g_largest_allocation = 0;
+    d.log_prob_vjp(xv, VectorView<const float>(g.data(), kRows), MatrixView<float>(),
+                   MatrixView<float>(gl, 1, kK), VectorView<float>(&gt, 1));
+    EXPECT_LE(g_largest_allocation.load(), size_t(9) << 20);
+#else
+    GTEST_SKIP() << "allocations are not tracked under AddressSanitizer";
+#endif
+}
+
+// Per-row logits gradients near the largest double over slices of draws: the
+// running sum overflows in the first slice where the exact sums are finite,
+// so the call is taken again over all rows, whose sums are rescued by scaling.
+TEST(Api, SlicedSumsPastTheRangeAreTakenAgainOverAllRows) {
+    constexpr int64_t kRows = 600000;  // 1.2e6 elements: several slices
+    const std::vector<double> logits = {0.0, 0.0};
+    const ExpRelaxedOneHotCategorical<double> d(
+        1.0, relaxcat::logits(MatrixView<const double>(logits.data(), 1, 2)), false);
+    std::vector<double> y(2 * kRows), w(2 * kRows, 0.0);
+    for (int64_t r = 0; r < kRows; ++r) {
+        y[2 * r] = -0.5;
+        y[2 * r + 1] = -0.9;
+        w[2 * r] = (r / 3) % 2 == 0 ? 1.7e308 : -1.7e308;  // +++---+++...
+    }
+    w[0] = 1.6e308;  // an exact sum of about -4e306
+    std::vector<double> gl(2);
+    d.rsample_vjp(MatrixView<const double>(y.data(), kRows, 2),
+                  MatrixView<const double>(w.data(), kRows, 2),
+                  MatrixView<double>(gl.data(), 1, 2), VectorView<double>());
+    // The per-row gradients, unsummed: one parameter row per value row.
+    std::vector<double> rows(2 * kRows);
+    const std::vector<double> t_rows(kRows, 1.0);
+    const std::vector<double> l_rows(2 * kRows, 0.0);
+    const ExpRelaxedOneHotCategorical<double> per_row(
+        VectorView<const double>(t_rows.data(), kRows),
+        relaxcat::logits(MatrixView<const double>(l_rows.data(), kRows, 2)), false);
+    per_row.rsample_vjp(MatrixView<const double>(y.data(), kRows, 2),
+                        MatrixView<const double>(w.data(), kRows, 2),
+                        MatrixView<double>(rows.data(), kRows, 2),
+                        VectorView<double>());
+    for (int j = 0; j < 2; ++j) {
+        double plain = 0.0, scaled = 0.0;
+        for (int64_t r = 0; r < kRows; ++r) {
+            plain += rows[2 * r + j];
+            scaled += rows[2 * r + j] * 0x1p-64;
+        }
+        EXPECT_FALSE(std::isfinite(plain));  // the running sum does overflow
+        EXPECT_TRUE(std::isfinite(gl[j]));
+        EXPECT_EQ(gl[j], scaled * 0x1p64);  // ... and the rescue's sum is kept
+    }
+    EXPECT_NEAR(gl[0] / -4e306, 1.0, 0.1);
 }
 
 // log_prob summed with weights, as a function of one logit, T or one coordinate.

@@ -406,20 +406,19 @@ public:
             fn, grad_param, grad_temperature,
             {{"an input", detail::extent(value)}, {"an input", detail::extent(grad)}});
         const int threads = resolve_threads(fn, num_threads);
-        ParamGrad gl(*this, grad_param, rows);
-        std::vector<double> gt(static_cast<size_t>(grad_temperature.data ? rows : 0));
-        detail::RsampleVjpArgs<Real> a;
-        a.shape = shape(rows);
-        a.space = kSpace;
-        a.value = value_arg(value);
-        a.grad = value_arg(grad);
-        a.temperature = temperature_arg();
-        a.logits = param_arg();  // masked categories by their logits
-        gl.set(a);
-        a.grad_temperature = grad_temperature.data ? gt.data() : nullptr;
-        run(a, threads);
-        gl.finish(threads);
-        finish_temperature_grad(gt, rows, grad_temperature);
+        over_slices(rows, grad_param, grad_temperature, threads,
+                    [&](int64_t first, int64_t n, ParamGrad& gl, TemperatureGrad& gt) {
+                        detail::RsampleVjpArgs<Real> a;
+                        a.shape = shape(n);
+                        a.space = kSpace;
+                        a.value = value_arg(value, first);
+                        a.grad = value_arg(grad, first);
+                        a.temperature = temperature_arg();
+                        a.logits = param_arg();  // masked categories by their logits
+                        gl.set(a, first, n);
+                        a.grad_temperature = gt.slice(n);
+                        run(a, threads);
+                    });
     }
 
     // The gradient of sum(grad * log_prob(value)): grad holds one number per
@@ -958,9 +957,11 @@ private:
         return a;
     }
 
-    detail::RowArg<const Real> value_arg(const MatrixView<const Real>& v) const {
+    // Rows first, first + 1, ... of a value-shaped view (first a multiple of B).
+    detail::RowArg<const Real> value_arg(const MatrixView<const Real>& v,
+                                         int64_t first = 0) const {
         detail::RowArg<const Real> a;
-        a.data = v.data;
+        a.data = v.data + first * v.row_stride;
         a.stride[0] = batch_ * v.row_stride;
         a.stride[1] = v.row_stride;
         a.kstride = v.col_stride;
@@ -976,13 +977,13 @@ private:
     }
 
     detail::LogProbArgs<Real> log_prob_args(const MatrixView<const Real>& value,
-                                            int64_t rows) const {
+                                            int64_t rows, int64_t first = 0) const {
         detail::LogProbArgs<Real> a;
         a.shape = shape(rows);
         a.space = kSpace;
         a.logits = param_arg();
         a.temperature = temperature_arg();
-        a.value = value_arg(value);
+        a.value = value_arg(value, first);
         return a;
     }
 
@@ -1128,72 +1129,201 @@ private:
         const int threads = resolve_threads(fn, num_threads);
         detail::RowsOut<Real> lp(out);
         detail::RowsOut<Real> gv(grad_value);
-        ParamGrad gl(*this, grad_param, rows);
-        std::vector<double> gt(static_cast<size_t>(grad_temperature.data ? rows : 0));
-        detail::LogProbArgs<Real> a = log_prob_args(value, rows);
-        a.grad.data = grad.data;
-        a.grad.stride[0] = batch_ * grad.stride;
-        a.grad.stride[1] = grad.stride;
-        a.log_prob = lp.get();
-        a.grad_value = gv.get();
-        gl.set(a);
-        a.grad_temperature = grad_temperature.data ? gt.data() : nullptr;
-        if (a.log_prob || a.grad_value || a.grad_logits || a.grad_logits_wide ||
-            a.grad_temperature)
-            run(a, threads);
+        over_slices(rows, grad_param, grad_temperature, threads,
+                    [&](int64_t first, int64_t n, ParamGrad& gl, TemperatureGrad& gt) {
+                        detail::LogProbArgs<Real> a = log_prob_args(value, n, first);
+                        a.grad.data = grad.data + first * grad.stride;
+                        a.grad.stride[0] = batch_ * grad.stride;
+                        a.grad.stride[1] = grad.stride;
+                        a.log_prob = lp.get() ? lp.get() + first : nullptr;
+                        a.grad_value = gv.get() ? gv.get() + first * k_ : nullptr;
+                        gl.set(a, first, n);
+                        a.grad_temperature = gt.slice(n);
+                        if (a.log_prob || a.grad_value || a.grad_logits ||
+                            a.grad_logits_wide || a.grad_temperature)
+                            run(a, threads);
+                    });
         lp.finish();
         gv.finish();
-        gl.finish(threads);
-        finish_temperature_grad(gt, rows, grad_temperature);
     }
+
+    // Note [gradients summed in slices] (the Python class's, in
+    // python/relaxcat/distributions.py, says why): a VJP whose logits
+    // gradient is summed over the draws, with more than kSliceElements
+    // elements, runs the kernel over slices of about that many elements (whole
+    // draws, one at least), and each slice's per-row gradients are added into
+    // the sums as they come. The additions are those of one pass over all rows,
+    // in the same row order, so the bits are the same as without slices. A sum
+    // that is not finite is taken again over all rows at once, as RowSums's
+    // rescue of sums past the range needs every term.
+    static constexpr int64_t kSliceElements = int64_t(1) << 20;
+
+    // Per-row values, `width` to a row, that the kernel writes slice by slice
+    // (slice()) and that take() adds into row target(r) of `targets` rows, in
+    // row order and in double, so the result does not depend on the thread
+    // count. Finite values near the largest double can have partial sums that
+    // overflow (to inf, or NaN with both signs) where the exact sum is finite;
+    // when the slice is the whole call, such a sum is taken again with every
+    // term scaled by 2^-64, the same additions each exact in its scaling, and
+    // scaled back (Note [sums past the range] in python/relaxcat/distributions.py).
+    class RowSums {
+    public:
+        RowSums(int64_t targets, int64_t width)
+            : width_(width), acc_(static_cast<size_t>(targets * width), 0.0) {}
+
+        double* slice(int64_t rows) {
+            buffer_.resize(static_cast<size_t>(rows * width_));
+            return buffer_.data();
+        }
+
+        template <class Target>
+        void take(int64_t first, int64_t rows, bool whole, Target target) {
+            for (int64_t r = 0; r < rows; ++r) {
+                double* dst = acc_.data() + target(first + r) * width_;
+                const double* src = buffer_.data() + r * width_;
+                for (int64_t j = 0; j < width_; ++j) dst[j] += src[j];
+            }
+            if (whole && lost()) rescue(rows, target);
+        }
+
+        bool lost() const {
+            for (double v : acc_)
+                if (!std::isfinite(v)) return true;
+            return false;
+        }
+
+        const std::vector<double>& sums() const { return acc_; }
+
+    private:
+        template <class Target>
+        void rescue(int64_t rows, Target target) {
+            const size_t n = acc_.size();
+            std::vector<double> scaled(n, 0.0);
+            std::vector<char> terms_finite(n, 1);
+            for (int64_t r = 0; r < rows; ++r) {
+                const int64_t base = target(r) * width_;
+                const double* src = buffer_.data() + r * width_;
+                for (int64_t j = 0; j < width_; ++j) {
+                    scaled[base + j] += src[j] * 0x1p-64;
+                    if (!std::isfinite(src[j])) terms_finite[base + j] = 0;
+                }
+            }
+            for (size_t i = 0; i < n; ++i)
+                if (!std::isfinite(acc_[i]) && terms_finite[i])
+                    acc_[i] = scaled[i] * 0x1p64;
+        }
+
+        int64_t width_;
+        std::vector<double> acc_;
+        std::vector<double> buffer_;
+    };
 
     // Where a VJP kernel writes its per-row logits gradient (rows, K). With one
     // value row per parameter row and logits as the parameter, that gradient is
     // the result, so the kernel writes it in Real into the caller's grad_param
-    // (through RowsOut) and nothing is copied; otherwise in double into a
-    // buffer that finish_param_grad reduces (Note [summed gradients]). That
-    // buffer holds every row at once (n B K doubles); the Python class runs such
-    // calls over slices of rows instead (Note [gradients summed in slices] in
-    // python/relaxcat/distributions.py), which this class does not do yet.
+    // (through RowsOut) and nothing is copied; otherwise in double, summed over
+    // the draws into the parameter's rows (RowSums; for probs, then through the
+    // normalisation, probs_vjp, still in double) and rounded once to Real
+    // (Note [summed gradients]).
     class ParamGrad {
     public:
         ParamGrad(const RelaxedBase& d, MatrixView<Real> out, int64_t rows)
             : d_(d),
               out_(out),
-              rows_(rows),
               direct_(out.data != nullptr && !d.has_probs() && d.param_rows_ == rows),
               target_(direct_ ? out : MatrixView<Real>()),
-              buffer_(static_cast<size_t>(out.data && !direct_ ? rows * d.k_ : 0)) {}
+              sums_(summed() ? d.param_rows_ : 0, d.k_) {}
+        bool summed() const { return out_.data != nullptr && !direct_; }
+        // The kernel's outputs for rows first .. first + n - 1.
         template <class Args>
-        void set(Args& a) {
-            a.grad_logits = direct_ ? target_.get() : nullptr;
-            a.grad_logits_wide = buffer_.empty() ? nullptr : buffer_.data();
+        void set(Args& a, int64_t first, int64_t n) {
+            a.grad_logits = direct_ ? target_.get() + first * d_.k_ : nullptr;
+            a.grad_logits_wide = summed() ? sums_.slice(n) : nullptr;
         }
+        void take(int64_t first, int64_t n, bool whole) {
+            if (summed())
+                sums_.take(first, n, whole,
+                           [this](int64_t r) { return d_.param_row(r); });
+        }
+        bool lost() const { return summed() && sums_.lost(); }
         void finish(int threads) {
             if (direct_)
                 target_.finish();
-            else
-                d_.finish_param_grad(buffer_, rows_, out_, threads);
+            else if (summed())
+                d_.finish_param_grad(sums_.sums(), out_, threads);
         }
 
     private:
         const RelaxedBase& d_;
         MatrixView<Real> out_;
-        int64_t rows_;
         bool direct_;
         detail::RowsOut<Real> target_;
-        std::vector<double> buffer_;
+        RowSums sums_;
     };
 
-    // Sums per-row logits gradients (rows, K) over the draws into the parameter's
-    // rows, in row order and in double, so the result does not depend on the
-    // thread count; for probs, then through the normalisation (probs_vjp), still
-    // in double; rounds once to Real.
-    void finish_param_grad(const std::vector<double>& per_row, int64_t rows,
-                           MatrixView<Real> out, int threads) const {
-        if (out.data == nullptr) return;
-        const std::vector<double> acc = sum_rows(
-            per_row, rows, k_, param_rows_, [this](int64_t r) { return param_row(r); });
+    // The per-row temperature gradient, in double, summed over the rows that
+    // share a temperature and rounded once (Note [summed gradients]).
+    class TemperatureGrad {
+    public:
+        TemperatureGrad(const RelaxedBase& d, VectorView<Real> out)
+            : d_(d),
+              out_(out),
+              sums_(out.data ? static_cast<int64_t>(d.temperature_.size()) : 0, 1) {}
+        double* slice(int64_t n) { return out_.data ? sums_.slice(n) : nullptr; }
+        void take(int64_t first, int64_t n, bool whole) {
+            if (out_.data)
+                sums_.take(first, n, whole,
+                           [this](int64_t r) { return d_.temperature_index(r); });
+        }
+        bool lost() const { return out_.data && sums_.lost(); }
+        void finish() {
+            if (out_.data == nullptr) return;
+            for (int64_t i = 0; i < out_.size; ++i)
+                out_[i] = static_cast<Real>(sums_.sums()[static_cast<size_t>(i)]);
+        }
+
+    private:
+        const RelaxedBase& d_;
+        VectorView<Real> out_;
+        RowSums sums_;
+    };
+
+    // Runs a VJP over the rows of a call: run_slice(first, n, gl, gt) runs the
+    // kernel on rows first .. first + n - 1 with the gradients' outputs for them;
+    // over slices of whole draws when the logits gradient is summed (Note
+    // [gradients summed in slices]), else in one call.
+    template <class RunSlice>
+    void over_slices(int64_t rows, MatrixView<Real> grad_param,
+                     VectorView<Real> grad_temperature, int threads,
+                     RunSlice run_slice) const {
+        const int64_t draws = batch_ > 0 ? rows / batch_ : 0;
+        for (bool sliced : {true, false}) {
+            ParamGrad gl(*this, grad_param, rows);
+            TemperatureGrad gt(*this, grad_temperature);
+            int64_t step = draws;
+            if (sliced && gl.summed() && rows * k_ > kSliceElements)
+                step = std::max<int64_t>(1, kSliceElements / (batch_ * k_));
+            const bool whole = step >= draws;
+            for (int64_t d = 0; d < draws || d == 0; d += std::max<int64_t>(step, 1)) {
+                const int64_t first = d * batch_;
+                const int64_t n = whole ? rows : std::min(step, draws - d) * batch_;
+                run_slice(first, n, gl, gt);
+                gl.take(first, n, whole);
+                gt.take(first, n, whole);
+                if (whole) break;
+            }
+            if (!whole && (gl.lost() || gt.lost())) continue;
+            gl.finish(threads);
+            gt.finish();
+            return;
+        }
+    }
+
+    // The logits gradient summed to the parameter's rows (acc, L K doubles) as
+    // the parameter's gradient: rounded to Real, or for probs taken through the
+    // normalisation (probs_vjp) in double first.
+    void finish_param_grad(const std::vector<double>& acc, MatrixView<Real> out,
+                           int threads) const {
         if (!has_probs()) {
             for (int64_t i = 0; i < param_rows_; ++i)
                 for (int64_t j = 0; j < k_; ++j)
@@ -1208,50 +1338,6 @@ private:
         a.grad_probs = target.get();
         run(a, threads);
         target.finish();
-    }
-
-    void finish_temperature_grad(const std::vector<double>& per_row, int64_t rows,
-                                 VectorView<Real> out) const {
-        if (out.data == nullptr) return;
-        const std::vector<double> acc =
-            sum_rows(per_row, rows, 1, static_cast<int64_t>(temperature_.size()),
-                     [this](int64_t r) { return temperature_index(r); });
-        for (int64_t i = 0; i < out.size; ++i) out[i] = static_cast<Real>(acc[i]);
-    }
-
-    // Row r of per_row (width values) added into row target(r) of `targets`
-    // rows, in row order. Finite values near the largest double can have
-    // partial sums that overflow (to inf, or NaN with both signs) where the
-    // exact sum is finite; such a sum is taken again with every term scaled by
-    // 2^-64, the same additions each exact in its scaling, and scaled back
-    // (Note [sums past the range] in python/relaxcat/distributions.py).
-    template <class Target>
-    static std::vector<double> sum_rows(const std::vector<double>& per_row,
-                                        int64_t rows, int64_t width, int64_t targets,
-                                        Target target) {
-        const size_t n = static_cast<size_t>(targets * width);
-        std::vector<double> acc(n, 0.0);
-        for (int64_t r = 0; r < rows; ++r) {
-            double* dst = acc.data() + target(r) * width;
-            const double* src = per_row.data() + r * width;
-            for (int64_t j = 0; j < width; ++j) dst[j] += src[j];
-        }
-        bool lost = false;
-        for (double v : acc) lost = lost || !std::isfinite(v);
-        if (!lost) return acc;
-        std::vector<double> scaled(n, 0.0);
-        std::vector<char> terms_finite(n, 1);
-        for (int64_t r = 0; r < rows; ++r) {
-            const int64_t base = target(r) * width;
-            const double* src = per_row.data() + r * width;
-            for (int64_t j = 0; j < width; ++j) {
-                scaled[base + j] += src[j] * 0x1p-64;
-                if (!std::isfinite(src[j])) terms_finite[base + j] = 0;
-            }
-        }
-        for (size_t i = 0; i < n; ++i)
-            if (!std::isfinite(acc[i]) && terms_finite[i]) acc[i] = scaled[i] * 0x1p64;
-        return acc;
     }
 
     void param_op(const std::string& fn, detail::ParamOp op,
