@@ -40,6 +40,10 @@ MARK_END = "<!-- memory.py: end -->"
 # below about this many bytes (64 pages * 4 KiB * a few threads) are noise.
 NOISE_BYTES = 1 << 20
 
+# Few long rows besides the benchmark's shapes: where a buffer of one row per
+# thread is a large share of the output (Note [rows without scratch]).
+LONG_ROWS = [(1, 1 << 23), (4, 1 << 20)]
+
 
 def _status_kib(field: str) -> int:
     with open("/proc/self/status") as f:
@@ -188,7 +192,7 @@ def main(argv=None) -> int:
         print(json.dumps(child(json.loads(args.child))))
         return 0
 
-    shapes = _cases.QUICK_SHAPES if args.quick else _cases.DEFAULT_SHAPES
+    shapes = _cases.QUICK_SHAPES if args.quick else _cases.DEFAULT_SHAPES + LONG_ROWS
     configs = []
     for lib in args.libs:
         for use_out in (False, True) if lib == "relaxcat" else (False,):

@@ -239,7 +239,7 @@ void rsample_t(const py::array& logits, const py::array& temperature,
         check_stream_room(fn, offset, static_cast<uint64_t>(a.shape.rows * a.shape.k));
     a.x = out_arg<Real>(out_x, a.shape, true, fn, "out");
     a.log_x = out_arg<Real>(out_log_x, a.shape, true, fn, "out_log");
-    a.no_scratch = no_scratch;
+    a.no_scratch = no_scratch || detail::rsample_buffers_too_big(a.shape.rows, threads);
     run_rsample(a, threads);
 }
 

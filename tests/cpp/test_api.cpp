@@ -483,6 +483,27 @@ TEST(Api, SummedGradientsTakeSliceSizedScratch) {
 #endif
 }
 
+// A float row of 2^20 categories takes no noise buffer (a row of doubles, twice
+// the output) beside its output: rsample_buffers_too_big.
+TEST(Api, FewLongFloatRowsAreSampledInTheirOutput) {
+#if RELAXCAT_TRACK_ALLOCATIONS
+    constexpr int64_t kK = int64_t(1) << 20;
+    std::vector<float> lg(kK);
+    for (int64_t j = 0; j < kK; ++j) lg[j] = static_cast<float>(std::sin(0.001 * j));
+    const RelaxedOneHotCategorical<float> d(
+        0.7f, relaxcat::logits(MatrixView<const float>(lg.data(), 1, kK)));
+    std::vector<float> x(kK);
+    for (int threads : {1, 2}) {
+        Philox gen(5);
+        g_largest_allocation = 0;
+        d.rsample(MatrixView<float>(x.data(), 1, kK), gen, threads);
+        EXPECT_LE(g_largest_allocation.load(), kK * sizeof(float) / 20);
+    }
+#else
+    GTEST_SKIP() << "allocations are not tracked under AddressSanitizer";
+#endif
+}
+
 // Per-row logits gradients near the largest double over slices of draws: the
 // running sum overflows in the first slice where the exact sums are finite,
 // so the call is taken again over all rows, whose sums are rescued by scaling.

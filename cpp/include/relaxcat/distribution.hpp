@@ -989,6 +989,7 @@ private:
 
     void sample_into(detail::RsampleArgs<Real>& a, MatrixView<Real> out,
                      int threads) const {
+        a.no_scratch = detail::rsample_buffers_too_big(a.shape.rows, threads);
         detail::RowsOut<Real> target(out);
         if (kSpace == detail::Space::simplex)
             a.x = target.get();

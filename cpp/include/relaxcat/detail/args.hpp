@@ -75,9 +75,18 @@ struct RsampleArgs {
     Real* x = nullptr;      // C-contiguous (rows, k) output, or null
     Real* log_x = nullptr;  // C-contiguous (rows, k) output, or null
     // Sample long float rows of x in the output too, taking exp(s) twice
-    // (Note [rows without scratch] in kernels.hpp); Python sets it for out=.
+    // (Note [rows without scratch] in kernels.hpp); Python sets it for out=,
+    // and both front ends where rsample_buffers_too_big.
     bool no_scratch = false;
 };
+
+// Whether long float rows of x should be sampled in their output although the
+// caller did not ask (RsampleArgs::no_scratch): a noise buffer of one row of
+// doubles per thread is at most 1/20 of a float output of `rows` rows only from
+// 40 rows per thread on (Note [rows without scratch] in kernels.hpp).
+inline bool rsample_buffers_too_big(int64_t rows, int threads) {
+    return rows < 40 * static_cast<int64_t>(threads);
+}
 
 // What rsample_scratch_size needs to know of a call besides K (Note [rows
 // without scratch]).

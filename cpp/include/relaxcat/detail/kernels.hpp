@@ -645,8 +645,11 @@ constexpr int64_t kRowPathMinK = 64;
 // always take this path, as do double ones; for float x it means exp(s) a
 // second time (K = 128000: 4.6 to 5.5 ns per element, one thread), so float x rows
 // take it only when asked (RsampleArgs::no_scratch, which Python sets for
-// out=) and otherwise keep the noise buffer of one row per thread (1 MiB at
-// K = 128000, 6% of the float output).
+// out=) or when the buffers would pass 1/20 of the output (fewer than 40 rows
+// per thread, rsample_buffers_too_big: a fresh-user review measured 96 MiB
+// extra for one row of 2^23 floats, a 32 MiB output, and 2 MiB for (32,
+// 128000) on two threads, 13% of it), and otherwise keep the noise buffer of
+// one row per thread (1 MiB at K = 128000).
 inline bool rsample_in_output(int64_t k, const RsampleNeeds& n) {
     return k >= kBlockElements && !n.given && n.x != n.log_x && n.recompute;
 }
