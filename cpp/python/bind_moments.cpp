@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <limits>
 #include <string>
+#include <type_traits>
 
 #include "relaxcat/detail/moments.hpp"
 #include "relaxcat/detail/parallel.hpp"
@@ -32,11 +33,13 @@ namespace mo = detail::native;
 
 // A C-contiguous float64 array of exactly `ndim` dimensions with the given shape
 // prefix; the Python layer makes them so.
+template <class Real = double>
 py::array checked(const py::array& a, const char* fn, const char* name,
                   py::ssize_t rows, py::ssize_t k, int trailing) {
-    if (!a.dtype().is(py::dtype::of<double>()) || !(a.flags() & py::array::c_style))
-        throw py::type_error(std::string(fn) + ": " + name +
-                             " must be a C-contiguous float64 array");
+    if (!a.dtype().is(py::dtype::of<Real>()) || !(a.flags() & py::array::c_style))
+        throw py::type_error(
+            std::string(fn) + ": " + name + " must be a C-contiguous " +
+            (std::is_same<Real, float>::value ? "float32" : "float64") + " array");
     bool ok = a.ndim() == 1 + trailing && a.shape(0) == rows;
     for (int d = 1; ok && d <= trailing; ++d) ok = a.shape(d) == k;
     if (!ok) value_error(std::string(fn) + ": " + name + " has the wrong shape");
@@ -140,16 +143,26 @@ void categorical_kl(const py::array& p, const py::array& q, const py::array& out
     });
 }
 
-void one_hot(const py::array& x, const py::array& out, int threads) {
+// In the dtype of x, float32 or float64, so that a float32 hard sample needs no
+// float64 copies (a fresh-user review: 384 MiB peak for 128 MiB of outputs).
+template <class Real>
+void one_hot_t(const py::array& x, const py::array& out, int threads) {
     const char* fn = "one_hot";
-    if (x.ndim() != 2) value_error("one_hot: x must be (rows, K)");
     const py::ssize_t rows = x.shape(0), k = x.shape(1);
-    const double* v =
-        static_cast<const double*>(checked(x, fn, "x", rows, k, 1).data());
-    double* o =
-        static_cast<double*>(checked(out, fn, "out", rows, k, 1).mutable_data());
+    const Real* v =
+        static_cast<const Real*>(checked<Real>(x, fn, "x", rows, k, 1).data());
+    Real* o =
+        static_cast<Real*>(checked<Real>(out, fn, "out", rows, k, 1).mutable_data());
     run_rows(rows, 1, threads, 1,
              [&](int64_t r, double*) { mo::one_hot_row(v + r * k, k, o + r * k); });
+}
+
+void one_hot(const py::array& x, const py::array& out, int threads) {
+    if (x.ndim() != 2) value_error("one_hot: x must be (rows, K)");
+    if (x.dtype().is(py::dtype::of<float>()))
+        one_hot_t<float>(x, out, threads);
+    else
+        one_hot_t<double>(x, out, threads);
 }
 
 }  // namespace

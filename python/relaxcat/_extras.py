@@ -146,9 +146,21 @@ def _log_space(d, batch=None):
 
 
 def _estimate(samples: np.ndarray) -> MonteCarloEstimate:
+    """Mean and standard error over the first axis (n >= 2 samples). Each
+    column is divided by the power of two just above its largest |sample| and
+    the results multiplied back: exact scalings, so the same bits unless a
+    scaled square underflows (a deviation below 2^-537 of the largest sample,
+    far under the sum's last digit), and a finite standard error where the
+    squares of samples near 1e200 (an entropy at T = 1e-200) would pass the
+    float64 range (a fresh-user review: inf, with NumPy's overflow warning)."""
     n = samples.shape[0]
-    est = samples.mean(axis=0)
-    err = samples.std(axis=0, ddof=1) / np.sqrt(n)
+    top = np.max(np.abs(samples), axis=0)
+    ordinary = np.isfinite(top) & (top > 0)
+    scale = np.ldexp(1.0, np.frexp(np.where(ordinary, top, 1.0))[1])
+    scale = np.where(ordinary, scale, 1.0)
+    z = samples / scale
+    est = z.mean(axis=0) * scale
+    err = z.std(axis=0, ddof=1) / np.sqrt(n) * scale
     return MonteCarloEstimate(np.asarray(est), np.asarray(err))
 
 
@@ -293,8 +305,11 @@ def one_hot(soft: np.ndarray, threads: int | None = None) -> np.ndarray:
     """One-hot (0 / 1, in soft's dtype) of the first largest entry of each row,
     on ``threads`` threads (default: get_num_threads())."""
     k = soft.shape[-1]
-    x = np.ascontiguousarray(soft, dtype=np.float64).reshape(-1, k)
-    out = np.empty(x.shape, dtype=np.float64)
+    # float32 and float64 are read where they are; a float32 sample and its
+    # one-hot need no float64 copies (the one-hot is exact in either).
+    dtype = soft.dtype if soft.dtype in (np.float32, np.float64) else np.float64
+    x = np.ascontiguousarray(soft, dtype=dtype).reshape(-1, k)
+    out = np.empty(x.shape, dtype=dtype)
     _core.one_hot(x, out, _threads.resolve(threads))
     return out.reshape(soft.shape).astype(soft.dtype, copy=False)
 

@@ -130,9 +130,10 @@ def as_float_array(
             raise ValueError(msg) from None
     kind = arr.dtype.kind
     if kind not in "biuf":
+        got = "None" if value is None else f"dtype {arr.dtype}"
         raise TypeError(
-            f"{name} must be a real number or an array of real numbers, "
-            f"got dtype {arr.dtype}" + (_object_hint(arr) if kind == "O" else "")
+            f"{name} must be a real number or an array of real numbers, got {got}"
+            + (_object_hint(arr) if kind == "O" and value is not None else "")
         )
     if dtype is None:
         # By kind and size, so that a big-endian float32 stays float32 (it is

@@ -64,6 +64,35 @@ TEST(Errors, TemperatureMustBePositiveAndFinite) {
         "ExpRelaxedOneHotCategorical: temperature must be positive and finite, "
         "got inf");
     EXPECT_EQ(t[3], -0.5);
+    // A null pointer is named as such, not as an empty temperature (a
+    // fresh-user review saw "must hold at least one value, got 2").
+    EXPECT_MESSAGE(Dist(VectorView<const double>(nullptr, 2), relaxcat::logits(lg)),
+                   "RelaxedOneHotCategorical: temperature must not have a null data "
+                   "pointer");
+}
+
+// From a fresh-user review: gumbel_noise into a null pointer crashed, and
+// Philox::advance past the stream's end wrapped around silently.
+TEST(Errors, NoiseNeedsAPlaceToGoAndAdvanceStaysInTheStream) {
+    Philox gen(1);
+    EXPECT_MESSAGE(relaxcat::gumbel_noise(gen, 4, static_cast<double*>(nullptr)),
+                   "gumbel_noise: out must not be null for n = 4 elements");
+    EXPECT_MESSAGE(relaxcat::gumbel_noise(gen, 3, static_cast<float*>(nullptr)),
+                   "gumbel_noise: out must not be null for n = 3 elements");
+    EXPECT_EQ(gen.offset(), 0u);
+    relaxcat::gumbel_noise(gen, 0, static_cast<double*>(nullptr));  // nothing to write
+
+    Philox end(1, 0, ~uint64_t{0} - 1);  // two elements left
+    EXPECT_MESSAGE(end.advance(5),
+                   "Philox::advance: n must fit in the rest of the stream (2^64 "
+                   "elements), got 5 at offset 18446744073709551614");
+    EXPECT_EQ(end.offset(), ~uint64_t{0} - 1);
+    EXPECT_EQ(end.advance(2), ~uint64_t{0} - 1);
+    EXPECT_TRUE(end.exhausted());
+    EXPECT_MESSAGE(end.advance(1),
+                   "Philox::advance: n must fit in the rest of the stream (2^64 "
+                   "elements), got 1 with the stream used up");
+    EXPECT_EQ(end.advance(0), 0u);
 }
 
 TEST(Errors, LogitsMustBeFiniteOrMinusInfWithALiveCategory) {
@@ -160,7 +189,7 @@ TEST(Errors, ProbsMustBeNonNegativeWithAPositiveSum) {
     EXPECT_MESSAGE(
         Dist(1.0, relaxcat::probs(MatrixView<const double>(negative.data(), 1, 3))),
         "RelaxedOneHotCategorical: probs must be non-negative and finite, got "
-        "-0.10000000000000001 at row 0, category 1");
+        "-0.1 at row 0, category 1");
     const std::vector<double> zero_row = {0.5, 0.5, 0.0, 0.0};
     EXPECT_MESSAGE(
         Dist(1.0, relaxcat::probs(MatrixView<const double>(zero_row.data(), 2, 2))),
@@ -286,19 +315,17 @@ TEST(Errors, ValuesMustLieOnTheSupportWhenValidating) {
     EXPECT_MESSAGE(
         d.log_prob(MatrixView<const double>(off.data(), 2, 3), out),
         "RelaxedOneHotCategorical::log_prob: value must sum to 1 over each row "
-        "within 9.9999999999999995e-07, got 1.1000000000000001 at row 0");
+        "within 1e-06, got 1.1 at row 0");
     const std::vector<double> masked = {0.2, 0.3, 0.5, 0.4, 0.5, 0.1};
-    EXPECT_MESSAGE(
-        d.log_prob(MatrixView<const double>(masked.data(), 2, 3), out),
-        "RelaxedOneHotCategorical::log_prob: value must be 0 on masked "
-        "categories (logit -inf), which have probability zero; got 0.10000000000000001 "
-        "at row 1, category 2");
+    EXPECT_MESSAGE(d.log_prob(MatrixView<const double>(masked.data(), 2, 3), out),
+                   "RelaxedOneHotCategorical::log_prob: value must be 0 on masked "
+                   "categories (logit -inf), which have probability zero; got 0.1 "
+                   "at row 1, category 2");
     const std::vector<double> negative = {1.2, -0.2, 0.0, 0.4, 0.6, 0.0};
-    EXPECT_MESSAGE(
-        d.log_prob(MatrixView<const double>(negative.data(), 2, 3), out),
-        "RelaxedOneHotCategorical::log_prob: value must be non-negative and "
-        "finite (a point on the simplex), got -0.20000000000000001 at row 0, "
-        "category 1");
+    EXPECT_MESSAGE(d.log_prob(MatrixView<const double>(negative.data(), 2, 3), out),
+                   "RelaxedOneHotCategorical::log_prob: value must be non-negative and "
+                   "finite (a point on the simplex), got -0.2 at row 0, "
+                   "category 1");
     EXPECT_EQ(lp, std::vector<double>(2, 7.0));
 
     // Without validation the same call computes the density of the off-simplex point.
@@ -332,7 +359,7 @@ TEST(Errors, ValidationNamesTheFirstBadRowOnAnyThreadCount) {
             d.log_prob(MatrixView<const double>(x.data(), rows, k),
                        VectorView<double>(lp.data(), rows), threads),
             "RelaxedOneHotCategorical::log_prob: value must sum to 1 over each row "
-            "within 9.9999999999999995e-07, got 1.0999999999999999 at row 2345");
+            "within 1e-06, got 1.0999999999999999 at row 2345");
     }
     x[1200 * k] = -0.0;  // a signed zero is on the simplex
     x[700 * k + 3] = -kInf;

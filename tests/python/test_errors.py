@@ -1560,6 +1560,22 @@ def test_python_ints_beyond_int64_are_explained():
             R(1.0, logits=bad)
 
 
+def test_none_is_named_as_none():
+    # A fresh-user review: temperature=None said "got dtype object".
+    d = R(1.0, logits=[0.0, 1.0])
+    for name, call in [
+        ("temperature", lambda: R(None, logits=[0.0, 1.0])),
+        ("value", lambda: d.log_prob(None)),
+        ("grad", lambda: d.rsample_vjp([0.5, 0.5], None)),
+        ("grad", lambda: d.log_prob_vjp([0.5, 0.5], None)),
+    ]:
+        check_raises(
+            TypeError,
+            rf"^{name} must be a real number or an array of real numbers, got None$",
+            call,
+        )
+
+
 def test_messages_show_values_in_their_own_dtype_and_count_rows():
     probs = np.array([np.float32(-1e-30), 1.0], np.float32)
     check_raises(

@@ -16,7 +16,7 @@ import json, sys
 import numpy as np
 import relaxcat
 
-rows, k, threads = json.loads(sys.argv[1])
+rows, k, threads, hard = json.loads(sys.argv[1])
 logits = np.linspace(-3.0, 3.0, rows * k).astype(np.float32).reshape(rows, k)
 d = relaxcat.RelaxedOneHotCategorical(np.float32(0.7), logits=logits)
 warm = relaxcat.RelaxedOneHotCategorical(0.5, logits=np.zeros((4, 3)))
@@ -31,14 +31,15 @@ def kib(field):
 with open("/proc/self/clear_refs", "w") as f:
     f.write("5")
 before = kib("VmRSS")
-x = d.rsample(rng=1, num_threads=threads)
-print(json.dumps([(kib("VmHWM") - before) * 1024, x.nbytes]))
+x = d.rsample(rng=1, num_threads=threads, hard=hard)
+size = x.hard.nbytes + x.soft.nbytes if hard else x.nbytes
+print(json.dumps([(kib("VmHWM") - before) * 1024, size]))
 """
 
 
-def _extra_and_output(rows, k, threads):
+def _extra_and_output(rows, k, threads, hard=False):
     proc = subprocess.run(
-        [sys.executable, "-c", _CHILD, json.dumps([rows, k, threads])],
+        [sys.executable, "-c", _CHILD, json.dumps([rows, k, threads, hard])],
         capture_output=True,
         text=True,
         check=True,
@@ -46,9 +47,12 @@ def _extra_and_output(rows, k, threads):
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.skipif(
+_LINUX = pytest.mark.skipif(
     not os.access("/proc/self/clear_refs", os.W_OK), reason="needs Linux's clear_refs"
 )
+
+
+@_LINUX
 @pytest.mark.parametrize("rows,k,threads", [(1, 1 << 22, 2), (4, 1 << 20, 2)])
 def test_few_long_float32_rows_take_no_buffer_beyond_the_output(rows, k, threads):
     # A noise buffer of one row of doubles per thread was twice a one-row
@@ -56,3 +60,11 @@ def test_few_long_float32_rows_take_no_buffer_beyond_the_output(rows, k, threads
     # such rows are now sampled in their output (Note [rows without scratch]).
     extra, output = _extra_and_output(rows, k, threads)
     assert extra <= 1.05 * output + (1 << 20), (extra / 2**20, output / 2**20)
+
+
+@_LINUX
+def test_a_float32_hard_sample_takes_its_two_outputs_and_no_float64_copies():
+    # The one-hot went through float64 copies of the soft sample and of itself
+    # (a fresh-user review: 384 MiB peak for 128 MiB of outputs).
+    extra, outputs = _extra_and_output(1 << 18, 8, 2, hard=True)
+    assert extra <= 1.05 * outputs + (1 << 20), (extra / 2**20, outputs / 2**20)

@@ -453,6 +453,31 @@ def test_log_space_mean_with_far_apart_logits(logits, t, want):
 
 
 # ------------------------------------------------------------ entropy and KL
+def test_entropy_at_tiny_temperature_has_a_finite_standard_error():
+    # A fresh-user review: at T = 1e-200 the log-densities are near 1e200, and
+    # their squares overflowed: stderr inf, with NumPy's overflow warning.
+    import warnings
+
+    from relaxcat._extras import _estimate
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        h = relaxcat.RelaxedOneHotCategorical(1e-200, logits=[0.3, -np.inf, 1.0])
+        got = h.entropy(n_samples=64, rng=1)
+        assert np.isfinite(got.stderr) and got.stderr > 0
+        # The same samples scaled down by 2^700 give the same digits.
+        big = np.random.default_rng(4).normal(size=(50, 3)) * 1e200
+        est = _estimate(big)
+        small = _estimate(big * 2.0**-700)
+        np.testing.assert_array_equal(est.estimate, small.estimate * 2.0**700)
+        np.testing.assert_array_equal(est.stderr, small.stderr * 2.0**700)
+    # Where nothing overflows, the bits of NumPy's own mean and std.
+    x = np.random.default_rng(5).normal(size=(40, 4)) * [1e-3, 1.0, 7e5, 0.0]
+    est = _estimate(x)
+    np.testing.assert_array_equal(est.estimate, x.mean(axis=0))
+    np.testing.assert_array_equal(est.stderr, x.std(axis=0, ddof=1) / np.sqrt(40))
+
+
 def test_entropy_k2_t1_equal_logits_is_zero():
     h = dist([0.0, 0.0], 1.0).entropy(n_samples=20_000, rng=3)
     assert abs(float(h.estimate)) <= Z * float(h.stderr) + 1e-12

@@ -127,12 +127,25 @@ namespace detail {
     throw std::invalid_argument(fn + ": " + msg);
 }
 
+// A number as messages print it; a floating-point one with the fewest digits
+// that read back as the same value (1e-06, not 9.9999999999999995e-07), as
+// Python's repr does.
 template <class T>
 std::string show(T v) {
     std::ostringstream os;
-    if constexpr (std::is_floating_point_v<T>)
-        os.precision(std::numeric_limits<T>::max_digits10);
-    os << v;
+    if constexpr (std::is_floating_point_v<T>) {
+        for (int digits = std::numeric_limits<T>::digits10;; ++digits) {
+            os.str("");
+            os.precision(digits);
+            os << v;
+            std::istringstream back(os.str());
+            T read = 0;
+            back >> read;
+            if (read == v || digits >= std::numeric_limits<T>::max_digits10) break;
+        }
+    } else {
+        os << v;
+    }
     return os.str();
 }
 
@@ -467,10 +480,10 @@ private:
             detail::fail(kName, std::string(pname) +
                                     " must have at least one category per row, got " +
                                     detail::show(param.cols) + " columns");
-        if (temperature.size < 1 || (temperature.data == nullptr))
+        if (temperature.size < 1)
             detail::fail(kName, "temperature must hold at least one value, got " +
                                     detail::show(temperature.size));
-        check_view(kName, "temperature", temperature);
+        check_view(kName, "temperature", temperature);  // a null pointer too
         k_ = param.cols;
         param_rows_ = param.rows;
 

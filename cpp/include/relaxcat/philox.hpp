@@ -50,9 +50,11 @@ public:
         exhausted_ = false;
     }
 
-    // Reserves the next n elements (holds(n) must be true): returns the first
-    // and moves past them.
+    // Reserves the next n elements: returns the first and moves past them.
+    // Throws std::invalid_argument, leaving the generator as it was, unless
+    // holds(n) (it had wrapped around to the stream's start).
     constexpr uint64_t advance(uint64_t n) {
+        if (!holds(n)) past_the_end(n);
         const uint64_t first = offset_;
         offset_ += n;
         if (n > 0 && offset_ == 0) exhausted_ = true;
@@ -65,6 +67,15 @@ public:
     }
 
 private:
+    [[noreturn]] void past_the_end(uint64_t n) const {
+        throw std::invalid_argument(
+            "Philox::advance: n must fit in the rest of the stream (2^64 elements), "
+            "got " +
+            std::to_string(n) +
+            (exhausted_ ? std::string(" with the stream used up")
+                        : " at offset " + std::to_string(offset_)));
+    }
+
     uint64_t key_ = 0;
     uint64_t stream_ = 0;
     uint64_t offset_ = 0;
@@ -90,6 +101,16 @@ inline void check_noise_room(const char* fn, const Philox& gen, int64_t n) {
         " elements of this draw, got offset " + std::to_string(gen.offset()) +
         ", past which the stream has only " + std::to_string(~gen.offset() + 1) +
         " (a stream has 2^64 elements)");
+}
+
+// check_noise_room, and somewhere to write the n elements.
+inline void check_noise_call(const char* fn, const Philox& gen, int64_t n,
+                             const void* out) {
+    check_noise_room(fn, gen, n);
+    if (n > 0 && out == nullptr)
+        throw std::invalid_argument(
+            std::string(fn) + ": out must not be null for n = " + std::to_string(n) +
+            " elements");
 }
 }  // namespace RELAXCAT_ISA_NAMESPACE
 }  // namespace detail
@@ -118,9 +139,10 @@ inline std::array<uint32_t, 4> philox4x32(const std::array<uint32_t, 4>& counter
 // double samples (doubles in [-3.60, 36.74]) or of float samples (floats in
 // [-3.13, 22.87]), identical on every instruction-set level. n = 0 writes
 // nothing. Throws std::invalid_argument, writing nothing and leaving gen as it
-// was, when n is negative or fewer than n elements are left in the stream.
+// was, when n is negative, fewer than n elements are left in the stream, or
+// out is null (n > 0).
 inline void gumbel_noise(Philox& gen, int64_t n, double* out) {
-    detail::RELAXCAT_ISA_NAMESPACE::check_noise_room("gumbel_noise", gen, n);
+    detail::RELAXCAT_ISA_NAMESPACE::check_noise_call("gumbel_noise", gen, n, out);
     if (n == 0) return;
     const uint64_t first = gen.advance(static_cast<uint64_t>(n));
     detail::RELAXCAT_ISA_NAMESPACE::fill_gumbels(gen.key(), gen.stream(), first, n,
@@ -128,7 +150,7 @@ inline void gumbel_noise(Philox& gen, int64_t n, double* out) {
 }
 
 inline void gumbel_noise(Philox& gen, int64_t n, float* out) {
-    detail::RELAXCAT_ISA_NAMESPACE::check_noise_room("gumbel_noise", gen, n);
+    detail::RELAXCAT_ISA_NAMESPACE::check_noise_call("gumbel_noise", gen, n, out);
     if (n == 0) return;
     const uint64_t first = gen.advance(static_cast<uint64_t>(n));
     detail::RELAXCAT_ISA_NAMESPACE::fill_gumbels_f32(gen.key(), gen.stream(), first, n,

@@ -741,11 +741,12 @@ inline double categorical_kl_row(const double* a, const double* b, int64_t k) {
 }
 
 // One-hot of the first largest entry of x (a soft sample, or its log).
-inline void one_hot_row(const double* x, int64_t k, double* out) {
+template <class Real>
+void one_hot_row(const Real* x, int64_t k, Real* out) {
     int64_t best = 0;
     for (int64_t j = 1; j < k; ++j)
         if (x[j] > x[best]) best = j;
-    for (int64_t j = 0; j < k; ++j) out[j] = j == best ? 1.0 : 0.0;
+    for (int64_t j = 0; j < k; ++j) out[j] = j == best ? Real(1) : Real(0);
 }
 
 }  // namespace RELAXCAT_ISA_NAMESPACE
