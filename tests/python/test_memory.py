@@ -68,3 +68,26 @@ def test_a_float32_hard_sample_takes_its_two_outputs_and_no_float64_copies():
     # (a fresh-user review: 384 MiB peak for 128 MiB of outputs).
     extra, outputs = _extra_and_output(1 << 18, 8, 2, hard=True)
     assert extra <= 1.05 * outputs + (1 << 20), (extra / 2**20, outputs / 2**20)
+
+
+def test_rows_sampled_in_their_output_keep_the_bits_of_the_buffered_rows():
+    # Note [rows without scratch]: (32, 128000) float32 on one thread is sampled
+    # in its output keeping exp(s) of 98304 of each row's entries, on two
+    # threads 49152, with out= none; 64 rows on one thread keep whole rows in
+    # a buffer. The first 32 rows of that call read the same noise.
+    import numpy as np
+
+    import relaxcat
+
+    logits = np.random.default_rng(9).standard_normal((64, 128000)).astype(np.float32)
+    logits[:, 5] = -np.inf
+    t = np.float32(0.4)
+    buffered = relaxcat.RelaxedOneHotCategorical(t, logits=logits).rsample(
+        rng=3, num_threads=1
+    )
+    d = relaxcat.RelaxedOneHotCategorical(t, logits=logits[:32])
+    out = np.empty((32, 128000), np.float32)
+    samples = [d.rsample(rng=3, num_threads=n) for n in (1, 2)]
+    samples.append(d.rsample(rng=3, num_threads=1, out=out))
+    for x in samples:
+        np.testing.assert_array_equal(x.view(np.uint32), buffered[:32].view(np.uint32))

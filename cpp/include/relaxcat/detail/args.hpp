@@ -6,6 +6,7 @@
 // without the one-definition trap described in kernels.hpp.
 
 #include <atomic>
+#include <algorithm>
 #include <cstdint>
 #include <type_traits>
 
@@ -76,8 +77,11 @@ struct RsampleArgs {
     Real* log_x = nullptr;  // C-contiguous (rows, k) output, or null
     // Sample long float rows of x in the output too, taking exp(s) twice
     // (Note [rows without scratch] in kernels.hpp); Python sets it for out=,
-    // and both front ends where rsample_buffers_too_big.
+    // and both front ends where rsample_buffers_too_big, with `keep`.
     bool no_scratch = false;
+    // Of such a row, exp(s) of the first `keep` elements (a multiple of
+    // kChunkElements) is kept in scratch, not taken again (rsample_keep).
+    int64_t keep = 0;
 };
 
 // Whether long float rows of x should be sampled in their output although the
@@ -88,6 +92,15 @@ inline bool rsample_buffers_too_big(int64_t rows, int threads) {
     return rows < 40 * static_cast<int64_t>(threads);
 }
 
+// The exp(s) a thread keeps of a float row of x sampled in its output
+// (RsampleArgs::keep) within 1/20 of an output of `rows` rows of K floats: that
+// share split between the threads, in whole chunks of kChunkElements.
+inline int64_t rsample_keep(int64_t rows, int64_t k, int threads) {
+    const int64_t doubles = rows * k * 4 / 20 / 8 / static_cast<int64_t>(threads);
+    const int64_t chunks = doubles / kChunkElements;
+    return std::min(k, chunks * kChunkElements);
+}
+
 // What rsample_scratch_size needs to know of a call besides K (Note [rows
 // without scratch]).
 struct RsampleNeeds {
@@ -95,14 +108,16 @@ struct RsampleNeeds {
                                       // their output (free for double samples
                                       // and for log x, an exponential more for
                                       // float x)
+    int64_t keep;                     // RsampleArgs::keep for float x, else 0
 };
 
 template <class Real>
 RsampleNeeds rsample_needs(const RsampleArgs<Real>& a) {
     const bool x = a.x != nullptr;
+    const bool free = std::is_same<Real, double>::value || !x;
     return {x, a.log_x != nullptr,
             a.noise.gumbels.data != nullptr || a.noise.gumbels64.data != nullptr,
-            std::is_same<Real, double>::value || !x || a.no_scratch};
+            free || a.no_scratch, free ? 0 : a.keep};
 }
 
 // Whether rsample may spread each row over threads, chunk by chunk (Note [split
@@ -116,7 +131,7 @@ inline bool rsample_splits(int64_t k, const RsampleNeeds& n) {
 // row of x that keeps it rather than take it twice (Note [rows without scratch]
 // in kernels.hpp), as a row sampled by one thread does.
 inline int64_t rsample_split_scratch(int64_t k, const RsampleNeeds& n) {
-    return n.recompute ? 0 : k;
+    return n.recompute ? n.keep : k;
 }
 
 // The steps of a split rsample row (rsample_row_step): the noise and max a,

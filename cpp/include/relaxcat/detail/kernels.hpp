@@ -649,7 +649,10 @@ constexpr int64_t kRowPathMinK = 64;
 // per thread, rsample_buffers_too_big: a fresh-user review measured 96 MiB
 // extra for one row of 2^23 floats, a 32 MiB output, and 2 MiB for (32,
 // 128000) on two threads, 13% of it), and otherwise keep the noise buffer of
-// one row per thread (1 MiB at K = 128000).
+// one row per thread (1 MiB at K = 128000). In the second case each thread
+// still keeps exp(s) of a row's first chunks in what 1/20 of the output allows
+// (RsampleArgs::keep, rsample_keep), and takes it again only for the rest:
+// (32, 128000) keeps 98304 of each row's 128000 on one thread, 49152 on two.
 inline bool rsample_in_output(int64_t k, const RsampleNeeds& n) {
     return k >= kBlockElements && !n.given && n.x != n.log_x && n.recompute;
 }
@@ -659,7 +662,7 @@ inline bool rsample_in_output(int64_t k, const RsampleNeeds& n) {
 // sampled in their output (Note [rows without scratch]).
 inline int64_t rsample_scratch_size(int64_t k, RsampleNeeds n) {
     if (k <= kColumnMaxK) return scratch_size(k);
-    if (rsample_in_output(k, n)) return 0;
+    if (rsample_in_output(k, n)) return n.keep;
     return (n.log_x ? 2 : 1) * block_capacity(k);
 }
 
@@ -1052,7 +1055,9 @@ double rsample_row_step(const RsampleArgs<Real>& a, int64_t r, int step, int64_t
         const auto u = u_of(d, j) - umax;
         return multiply ? u * inv_t : u / t;
     };
-    double* const e = kept != nullptr ? kept + j0 : nullptr;
+    // kept holds exp(s) of the row's first rsample_split_scratch elements.
+    const bool in_kept = j0 + n <= rsample_split_scratch(k, rsample_needs(a));
+    double* const e = kept != nullptr && in_kept ? kept + j0 : nullptr;
     if (step == 2)
         return reduce_terms(n, 0.0, kPlus, [&](auto d, int64_t j) {
             const auto sj = s_of(d, j);
@@ -1080,16 +1085,17 @@ double rsample_row_step(const RsampleArgs<Real>& a, int64_t r, int step, int64_t
 }
 
 // Row r of rsample_rows in its output (Note [rows without scratch]), one step
-// over all its chunks after another (Note [split rows]).
+// over all its chunks after another (Note [split rows]); `kept` (RsampleArgs::keep
+// doubles, or null) keeps exp(s) of the row's first elements.
 template <class Real>
-void rsample_row_in_output(const RsampleArgs<Real>& a, int64_t r) {
+void rsample_row_in_output(const RsampleArgs<Real>& a, int64_t r, double* kept) {
     const int64_t k = a.shape.k;
     double facts[kRsampleSteps - 1] = {0.0, 0.0, 0.0};
     for (int step = 0; step < kRsampleSteps; ++step) {
         double acc = 0.0;
         for (int64_t j0 = 0; j0 < k; j0 += kChunkElements) {
             const int64_t n = k - j0 < kChunkElements ? k - j0 : kChunkElements;
-            const double part = rsample_row_step(a, r, step, j0, n, facts, nullptr);
+            const double part = rsample_row_step(a, r, step, j0, n, facts, kept);
             acc = j0 == 0 ? part : split_row_fold(step, acc, part);
         }
         if (step < kRsampleSteps - 1) facts[step] = acc;
@@ -1116,13 +1122,15 @@ void rsample_rows(const RsampleArgs<Real>& a, int64_t r0, int64_t r1, double* sc
     double* row_sum = columns ? scratch + 3 * cap : nullptr;  // per-row buffers
     const int64_t ks = a.logits.kstride;
     InverseTemperature inverse;  // 1 / T, row by row
-    const bool in_output = rsample_in_output(k, rsample_needs(a));
+    const RsampleNeeds needs = rsample_needs(a);
+    const bool in_output = rsample_in_output(k, needs);
+    double* const kept = in_output && needs.keep > 0 ? scratch : nullptr;
 
     for (int64_t rb = r0; rb < r1; rb += rows_per_block(k)) {
         const int64_t nb = r1 - rb < rows_per_block(k) ? r1 - rb : rows_per_block(k);
         const int64_t n = nb * k;
         if (in_output) {  // one row per block (k >= kBlockElements)
-            rsample_row_in_output(a, rb);
+            rsample_row_in_output(a, rb, kept);
             walk.advance();
             continue;
         }
