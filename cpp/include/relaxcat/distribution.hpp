@@ -1321,14 +1321,16 @@ private:
             if (sliced && gl.summed() && rows * k_ > kSliceElements)
                 step = std::max<int64_t>(1, kSliceElements / (batch_ * k_));
             const bool whole = step >= draws;
-            for (int64_t d = 0; d < draws || d == 0; d += std::max<int64_t>(step, 1)) {
-                const int64_t first = d * batch_;
-                const int64_t n = whole ? rows : std::min(step, draws - d) * batch_;
+            const auto slice = [&](int64_t first, int64_t n) {
                 run_slice(first, n, gl, gt);
                 gl.take(first, n, whole);
                 gt.take(first, n, whole);
-                if (whole) break;
-            }
+            };
+            if (whole)
+                slice(0, rows);
+            else
+                for (int64_t d = 0; d < draws; d += step)
+                    slice(d * batch_, std::min(step, draws - d) * batch_);
             if (!whole && (gl.lost() || gt.lost())) continue;
             gl.finish(threads);
             gt.finish();
