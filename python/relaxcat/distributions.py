@@ -241,11 +241,15 @@ def _sum_in_range(grad: np.ndarray, axes: tuple, keepdims: bool) -> np.ndarray:
 # a float32 value whose rows may be no more than the broadcast of one logits
 # row: 32 GiB for samples (2^20, 4096) of one float32 logits vector. When a
 # K-wide gradient is summed and the call has more than _SLICE_ELEMENTS
-# elements, the kernel runs over slices of the first batch axis instead (one
-# index of it at least, so one index of a huge second axis is still written
-# whole), and each slice is reduced as it comes: into its own rows of the
-# result where the first axis is kept, else added into a float64 total in slice
-# order. The slices depend on the shapes alone, so the bits do not depend on the
+# elements, the kernel runs over slices of the rows instead: the batch axes
+# after some axis whole, that axis a few indices at a time and the axes before
+# it one index at a time, about _SLICE_ELEMENTS elements a slice (a row at least;
+# a second review found slices of the first axis alone as large as the whole
+# call for sample shapes (1,) and (2,)). Each slice is reduced as it comes: into
+# its own part of the result, or added into a float64 total in slice order where
+# the slices cross a summed axis. A gradient that is not summed at all (its
+# shape differs from the rows' only by axes of length 1) is written where it
+# is. The slices depend on the shapes alone, so the bits do not depend on the
 # thread count; a total can differ from one sum over all rows in the last place,
 # as any other grouping of the same terms would. A total that is not finite
 # (infinite limits, or Note [sums past the range], whose rescue needs every
@@ -255,27 +259,45 @@ _SLICE_ELEMENTS = 1 << 20
 
 
 def _at(arr, index):
-    """Rows ``index`` of the first batch axis of ``arr``; all of it for None."""
+    """Rows ``index`` (a tuple of slices of the leading batch axes) of ``arr``;
+    all of it for None."""
     return arr if index is None or arr is None else arr[index]
+
+
+def _slicing(rows: tuple, k: int):
+    """(axis, step) of Note [gradients summed in slices]: the batch axes after
+    ``axis`` whole and ``step`` indices of it, at most _SLICE_ELEMENTS elements
+    (one row at least); None when the whole call is that small."""
+    inner = k
+    for axis in range(len(rows) - 1, -1, -1):
+        if inner * rows[axis] > _SLICE_ELEMENTS:
+            return axis, max(1, _SLICE_ELEMENTS // inner)
+        inner *= rows[axis]
+    return None
 
 
 class _PerRowGrad:
     """A gradient that a VJP kernel writes per row over the row shape ``full``
     (with K where it has it), reduced to the shape ``target``.
 
-    With ``full == target`` nothing is summed and the kernel writes the result
-    itself, in ``dtype``, slice by slice. Otherwise each slice is written in
-    float64 to a buffer of its own size and reduced (Note [gradients summed in
-    slices]); ``total`` is then float64."""
+    When that sums nothing (the shapes differ only by axes of length 1) the
+    kernel writes the result itself, in ``dtype``. Otherwise each slice is
+    written in float64 to a buffer of its own size and reduced (Note [gradients
+    summed in slices]). ``result()`` is the gradient in ``target``'s shape."""
 
     def __init__(self, full: tuple, target: tuple, dtype):
         self.full, self.target = tuple(full), tuple(target)
-        self.whole = self.full == self.target
-        kept = len(self.full) == len(self.target) and (
-            not self.full or self.full[0] == self.target[0]
-        )
-        self.added = not self.whole and not kept  # slices add into the total
-        self.total = np.empty(self.full, dtype) if self.whole else None
+        self.lead = len(self.full) - len(self.target)
+        self.summed = [
+            i < self.lead or (self.target[i - self.lead] == 1 and n != 1)
+            for i, n in enumerate(self.full)
+        ]
+        self.whole = math.prod(self.full) == math.prod(self.target)
+        if self.whole:
+            self.total = np.empty(self.full, dtype)
+        else:
+            self.total = np.empty(self.target, np.float64)
+        self.added = False  # whether some slices were added into the total
         self._buffer = None
 
     def rows(self, index) -> np.ndarray:
@@ -284,10 +306,11 @@ class _PerRowGrad:
             return _at(self.total, index)
         if index is None:
             return np.empty(self.full, np.float64)
-        n = index.stop - index.start
-        if self._buffer is None or self._buffer.shape[0] < n:
-            self._buffer = np.empty((n,) + self.full[1:], np.float64)
-        return self._buffer[:n]
+        shape = tuple(i.stop - i.start for i in index) + self.full[len(index) :]
+        n = math.prod(shape)
+        if self._buffer is None or self._buffer.size < n:
+            self._buffer = np.empty(n, np.float64)
+        return self._buffer[:n].reshape(shape)
 
     def take(self, per_row: np.ndarray, index) -> None:
         """Reduce the rows the kernel wrote for slice ``index`` into the total."""
@@ -295,41 +318,61 @@ class _PerRowGrad:
             return
         if index is None:
             self.total = _reduce_to(per_row, self.target)
-        elif not self.added:
-            if self.total is None:
-                self.total = np.empty(self.target, np.float64)
-            rows = (index.stop - index.start,) + self.target[1:]
-            self.total[index] = _reduce_to(per_row, rows)
-        elif self.total is None:
-            self.total = np.array(_reduce_to(per_row, self.target), np.float64)
+            return
+        reduced, where, first = [], [], True
+        for i, n in enumerate(per_row.shape):
+            if i < self.lead:
+                first &= i >= len(index) or index[i].start == 0
+                continue
+            if self.summed[i]:
+                first &= i >= len(index) or index[i].start == 0
+                reduced.append(1)
+                where.append(slice(None))
+            else:
+                reduced.append(n)
+                where.append(index[i] if i < len(index) else slice(None))
+        part = _reduce_to(per_row, tuple(reduced))
+        where = tuple(where)
+        if first:
+            self.total[where] = part
         else:
+            self.added = True
             with np.errstate(over="ignore", invalid="ignore"):
-                self.total += _reduce_to(per_row, self.target)
+                self.total[where] += part
 
     def lost(self) -> bool:
-        """Whether a total added over slices is not finite."""
+        """Whether a total that slices were added into is not finite."""
         return self.added and not np.isfinite(self.total).all()
+
+    def result(self) -> np.ndarray:
+        return self.total.reshape(self.target)
 
 
 def _over_slices(rows: tuple, k: int, make, call, sliced: bool = True) -> list:
-    """Runs a VJP kernel over slices of the first batch axis (Note [gradients
-    summed in slices]). ``make()`` gives the call's gradients (_PerRowGrad or
-    None each) and ``call(index, buffers)`` runs the kernel on rows ``index``
-    (None: all) with their buffers for it. Returns the gradients, totals set."""
+    """Runs a VJP kernel over slices of the rows (Note [gradients summed in
+    slices]). ``make()`` gives the call's gradients (_PerRowGrad or None each)
+    and ``call(index, buffers)`` runs the kernel on rows ``index`` (None: all)
+    with their buffers for it. Returns the gradients, totals set."""
     grads = make()
-    n = math.prod(rows) * k
     wide = any(g is not None and not g.whole and len(g.full) > len(rows) for g in grads)
-    step = 0
-    if sliced and wide and rows and rows[0] > 1 and n > _SLICE_ELEMENTS:
-        step = max(1, _SLICE_ELEMENTS // (n // rows[0]))
-    for i0 in range(0, rows[0], step) if step else [None]:
-        index = None if i0 is None else slice(i0, min(i0 + step, rows[0]))
+    plan = _slicing(rows, k) if sliced and wide else None
+    if plan is None:
+        indices = [None]
+    else:
+        axis, step = plan
+        indices = [
+            tuple(slice(o, o + 1) for o in outer)
+            + (slice(i0, min(i0 + step, rows[axis])),)
+            for outer in np.ndindex(*rows[:axis])
+            for i0 in range(0, rows[axis], step)
+        ]
+    for index in indices:
         buffers = [None if g is None else g.rows(index) for g in grads]
         call(index, buffers)
         for g, b in zip(grads, buffers):
             if g is not None:
                 g.take(b, index)
-    if step and any(g is not None and g.lost() for g in grads):
+    if plan is not None and any(g is not None and g.lost() for g in grads):
         return _over_slices(rows, k, make, call, sliced=False)
     return grads
 
@@ -1032,8 +1075,8 @@ class RelaxedOneHotCategorical:
                 raise ValueError("grad must be finite, got a NaN or an infinity")
 
         gl, gt = _over_slices(temp.shape, self.event_shape[0], make, call)
-        gp = self._param_grad(gl.total, threads) if want_param else None
-        gt = self._temperature_grad(gt.total) if want_t else None
+        gp = self._param_grad(gl.result(), threads) if want_param else None
+        gt = self._temperature_grad(gt.result()) if want_t else None
         cls = RsampleGradProbs if self._probs_given is not None else RsampleGrad
         return cls(gp, gt)
 
@@ -1104,9 +1147,9 @@ class RelaxedOneHotCategorical:
             )
 
         gv, gl, gt = _over_slices(temp.shape, self.event_shape[0], make, call)
-        gv = _round_to(gv.total, self.dtype) if want_v else None
-        gp = self._param_grad(gl.total, threads) if want_param else None
-        gt = self._temperature_grad(gt.total) if want_t else None
+        gv = _round_to(gv.result(), self.dtype) if want_v else None
+        gp = self._param_grad(gl.result(), threads) if want_param else None
+        gt = self._temperature_grad(gt.result()) if want_t else None
         cls = LogProbGradProbs if self._probs_given is not None else LogProbGrad
         return lp, cls(gv, gp, gt)
 
