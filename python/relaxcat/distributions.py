@@ -319,18 +319,20 @@ class _PerRowGrad:
         if index is None:
             self.total = _reduce_to(per_row, self.target)
             return
+        # The slice's sum over the summed axes lands in `where` of the total,
+        # which it is the first to reach unless it is past the start of a
+        # summed axis that the slices cut.
         reduced, where, first = [], [], True
         for i, n in enumerate(per_row.shape):
-            if i < self.lead:
-                first &= i >= len(index) or index[i].start == 0
+            cut = i < len(index)
+            if not self.summed[i]:
+                reduced.append(n)
+                where.append(index[i] if cut else slice(None))
                 continue
-            if self.summed[i]:
-                first &= i >= len(index) or index[i].start == 0
+            first &= not cut or index[i].start == 0
+            if i >= self.lead:
                 reduced.append(1)
                 where.append(slice(None))
-            else:
-                reduced.append(n)
-                where.append(index[i] if i < len(index) else slice(None))
         part = _reduce_to(per_row, tuple(reduced))
         where = tuple(where)
         if first:
