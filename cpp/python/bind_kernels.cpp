@@ -239,13 +239,7 @@ void rsample_t(const py::array& logits, const py::array& temperature,
         check_stream_room(fn, offset, static_cast<uint64_t>(a.shape.rows * a.shape.k));
     a.x = out_arg<Real>(out_x, a.shape, true, fn, "out");
     a.log_x = out_arg<Real>(out_log_x, a.shape, true, fn, "out_log");
-    // Note [rows without scratch]: out= (no_scratch) keeps nothing; a call too
-    // small for a buffer per thread keeps what 1/20 of its output allows.
-    if (!no_scratch && detail::rsample_buffers_too_big(a.shape.rows, threads)) {
-        a.no_scratch = true;
-        a.keep = detail::rsample_keep(a.shape.rows, a.shape.k, threads);
-    }
-    a.no_scratch = a.no_scratch || no_scratch;
+    detail::rsample_choose_scratch(a, threads, no_scratch);  // Python: out= given
     run_rsample(a, threads);
 }
 

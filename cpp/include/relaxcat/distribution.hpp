@@ -1002,10 +1002,8 @@ private:
 
     void sample_into(detail::RsampleArgs<Real>& a, MatrixView<Real> out,
                      int threads) const {
-        // Note [rows without scratch]: a buffer of a row per thread only where
-        // it is at most 1/20 of the output; else what that allows (keep).
-        a.no_scratch = detail::rsample_buffers_too_big(a.shape.rows, threads);
-        a.keep = a.no_scratch ? detail::rsample_keep(a.shape.rows, k_, threads) : 0;
+        // The caller's out is the result here, as Python's without out= is.
+        detail::rsample_choose_scratch(a, threads, false);
         detail::RowsOut<Real> target(out);
         if (kSpace == detail::Space::simplex)
             a.x = target.get();

@@ -76,8 +76,8 @@ struct RsampleArgs {
     Real* x = nullptr;      // C-contiguous (rows, k) output, or null
     Real* log_x = nullptr;  // C-contiguous (rows, k) output, or null
     // Sample long float rows of x in the output too, taking exp(s) twice
-    // (Note [rows without scratch] in kernels.hpp); Python sets it for out=,
-    // and both front ends where rsample_buffers_too_big, with `keep`.
+    // (Note [rows without scratch] in kernels.hpp); rsample_choose_scratch
+    // sets it and `keep`.
     bool no_scratch = false;
     // Of such a row, exp(s) of the first `keep` elements (a multiple of
     // kChunkElements) is kept in scratch, not taken again (rsample_keep).
@@ -99,6 +99,18 @@ inline int64_t rsample_keep(int64_t rows, int64_t k, int threads) {
     const int64_t doubles = rows * k * 4 / 20 / 8 / static_cast<int64_t>(threads);
     const int64_t chunks = doubles / kChunkElements;
     return std::min(k, chunks * kChunkElements);
+}
+
+// Sets a.no_scratch and a.keep for a call on `threads` threads (Note [rows
+// without scratch]): a caller who gave the output (Python's out=) keeps
+// nothing; a call too small for a buffer per thread keeps what 1/20 of its
+// output allows; any other keeps a buffer per thread.
+template <class Real>
+void rsample_choose_scratch(RsampleArgs<Real>& a, int threads, bool output_given) {
+    const bool too_big = rsample_buffers_too_big(a.shape.rows, threads);
+    a.no_scratch = output_given || too_big;
+    a.keep =
+        !output_given && too_big ? rsample_keep(a.shape.rows, a.shape.k, threads) : 0;
 }
 
 // What rsample_scratch_size needs to know of a call besides K (Note [rows
