@@ -2952,21 +2952,32 @@ inline uint8_t check_status(int64_t bad, int64_t masked_weight, double off,
 
 // True when some entry of the n contiguous values (with their logits) is not
 // finite-and-valid, or carries weight on a masked category: the block then
-// needs the row-by-row counts.
+// needs the row-by-row counts. In chunks of a few cache lines, asking for both
+// arrays' memory ahead first (Note [prefetching]): this is the first pass over
+// them. Each chunk is a flat loop per space, which vectorises.
 template <class Real>
 inline bool check_flagged(const Real* v, const Real* lg, int64_t n, bool simplex) {
     const Real inf = std::numeric_limits<Real>::infinity();
     const Real lowest = simplex ? Real(0) : -inf;
+    constexpr int64_t kLine = 64 / static_cast<int64_t>(sizeof(Real));
+    constexpr int64_t kChunk = 4 * kLine;
     int flagged = 0;
-    if (simplex) {
-        for (int64_t i = 0; i < n; ++i) {
-            const bool ok = (v[i] >= Real(0)) & (v[i] < inf);
-            flagged |= (!ok) | ((lg[i] == -inf) & (v[i] > lowest));
+    for (int64_t i0 = 0; i0 < n; i0 += kChunk) {
+        const int64_t i1 = n - i0 < kChunk ? n : i0 + kChunk;
+        for (int64_t i = i0; i < i1; i += kLine) {
+            prefetch_ahead(v + i);
+            prefetch_ahead(lg + i);
         }
-    } else {
-        for (int64_t i = 0; i < n; ++i) {
-            const bool ok = (v[i] == v[i]) & (v[i] < inf);
-            flagged |= (!ok) | ((lg[i] == -inf) & (v[i] > lowest));
+        if (simplex) {
+            for (int64_t i = i0; i < i1; ++i) {
+                const bool ok = (v[i] >= Real(0)) & (v[i] < inf);
+                flagged |= (!ok) | ((lg[i] == -inf) & (v[i] > lowest));
+            }
+        } else {
+            for (int64_t i = i0; i < i1; ++i) {
+                const bool ok = (v[i] == v[i]) & (v[i] < inf);
+                flagged |= (!ok) | ((lg[i] == -inf) & (v[i] > lowest));
+            }
         }
     }
     return flagged != 0;
@@ -3059,11 +3070,30 @@ void check_rows(const CheckArgs<Real>& a, int64_t r0, int64_t r1, double* scratc
     }
 
     // Longer rows in one pass each: the counts and the sum of x (exp of the
-    // log-space value), summed as slot_sum would.
+    // log-space value), summed as slot_sum would. A row whose logits and value
+    // are contiguous and whose value fits in kCheckTwoPassBytes is first tested
+    // for a flagged entry in its own type (check_flagged); with none, only its
+    // sum is formed, as the third sum of the pass below would form it
+    // (fold_terms reduces each term alone), so the status is the same. Counting
+    // in double slots made the check of float32 rows of 256 cost 0.38-0.40 ns
+    // per element, one thread, against 0.24-0.29 this way; a row of 128000
+    // floats, read twice from beyond L2, cost 0.40 against 0.35 in one pass.
+    constexpr int64_t kCheckTwoPassBytes = 128 * 1024;
+    const bool two_pass = vs == 1 && ks == 1 &&
+                          k <= kCheckTwoPassBytes / static_cast<int64_t>(sizeof(Real));
     const double lowest = simplex ? 0.0 : -kInf;  // what a masked entry must be
     for (int64_t r = r0; r < r1; ++r, walk.advance()) {
         const Real* v = a.value.data + walk.offset[1];
         const Real* lg = a.logits.data + walk.offset[0];
+        if (two_pass && !check_flagged(v, lg, k, simplex)) {
+            const double sum = fold_terms<Fold::plus>(k, [=](auto d, int64_t j) {
+                using D = decltype(d);
+                const D x = load_strided_lanes<D>(v + j, 1);
+                return std::array<D, 1>{simplex ? x : exp_lanes<kExpDegree<Real>>(x)};
+            })[0];
+            a.status[r] = check_status(0, 0, sum - 1.0, a.tol);
+            continue;
+        }
         // Counts rather than early exits, so that the loop vectorises.
         const auto f =
             fold_terms<Fold::plus, Fold::plus, Fold::plus>(k, [=](auto d, int64_t j) {
