@@ -420,10 +420,13 @@ py::array_t<double> map_math(
     const KernelTable& t = active();
     if (name == "log")
         t.log(in.data(), out.mutable_data(), in.size());
+    else if (name == "log_fused")
+        t.log_fused(in.data(), out.mutable_data(), in.size());
     else if (name == "exp")
         t.exp(in.data(), out.mutable_data(), in.size());
     else
-        value_error("math: name must be 'log' or 'exp', got '" + name + "'");
+        value_error("math: name must be 'log', 'log_fused' or 'exp', got '" + name +
+                    "'");
     return out;
 }
 
@@ -540,7 +543,8 @@ void bind_kernels(py::module_& m) {
         "The float noise's own log for positive normal floats, elementwise (a test "
         "hook).");
     m.def("math", &map_math, py::arg("name"), py::arg("x"),
-          "The library's own log or exp, elementwise (a test hook).");
+          "The library's own log (the noise's), log_fused (the kernels') or exp, "
+          "elementwise (a test hook).");
 }
 
 }  // namespace python

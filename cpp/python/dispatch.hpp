@@ -48,6 +48,7 @@ struct KernelTable {
     void (*gumbels_f32)(uint64_t key, uint64_t stream, uint64_t first, int64_t n,
                         float* out);
     void (*log)(const double* in, double* out, int64_t n);
+    void (*log_fused)(const double* in, double* out, int64_t n);
     void (*exp)(const double* in, double* out, int64_t n);
     void (*logf)(const float* in, float* out, int64_t n);
 };

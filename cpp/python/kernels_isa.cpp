@@ -21,9 +21,20 @@ KernelSet<Real> make_set() {
                            &k::check_rows<Real>,    &k::rsample_vjp_row_step<Real>};
 }
 
-// log and exp as the kernels run them: vectors for whole groups of lanes, then
-// scalars for the rest, so that the tests reach both.
+// The logs and exp as the noise and the kernels run them: vectors for whole
+// groups of lanes, then scalars for the rest, so that the tests reach both.
+// map_log is the noise's log (log_d), map_log_fused the kernels' (math.hpp,
+// Note [fused log]).
 void map_log(const double* in, double* out, int64_t n) {
+    int64_t j = 0;
+#if defined(RELAXCAT_HAVE_VECTOR_EXTENSIONS)
+    for (; j + k::kLanes <= n; j += k::kLanes)
+        k::store_d(out + j, k::log_v(k::load_d(in + j)));
+#endif
+    for (; j < n; ++j) out[j] = k::log_d(in[j]);
+}
+
+void map_log_fused(const double* in, double* out, int64_t n) {
     std::copy(in, in + n, out);
     k::log_inplace(out, n);
 }
@@ -49,6 +60,7 @@ const KernelTable& RELAXCAT_TABLE_FN() {
                                    &k::fill_gumbels,
                                    &k::fill_gumbels_f32<float>,
                                    &map_log,
+                                   &map_log_fused,
                                    &map_exp,
                                    &map_logf};
     return table;

@@ -1,7 +1,8 @@
-"""The library's own log and exp (cpp/include/relaxcat/detail/math.hpp) against
+"""The library's own logs and exp (cpp/include/relaxcat/detail/math.hpp) against
 mpmath, through the test hook ``relaxcat._core.math``: the documented error
-bounds on a wide sample of inputs, the IEEE edges, and identical bits at every
-SIMD level."""
+bounds on a wide sample of inputs, the IEEE edges, identical bits at every SIMD
+level for the noise's log, and for the kernels' log (``log_fused``, Note [fused
+log]) and exp the agreement of the levels with FMA."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import pytest
 from relaxcat import _core
 
 # The bounds math.hpp documents, in units in the last place of the exact result.
-LOG_MAX_ULP = 1.0  # math.hpp: "log_d within 1 ulp"
+LOG_MAX_ULP = 1.0  # math.hpp: "log_d and log_fused_d within 1 ulp"
 EXP_MAX_ULP = 2.0  # math.hpp: "exp_d within 2 ulp"
 
 # 120 bits is 67 more than a double: the reference's own error is below 1e-20 ulp.
@@ -133,9 +134,10 @@ def _report(x, got, err, bound):
     )
 
 
-def test_log_is_within_one_ulp_of_mpmath(simd_level):
+@pytest.mark.parametrize("name", ["log", "log_fused"])
+def test_log_is_within_one_ulp_of_mpmath(simd_level, name):
     x, exact = _reference("log")
-    got = _core.math("log", x)
+    got = _core.math(name, x)
     err = _ulp_error(got, exact)
     assert np.all(err <= LOG_MAX_ULP), _report(x, got, err, LOG_MAX_ULP)
 
@@ -178,8 +180,9 @@ def test_exp_sample_covers_subnormal_results_and_overflow():
         (np.nan, np.nan),
     ],
 )
-def test_log_edges_follow_ieee(simd_level, x, want):
-    got = _core.math("log", np.array([x]))[0]
+@pytest.mark.parametrize("name", ["log", "log_fused"])
+def test_log_edges_follow_ieee(simd_level, name, x, want):
+    got = _core.math(name, np.array([x]))[0]
     if np.isnan(want):
         assert np.isnan(got)
     else:
@@ -220,6 +223,7 @@ def _edge_and_sample_inputs():
     specials = np.array([0.0, -0.0, np.inf, -np.inf, np.nan, -1.0, TINY, DBL_MAX])
     return {
         "log": np.concatenate([_log_inputs(), specials]),
+        "log_fused": np.concatenate([_log_inputs(), specials]),
         "exp": np.concatenate([_exp_inputs(), specials]),
     }
 
@@ -249,18 +253,20 @@ def test_log_gives_identical_bits_at_every_simd_level():
         )
 
 
-def test_exp_is_fused_where_the_level_has_fma():
-    # Note [fused exp]: the Horner steps are fused multiply-adds on the levels
-    # with FMA (AVX2, AVX-512), which then agree bit for bit; the baseline
-    # level is within an ulp of them. Both are within 2 ulp of exact
-    # (test_exp_is_within_two_ulp_of_mpmath at every level).
-    x = np.concatenate(
-        [
-            _edge_and_sample_inputs()["exp"],
-            np.random.default_rng(4).uniform(-745.0, 709.0, 200_000),
-        ]
+@pytest.mark.parametrize("name", ["exp", "log_fused"])
+def test_exp_and_kernel_log_are_fused_where_the_level_has_fma(name):
+    # Notes [fused exp] and [fused log]: the Horner steps are fused
+    # multiply-adds on the levels with FMA (AVX2, AVX-512), which then agree bit
+    # for bit; the baseline level is within an ulp of them. All are within
+    # their bound of exact (the mpmath tests above, at every level).
+    rng = np.random.default_rng(4)
+    extra = (
+        rng.uniform(-745.0, 709.0, 200_000)
+        if name == "exp"
+        else np.exp(rng.uniform(-745.0, 709.0, 200_000))
     )
-    results = _at_every_level("exp", x)
+    x = np.concatenate([_edge_and_sample_inputs()[name], extra])
+    results = _at_every_level(name, x)
     fused = [level for level in LEVELS if level != "baseline"]
     for level in fused[1:]:
         assert np.array_equal(results[level], results[fused[0]]), level
@@ -272,7 +278,21 @@ def test_exp_is_fused_where_the_level_has_fma():
         assert np.count_nonzero(diff) > 0
 
 
-@pytest.mark.parametrize("name", ["log", "exp"])
+def test_kernel_log_without_fma_is_the_noise_log():
+    # Note [fused log]: with each fused step a multiply and an add, the kernels'
+    # log performs the noise log's operations in its order.
+    x = _edge_and_sample_inputs()["log"]
+    before = _core.simd_level()
+    try:
+        _core.set_simd_level("baseline")
+        fused = _core.math("log_fused", x).view(np.int64)
+        noise = _core.math("log", x).view(np.int64)
+    finally:
+        _core.set_simd_level(before)
+    assert np.array_equal(fused, noise)
+
+
+@pytest.mark.parametrize("name", ["log", "log_fused", "exp"])
 def test_math_result_does_not_depend_on_position_in_the_array(simd_level, name):
     # Vector lanes and the scalar tail must compute the same bits for a value,
     # in vectors of ordinary values only (log's quick path) and in vectors
@@ -301,7 +321,7 @@ def test_math_rejects_an_unknown_function_name():
     x = np.array([1.0, 2.0])
     before = x.copy()
     with pytest.raises(
-        ValueError, match="math: name must be 'log' or 'exp', got 'sin'"
+        ValueError, match="math: name must be 'log', 'log_fused' or 'exp', got 'sin'"
     ):
         _core.math("sin", x)
     assert np.array_equal(x, before)

@@ -178,13 +178,13 @@ RELAXCAT_ALWAYS_INLINE D log_ratio_lanes(D x, D xref, D log_x, D log_xref, D t) 
     if (all_lanes(simple & cold)) return diff;
     const D q = (x - xref) / xref;
     D h, s;
-    const D r = log1p_poly(q, h, s);
+    const D r = log1p_poly<true>(q, h, s);
     const D near = q - (h - s * (h + r));  // log1p_small(q)
     D far = diff;
     if (any_lane(hot)) {
         const D ratio = x / xref;
         far = hot & (ratio >= 2.2250738585072014e-308) & (ratio < kInf)
-                  ? log_lanes(ratio)
+                  ? log_lanes<true>(ratio)
                   : diff;
     }
     return ((q > -0.2) & (q < 0.25)) ? near : far;
@@ -606,9 +606,9 @@ constexpr int kExpDegree = std::is_same<Real, float>::value ? 9 : 13;
 inline void log_inplace(double* p, int64_t n) {
     int64_t j = 0;
 #if defined(RELAXCAT_HAVE_VECTOR_EXTENSIONS)
-    for (; j + kLanes <= n; j += kLanes) store_d(p + j, log_v(load_d(p + j)));
+    for (; j + kLanes <= n; j += kLanes) store_d(p + j, log_fused_v(load_d(p + j)));
 #endif
-    for (; j < n; ++j) p[j] = log_d(p[j]);
+    for (; j < n; ++j) p[j] = log_fused_d(p[j]);
 }
 
 // Note [rows as columns]: rows of up to kColumnMaxK categories are too short for
@@ -1067,7 +1067,7 @@ double rsample_row_step(const RsampleArgs<Real>& a, int64_t r, int step, int64_t
             return ej;
         });
     const double inv = 1.0 / facts[2];
-    const double lse = want_x ? 0.0 : log_d(facts[2]);
+    const double lse = want_x ? 0.0 : log_fused_d(facts[2]);
     for_lanes(n, true, [&](auto d, int64_t j) {
         using D = decltype(d);
         if (e != nullptr) {
@@ -1206,7 +1206,7 @@ void rsample_rows(const RsampleArgs<Real>& a, int64_t r0, int64_t r1, double* sc
                 for (int64_t j = 0; j < k; ++j) x[j] = static_cast<Real>(ei[j] * inv);
             }
             if (a.log_x != nullptr) {
-                const double lse = log_d(sum);
+                const double lse = log_fused_d(sum);
                 Real* y = a.log_x + (rb + i) * k;
                 for (int64_t j = 0; j < k; ++j) y[j] = static_cast<Real>(si[j] - lse);
             }
@@ -1258,12 +1258,12 @@ bool rereference_row(const double* lg, double amax, const Real* v, int64_t vs, d
         if (!(t * std::fabs(yi[jz]) > kRereferenceAbove)) return true;
     }
     const double xz = static_cast<double>(v[jz * vs]);
-    const double yz = simplex ? log_d(xz) : xz;
+    const double yz = simplex ? log_fused_d(xz) : xz;
     zmax = -kInf;
     for (int64_t j = 0; j < k; ++j) {
         if (!(lg[j] > -kInf)) continue;  // masked: yi and wi stay -inf
         const double xj = static_cast<double>(v[j * vs]);
-        const double d = simplex ? log_ratio(xj, xz, log_d(xj), yz, t) : xj - yz;
+        const double d = simplex ? log_ratio(xj, xz, log_fused_d(xj), yz, t) : xj - yz;
         yi[j] = d;
         wi[j] = (lg[j] - amax) - t * d;
         zmax = max_d(zmax, wi[j]);
@@ -1420,7 +1420,7 @@ inline double vanishing_numerator_limit(const double* lg, const double* y, int64
     for (int64_t j = 0; j < k; ++j)
         if (lg[j] > -kInf && y[j] > -kInf)
             total += exp_d(((lg[j] - amax) - y[j]) - top);
-    return -kd * exp_d(top + log_d(total) - lse_zero_shifted);
+    return -kd * exp_d(top + log_fused_d(total) - lse_zero_shifted);
 }
 
 // log_prob_rows for one block of short rows in columns (Note [rows as columns]),
@@ -1547,7 +1547,7 @@ bool log_prob_block_columns(const LogProbArgs<Real>& a, Walker& walk, int64_t rb
         const double lgamma_k = lgamma_int(k);
         double* const head = scale;  // per row, in a buffer not yet needed
         per_temperature(t, nb, head, [lgamma_k, kd](double ti) {
-            return lgamma_k + (kd - 1.0) * log_d(ti);
+            return lgamma_k + (kd - 1.0) * log_fused_d(ti);
         });
         for (int64_t i = 0; i < nb; ++i)
             a.log_prob[rb + i] = static_cast<Real>(head[i] + lin[i] - kd * zmax[i]);
@@ -1719,7 +1719,7 @@ void log_prob_rows(const LogProbArgs<Real>& a, int64_t r0, int64_t r1,
                     using D = decltype(d);
                     const D aj = load_strided_lanes<D>(lsrc + j * ks, ks);
                     const D xj = load_strided_lanes<D>(v + j * vs, vs);
-                    const D yj = simplex ? log_lanes(xj) : xj;
+                    const D yj = simplex ? log_lanes<true>(xj) : xj;
                     store_lanes(lg + j, aj);
                     store_lanes(yi + j, yj);
                     return std::pair<D, D>(aj, yj);
@@ -1887,7 +1887,7 @@ void log_prob_rows(const LogProbArgs<Real>& a, int64_t r0, int64_t r1,
             const double sum = row_sum[i];
             if (t != cached_t) {  // one log per run of equal temperatures
                 cached_t = t;
-                cached_log_t = log_d(t);
+                cached_log_t = log_fused_d(t);
             }
             const double head = cached_lgamma + (kd - 1.0) * cached_log_t;
 
@@ -2019,7 +2019,7 @@ void log_prob_rows(const LogProbArgs<Real>& a, int64_t r0, int64_t r1,
                     else if (g != 0.0) {
                         if (per_weight == kInf)
                             per_weight = vanishing_numerator_limit(
-                                lg, yi, k, t, kd, row_zmax[i] + log_d(sum));
+                                lg, yi, k, t, kd, row_zmax[i] + log_fused_d(sum));
                         // -inf (T < 1) is not multiplied by a weight: every
                         // weight on the zero set is positive.
                         dv = g * (t < 1.0 ? per_weight : per_weight * (wi[j] * inv));
@@ -2133,7 +2133,7 @@ inline bool scale_large_gradient_columns(bool simplex, int64_t k, int64_t nb,
         if (!simplex) {
             double sum = 0.0;
             for (int64_t j = 0; j < k; ++j) sum = sum + x[j * nb + i];
-            const double log_sum = log_d(sum);
+            const double log_sum = log_fused_d(sum);
             double ymax = 0.0;
             for (int64_t j = 0; j < k; ++j) {
                 const double yj = y[j * nb + i];
@@ -2507,7 +2507,7 @@ double simplex_vjp_part(const RsampleVjpArgs<Real>& a, const X* x, const W* g,
     const bool write = static_cast<bool>(out);
     const double sum = dom.xsum;
     const double wx = dom.wsum;
-    const double log_sum = log_d(sum);
+    const double log_sum = log_fused_d(sum);
     const double inv_sum = 1.0 / sum;
     const bool finite_inv_t = inv_t < kInf;
     const bool want_t = a.grad_temperature != nullptr;
@@ -2526,7 +2526,7 @@ double simplex_vjp_part(const RsampleVjpArgs<Real>& a, const X* x, const W* g,
                                     Lanes<D>::splat(dom.rest), Lanes<D>::splat(dom.q),
                                     Lanes<D>::splat(dom.wd), Lanes<D>::splat(dom.xd));
         // log x only for the temperature gradient (complete_x_and_log_x).
-        const D rel = want_t ? log_lanes(xv) - log_sum : D{};
+        const D rel = want_t ? log_lanes<true>(xv) - log_sum : D{};
         const D dv = finite_inv_t ? ds * inv_t : ds / t;
         if (write) out.set_lanes(r, k, j, Scaled ? dv * factor : dv);
         return ds != 0.0 ? ds * rel : D{};
@@ -3231,7 +3231,8 @@ void param_rows(const ParamArgs<Real>& a, int64_t r0, int64_t r1, double* scratc
 // The transforms of checked parameters (log_probs, normalize_probs,
 // normalize_logits, probs_from_logits), a block of rows at a time so that the
 // logs and exponentials run over whole vectors even for short rows. The same
-// bits as row by row: log_v and exp_v agree with log_d and exp_d, and each row
+// bits as row by row: log_fused_v and exp_v agree with log_fused_d and exp_d,
+// and each row
 // is summed in order.
 template <class Real>
 void param_transform_blocks(const ParamArgs<Real>& a, int64_t r0, int64_t r1,
@@ -3258,7 +3259,7 @@ void param_transform_blocks(const ParamArgs<Real>& a, int64_t r0, int64_t r1,
             // share is subnormal (and has lost bits), log q - log sum q.
             for (int64_t i = 0; i < nb; ++i) {
                 const ProbsScale sc = probs_scale(v + i * k, 1, k);
-                row[i] = log_d(sc.m) + log_d(sc.sum);
+                row[i] = log_fused_d(sc.m) + log_fused_d(sc.sum);
                 for (int64_t j = 0; j < k; ++j) e[i * k + j] = sc.share(v[i * k + j]);
             }
             log_inplace(e, n);
@@ -3267,7 +3268,7 @@ void param_transform_blocks(const ParamArgs<Real>& a, int64_t r0, int64_t r1,
                     const double q = v[i * k + j];
                     const bool normal = e[i * k + j] >= log_smallest_normal;
                     out[i * k + j] = static_cast<Real>(
-                        normal || q == 0.0 ? e[i * k + j] : log_d(q) - row[i]);
+                        normal || q == 0.0 ? e[i * k + j] : log_fused_d(q) - row[i]);
                 }
         } else if (a.op == ParamOp::normalize_probs) {
             for (int64_t i = 0; i < nb; ++i) {

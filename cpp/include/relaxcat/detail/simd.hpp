@@ -196,6 +196,11 @@ RELAXCAT_SIMD_INLINE VecD log_v(VecD x) {
     return log_lanes(x);
 }
 
+// The kernels' log (math.hpp, Note [fused log]).
+RELAXCAT_SIMD_INLINE VecD log_fused_v(VecD x) {
+    return log_lanes<true>(x);
+}
+
 template <int Degree = 13>
 RELAXCAT_SIMD_INLINE VecD exp_v(VecD x) {
     return exp_lanes<Degree>(x);
