@@ -1,10 +1,8 @@
 """relaxcat: the RelaxedOneHotCategorical (Concrete, Gumbel-Softmax) distribution
 for NumPy, computed by a header-only C++17 core."""
 
-from __future__ import annotations
-
-from . import _core, constraints
-from ._config import RelaxcatWarning, check_simd_environment, show_config
+from . import _config, _core, constraints
+from ._config import RelaxcatWarning, show_config
 from ._extras import (
     HardSample,
     MonteCarloEstimate,
@@ -25,7 +23,7 @@ from .distributions import (
 
 __version__ = _core.__version__
 
-check_simd_environment()
+_config.check_simd_environment()
 
 __all__ = [
     "ExpRelaxedOneHotCategorical",

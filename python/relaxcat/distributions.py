@@ -688,7 +688,9 @@ class RelaxedOneHotCategorical:
             A C-contiguous array of the output's shape and dtype to write into.
             The call then allocates nothing of the output's size: rows of 2048
             or more categories are sampled in ``out`` itself, which for float32
-            samples costs a second exponential per entry (the same bits).
+            samples costs a second exponential per entry (the same bits). With
+            ``hard=True``, ``out`` receives the soft sample, which is returned
+            as ``soft``; the one-hot ``hard`` is a new array.
         num_threads : int, optional
             Defaults to :func:`relaxcat.get_num_threads`; the bits do not depend on it.
 

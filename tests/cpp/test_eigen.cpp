@@ -39,16 +39,65 @@ TEST(Eigen, OverloadsMatchTheViewApi) {
     EXPECT_TRUE(h.param.allFinite());
 }
 
-TEST(Eigen, ColumnMajorAndExpressionInputsAreEvaluatedFirst) {
-    Eigen::ArrayXXf lg(1, 4);  // column-major: bound through a temporary
-    lg << 1.0f, 2.0f, 3.0f, 4.0f;
-    Eigen::ArrayXf t(1);
-    t << 0.5f;
-    const relaxcat::ExpRelaxedOneHotCategorical<float> d(eig::vector_view(t),
-                                                         eig::probs(lg / 10.0f));
-    relaxcat::Philox gen(1);
-    const eig::RowArray<float> y = eig::rsample(d, 2, gen);
+TEST(Eigen, ColumnMajorStorageIsViewedWithItsStrides) {
+    // A column-major array and its row-major copy give the same distribution
+    // and the same draws; the view points into the array itself (no copy, so
+    // nothing to outlive), with row stride 1 and column stride rows.
+    Eigen::ArrayXXf lg(2, 4);
+    lg << 1.0f, 2.0f, 3.0f, 4.0f, 0.5f, 0.25f, 0.125f, 0.125f;
+    const eig::RowArray<float> lg_rows = lg;
+    Eigen::ArrayXf t(2);
+    t << 0.5f, 2.0f;
+    const auto probs = eig::probs(lg);  // kept in a variable: still valid
+    EXPECT_EQ(probs.view.data, lg.data());
+    EXPECT_EQ(probs.view.row_stride, 1);
+    EXPECT_EQ(probs.view.col_stride, 2);
+    const relaxcat::ExpRelaxedOneHotCategorical<float> d(eig::vector_view(t), probs);
+    const relaxcat::ExpRelaxedOneHotCategorical<float> e(eig::vector_view(t),
+                                                         eig::probs(lg_rows));
+    relaxcat::Philox g1(1), g2(1);
+    const eig::RowArray<float> y = eig::rsample(d, 2, g1);
+    const eig::RowArray<float> z = eig::rsample(e, 2, g2);
+    EXPECT_TRUE((y == z).all());
     EXPECT_NEAR(y.exp().rowwise().sum().maxCoeff(), 1.0f, 1e-6f);
+
+    // A column-major output is written through its strides.
+    Eigen::ArrayXXf out(4, 4);
+    relaxcat::Philox g3(1);
+    d.rsample(eig::mutable_view(out), g3);
+    EXPECT_TRUE((out == y).all());
 }
+
+TEST(Eigen, ExpressionsAreEvaluatedByTheFunctionsThatReturnResults) {
+    // The functions that return results take Eigen::Ref and evaluate an
+    // expression or a column-major array for the length of the call.
+    eig::RowArray<double> lg(1, 3);
+    lg << 0.1, 0.2, 0.3;
+    const relaxcat::RelaxedOneHotCategorical<double> d(0.5, eig::logits(lg));
+    relaxcat::Philox gen(2);
+    const eig::RowArray<double> x = eig::rsample(d, 4, gen);
+    const Eigen::ArrayXXd x_cols = x;
+    const eig::ColumnArray<double> lp = eig::log_prob(d, x);
+    EXPECT_TRUE((eig::log_prob(d, x_cols) == lp).all());
+    EXPECT_TRUE((eig::log_prob(d, x * 1.0) == lp).all());
+}
+
+// The views refuse what they would leave dangling or cannot point into: an
+// expression (no memory of its own), a temporary array (freed at the end of
+// the statement), another scalar type; blocks and maps of lasting storage are
+// fine as temporaries, and mutable views need writable storage.
+static_assert(eig::is_viewable<eig::RowArray<double>&>());
+static_assert(eig::is_viewable<const Eigen::ArrayXXf&>());
+static_assert(eig::is_viewable<Eigen::Block<eig::RowArray<double>>>());
+static_assert(eig::is_viewable<Eigen::Map<const Eigen::ArrayXd>>());
+static_assert(!eig::is_viewable<eig::RowArray<double>>());
+static_assert(!eig::is_viewable<Eigen::ArrayXd>());
+static_assert(
+    !eig::is_viewable<decltype(std::declval<eig::RowArray<double>&>() * 2.0)>());
+static_assert(!eig::is_viewable<Eigen::ArrayXXi&>());
+static_assert(!eig::is_viewable<int&>());
+static_assert(eig::is_mutably_viewable<eig::RowArray<float>&>());
+static_assert(!eig::is_mutably_viewable<const eig::RowArray<float>&>());
+static_assert(!eig::is_mutably_viewable<Eigen::Map<const Eigen::ArrayXXf>>());
 
 }  // namespace

@@ -47,6 +47,34 @@ Dist two_rows() {
     return Dist(0.5, relaxcat::logits(MatrixView<const double>(kLogits.data(), 2, 3)));
 }
 
+TEST(Errors, ViewsOfMoreElementsThanABufferHoldsAreRefused) {
+    // Zero strides let a view name more elements than memory holds; the
+    // distribution copies its parameter and keeps a status per value row, so
+    // such a view is refused by name (it had ended in std::length_error).
+    const double one = 0.25;
+    const int64_t huge = std::numeric_limits<int64_t>::max() / 2;
+    const std::string limit = std::to_string(PTRDIFF_MAX / 8);
+    EXPECT_MESSAGE(
+        Dist(0.5, relaxcat::logits(MatrixView<const double>(&one, 1, huge, 0, 0))),
+        "RelaxedOneHotCategorical: logits is too large: (1, " + std::to_string(huge) +
+            ") is more elements than a buffer can hold (" + limit + ")");
+    EXPECT_MESSAGE(
+        Dist(0.5, relaxcat::probs(MatrixView<const double>(&one, huge, 4, 0, 0))),
+        "RelaxedOneHotCategorical: probs is too large: (" + std::to_string(huge) +
+            ", 4) is more elements than a buffer can hold (" + limit + ")");
+    // A value of (2^61, 3) rows read from one row of three.
+    const Dist d = two_rows();
+    const std::vector<double> row = {0.25, 0.75, 0.0};
+    double out = 0.0;
+    const int64_t rows = int64_t{1} << 61;
+    EXPECT_MESSAGE(d.log_prob(MatrixView<const double>(row.data(), rows, 3, 0, 1),
+                              VectorView<double>(&out, rows, 0)),
+                   "RelaxedOneHotCategorical::log_prob: value is too large: (" +
+                       std::to_string(rows) +
+                       ", 3) is more elements than a buffer can hold (" + limit + ")");
+    EXPECT_EQ(out, 0.0);
+}
+
 TEST(Errors, TemperatureMustBePositiveAndFinite) {
     const std::vector<double> t = {1.0, 2.0, 0.3, -0.5, kNan};
     const MatrixView<const double> lg(kLogits.data(), 1, 3);

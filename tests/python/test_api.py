@@ -866,3 +866,18 @@ def test_a_single_category_is_certain(dtype):
     y = e.rsample((2,), rng=0)
     assert np.all(y == 0.0)
     assert np.all(e.log_prob(y) == 0.0)
+
+
+def test_the_package_namespace_holds_only_its_public_names():
+    # A fresh-user review found `annotations` (from a __future__ import) and an
+    # internal helper among the package's public names.
+    import types
+
+    stray = [
+        name
+        for name in dir(relaxcat)
+        if not name.startswith("_")
+        and name not in relaxcat.__all__
+        and not isinstance(getattr(relaxcat, name), types.ModuleType)
+    ]
+    assert stray == []

@@ -583,9 +583,17 @@ private:
             detail::fail(fn, std::string(name) +
                                  " must have non-negative sizes, got (" +
                                  detail::show(rows) + ", " + detail::show(cols) + ")");
-        if (cols > 0 && rows > std::numeric_limits<int64_t>::max() / cols)
+        // At most as many elements as a buffer of doubles can hold: the
+        // distribution copies its parameter and the checks keep a status per
+        // row, and a view with zero strides can name far more elements than
+        // memory holds ((1, 2^62) logits had ended in std::length_error).
+        constexpr int64_t kMaxElements = std::numeric_limits<std::ptrdiff_t>::max() /
+                                         static_cast<int64_t>(sizeof(double));
+        if (cols > 0 && rows > kMaxElements / cols)
             detail::fail(fn, std::string(name) + " is too large: (" +
-                                 detail::show(rows) + ", " + detail::show(cols) + ")");
+                                 detail::show(rows) + ", " + detail::show(cols) +
+                                 ") is more elements than a buffer can hold (" +
+                                 detail::show(kMaxElements) + ")");
         if (data == nullptr && rows * cols > 0)
             detail::fail(fn, std::string(name) + " must not have a null data pointer");
     }

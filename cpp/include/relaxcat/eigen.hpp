@@ -3,13 +3,23 @@
 // Eigen arrays, results returned by value. Only this header needs Eigen (3.3 or
 // later); it adds no arithmetic of its own and forwards to distribution.hpp.
 //
-// Inputs are taken as Eigen::Ref<const RowArray<Real>>: a row-major array or
-// block with unit inner stride binds without a copy, anything else (a
-// column-major array, an expression) is evaluated into a temporary first.
+// The functions that return results (rsample, log_prob, the VJPs) take inputs as
+// Eigen::Ref<const RowArray<Real>>: a row-major array or block with unit inner
+// stride binds without a copy, anything else (a column-major array, an
+// expression) is evaluated into a temporary that lives until the call returns.
+//
+// The views (view, mutable_view, vector_view, and the tags logits and probs)
+// point into the Eigen object's own memory, in either storage order, with its
+// strides: they take only objects that have memory of their own to point into
+// (arrays, matrices, blocks, maps, Refs) and refuse at compile time an
+// expression or a temporary array, which would leave the view pointing into
+// storage freed at the end of the statement (a fresh-user review kept such a
+// view in a variable and read freed memory under ASan).
 
 #include <Eigen/Core>
 
 #include <cstdint>
+#include <type_traits>
 
 #include "distribution.hpp"
 #include "philox.hpp"
@@ -22,44 +32,92 @@ using RowArray = Eigen::Array<Real, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMa
 template <class Real>
 using ColumnArray = Eigen::Array<Real, Eigen::Dynamic, 1>;
 
-// Views of Eigen storage. Overloaded for float and double rather than templated,
-// so that any Eigen expression converts (a template could not deduce Real); the
-// three kinds have three names because an Eigen::Ref of one shape accepts the
-// others too, which would make one overloaded name ambiguous.
-inline MatrixView<const float> view(const Eigen::Ref<const RowArray<float>>& a) {
-    return {a.data(), a.rows(), a.cols(), a.outerStride(), 1};
-}
-inline MatrixView<const double> view(const Eigen::Ref<const RowArray<double>>& a) {
-    return {a.data(), a.rows(), a.cols(), a.outerStride(), 1};
-}
-inline MatrixView<float> mutable_view(Eigen::Ref<RowArray<float>> a) {
-    return {a.data(), a.rows(), a.cols(), a.outerStride(), 1};
-}
-inline MatrixView<double> mutable_view(Eigen::Ref<RowArray<double>> a) {
-    return {a.data(), a.rows(), a.cols(), a.outerStride(), 1};
-}
-inline VectorView<const float> vector_view(
-    const Eigen::Ref<const ColumnArray<float>>& a) {
-    return {a.data(), a.size(), a.innerStride()};
-}
-inline VectorView<const double> vector_view(
-    const Eigen::Ref<const ColumnArray<double>>& a) {
-    return {a.data(), a.size(), a.innerStride()};
+// Whether an argument of type A (as a forwarding reference deduces it: T& for
+// an lvalue, T for an rvalue) may be viewed: an Eigen object of floats or
+// doubles with direct access to its coefficients, and not a temporary that
+// owns them (a block or map passed as a temporary still points into lasting
+// storage). Mutable views also need writable coefficients.
+template <class A>
+constexpr bool is_viewable() {
+    using T = std::remove_cv_t<std::remove_reference_t<A>>;
+    if constexpr (!std::is_base_of_v<Eigen::DenseBase<T>, T>) {
+        return false;
+    } else {
+        using Scalar = typename T::Scalar;
+        const bool real =
+            std::is_same_v<Scalar, float> || std::is_same_v<Scalar, double>;
+        const bool direct = (T::Flags & Eigen::DirectAccessBit) != 0;
+        const bool owning_temporary = !std::is_lvalue_reference_v<A> &&
+                                      std::is_base_of_v<Eigen::PlainObjectBase<T>, T>;
+        return real && direct && !owning_temporary;
+    }
 }
 
-// The parameter tags: RelaxedOneHotCategorical<double> d(0.5, eigen::logits(a)).
-// The distribution copies the data, so a temporary is fine here.
-inline Logits<float> logits(const Eigen::Ref<const RowArray<float>>& a) {
-    return {view(a)};
+template <class A>
+constexpr bool is_mutably_viewable() {
+    using T = std::remove_reference_t<A>;
+    if constexpr (!is_viewable<A>()) {
+        return false;
+    } else {
+        return !std::is_const_v<T> && (T::Flags & Eigen::LvalueBit) != 0;
+    }
 }
-inline Logits<double> logits(const Eigen::Ref<const RowArray<double>>& a) {
-    return {view(a)};
+
+template <class A>
+using ScalarOf = typename std::remove_cv_t<std::remove_reference_t<A>>::Scalar;
+
+template <class A>
+constexpr void require_viewable() {
+    static_assert(is_viewable<A>(),
+                  "relaxcat::eigen views point into an Eigen object's own float or "
+                  "double memory: store an expression or a temporary array in a "
+                  "named array first (a view of a temporary would dangle)");
 }
-inline Probs<float> probs(const Eigen::Ref<const RowArray<float>>& a) {
-    return {view(a)};
+
+// Views of Eigen storage, with its strides (either storage order).
+template <class A>
+MatrixView<const ScalarOf<A>> view(A&& a) {
+    require_viewable<A>();
+    if constexpr (is_viewable<A>())
+        return {a.data(), a.rows(), a.cols(), a.rowStride(), a.colStride()};
+    else
+        return {};  // not reached: the assertion stops the build
 }
-inline Probs<double> probs(const Eigen::Ref<const RowArray<double>>& a) {
-    return {view(a)};
+
+template <class A>
+MatrixView<ScalarOf<A>> mutable_view(A&& a) {
+    require_viewable<A>();
+    static_assert(is_mutably_viewable<A>(),
+                  "relaxcat::eigen::mutable_view needs writable Eigen storage");
+    if constexpr (is_mutably_viewable<A>())
+        return {a.data(), a.rows(), a.cols(), a.rowStride(), a.colStride()};
+    else
+        return {};  // not reached: the assertions stop the build
+}
+
+template <class A>
+VectorView<const ScalarOf<A>> vector_view(A&& a) {
+    require_viewable<A>();
+    if constexpr (is_viewable<A>()) {
+        static_assert(std::remove_reference_t<A>::IsVectorAtCompileTime,
+                      "relaxcat::eigen::vector_view takes a vector");
+        return {a.data(), a.size(), a.innerStride()};
+    } else {
+        return {};  // not reached: the assertion stops the build
+    }
+}
+
+// The parameter tags: RelaxedOneHotCategorical<double> d(0.5, eigen::logits(a)),
+// with a kept in a variable (the distribution copies the data when it is
+// constructed; the tag itself is a view).
+template <class A>
+Logits<ScalarOf<A>> logits(A&& a) {
+    return {view(std::forward<A>(a))};
+}
+
+template <class A>
+Probs<ScalarOf<A>> probs(A&& a) {
+    return {view(std::forward<A>(a))};
 }
 
 // Gradients in the shapes of the parameters as given.
