@@ -20,6 +20,7 @@
 
 #include <cstdint>
 #include <type_traits>
+#include <utility>
 
 #include "distribution.hpp"
 #include "philox.hpp"

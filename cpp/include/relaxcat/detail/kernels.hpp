@@ -179,7 +179,7 @@ RELAXCAT_ALWAYS_INLINE D log_ratio_lanes(D x, D xref, D log_x, D log_xref, D t) 
     const D q = (x - xref) / xref;
     D h, s;
     const D r = log1p_poly<true>(q, h, s);
-    const D near = q - (h - s * (h + r));  // log1p_small(q)
+    const D near = q - (h - s * (h + r));  // log1p_small(q), its poly fused
     D far = diff;
     if (any_lane(hot)) {
         const D ratio = x / xref;
