@@ -3029,6 +3029,28 @@ void check_block_columns(const CheckArgs<Real>& a, const Walker& walk, int64_t r
             check_status(bad[i] != 0.0, masked[i] != 0.0, sum[i] - 1.0, a.tol);
 }
 
+// The sum that check_rows tests for one row of k values (stride vs): x, or exp
+// of a log-space value, added in element order for short rows (Note [rows as
+// columns]) and by fold_terms for longer ones, as check_rows adds them. The C++
+// API shows it in the message for a row whose sum is off 1.
+template <class Real>
+double support_row_sum(const Real* v, int64_t vs, int64_t k, bool simplex) {
+    if (k <= kColumnMaxK) {
+        double sum = 0.0;
+        for (int64_t j = 0; j < k; ++j) {
+            const double x = static_cast<double>(v[j * vs]);
+            const double e = simplex ? x : exp_d<kExpDegree<Real>>(x);
+            sum = j == 0 ? e : sum + e;
+        }
+        return sum;
+    }
+    return fold_terms<Fold::plus>(k, [=](auto d, int64_t j) {
+        using D = decltype(d);
+        const D x = load_strided_lanes<D>(v + j * vs, vs);
+        return std::array<D, 1>{simplex ? x : exp_lanes<kExpDegree<Real>>(x)};
+    })[0];
+}
+
 // The support check of values; see CheckArgs. One pass, no allocation.
 template <class Real>
 void check_rows(const CheckArgs<Real>& a, int64_t r0, int64_t r1, double* scratch) {
@@ -3073,8 +3095,8 @@ void check_rows(const CheckArgs<Real>& a, int64_t r0, int64_t r1, double* scratc
     // log-space value), summed as slot_sum would. A row whose logits and value
     // are contiguous and whose value fits in kCheckTwoPassBytes is first tested
     // for a flagged entry in its own type (check_flagged); with none, only its
-    // sum is formed, as the third sum of the pass below would form it
-    // (fold_terms reduces each term alone), so the status is the same. Counting
+    // sum is formed (support_row_sum), as the third sum of the pass below would
+    // form it (fold_terms reduces each term alone), so the status is the same. Counting
     // in double slots made the check of float32 rows of 256 cost 0.38-0.40 ns
     // per element, one thread, against 0.24-0.29 this way; a row of 128000
     // floats, read twice from beyond L2, cost 0.40 against 0.35 in one pass.
@@ -3086,12 +3108,8 @@ void check_rows(const CheckArgs<Real>& a, int64_t r0, int64_t r1, double* scratc
         const Real* v = a.value.data + walk.offset[1];
         const Real* lg = a.logits.data + walk.offset[0];
         if (two_pass && !check_flagged(v, lg, k, simplex)) {
-            const double sum = fold_terms<Fold::plus>(k, [=](auto d, int64_t j) {
-                using D = decltype(d);
-                const D x = load_strided_lanes<D>(v + j, 1);
-                return std::array<D, 1>{simplex ? x : exp_lanes<kExpDegree<Real>>(x)};
-            })[0];
-            a.status[r] = check_status(0, 0, sum - 1.0, a.tol);
+            a.status[r] =
+                check_status(0, 0, support_row_sum(v, 1, k, simplex) - 1.0, a.tol);
             continue;
         }
         // Counts rather than early exits, so that the loop vectorises.
@@ -3109,28 +3127,6 @@ void check_rows(const CheckArgs<Real>& a, int64_t r0, int64_t r1, double* scratc
             });
         a.status[r] = check_status(f[0] != 0.0, f[1] != 0.0, f[2] - 1.0, a.tol);
     }
-}
-
-// The sum that check_rows tests for one row of k values (stride vs): x, or exp
-// of a log-space value, added in element order for short rows (Note [rows as
-// columns]) and by fold_terms for longer ones, as check_rows adds them. The C++
-// API shows it in the message for a row whose sum is off 1.
-template <class Real>
-double support_row_sum(const Real* v, int64_t vs, int64_t k, bool simplex) {
-    if (k <= kColumnMaxK) {
-        double sum = 0.0;
-        for (int64_t j = 0; j < k; ++j) {
-            const double x = static_cast<double>(v[j * vs]);
-            const double e = simplex ? x : exp_d<kExpDegree<Real>>(x);
-            sum = j == 0 ? e : sum + e;
-        }
-        return sum;
-    }
-    return fold_terms<Fold::plus>(k, [=](auto d, int64_t j) {
-        using D = decltype(d);
-        const D x = load_strided_lanes<D>(v + j * vs, vs);
-        return std::array<D, 1>{simplex ? x : exp_lanes<kExpDegree<Real>>(x)};
-    })[0];
 }
 
 // Note [probs of any scale]: probs are normalised by their row sum, and float64
