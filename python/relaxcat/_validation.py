@@ -458,8 +458,9 @@ class UndoDraws:
         return False
 
 
-def prepare_out(out, shape: tuple, dtype, inputs=(), name: str = "out"):
-    """Check a caller's output array; never copies."""
+def prepare_out(out, shape: tuple, dtype, inputs=None, name: str = "out"):
+    """Check a caller's output array; never copies. ``inputs`` maps the name of
+    each array the call reads to the array (or None), for the overlap check."""
     if out is None:
         return np.empty(shape, dtype=dtype)
     if not isinstance(out, np.ndarray):
@@ -483,7 +484,7 @@ def prepare_out(out, shape: tuple, dtype, inputs=(), name: str = "out"):
             f"{name} must be C-contiguous, got strides {out.strides} for shape "
             f"{out.shape}"
         )
-    for arr in inputs:
+    for what, arr in (inputs or {}).items():
         if arr is not None and np.may_share_memory(out, arr):
-            raise ValueError(f"{name} must not share memory with the inputs")
+            raise ValueError(f"{name} must not share memory with {what}")
     return out

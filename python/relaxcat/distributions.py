@@ -582,9 +582,14 @@ class RelaxedOneHotCategorical:
             f"{self._param_name}: shape {self._param().shape}, dtype {self.dtype})"
         )
 
-    def _owned(self) -> tuple:
-        """The arrays this object reads, which an ``out=`` must not overlap."""
-        return (self._a, self._temperature, self._probs_given)
+    def _owned(self) -> dict:
+        """The arrays this object reads, which an ``out=`` must not overlap, by
+        name. They are read-only copies no caller is given, so this is a guard."""
+        return {
+            "the distribution's logits": self._a,
+            "the distribution's temperature": self._temperature,
+            "the distribution's probs": self._probs_given,
+        }
 
     def _param(self) -> np.ndarray:
         return self._probs_given if self._probs_given is not None else self._a
@@ -751,7 +756,7 @@ class RelaxedOneHotCategorical:
         # without scratch at the cost of a second exponential (Note [rows
         # without scratch]); the bits are the same either way.
         no_scratch = out is not None
-        out = v.prepare_out(out, shape, self.dtype, self._owned() + (noise,))
+        out = v.prepare_out(out, shape, self.dtype, {**self._owned(), "gumbels": noise})
         threads = _threads.resolve(num_threads)
         # A Generator is drawn from only once every argument has passed, and set
         # back if the kernel fails: a call that fails leaves it as it was.
@@ -940,7 +945,9 @@ class RelaxedOneHotCategorical:
         threads = _threads.resolve(num_threads)
         value = self._value(value, threads)
         val, logits, temp = self._broadcast_value(value)
-        out = v.prepare_out(out, temp.shape, self.dtype, self._owned() + (value,))
+        out = v.prepare_out(
+            out, temp.shape, self.dtype, {**self._owned(), "value": value}
+        )
         _core.log_prob(
             self._space,
             logits,

@@ -565,6 +565,41 @@ TEST(Errors, OutputsMustNotAliasThemselvesAndOverlapsNameTheOtherArgument) {
                    "two elements at one address, got shape (2, 3) with strides (0, 1)");
 }
 
+// An output overlapping value or grad was said to share memory with "an input".
+TEST(Errors, OverlapsWithInputsNameTheInput) {
+    const Dist d = two_rows();
+    std::vector<double> x = {0.2, 0.3, 0.5, 0.6, 0.4, 0.0};
+    std::vector<double> g = {1.0, 2.0, 3.0, 4.0, 5.0, 6.0};
+    std::vector<double> gp(6), gt(2);
+    const MatrixView<const double> value(x.data(), 2, 3);
+    const MatrixView<const double> grad(g.data(), 2, 3);
+    const VectorView<const double> row_grad(g.data(), 2);
+    EXPECT_MESSAGE(d.rsample_vjp(value, grad, MatrixView<double>(x.data(), 2, 3),
+                                 VectorView<double>()),
+                   "RelaxedOneHotCategorical::rsample_vjp: grad_param must not share "
+                   "memory with value");
+    EXPECT_MESSAGE(d.rsample_vjp(value, grad, MatrixView<double>(gp.data(), 2, 3),
+                                 VectorView<double>(g.data() + 4, 1)),
+                   "RelaxedOneHotCategorical::rsample_vjp: grad_temperature must not "
+                   "share memory with grad");
+    EXPECT_MESSAGE(d.log_prob_vjp(value, row_grad, MatrixView<double>(x.data(), 2, 3),
+                                  MatrixView<double>(), VectorView<double>()),
+                   "RelaxedOneHotCategorical::log_prob_vjp: grad_value must not share "
+                   "memory with value");
+    EXPECT_MESSAGE(
+        d.log_prob_vjp(value, row_grad, MatrixView<double>(),
+                       MatrixView<double>(g.data(), 2, 3), VectorView<double>()),
+        "RelaxedOneHotCategorical::log_prob_vjp: grad_param must not share "
+        "memory with grad");
+    EXPECT_MESSAGE(d.log_prob_and_vjp(value, row_grad, VectorView<double>(g.data(), 2),
+                                      MatrixView<double>(gp.data(), 2, 3),
+                                      MatrixView<double>(), VectorView<double>()),
+                   "RelaxedOneHotCategorical::log_prob_and_vjp: out must not share "
+                   "memory with grad");
+    EXPECT_EQ(x, (std::vector<double>{0.2, 0.3, 0.5, 0.6, 0.4, 0.0}));
+    EXPECT_EQ(g, (std::vector<double>{1.0, 2.0, 3.0, 4.0, 5.0, 6.0}));
+}
+
 }  // namespace
 
 // validate_args names the first failing row, whatever kinds of failure later

@@ -417,7 +417,7 @@ public:
         check_finite(fn, "grad", grad);
         check_grad_outputs(
             fn, grad_param, grad_temperature,
-            {{"an input", detail::extent(value)}, {"an input", detail::extent(grad)}});
+            {{"value", detail::extent(value)}, {"grad", detail::extent(grad)}});
         const int threads = resolve_threads(fn, num_threads);
         over_slices(rows, grad_param, grad_temperature, threads,
                     [&](int64_t first, int64_t n, ParamGrad& gl, TemperatureGrad& gt) {
@@ -1136,17 +1136,18 @@ private:
             check_matrix(fn, "grad_value", grad_value, rows);
             check_distinct(fn, "grad_value", grad_value);
         }
-        const detail::Extent inputs[] = {detail::extent(value), detail::extent(grad)};
-        for (const detail::Extent& e : inputs) {
-            check_no_overlap(fn, "grad_value", detail::extent(grad_value), "an input",
-                             e);
-            check_no_overlap(fn, "out", detail::extent(out), "an input", e);
+        const Named inputs[] = {{"value", detail::extent(value)},
+                                {"grad", detail::extent(grad)}};
+        for (const Named& in : inputs) {
+            check_no_overlap(fn, "grad_value", detail::extent(grad_value), in.name,
+                             in.extent);
+            check_no_overlap(fn, "out", detail::extent(out), in.name, in.extent);
         }
         check_no_overlap(fn, "out", detail::extent(out), "grad_value",
                          detail::extent(grad_value));
         check_grad_outputs(fn, grad_param, grad_temperature,
-                           {{"an input", inputs[0]},
-                            {"an input", inputs[1]},
+                           {inputs[0],
+                            inputs[1],
                             {"grad_value", detail::extent(grad_value)},
                             {"out", detail::extent(out)}});
         const int threads = resolve_threads(fn, num_threads);
