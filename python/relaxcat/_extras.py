@@ -366,7 +366,15 @@ def gumbel_softmax(logits, temperature, hard=False, axis=-1, rng=None):
         # a row (all -inf, or too wide) has the same batch index in both layouts.
         v.check_logit_entries(arr)
     moved = np.moveaxis(arr, axis, -1)
+    # The distribution's messages describe the moved logits: the shapes that
+    # depend on the axis are checked here first, in the caller's terms.
+    if arr.shape[axis] == 0:
+        raise ValueError(
+            f"logits must have at least one category along axis {axis}, got shape "
+            f"{arr.shape}"
+        )
     rows_t = _without_category_axis(temperature, arr.ndim, axis)
+    given_shape = None  # the temperature's shape, when its rows are checked here
     if rows_t is not temperature:
         # Checked as given (in the logits' dtype, as the distribution will), so
         # that a message names its own shape and indices.
@@ -374,12 +382,18 @@ def gumbel_softmax(logits, temperature, hard=False, axis=-1, rng=None):
             temperature, "temperature", arr.dtype, check_range=False
         )
         v.check_temperature(given, temperature)
+        given_shape = given.shape
+    elif _reads_as_given(temperature, arr.ndim):
+        given_shape = np.shape(temperature)
+    if given_shape is not None:
+        _check_batch_rank(len(np.shape(rows_t)), "temperature")  # broadcast_shapes
         try:
             np.broadcast_shapes(np.shape(rows_t), moved.shape[:-1])
         except ValueError:
             raise ValueError(
-                f"temperature of shape {given.shape} does not broadcast with the "
-                f"logits' shape without the category axis, {moved.shape[:-1]}"
+                f"temperature of shape {given_shape} does not broadcast with the "
+                f"logits' shape without the category axis {axis}, "
+                f"{moved.shape[:-1]}"
             ) from None
     d = RelaxedOneHotCategorical(rows_t, logits=moved)
     if d.batch_shape != moved.shape[:-1]:
@@ -387,10 +401,15 @@ def gumbel_softmax(logits, temperature, hard=False, axis=-1, rng=None):
             f"temperature of shape {np.shape(temperature)} would enlarge the logits' "
             f"shape without the category axis, {moved.shape[:-1]}"
         )
-    soft = d.rsample(rng=rng)
-    if not hard:
-        return np.moveaxis(soft, -1, axis)
-    return HardSample(np.moveaxis(one_hot(soft), -1, axis), np.moveaxis(soft, -1, axis))
+    # The one-hot is formed inside UndoDraws too: a call that fails after
+    # drawing (its allocation, say) leaves a Generator as it was.
+    with v.UndoDraws(rng):
+        soft = d.rsample(rng=rng)
+        if not hard:
+            return np.moveaxis(soft, -1, axis)
+        return HardSample(
+            np.moveaxis(one_hot(soft), -1, axis), np.moveaxis(soft, -1, axis)
+        )
 
 
 def _without_category_axis(temperature, ndim: int, axis: int):
@@ -405,6 +424,19 @@ def _without_category_axis(temperature, ndim: int, axis: int):
     if len(shape) == ndim and shape[axis] == 1:
         return np.squeeze(np.asarray(temperature), axis)
     return temperature
+
+
+def _reads_as_given(temperature, ndim: int) -> bool:
+    """Whether the distribution reads ``temperature`` as broadcasting with the
+    batch shape: not a masked or ragged array, nor one with ``ndim`` axes and a
+    last of length 1 (read per row, with a message of its own)."""
+    if isinstance(temperature, np.ma.MaskedArray):
+        return False
+    try:
+        shape = np.shape(temperature)
+    except ValueError:
+        return False
+    return not (len(shape) == ndim and shape and shape[-1] == 1)
 
 
 def _axis(axis, ndim: int) -> int:

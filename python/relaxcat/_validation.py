@@ -484,6 +484,13 @@ def prepare_out(out, shape: tuple, dtype, inputs=None, name: str = "out"):
             f"{name} must be C-contiguous, got strides {out.strides} for shape "
             f"{out.shape}"
         )
+    if not out.flags.aligned:
+        # The kernels store whole elements; a misaligned one is undefined
+        # behaviour in C++ (UBSan stops there).
+        raise ValueError(
+            f"{name} must be aligned to its {out.dtype.itemsize}-byte elements, got "
+            f"an array at address {out.ctypes.data:#x}"
+        )
     for what, arr in (inputs or {}).items():
         if arr is not None and np.may_share_memory(out, arr):
             raise ValueError(f"{name} must not share memory with {what}")

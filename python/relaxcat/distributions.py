@@ -759,12 +759,13 @@ class RelaxedOneHotCategorical:
         out = v.prepare_out(out, shape, self.dtype, {**self._owned(), "gumbels": noise})
         threads = _threads.resolve(num_threads)
         # A Generator is drawn from only once every argument has passed, and set
-        # back if the kernel fails: a call that fails leaves it as it was.
+        # back if the kernel or the one-hot fails: a call that fails leaves it
+        # as it was.
         with v.UndoDraws(rng):
             if noise is None:
                 key, stream = v.key_and_stream(rng)
             self._draw(logits, temp, noise, key, stream, 0, out, threads, no_scratch)
-        return _extras.hard_sample(out, threads) if hard else out
+            return _extras.hard_sample(out, threads) if hard else out
 
     def _draw(self, logits, temp, noise, key, stream, first, out, threads, no_scratch):
         """The kernel of rsample into ``out``: noise elements ``first`` onwards

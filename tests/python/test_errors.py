@@ -762,6 +762,17 @@ def test_bad_out_arrays_are_rejected(cls, method):
         if len(shape) > 1
         else (ValueError, r"out must be C-contiguous", np.zeros(shape)[::-1])
     )
+    # C-contiguous and writable but one byte off its elements' alignment: the
+    # kernels had stored through it (undefined behaviour; a fresh-user review).
+    size = int(np.prod(shape))
+    misaligned = np.ndarray(shape, np.float64, buffer=bytearray(8 * size + 1), offset=1)
+    cases.append(
+        (
+            ValueError,
+            r"out must be aligned to its 8-byte elements, got an array at address 0x",
+            misaligned,
+        )
+    )
     for exc, pattern, out in cases:
         check_raises(exc, pattern, lambda out=out: call(out), out, v, *_params(d))
     check_raises(
@@ -1466,6 +1477,33 @@ def test_functional_forms_name_entries_in_the_callers_layout(axis):
         rf"row of all -inf at batch index \({batch[0]}, {batch[1]}\)$",
         lambda: relaxcat.gumbel_softmax(dead, 0.5, axis=axis, rng=1),
         dead,
+    )
+
+
+# gumbel_softmax with a category axis not last had described the moved logits:
+# "got shape (4, 0)" for logits (0, 4) at axis 0, "the batch shape (5,) of
+# logits" for logits (4, 5) at axis 0 with T (4,) (a fresh-user review).
+@pytest.mark.parametrize("axis", [0, -1])
+def test_gumbel_softmax_names_shapes_as_given(axis):
+    empty = np.zeros((0, 4)) if axis == 0 else np.zeros((4, 0))
+    check_raises(
+        ValueError,
+        rf"^logits must have at least one category along axis {axis % 2}, got "
+        rf"shape {re.escape(str(empty.shape))}$",
+        lambda: relaxcat.gumbel_softmax(empty, 0.5, axis=axis, rng=1),
+        empty,
+    )
+    logits = np.zeros((4, 5))
+    t = np.ones(4 if axis == 0 else 5)
+    rows = (5,) if axis == 0 else (4,)
+    check_raises(
+        ValueError,
+        rf"^temperature of shape {re.escape(str(t.shape))} does not broadcast with "
+        rf"the logits' shape without the category axis {axis % 2}, "
+        rf"{re.escape(str(rows))}$",
+        lambda: relaxcat.gumbel_softmax(logits, t, axis=axis, rng=1),
+        logits,
+        t,
     )
 
 

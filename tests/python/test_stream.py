@@ -408,6 +408,33 @@ def test_a_kernel_that_fails_leaves_the_generator_as_it_was(monkeypatch, error, 
 
 
 @pytest.mark.parametrize(
+    "call",
+    [
+        lambda d, g: d.rsample((2,), rng=g, hard=True),
+        lambda d, g: d.rsample(rng=g, out=np.empty((2,)), hard=True),
+        lambda d, g: relaxcat.gumbel_softmax(np.zeros((3, 2)), 0.5, hard=True, rng=g),
+        lambda d, g: relaxcat.gumbel_softmax(
+            np.zeros((2, 3)), 0.5, hard=True, axis=0, rng=g
+        ),
+    ],
+)
+def test_a_one_hot_that_fails_leaves_the_generator_as_it_was(monkeypatch, call):
+    # hard=True forms the one-hot after the draw; its failure (an allocation)
+    # had left the Generator advanced (a fresh-user review).
+    d = R(0.5, logits=np.array([0.0, 1.0]))
+    gen = np.random.default_rng(7)
+    before = gen.bit_generator.state
+
+    def failing(*args):
+        raise MemoryError()
+
+    monkeypatch.setattr(relaxcat._extras, "one_hot", failing)
+    with pytest.raises(MemoryError):
+        call(d, gen)
+    assert gen.bit_generator.state == before
+
+
+@pytest.mark.parametrize(
     "bit_generator",
     [
         np.random.PCG64,
