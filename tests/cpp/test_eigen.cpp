@@ -2,6 +2,10 @@
 
 #include <gtest/gtest.h>
 
+#include <cstddef>
+#include <stdexcept>
+#include <string>
+
 #include <relaxcat/eigen.hpp>
 #include <relaxcat/relaxcat.hpp>
 
@@ -37,6 +41,29 @@ TEST(Eigen, OverloadsMatchTheViewApi) {
     const auto h = eig::log_prob_vjp(d, x, eig::ColumnArray<double>::Ones(6));
     EXPECT_EQ(h.value.rows(), 6);
     EXPECT_TRUE(h.param.allFinite());
+}
+
+// A negative draw count was an Eigen assertion (an abort without NDEBUG) or,
+// with NDEBUG, a message about an out the caller never passed (a fresh-user
+// review).
+TEST(Eigen, RsampleRefusesABadDrawCount) {
+    const eig::RowArray<double> logits = eig::RowArray<double>::Zero(3, 4);
+    const relaxcat::RelaxedOneHotCategorical<double> d(0.5, eig::logits(logits));
+    relaxcat::Philox gen(1);
+    for (const Eigen::Index n : {Eigen::Index(-1), PTRDIFF_MAX / 2}) {
+        try {
+            eig::rsample(d, n, gen);
+            ADD_FAILURE() << "n = " << n << " was accepted";
+        } catch (const std::invalid_argument& e) {
+            EXPECT_EQ(std::string(e.what()),
+                      "relaxcat::eigen::rsample: n (the number of draws) must be in "
+                      "[0, " +
+                          std::to_string(PTRDIFF_MAX / 8 / 3) + "], got " +
+                          std::to_string(n));
+        }
+    }
+    EXPECT_EQ(gen.offset(), 0u);
+    EXPECT_EQ(eig::rsample(d, 0, gen).rows(), 0);
 }
 
 TEST(Eigen, ColumnMajorStorageIsViewedWithItsStrides) {

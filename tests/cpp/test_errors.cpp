@@ -565,6 +565,20 @@ TEST(Errors, OutputsMustNotAliasThemselvesAndOverlapsNameTheOtherArgument) {
                    "two elements at one address, got shape (2, 3) with strides (0, 1)");
 }
 
+// logits(out) and probs(out) took an out whose rows shared an address and kept
+// only the last row written (a fresh-user review).
+TEST(Errors, NormalisedParametersRefuseAnAliasedOut) {
+    const Dist d = two_rows();
+    std::vector<double> out(3, -7.0);
+    EXPECT_MESSAGE(d.logits(MatrixView<double>(out.data(), 2, 3, 0, 1)),
+                   "RelaxedOneHotCategorical::logits: out must not have two elements "
+                   "at one address, got shape (2, 3) with strides (0, 1)");
+    EXPECT_MESSAGE(d.probs(MatrixView<double>(out.data(), 2, 3, 0, 1)),
+                   "RelaxedOneHotCategorical::probs: out must not have two elements "
+                   "at one address, got shape (2, 3) with strides (0, 1)");
+    EXPECT_EQ(out, std::vector<double>(3, -7.0));
+}
+
 // An output overlapping value or grad was said to share memory with "an input".
 TEST(Errors, OverlapsWithInputsNameTheInput) {
     const Dist d = two_rows();

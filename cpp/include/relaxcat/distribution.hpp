@@ -1375,6 +1375,7 @@ private:
                                  detail::show(param_rows_) + ", " + detail::show(k_) +
                                  "), got (" + detail::show(out.rows) + ", " +
                                  detail::show(out.cols) + ")");
+        check_distinct(fn, "out", out);
         detail::RowsOut<Real> target(out);
         detail::ParamArgs<Real> a;
         a.shape = rows_shape(param_rows_);

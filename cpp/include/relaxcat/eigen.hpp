@@ -18,6 +18,7 @@
 
 #include <Eigen/Core>
 
+#include <cstddef>
 #include <cstdint>
 #include <type_traits>
 #include <utility>
@@ -140,7 +141,15 @@ struct LogProbGrad {
 template <class Dist>
 RowArray<typename Dist::value_type> rsample(const Dist& d, Eigen::Index n, Philox& gen,
                                             int num_threads = 1) {
-    RowArray<typename Dist::value_type> out(n * d.batch_rows(), d.num_categories());
+    // Checked before Eigen sizes the array: a negative size is an assertion
+    // there (an abort without NDEBUG), and n B must not overflow.
+    const auto rows = static_cast<Eigen::Index>(d.batch_rows());
+    const Eigen::Index most = Eigen::Index{PTRDIFF_MAX / 8} / (rows > 0 ? rows : 1);
+    if (n < 0 || n > most)
+        detail::fail("relaxcat::eigen::rsample",
+                     "n (the number of draws) must be in [0, " + detail::show(most) +
+                         "], got " + detail::show(n));
+    RowArray<typename Dist::value_type> out(n * rows, d.num_categories());
     d.rsample(mutable_view(out), gen, num_threads);
     return out;
 }
