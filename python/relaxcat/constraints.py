@@ -41,12 +41,22 @@ class _RealVector(Constraint):
         return np.all(~np.isnan(value) & (value != np.inf), axis=-1)
 
 
+def _tolerance(value: np.ndarray) -> float:
+    """The row-sum tolerance of a value, as the distributions' validate_args
+    takes it: float16's for a float16 value (rounded to float16 by its maker),
+    else that of the value's type widened to at least float32."""
+    dtype = (
+        np.float16 if value.dtype == np.float16 else np.result_type(value, np.float32)
+    )
+    return simplex_tolerance(value.shape[-1], dtype)
+
+
 class _Simplex(Constraint):
     event_dim = 1
 
     def check(self, value):
         value = np.asarray(value)
-        tol = simplex_tolerance(value.shape[-1], np.result_type(value, np.float32))
+        tol = _tolerance(value)
         ok = np.all(np.isfinite(value) & (value >= 0), axis=-1)
         return ok & (np.abs(value.sum(axis=-1, dtype=np.float64) - 1.0) <= tol)
 
@@ -56,7 +66,7 @@ class _LogSimplex(Constraint):
 
     def check(self, value):
         value = np.asarray(value)
-        tol = simplex_tolerance(value.shape[-1], np.result_type(value, np.float32))
+        tol = _tolerance(value)
         ok = np.all(~np.isnan(value) & (value != np.inf), axis=-1)
         total = np.exp(value.astype(np.float64)).sum(axis=-1)
         return ok & (np.abs(total - 1.0) <= tol)

@@ -864,10 +864,16 @@ class RelaxedOneHotCategorical:
 
     # -------------------------------------------------------------------- density
     def _value(self, value, threads: int, name: str = "value") -> np.ndarray:
-        # A float16 value is checked with float16's tolerance: it was rounded to
-        # float16 by the caller, whatever the distribution computes in.
+        # A float16 or float32 value coarser than the distribution is checked
+        # with its own type's tolerance: it was rounded to that type by the
+        # caller, whatever the distribution computes in (constraints.simplex
+        # takes the value's type too, so that support.check agrees).
         given = getattr(value, "dtype", None)
-        tol_dtype = np.float16 if given == np.float16 else self.dtype
+        tol_dtype = self.dtype
+        for coarse in (np.float16, np.float32):
+            if given == coarse and np.finfo(coarse).eps > np.finfo(self.dtype).eps:
+                tol_dtype = coarse
+                break
         # In log space a value far below float32's range becomes -inf, the log
         # of 0, which is what it means (one far above is an error, as nothing
         # finite may become infinite on the simplex).
@@ -1044,6 +1050,13 @@ class RelaxedOneHotCategorical:
 
         Parameters
         ----------
+        value : array_like
+            A sample of this distribution: shape ``sample_shape + batch_shape +
+            (K,)``, or one that broadcasts with the batch.
+        grad : array_like
+            The upstream gradient: finite, broadcasting to ``value``'s shape (a
+            value of shape ``(K,)`` takes only a ``grad`` of that shape, even
+            for a batch of rows; pass the sample with its full shape).
         wrt : str or tuple (or list) of str, optional
             The gradients to compute, among ``"logits"`` (``"probs"`` for a
             distribution given probs) and ``"temperature"``; the others come

@@ -262,8 +262,8 @@ TEST(Errors, ShapesMustMatch) {
     EXPECT_TRUE(late.holds(3));
     EXPECT_FALSE(late.holds(4));
     EXPECT_MESSAGE(d.rsample(MatrixView<double>(out.data(), 2, 3), late),
-                   "RelaxedOneHotCategorical::rsample: gen must hold the 6 elements of "
-                   "this draw, got offset 18446744073709551613, past which the stream "
+                   "RelaxedOneHotCategorical::rsample: gen must hold this draw of 6 "
+                   "elements, got offset 18446744073709551613, past which the stream "
                    "has only 3 (a stream has 2^64 elements)");
     EXPECT_EQ(late.offset(), ~uint64_t{0} - 2);
     EXPECT_EQ(out, std::vector<double>(9, 7.0));
@@ -279,13 +279,18 @@ TEST(Errors, ShapesMustMatch) {
     EXPECT_FALSE(last.holds(1));
     const std::vector<double> drawn(out.begin(), out.begin() + 6);
     EXPECT_MESSAGE(d.rsample(MatrixView<double>(out.data(), 2, 3), last),
-                   "RelaxedOneHotCategorical::rsample: gen must hold the 6 elements of "
-                   "this draw, got a stream already used up (a draw ended at its last "
+                   "RelaxedOneHotCategorical::rsample: gen must hold this draw of 6 "
+                   "elements, got a stream already used up (a draw ended at its last "
                    "element, 2^64 - 1; seek to draw from it again)");
     std::vector<double> g(2, 7.0);
     EXPECT_MESSAGE(
         relaxcat::gumbel_noise(last, 2, g.data()),
-        "gumbel_noise: gen must hold the 2 elements of this draw, got a "
+        "gumbel_noise: gen must hold this draw of 2 elements, got a "
+        "stream already used up (a draw ended at its last element, 2^64 - 1; "
+        "seek to draw from it again)");
+    EXPECT_MESSAGE(
+        relaxcat::gumbel_noise(last, 1, g.data()),
+        "gumbel_noise: gen must hold this draw of 1 element, got a "
         "stream already used up (a draw ended at its last element, 2^64 - 1; "
         "seek to draw from it again)");
     EXPECT_EQ(g, std::vector<double>(2, 7.0));

@@ -562,6 +562,26 @@ def test_own_samples_satisfy_the_support_constraints():
     assert not np.any(d.support.check(np.full((3, 7), 0.2)))
 
 
+# support.check had taken float32's tolerance for a float16 value, which
+# validate_args checks with float16's: a float16 sample summing to 1.000244 was
+# accepted by log_prob and refused by support.check (a fresh-user review).
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+@pytest.mark.parametrize("cls", [R, E])
+def test_support_check_agrees_with_validate_args(dtype, cls):
+    k = 8
+    d = cls(0.5, logits=np.zeros(k))
+    base = np.full(k, 1.0 / k)
+    for excess in [0.0, 2e-7, 3e-6, 2e-4, 5e-3, 0.02, 0.1]:
+        x = base * (1.0 + excess)
+        x = (np.log(x) if cls is E else x).astype(dtype)
+        accepted = True
+        try:
+            d.log_prob(x)
+        except ValueError:
+            accepted = False
+        assert bool(d.support.check(x)) == accepted, (excess, x.dtype)
+
+
 def test_temperature_property_is_the_temperature_as_given():
     t = np.array([[0.5], [2.0]])
     d = R(t, logits=np.zeros((2, 3), dtype=np.float32))

@@ -1387,13 +1387,13 @@ def test_a_draw_past_the_end_of_the_stream_is_an_error():
     assert _core.gumbels(99, 5, last, 8, True).shape == (8,)
     with pytest.raises(
         ValueError,
-        match=r"^gumbels: the 32 elements of this draw "
+        match=r"^gumbels: this draw of 32 elements "
         r"from element 18446744073709551608 would run past the end "
         r"of the stream \(2\^64 elements; 8 remain\)$",
     ):
         _core.gumbels(99, 5, last, 32, True)
     out = np.full((5000, 2), 7.0)
-    with pytest.raises(ValueError, match=r"^rsample: the 10000 elements"):
+    with pytest.raises(ValueError, match=r"^rsample: this draw of 10000 elements "):
         _core.rsample(
             np.zeros((5000, 2)), np.ones(5000), None, 99, 5, 2**64 - 3, out, None, 1
         )

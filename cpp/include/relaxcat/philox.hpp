@@ -91,16 +91,17 @@ inline void check_noise_room(const char* fn, const Philox& gen, int64_t n) {
         throw std::invalid_argument(std::string(fn) + ": n must be non-negative, got " +
                                     std::to_string(n));
     if (gen.holds(static_cast<uint64_t>(n))) return;
+    const std::string draw = std::string(fn) + ": gen must hold this draw of " +
+                             std::to_string(n) + (n == 1 ? " element" : " elements");
     if (gen.exhausted())
         throw std::invalid_argument(
-            std::string(fn) + ": gen must hold the " + std::to_string(n) +
-            " elements of this draw, got a stream already used up (a draw ended at "
-            "its last element, 2^64 - 1; seek to draw from it again)");
-    throw std::invalid_argument(
-        std::string(fn) + ": gen must hold the " + std::to_string(n) +
-        " elements of this draw, got offset " + std::to_string(gen.offset()) +
-        ", past which the stream has only " + std::to_string(~gen.offset() + 1) +
-        " (a stream has 2^64 elements)");
+            draw +
+            ", got a stream already used up (a draw ended at its last element, "
+            "2^64 - 1; seek to draw from it again)");
+    throw std::invalid_argument(draw + ", got offset " + std::to_string(gen.offset()) +
+                                ", past which the stream has only " +
+                                std::to_string(~gen.offset() + 1) +
+                                " (a stream has 2^64 elements)");
 }
 
 // check_noise_room, and somewhere to write the n elements.
