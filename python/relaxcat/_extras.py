@@ -412,16 +412,22 @@ def gumbel_softmax(logits, temperature, hard=False, axis=-1, rng=None):
         )
 
 
+def _temperature_shape(temperature):
+    """The shape of a temperature as given, or None for a masked or ragged one,
+    which the distribution refuses with its own message."""
+    if isinstance(temperature, np.ma.MaskedArray):
+        return None
+    try:
+        return np.shape(temperature)
+    except ValueError:
+        return None
+
+
 def _without_category_axis(temperature, ndim: int, axis: int):
     """A temperature with all ``ndim`` axes and length 1 at ``axis`` (keepdims)
     without that axis; any other as it is (the distribution checks it)."""
-    if isinstance(temperature, np.ma.MaskedArray):
-        return temperature  # refused by the distribution, mask and all
-    try:
-        shape = np.shape(temperature)
-    except ValueError:  # ragged: left to the distribution's message
-        return temperature
-    if len(shape) == ndim and shape[axis] == 1:
+    shape = _temperature_shape(temperature)
+    if shape is not None and len(shape) == ndim and shape[axis] == 1:
         return np.squeeze(np.asarray(temperature), axis)
     return temperature
 
@@ -430,13 +436,8 @@ def _reads_as_given(temperature, ndim: int) -> bool:
     """Whether the distribution reads ``temperature`` as broadcasting with the
     batch shape: not a masked or ragged array, nor one with ``ndim`` axes and a
     last of length 1 (read per row, with a message of its own)."""
-    if isinstance(temperature, np.ma.MaskedArray):
-        return False
-    try:
-        shape = np.shape(temperature)
-    except ValueError:
-        return False
-    return not (len(shape) == ndim and shape and shape[-1] == 1)
+    shape = _temperature_shape(temperature)
+    return shape is not None and not (len(shape) == ndim and shape[-1] == 1)
 
 
 def _axis(axis, ndim: int) -> int:

@@ -42,9 +42,10 @@ class _RealVector(Constraint):
 
 
 def _tolerance(value: np.ndarray) -> float:
-    """The row-sum tolerance of a value, as the distributions' validate_args
-    takes it: float16's for a float16 value (rounded to float16 by its maker),
-    else that of the value's type widened to at least float32."""
+    """The row-sum tolerance of a value: float16's for a float16 value (rounded
+    to float16 by its maker), else that of the value's type widened to at least
+    float32. validate_args takes the same for a value at least as coarse as its
+    distribution, and the distribution's own for a finer one."""
     dtype = (
         np.float16 if value.dtype == np.float16 else np.result_type(value, np.float32)
     )
