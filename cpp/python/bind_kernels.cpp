@@ -37,7 +37,7 @@ void check_stream_room(const std::string& fn, uint64_t first, uint64_t n) {
                     (n == 1 ? " element" : " elements") + " from element " +
                     std::to_string(first) + " would run past the end of " +
                     "the stream (2^64 elements; " + std::to_string(~first + 1) +
-                    " remain)");
+                    (~first + 1 == 1 ? " remains)" : " remain)"));
 }
 
 std::string shape_str(const py::array& a) {
@@ -97,6 +97,13 @@ RowArg<const Real> in_arg(const py::array& a, const RowShape& s, bool with_k,
                     (with_k ? " and categories" : "") + ", got " + shape_str(a));
     RowArg<const Real> r;
     r.data = static_cast<const Real*>(a.data());
+    // The package copies misaligned inputs and refuses misaligned outputs
+    // before they get here; a direct caller of the module is refused too, as
+    // the kernels load and store whole elements. (An empty array is never
+    // read, and NumPy may give it any address.)
+    if (a.size() > 0 && reinterpret_cast<uintptr_t>(a.data()) % alignof(Real) != 0)
+        value_error(std::string(fn) + ": " + name +
+                    " is not aligned to its item size; pass an aligned array");
     for (py::ssize_t d = 0; d < a.ndim(); ++d) {
         if (a.strides(d) % static_cast<py::ssize_t>(sizeof(Real)) != 0)
             value_error(std::string(fn) + ": " + name +

@@ -193,6 +193,8 @@ def entropy(d, n_samples=_DEFAULT_SAMPLES, rng=None) -> MonteCarloEstimate:
     e = _log_space(d)
     live = d._a > -np.inf
     h = np.empty((n,) + d.batch_shape, dtype=np.float64)
+    # Everything after the first draw is inside UndoDraws: a call that fails
+    # there (memory for the estimate, say) leaves a Generator as it was.
     with v.UndoDraws(rng):
         for s0, y in _sample_chunks(e, n, rng):
             log_q = e.log_prob(y).astype(np.float64)
@@ -202,7 +204,7 @@ def entropy(d, n_samples=_DEFAULT_SAMPLES, rng=None) -> MonteCarloEstimate:
                 # log p_x(x) = log q(y) - sum_k y_k over the live categories.
                 in_row = np.where(np.broadcast_to(live, y.shape), y, 0.0)
                 h[s0 : s0 + len(y)] = in_row.sum(axis=-1, dtype=np.float64) - log_q
-    return _estimate(h)
+        return _estimate(h)
 
 
 def _same_family(p, q, fn: str):
@@ -267,19 +269,21 @@ def kl_divergence(p, q, n_samples=_DEFAULT_SAMPLES, rng=None) -> MonteCarloEstim
     k = p.event_shape[0]
     ep, eq = _log_space(p, batch), _log_space(q, batch)
     log_ratio = np.empty((n,) + batch, dtype=np.float64)
+    # As in entropy, everything after the first draw is inside UndoDraws.
     with v.UndoDraws(rng):
         for s0, y in _sample_chunks(ep, n, rng):
             lp = ep.log_prob(y).astype(np.float64)
             log_ratio[s0 : s0 + len(y)] = lp - eq.log_prob(y).astype(np.float64)
-    mask_p = np.broadcast_to(p._a == -np.inf, batch + (k,))
-    mask_q = np.broadcast_to(q._a == -np.inf, batch + (k,))
-    differ = np.any(mask_p != mask_q, axis=-1)
-    est = _estimate(np.where(differ, 0.0, log_ratio))
-    if differ.any():
-        est = MonteCarloEstimate(
-            np.where(differ, np.inf, est.estimate), np.where(differ, 0.0, est.stderr)
-        )
-    return est
+        mask_p = np.broadcast_to(p._a == -np.inf, batch + (k,))
+        mask_q = np.broadcast_to(q._a == -np.inf, batch + (k,))
+        differ = np.any(mask_p != mask_q, axis=-1)
+        est = _estimate(np.where(differ, 0.0, log_ratio))
+        if differ.any():
+            est = MonteCarloEstimate(
+                np.where(differ, np.inf, est.estimate),
+                np.where(differ, 0.0, est.stderr),
+            )
+        return est
 
 
 def categorical_kl(p, q) -> np.ndarray:

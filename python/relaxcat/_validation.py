@@ -82,28 +82,10 @@ def _object_hint(arr: np.ndarray) -> str:
     )
 
 
-def as_float_array(
-    value,
-    name: str,
-    dtype=None,
-    check_range: bool = True,
-    keep_nonzero: bool = False,
-    below_to_minus_inf: bool = False,
-) -> np.ndarray:
-    """Convert ``value`` to a float32 or float64 array.
-
-    With ``dtype`` None the array's own kind decides: float32 stays float32,
-    float64 stays float64, float16 becomes float32, integers and bools become
-    float64 (as NumPy's ufuncs promote them), and long double becomes float64.
-    With ``dtype`` given, the result has that dtype. Complex, object, string and
-    other kinds raise TypeError. With ``check_range``, a finite entry that the
-    conversion makes infinite raises ValueError naming the value as given (the
-    checks that follow would only see the infinity); with ``keep_nonzero``,
-    also a nonzero entry that it makes 0 (a positive prob would become an
-    impossible category); with ``below_to_minus_inf``, an entry below the
-    dtype's range may become -inf (a log-space value: the log of 0 is what it
-    then means), but one above it is still an error.
-    """
+def as_array(value, name: str) -> np.ndarray:
+    """``value`` as a NumPy array of real numbers (bool, int or float, any
+    size), without a copy where it is one; a masked array, a ragged nested list
+    and any other kind raise, naming ``name``."""
     if isinstance(value, np.ma.MaskedArray):
         hint = (
             "mark impossible categories with -inf logits or zero probs, or pass "
@@ -135,6 +117,42 @@ def as_float_array(
             f"{name} must be a real number or an array of real numbers, got {got}"
             + (_object_hint(arr) if kind == "O" and value is not None else "")
         )
+    return arr
+
+
+def rounded_to(dtype: np.dtype) -> np.dtype:
+    """The float type a value of ``dtype`` was rounded to, for its row-sum
+    tolerance: float16 and float32 (in either byte order) as they are, any other
+    float64."""
+    if dtype.kind == "f" and dtype.itemsize in (2, 4):
+        return np.dtype(f"f{dtype.itemsize}")
+    return np.dtype(np.float64)
+
+
+def as_float_array(
+    value,
+    name: str,
+    dtype=None,
+    check_range: bool = True,
+    keep_nonzero: bool = False,
+    below_to_minus_inf: bool = False,
+) -> np.ndarray:
+    """Convert ``value`` to a float32 or float64 array.
+
+    With ``dtype`` None the array's own kind decides: float32 stays float32,
+    float64 stays float64, float16 becomes float32, integers and bools become
+    float64 (as NumPy's ufuncs promote them), and long double becomes float64.
+    With ``dtype`` given, the result has that dtype. Complex, object, string and
+    other kinds raise TypeError. With ``check_range``, a finite entry that the
+    conversion makes infinite raises ValueError naming the value as given (the
+    checks that follow would only see the infinity); with ``keep_nonzero``,
+    also a nonzero entry that it makes 0 (a positive prob would become an
+    impossible category); with ``below_to_minus_inf``, an entry below the
+    dtype's range may become -inf (a log-space value: the log of 0 is what it
+    then means), but one above it is still an error.
+    """
+    arr = as_array(value, name)
+    kind = arr.dtype.kind
     if dtype is None:
         # By kind and size, so that a big-endian float32 stays float32 (it is
         # made native below).

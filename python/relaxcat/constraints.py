@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._validation import simplex_tolerance
+from ._validation import rounded_to, simplex_tolerance
 
 __all__ = ["Constraint", "positive", "real_vector", "simplex", "log_simplex"]
 
@@ -42,14 +42,11 @@ class _RealVector(Constraint):
 
 
 def _tolerance(value: np.ndarray) -> float:
-    """The row-sum tolerance of a value: float16's for a float16 value (rounded
-    to float16 by its maker), else that of the value's type widened to at least
-    float32. validate_args takes the same for a value at least as coarse as its
-    distribution, and the distribution's own for a finer one."""
-    dtype = (
-        np.float16 if value.dtype == np.float16 else np.result_type(value, np.float32)
-    )
-    return simplex_tolerance(value.shape[-1], dtype)
+    """The row-sum tolerance of a value: that of the float16 or float32 it was
+    rounded to (either byte order), else float64's. validate_args takes the
+    same for a value at least as coarse as its distribution, and the
+    distribution's own for a finer one."""
+    return simplex_tolerance(value.shape[-1], rounded_to(value.dtype))
 
 
 class _Simplex(Constraint):

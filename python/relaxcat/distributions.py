@@ -867,13 +867,12 @@ class RelaxedOneHotCategorical:
         # A float16 or float32 value coarser than the distribution is checked
         # with its own type's tolerance: it was rounded to that type by the
         # caller, whatever the distribution computes in (constraints.simplex
-        # takes the value's type too, so that support.check agrees).
-        given = getattr(value, "dtype", None)
-        tol_dtype = self.dtype
-        for coarse in (np.float16, np.float32):
-            if given == coarse and np.finfo(coarse).eps > np.finfo(self.dtype).eps:
-                tol_dtype = coarse
-                break
+        # takes the value's type too, so that support.check agrees). Lists and
+        # either byte order count by what NumPy makes of them.
+        value = v.as_array(value, name)
+        tol_dtype = v.rounded_to(value.dtype)
+        if np.finfo(tol_dtype).eps < np.finfo(self.dtype).eps:
+            tol_dtype = self.dtype
         # In log space a value far below float32's range becomes -inf, the log
         # of 0, which is what it means (one far above is an error, as nothing
         # finite may become infinite on the simplex).

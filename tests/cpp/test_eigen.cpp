@@ -66,6 +66,28 @@ TEST(Eigen, RsampleRefusesABadDrawCount) {
     EXPECT_EQ(eig::rsample(d, 0, gen).rows(), 0);
 }
 
+// The overload with explicit noise sizes its output from the noise, and a bad
+// noise shape was reported as the shape of an out the caller never passed.
+TEST(Eigen, RsampleNamesBadGumbels) {
+    const eig::RowArray<double> logits = eig::RowArray<double>::Zero(3, 4);
+    const relaxcat::RelaxedOneHotCategorical<double> d(0.5, eig::logits(logits));
+    const auto message = [&](Eigen::Index rows, Eigen::Index cols) {
+        try {
+            eig::rsample(d, eig::RowArray<double>::Zero(rows, cols));
+        } catch (const std::invalid_argument& e) {
+            return std::string(e.what());
+        }
+        return std::string("no exception");
+    };
+    EXPECT_EQ(message(5, 4),
+              "RelaxedOneHotCategorical::rsample: gumbels must have a multiple of the "
+              "batch rows (3) as its rows, got 5");
+    EXPECT_EQ(message(6, 3),
+              "RelaxedOneHotCategorical::rsample: gumbels must have 4 columns (the "
+              "categories), got 3");
+    EXPECT_EQ(eig::rsample(d, eig::RowArray<double>::Zero(6, 4)).rows(), 6);
+}
+
 TEST(Eigen, ColumnMajorStorageIsViewedWithItsStrides) {
     // A column-major array and its row-major copy give the same distribution
     // and the same draws; the view points into the array itself (no copy, so

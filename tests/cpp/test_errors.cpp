@@ -104,9 +104,9 @@ TEST(Errors, TemperatureMustBePositiveAndFinite) {
 TEST(Errors, NoiseNeedsAPlaceToGoAndAdvanceStaysInTheStream) {
     Philox gen(1);
     EXPECT_MESSAGE(relaxcat::gumbel_noise(gen, 4, static_cast<double*>(nullptr)),
-                   "gumbel_noise: out must not be null for n = 4 elements");
+                   "gumbel_noise: out must not be null for a draw of 4 elements");
     EXPECT_MESSAGE(relaxcat::gumbel_noise(gen, 3, static_cast<float*>(nullptr)),
-                   "gumbel_noise: out must not be null for n = 3 elements");
+                   "gumbel_noise: out must not be null for a draw of 3 elements");
     EXPECT_EQ(gen.offset(), 0u);
     relaxcat::gumbel_noise(gen, 0, static_cast<double*>(nullptr));  // nothing to write
 

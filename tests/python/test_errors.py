@@ -1392,6 +1392,8 @@ def test_a_draw_past_the_end_of_the_stream_is_an_error():
         r"of the stream \(2\^64 elements; 8 remain\)$",
     ):
         _core.gumbels(99, 5, last, 32, True)
+    with pytest.raises(ValueError, match=r"\(2\^64 elements; 1 remains\)$"):
+        _core.gumbels(0, 0, 2**64 - 1, 2, True)
     out = np.full((5000, 2), 7.0)
     with pytest.raises(ValueError, match=r"^rsample: this draw of 10000 elements "):
         _core.rsample(
@@ -1478,6 +1480,17 @@ def test_functional_forms_name_entries_in_the_callers_layout(axis):
         lambda: relaxcat.gumbel_softmax(dead, 0.5, axis=axis, rng=1),
         dead,
     )
+
+
+# The module's own outputs are refused when misaligned, as the package's out=
+# is: the kernels store whole elements (a second look at a review's finding).
+def test_the_module_refuses_a_misaligned_output():
+    from relaxcat import _core
+
+    x = np.eye(3)[[0, 1, 2, 0]]
+    out = np.ndarray((4, 3), np.float64, buffer=bytearray(97), offset=1)
+    with pytest.raises(ValueError, match=r"out is not aligned to its item size"):
+        _core.one_hot(x, out, 1)
 
 
 # gumbel_softmax with a category axis not last had described the moved logits:

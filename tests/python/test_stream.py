@@ -408,19 +408,32 @@ def test_a_kernel_that_fails_leaves_the_generator_as_it_was(monkeypatch, error, 
 
 
 @pytest.mark.parametrize(
-    "call",
+    "step, call",
     [
-        lambda d, g: d.rsample((2,), rng=g, hard=True),
-        lambda d, g: d.rsample(rng=g, out=np.empty((2,)), hard=True),
-        lambda d, g: relaxcat.gumbel_softmax(np.zeros((3, 2)), 0.5, hard=True, rng=g),
-        lambda d, g: relaxcat.gumbel_softmax(
-            np.zeros((2, 3)), 0.5, hard=True, axis=0, rng=g
+        ("one_hot", lambda d, g: d.rsample((2,), rng=g, hard=True)),
+        ("one_hot", lambda d, g: d.rsample(rng=g, out=np.empty((2,)), hard=True)),
+        (
+            "one_hot",
+            lambda d, g: relaxcat.gumbel_softmax(
+                np.zeros((3, 2)), 0.5, hard=True, rng=g
+            ),
         ),
+        (
+            "one_hot",
+            lambda d, g: relaxcat.gumbel_softmax(
+                np.zeros((2, 3)), 0.5, hard=True, axis=0, rng=g
+            ),
+        ),
+        ("_estimate", lambda d, g: d.entropy(n_samples=4, rng=g)),
+        ("_estimate", lambda d, g: relaxcat.kl_divergence(d, d, n_samples=4, rng=g)),
     ],
 )
-def test_a_one_hot_that_fails_leaves_the_generator_as_it_was(monkeypatch, call):
-    # hard=True forms the one-hot after the draw; its failure (an allocation)
-    # had left the Generator advanced (a fresh-user review).
+def test_a_step_after_the_draw_that_fails_leaves_the_generator_as_it_was(
+    monkeypatch, step, call
+):
+    # hard=True forms the one-hot after the draw, and entropy and kl_divergence
+    # their estimate; a failure there (an allocation) had left the Generator
+    # advanced (a fresh-user review, and a second look at its finding).
     d = R(0.5, logits=np.array([0.0, 1.0]))
     gen = np.random.default_rng(7)
     before = gen.bit_generator.state
@@ -428,7 +441,7 @@ def test_a_one_hot_that_fails_leaves_the_generator_as_it_was(monkeypatch, call):
     def failing(*args):
         raise MemoryError()
 
-    monkeypatch.setattr(relaxcat._extras, "one_hot", failing)
+    monkeypatch.setattr(relaxcat._extras, step, failing)
     with pytest.raises(MemoryError):
         call(d, gen)
     assert gen.bit_generator.state == before

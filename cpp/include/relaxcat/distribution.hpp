@@ -362,8 +362,11 @@ public:
     void rsample(MatrixView<const Real> gumbels, MatrixView<Real> out,
                  int num_threads = 1) const {
         const std::string fn = method("rsample");
-        const int64_t rows = check_out_rows(fn, "out", out, true);
-        check_matrix(fn, "gumbels", gumbels, rows);
+        // The noise first: the Eigen overload sizes out from it, so a bad shape
+        // is named as the caller's gumbels.
+        const int64_t rows = check_draw_rows(fn, "gumbels", gumbels);
+        check_out_rows(fn, "out", out, true);
+        check_matrix(fn, "out", out, rows);
         check_no_overlap(fn, "out", detail::extent(out), "gumbels",
                          detail::extent(gumbels));
         check_finite(fn, "gumbels", gumbels);
@@ -822,17 +825,25 @@ private:
         if (output) check_distinct(fn, name, v);
     }
 
-    int64_t check_out_rows(const std::string& fn, const char* name,
-                           const MatrixView<Real>& out, bool required) const {
-        check_view(fn, name, out);
-        if (out.cols != k_)
+    // The number of rows n B of a (n B, K) view, checked.
+    template <class T>
+    int64_t check_draw_rows(const std::string& fn, const char* name,
+                            const MatrixView<T>& v) const {
+        check_view(fn, name, v);
+        if (v.cols != k_)
             detail::fail(fn, std::string(name) + " must have " + detail::show(k_) +
                                  " columns (the categories), got " +
-                                 detail::show(out.cols));
+                                 detail::show(v.cols));
+        return check_rows(fn, name, v.rows);
+    }
+
+    int64_t check_out_rows(const std::string& fn, const char* name,
+                           const MatrixView<Real>& out, bool required) const {
+        const int64_t rows = check_draw_rows(fn, name, out);
         if (required && out.data == nullptr && out.rows > 0)
             detail::fail(fn, std::string(name) + " must not have a null data pointer");
         check_distinct(fn, name, out);
-        return check_rows(fn, name, out.rows);
+        return rows;
     }
 
     // The extents of a call's other arguments, each with its name for messages.

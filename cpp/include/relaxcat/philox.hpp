@@ -110,8 +110,8 @@ inline void check_noise_call(const char* fn, const Philox& gen, int64_t n,
     check_noise_room(fn, gen, n);
     if (n > 0 && out == nullptr)
         throw std::invalid_argument(
-            std::string(fn) + ": out must not be null for n = " + std::to_string(n) +
-            " elements");
+            std::string(fn) + ": out must not be null for a draw of " +
+            std::to_string(n) + (n == 1 ? " element" : " elements"));
 }
 }  // namespace RELAXCAT_ISA_NAMESPACE
 }  // namespace detail
