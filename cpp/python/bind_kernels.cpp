@@ -9,6 +9,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "aligned.hpp"
 #include "dispatch.hpp"
 #include "relaxcat/detail/parallel.hpp"
 #include "without_gil.hpp"
@@ -97,13 +98,7 @@ RowArg<const Real> in_arg(const py::array& a, const RowShape& s, bool with_k,
                     (with_k ? " and categories" : "") + ", got " + shape_str(a));
     RowArg<const Real> r;
     r.data = static_cast<const Real*>(a.data());
-    // The package copies misaligned inputs and refuses misaligned outputs
-    // before they get here; a direct caller of the module is refused too, as
-    // the kernels load and store whole elements. (An empty array is never
-    // read, and NumPy may give it any address.)
-    if (a.size() > 0 && reinterpret_cast<uintptr_t>(a.data()) % alignof(Real) != 0)
-        value_error(std::string(fn) + ": " + name +
-                    " is not aligned to its item size; pass an aligned array");
+    check_aligned<Real>(a, fn, name);
     for (py::ssize_t d = 0; d < a.ndim(); ++d) {
         if (a.strides(d) % static_cast<py::ssize_t>(sizeof(Real)) != 0)
             value_error(std::string(fn) + ": " + name +

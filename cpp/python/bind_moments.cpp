@@ -15,6 +15,7 @@
 #include <string>
 #include <type_traits>
 
+#include "aligned.hpp"
 #include "relaxcat/detail/moments.hpp"
 #include "relaxcat/detail/parallel.hpp"
 #include "without_gil.hpp"
@@ -43,9 +44,7 @@ py::array checked(const py::array& a, const char* fn, const char* name,
     bool ok = a.ndim() == 1 + trailing && a.shape(0) == rows;
     for (int d = 1; ok && d <= trailing; ++d) ok = a.shape(d) == k;
     if (!ok) value_error(std::string(fn) + ": " + name + " has the wrong shape");
-    if (a.size() > 0 && reinterpret_cast<uintptr_t>(a.data()) % alignof(Real) != 0)
-        value_error(std::string(fn) + ": " + name +
-                    " is not aligned to its item size; pass an aligned array");
+    check_aligned<Real>(a, fn, name);
     return a;
 }
 
