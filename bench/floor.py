@@ -1,9 +1,10 @@
-"""How fast relaxcat could ever be here, against the float32 speed-up targets.
+"""How fast relaxcat could ever be here, against the speed-up targets.
 
-The float32 speed targets (README, Performance) ask each operation to run several
-times as fast as the fastest of torch, JAX and NumPy.  This script measures, in one
-run on one pinned core, a lower bound ("floor") on what relaxcat's design must spend
-per element, and whether each target leaves that much time.
+The speed targets (README, Performance) ask each float32 operation to run several
+times as fast as the fastest of torch, JAX and NumPy, and each float64 one at least
+twice as fast.  This script measures, in one run on one pinned core, a lower bound
+("floor") on what relaxcat's design must spend per element, and whether each target
+leaves that much time.
 
 What the floors count, in ns per element (nothing else of the work):
 
@@ -25,11 +26,21 @@ What the floors count, in ns per element (nothing else of the work):
   keep what float64 steps keep where that costs little), so the floor is below
   its own design.
 
-Floors: rsample = noise + make; log_prob = make + float64 log + float32 exp;
-rsample VJP = float32 log (the temperature gradient needs log x of every entry);
-forward+backward = noise + make + float32 log.  Two threads can at best halve a
-floor.  make is relaxcat's construction (a checked copy, so that the distribution
-owns its parameters); the rest is forced by the stream and the accuracy bounds.
+Float32 floors: rsample = noise + make; log_prob = make + float64 log + float32
+exp; rsample VJP = float32 log (the temperature gradient needs log x of every
+entry); forward+backward = noise + make + float32 log.
+
+Float64 floors, the same work in float64 (the stream's double noise, two float64
+logs per element, and float64 log and exp, which float64 results cannot do
+without): rsample = noise + make; log_prob = make + log + exp; rsample VJP = log;
+log_prob VJP = log + exp (log x for the density's terms, exp for the softmax
+weights; the timed call is the backward pass alone, without construction);
+forward+backward = noise + make + log.  The float64 target is 2x on every shape
+of the benchmark (bench/_cases.py), K = 2 and 3 included.
+
+Two threads can at best halve a floor.  make is relaxcat's construction (a
+checked copy, so that the distribution owns its parameters); the rest is forced
+by the stream and the accuracy bounds.
 
 The competitors are timed at one thread as bench/compare.py times them (which checks
 their answers first; bench/_impls.py).  *allowed* = the fastest one's time divided by
@@ -41,7 +52,7 @@ the floor does not rule it out.
 
 Usage::
 
-    python bench/floor.py               # a few minutes; writes bench/FLOOR.md
+    python bench/floor.py               # about ten minutes; writes bench/FLOOR.md
     python bench/floor.py --out -       # print only
 """
 
@@ -68,6 +79,11 @@ import _impls  # noqa: E402
 
 SHAPES = [(1 << 20, 8), (4096, 256), (32, 128000)]
 OPS = ("rsample", "log_prob", "rsample_vjp", "fwd_bwd")
+# The float64 target, 2x the fastest competitor on 1 and 2 threads, holds for
+# every op and every shape of the benchmark.
+SHAPES64 = SHAPES + [(1 << 21, 2), (1 << 20, 3)]
+OPS64 = ("rsample", "log_prob", "rsample_vjp", "log_prob_vjp", "fwd_bwd")
+TARGET64 = 2
 COMPETITORS = ("torch", "torch_nv", "torch_gs", "jax", "numpy")
 
 # The float32 targets: speed-up over the fastest competitor, (1 thread, 2 threads).
@@ -123,22 +139,23 @@ def math_floors(repeats: int) -> dict:
     }
 
 
-def measure(rows: int, k: int, impls: list, repeats: int) -> dict:
+def measure(rows: int, k: int, impls: list, repeats: int, dtype, ops) -> dict:
     import relaxcat
     from relaxcat import _core
 
     relaxcat.set_num_threads(1)
-    case = _cases.make_case(rows, k, np.float32)
+    case = _cases.make_case(rows, k, dtype)
     n = case.elements
     t = case.temperature
+    single = case.dtype == np.float32
     rec = {"rows": rows, "k": k, "make": 0.0, "noise": 0.0, "ops": {}}
     rec["make"] = median_ns(
         lambda: relaxcat.RelaxedOneHotCategorical(t, logits=case.logits), n, repeats
     )
-    rec["noise"] = median_ns(lambda: _core.gumbels(12345, 0, 0, n, True), n, repeats)
+    rec["noise"] = median_ns(lambda: _core.gumbels(12345, 0, 0, n, single), n, repeats)
     for impl in impls:
         impl.setup(case)
-        for op in OPS:
+        for op in ops:
             if op in impl.ops:
                 ns = median_ns(impl.timed(op), n, repeats)
                 rec["ops"].setdefault(op, {})[impl.name] = ns
@@ -155,46 +172,90 @@ def floors(rec: dict, m: dict) -> dict:
     }
 
 
+def floors64(rec: dict, m: dict) -> dict:
+    noise, make = rec["noise"], rec["make"]
+    return {
+        "rsample": noise + make,
+        "log_prob": make + m["log"] + m["exp"],
+        "rsample_vjp": m["log"],
+        "log_prob_vjp": m["log"] + m["exp"],
+        "fwd_bwd": noise + make + m["log"],
+    }
+
+
 def fmt(v: float) -> str:
     return f"{v:.2f}"
 
 
-def report(results: list, m: dict, labels: dict) -> str:
-    lines = [
-        "# Floors of relaxcat's float32 operations against the speed-up targets",
-        "",
-        "Written by `python bench/floor.py` (one run, one pinned core, float32; ns per "
-        "element, medians; the script's docstring defines every column). Per "
-        f"element: float64 log {fmt(m['log'])}, exp {fmt(m['exp'])}; float32 log "
-        f"{fmt(m['log32'])}, exp {fmt(m['exp32'])}.",
-        "",
-        "| op | shape | fastest competitor | NumPy | relaxcat now | floor | "
-        "1T: target, allowed, met? | 2T: target, allowed (at most), floor / 2, met? |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for op in OPS:
+def verdict_rows(results: list, ops, floor_of, targets_of) -> tuple:
+    """One table line per op and shape, and the count of cells whose floor is above
+    the time the target allows ("no")."""
+    lines, ruled_out = [], 0
+    for op in ops:
         for r in results:
-            shape = (r["rows"], r["k"])
-            one, two = TARGETS[op][shape]
+            one, two = targets_of(op, (r["rows"], r["k"]))
             times = r["ops"][op]
             rivals = {name: v for name, v in times.items() if name in COMPETITORS}
             best = min(rivals, key=rivals.get)
-            floor = floors(r, m)[op]
+            floor = floor_of(r)[op]
             a1 = rivals[best] / one
             a2 = rivals["numpy"] / two
             v1 = "open" if a1 >= floor else "**no**"
             v2 = "open" if a2 >= floor / 2 else "**no**"
+            ruled_out += (v1 != "open") + (v2 != "open")
             lines.append(
                 f"| {op} | ({r['rows']}, {r['k']}) | {fmt(rivals[best])} "
-                f"{labels[best]} | {fmt(rivals['numpy'])} | "
+                f"{_impls.LABELS[best]} | {fmt(rivals['numpy'])} | "
                 f"{fmt(times['relaxcat'])} | {fmt(floor)} | "
                 f"{one}x, {fmt(a1)}, {v1} | {two}x, {fmt(a2)}, {fmt(floor / 2)}, {v2} |"
             )
-    noise = ", ".join(
-        f"({r['rows']}, {r['k']}) {fmt(r['noise'])} and {fmt(r['make'])}"
-        for r in results
+    return lines, ruled_out
+
+
+def report(results: list, results64: list, m: dict) -> str:
+    head = [
+        "| op | shape | fastest competitor | NumPy | relaxcat now | floor | "
+        "1T: target, allowed, met? | 2T: target, allowed (at most), floor / 2, met? |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    rows32, out32 = verdict_rows(
+        results, OPS, lambda r: floors(r, m), lambda op, shape: TARGETS[op][shape]
     )
-    lines += ["", f"Noise and make per element: {noise}."]
+    rows64, out64 = verdict_rows(
+        results64,
+        OPS64,
+        lambda r: floors64(r, m),
+        lambda op, shape: (TARGET64, TARGET64),
+    )
+    lines = [
+        "# Floors of relaxcat's operations against the speed-up targets",
+        "",
+        "Written by `python bench/floor.py` (one run, one pinned core; ns per "
+        "element, medians; the script's docstring defines every column). Per "
+        f"element: float64 log {fmt(m['log'])}, exp {fmt(m['exp'])}; float32 log "
+        f"{fmt(m['log32'])}, exp {fmt(m['exp32'])}.",
+        "",
+        "## float32",
+        "",
+        *head,
+        *rows32,
+        "",
+        f"The floor rules out {out32} of the {len(rows32) * 2} float32 cells.",
+        "",
+        "## float64 (target: 2x the fastest competitor)",
+        "",
+        *head,
+        *rows64,
+        "",
+        f"The floor rules out {out64} of the {len(rows64) * 2} float64 cells.",
+        "",
+    ]
+    for name, part in (("float32", results), ("float64", results64)):
+        noise = ", ".join(
+            f"({r['rows']}, {r['k']}) {fmt(r['noise'])} and {fmt(r['make'])}"
+            for r in part
+        )
+        lines.append(f"{name} noise and make per element: {noise}.")
     return "\n".join(lines) + "\n"
 
 
@@ -213,8 +274,13 @@ def main() -> int:
     for name, why in skipped.items():
         print(f"skipped {name}: {why}", file=sys.stderr)
     m = math_floors(args.repeats)
-    results = [measure(rows, k, impls, args.repeats) for rows, k in SHAPES]
-    text = report(results, m, _impls.LABELS)
+    results = [
+        measure(rows, k, impls, args.repeats, np.float32, OPS) for rows, k in SHAPES
+    ]
+    results64 = [
+        measure(rows, k, impls, args.repeats, np.float64, OPS64) for rows, k in SHAPES64
+    ]
+    text = report(results, results64, m)
     print(text, end="")
     if args.out != "-":
         with open(args.out, "w") as f:

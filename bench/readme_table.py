@@ -4,8 +4,9 @@ results.json written by bench/compare.py (default: bench/results.json).
     python bench/readme_table.py [PATH]
 
 Prints, in Markdown: relaxcat (defaults) against the fastest competitor of every
-cell; the speed-ups over that competitor next to the float32 targets; the
-counts of cells won; and the 2-thread scaling of each relaxcat op. compare.py
+cell; the speed-ups over that competitor next to the float32 targets, and in
+float64 against its 2x target; the counts of cells won; and the 2-thread scaling
+of each relaxcat op. compare.py
 writes the last three (targets_summary) into RESULTS.md as well.
 """
 
@@ -29,6 +30,10 @@ TARGETS = {
     "rsample_vjp": [(3, 4), (2, 3), (2, 3)],
     "fwd_bwd": [(5, 8), (2.5, 5), (3, 5)],
 }
+# The float64 target: at least this speed-up over the fastest competitor for
+# every op of the issue's list, on every shape and thread count.
+TARGET64 = 2
+OPS64 = ["rsample", "log_prob", "rsample_vjp", "log_prob_vjp", "fwd_bwd"]
 
 
 def _cells(summary):
@@ -61,8 +66,8 @@ def performance_table(cells) -> str:
 
 
 def targets_summary(summary: list) -> str:
-    """The float32 targets against the measured speed-ups, the cells won, and the
-    2-thread scaling of each op, as Markdown."""
+    """The float32 and float64 targets against the measured speed-ups, the cells
+    won, and the 2-thread scaling of each op, as Markdown."""
     cells = _cells(summary)
     lines = [
         "## Against the targets",
@@ -84,6 +89,32 @@ def targets_summary(summary: list) -> str:
                 got.append("n/a" if ratio is None else f"{1 / ratio:.2f}x / {goal}x")
             parts.append(" ; ".join(got))
         lines.append(f"| {op} | " + " | ".join(parts) + " |")
+
+    lines += [
+        "",
+        f"Speed-up over the fastest competitor, float64 (target: at least"
+        f" {TARGET64}x on every op, shape and thread count), 1T ; 2T:",
+        "",
+        "| op | " + " | ".join(f"{n} 1T ; 2T" for n in SHAPE_NAMES) + " |",
+        "|---|" + "---|" * len(SHAPES),
+    ]
+    met = total = 0
+    for op in OPS64:
+        parts = []
+        for rows, k in SHAPES:
+            got = []
+            for threads in (1, 2):
+                r = cells.get((op, rows, k, "float64", threads))
+                ratio = r["ratio_relaxcat"] if r else None
+                if ratio is None:
+                    got.append("n/a")
+                    continue
+                total += 1
+                met += 1 / ratio >= TARGET64
+                got.append(f"{1 / ratio:.2f}x")
+            parts.append(" ; ".join(got))
+        lines.append(f"| {op} | " + " | ".join(parts) + " |")
+    lines += ["", f"The float64 target is met in {met} of these {total} cells."]
 
     won = [r for r in summary if (r["ratio_relaxcat"] or 99) < 1]
     vs_torch = [
