@@ -8,7 +8,8 @@
 #      (`$PYTHON -m relaxcat --cmake-dir`; PYTHON defaults to python3, and relaxcat
 #      must already be installed in it);
 #   5. compile examples/cpp with -Werror at the baseline, AVX2 and AVX-512 flags;
-#   6. check that the headers refuse -ffast-math and -ffinite-math-only.
+#   6. check that the headers refuse -ffast-math and -ffinite-math-only, and
+#      that C++14 is refused by name in the first error.
 # Exits non-zero on the first failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -87,5 +88,19 @@ for flag in -ffast-math -ffinite-math-only; do
         exit 1
     fi
 done
+
+# 7. The headers need C++17; an older standard must say so in its first error,
+# not in dozens of unrelated ones from deep inside the headers.
+step "the headers refuse C++14 by name"
+if c++ -std=c++14 -Icpp/include -c examples/cpp/main.cpp -o "$WORK/old.o" \
+    2>"$WORK/old.log"; then
+    echo "examples/cpp/main.cpp compiled under -std=c++14" >&2
+    exit 1
+fi
+if ! grep -m1 "error" "$WORK/old.log" | grep -q "relaxcat needs C++17"; then
+    echo "the first error under -std=c++14 does not name C++17:" >&2
+    head -5 "$WORK/old.log" >&2
+    exit 1
+fi
 
 step "C++ checks passed"

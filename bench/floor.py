@@ -52,7 +52,7 @@ the floor does not rule it out.
 
 Usage::
 
-    python bench/floor.py               # about ten minutes; writes bench/FLOOR.md
+    python bench/floor.py               # about six minutes; writes bench/FLOOR.md
     python bench/floor.py --out -       # print only
 """
 

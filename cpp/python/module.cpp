@@ -4,6 +4,7 @@
 #include <pybind11/stl.h>
 
 #include <cstdint>
+#include <string>
 #include <thread>
 
 #include "dispatch.hpp"
@@ -25,7 +26,16 @@ PYBIND11_MODULE(_core, m) {
     m.doc() = "relaxcat's compiled core (private; use the relaxcat package).";
     m.attr("__version__") = RELAXCAT_VERSION_STRING;
     m.attr("build_type") = RELAXCAT_BUILD_TYPE;
-    m.attr("compiler") = __VERSION__;
+    // The compiler's name and version: GCC's __VERSION__ is the number alone.
+#if defined(__clang__)
+    m.attr("compiler") = "Clang " __clang_version__;
+#elif defined(__GNUC__)
+    m.attr("compiler") = "GCC " __VERSION__;
+#elif defined(_MSC_FULL_VER)
+    m.attr("compiler") = "MSVC " + std::to_string(_MSC_FULL_VER);
+#else
+    m.attr("compiler") = "unknown";
+#endif
     rp::remember_main_thread();  // Note [threads at exit]
     rp::bind_kernels(m);
     rp::bind_moments(m);

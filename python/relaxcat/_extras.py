@@ -338,7 +338,11 @@ def gumbel_softmax(logits, temperature, hard=False, axis=-1, rng=None):
         read as the distribution reads it for the logits moved to the last
         axis, where a temperature with all their axes and length 1 at the last
         is read per row too (for ``axis=0`` and logits (4, 5), T of shape
-        (5, 1)); :func:`gumbel_softmax_vjp` reads the same forms.
+        (5, 1)); :func:`gumbel_softmax_vjp` reads the same forms. Such a
+        temperature is refused where NumPy broadcasting, as torch's
+        ``gumbel_softmax`` applies it, would vary it along the category axis
+        instead (logits (4, 4) at ``axis=0`` with T of shape (4, 1)): no
+        temperature can vary by category, and the two readings differ.
     hard : bool
         If True, return ``HardSample(hard, soft)``: the one-hot of the argmax of
         the soft sample (ties to the lowest index; masked categories are never
@@ -377,6 +381,7 @@ def gumbel_softmax(logits, temperature, hard=False, axis=-1, rng=None):
             f"logits must have at least one category along axis {axis}, got shape "
             f"{arr.shape}"
         )
+    _refuse_category_temperature(_temperature_shape(temperature), arr.shape, axis)
     rows_t = _without_category_axis(temperature, arr.ndim, axis)
     given_shape = None  # the temperature's shape, when its rows are checked here
     if rows_t is not temperature:
@@ -436,6 +441,39 @@ def _without_category_axis(temperature, ndim: int, axis: int):
     return temperature
 
 
+def _refuse_category_temperature(t_shape, shape, axis: int, what="logits"):
+    """Refuses a temperature that the two readings of gumbel_softmax take in two
+    ways: one with every axis of ``shape`` (the logits or sample as given) and
+    length 1 at the last, read per row of the moved logits, which NumPy
+    broadcasting (torch's ``gumbel_softmax`` included) would instead stretch
+    along the category axis ``axis`` (a fresh-user review: logits (4, 4) at
+    axis 0 with T (4, 1) gave column b the temperature T[b], where torch scales
+    category b by it). Where NumPy cannot broadcast it, only the per-row reading
+    remains, and it stands."""
+    ndim = len(shape)
+    if (
+        t_shape is None
+        or axis == ndim - 1
+        or len(t_shape) != ndim
+        or t_shape[-1] != 1
+        or t_shape[axis] == 1
+    ):
+        return
+    try:
+        np.broadcast_shapes(t_shape, shape)
+    except ValueError:
+        return
+    per_row = list(t_shape[:-1])
+    per_row.insert(axis, 1)
+    raise ValueError(
+        f"temperature of shape {t_shape} is ambiguous for {what} of shape {shape} "
+        f"with categories along axis {axis}: NumPy broadcasting would vary it along "
+        f"the category axis, which a temperature cannot, and relaxcat would read it "
+        f"per row of {what} moved to the last axis; for one temperature per row "
+        f"give shape {tuple(per_row)} (length 1 at axis {axis})"
+    )
+
+
 def _reads_as_given(temperature, ndim: int) -> bool:
     """Whether the distribution reads ``temperature`` as broadcasting with the
     batch shape: not a masked or ragged array, nor one with ``ndim`` axes and a
@@ -492,6 +530,7 @@ def gumbel_softmax_vjp(sample_soft, grad, temperature, axis=-1):
         ) from None
     t = v.as_float_array(temperature, "temperature", x.dtype, check_range=False)
     v.check_temperature(t, temperature)
+    _refuse_category_temperature(t.shape, given_shape, axis, "sample_soft")
     # A temperature with the sample's axes and length 1 at the category axis is
     # read per row (keepdims), as gumbel_softmax reads it; so is one with length 1
     # at the last axis, which gumbel_softmax's distribution reads per row of the

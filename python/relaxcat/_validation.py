@@ -113,6 +113,10 @@ def as_array(value, name: str) -> np.ndarray:
     kind = arr.dtype.kind
     if kind not in "biuf":
         got = "None" if value is None else f"dtype {arr.dtype}"
+        if kind == "O" and arr.ndim == 0 and value is not None:
+            # One object NumPy could not read as numbers (a generator, a
+            # Decimal): its type says more than "dtype object" (a fifth review).
+            got = type(value).__name__
         raise TypeError(
             f"{name} must be a real number or an array of real numbers, got {got}"
             + (_object_hint(arr) if kind == "O" and value is not None else "")
@@ -193,9 +197,17 @@ def check_temperature(t: np.ndarray, given=None) -> None:
     if not bad.any():
         return
     if given is not None:
+        given = np.asarray(given)
+        if given.dtype.kind in "biu":
+            # A bool or an integer as the caller wrote it: "got False", not
+            # the 0.0 it becomes (a fifth fresh-user review).
+            x = given[tuple(np.argwhere(bad)[0])] if given.ndim else given[()]
+            shown = bool(x) if given.dtype.kind == "b" else int(x)
+            raise ValueError(
+                f"temperature must be positive and finite, got {shown}{first_bad(bad)}"
+            )
         # As given, or as float64 when that is wider (a long double keeps its
         # own precision, so that 1e400 is shown as itself).
-        given = np.asarray(given)
         wide = given if given.dtype.kind == "f" and given.dtype.itemsize > 8 else None
         if wide is None:
             wide = as_float_array(given, "temperature", np.float64, check_range=False)

@@ -897,19 +897,20 @@ def main(argv: Sequence[str] | None = None, args=None) -> int:
             prog="python -m relaxcat demo", description=__doc__.splitlines()[0]
         )
         args = add_arguments(parser).parse_args(argv)
-    missing = missing_extras()
-    if missing:
-        print(
-            f'relaxcat demo needs {", ".join(missing)}: pip install "relaxcat[demo]"',
-            file=sys.stderr,
-        )
-        return 1
+    # The numbers first: they are wrong whatever is installed.
     if args.epochs < 1:
         print(f"--epochs must be at least 1, got {args.epochs}", file=sys.stderr)
         return 1
     if not 0 <= args.seed < 2**64:
         # The figure's samples take the seed as relaxcat's int seed.
         print(f"--seed must be in [0, 2**64), got {args.seed}", file=sys.stderr)
+        return 1
+    missing = missing_extras()
+    if missing:
+        print(
+            f'relaxcat demo needs {", ".join(missing)}: pip install "relaxcat[demo]"',
+            file=sys.stderr,
+        )
         return 1
     # Before training, not after it: a folder that cannot be written would
     # otherwise cost the whole run.

@@ -698,7 +698,6 @@ class RelaxedOneHotCategorical:
             as ``soft``; the one-hot ``hard`` is a new array.
         num_threads : int, optional
             Defaults to :func:`relaxcat.get_num_threads`; the bits do not depend on it.
-
         hard : bool
             If True, return ``HardSample(hard, soft)``: the one-hot (0 and 1, on
             the simplex, for both classes) of the argmax of the soft sample, ties

@@ -3,6 +3,8 @@ properties, ``expand``, probs versus logits, and the small edge shapes."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from scipy.special import logsumexp
@@ -614,6 +616,11 @@ def test_show_config_prints_the_simd_level_in_use(capsys):
     level_line = [ln for ln in out.splitlines() if ln.strip().startswith("simd_level")]
     assert level_line and level_line[0].split(":")[1].strip() == _core.simd_level()
     assert relaxcat.__version__ in out
+    # The compiler by name and version (a fifth review: GCC's "12.2.0" alone).
+    compiler = [ln for ln in out.splitlines() if ln.strip().startswith("compiler")]
+    assert compiler and re.fullmatch(
+        r"(GCC|Clang|MSVC) \d+\S*.*", compiler[0].split(":", 1)[1].strip()
+    )
 
 
 # ------------------------------------------------------------------- expand

@@ -1520,6 +1520,51 @@ def test_gumbel_softmax_names_shapes_as_given(axis):
     )
 
 
+# A fifth fresh-user review: logits (4, 4) at axis 0 with T (4, 1) were read per
+# row of the moved logits (column b got T[b]) where NumPy broadcasting, and
+# torch's gumbel_softmax, stretch T along the category axis. Both readings fit
+# such a shape, so it is refused, and the message gives the keepdims shape that
+# asks for the per-row reading unambiguously.
+@pytest.mark.parametrize(
+    "shape,t_shape,axis,per_row",
+    [((4, 4), (4, 1), 0, (1, 4)), ((2, 3, 3), (2, 3, 1), 1, (2, 1, 3))],
+)
+def test_gumbel_softmax_refuses_a_temperature_numpy_would_read_by_category(
+    shape, t_shape, axis, per_row
+):
+    rng = np.random.default_rng(5)
+    logits = rng.standard_normal(shape)
+    t = rng.uniform(0.5, 2.0, t_shape)
+    message = (
+        rf"^temperature of shape {re.escape(str(t_shape))} is ambiguous for "
+        rf"{{what}} of shape {re.escape(str(shape))} with categories along axis "
+        rf"{axis}: .* per row of {{what}} moved to the last axis; for one "
+        rf"temperature per row give shape {re.escape(str(per_row))} \(length 1 at "
+        rf"axis {axis}\)$"
+    )
+    check_raises(
+        ValueError,
+        message.format(what="logits"),
+        lambda: relaxcat.gumbel_softmax(logits, t, axis=axis, rng=1),
+        logits,
+        t,
+    )
+    # The shape the message offers reads the temperature per row, as the
+    # distribution of the moved logits reads t.
+    keep = np.expand_dims(t[..., 0], axis)
+    assert keep.shape == per_row
+    x = relaxcat.gumbel_softmax(logits, keep, axis=axis, rng=1)
+    want = R(t, logits=np.moveaxis(logits, axis, -1)).rsample(rng=1)
+    np.testing.assert_array_equal(x, np.moveaxis(want, -1, axis))
+    check_raises(
+        ValueError,
+        message.format(what="sample_soft"),
+        lambda: relaxcat.gumbel_softmax_vjp(x, np.ones_like(x), t, axis=axis),
+        x,
+        t,
+    )
+
+
 # Third fresh-user review of this session: dtypes and values as given.
 @pytest.mark.parametrize("given", [">f4", ">f2", "<f4"])
 def test_non_native_float32_stays_float32(given):
@@ -1614,6 +1659,40 @@ def test_python_ints_beyond_int64_are_explained():
     for bad in (np.array([1, 2], dtype=object), [0, None]):
         with pytest.raises(TypeError, match=r"got dtype object$"):
             R(1.0, logits=bad)
+
+
+def test_a_bool_or_integer_temperature_is_shown_as_given():
+    # A fifth fresh-user review: a temperature of False said "got 0.0".
+    for t, shown in [
+        (False, "False"),
+        (np.array([True, False]), r"False at index \(1,\)"),
+        (0, "0"),
+        (np.array([[2], [-3]], np.int8), r"-3 at index \(1, 0\)"),
+    ]:
+        check_raises(
+            ValueError,
+            rf"^temperature must be positive and finite, got {shown}$",
+            lambda t=t: R(t, logits=np.zeros(3)),
+        )
+
+
+def test_one_object_that_is_not_a_number_is_named_by_its_type():
+    # A fifth fresh-user review: a generator passed as logits said "got dtype
+    # object"; an object NumPy holds whole is named by its type.
+    from decimal import Decimal
+
+    for given, shown in [((i for i in range(3)), "generator"), (Decimal(1), "Decimal")]:
+        check_raises(
+            TypeError,
+            rf"^logits must be a real number or an array of real numbers, got {shown}$",
+            lambda given=given: R(1.0, logits=given),
+        )
+        check_raises(
+            TypeError,
+            rf"^temperature must be a real number or an array of real numbers, got "
+            rf"{shown}$",
+            lambda given=given: R(given, logits=[0.0, 1.0]),
+        )
 
 
 def test_none_is_named_as_none():

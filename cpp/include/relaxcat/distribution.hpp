@@ -16,6 +16,9 @@
 // bounds as the Python package): log-densities within 1e-12 (double) and 1e-6
 // (float) of max(1, |exact|); samples and gradients within 1e-10 and 1e-5.
 
+// First, so that an unsupported standard or flag is the first error (isa.hpp).
+#include "detail/isa.hpp"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -31,7 +34,6 @@
 #include <vector>
 
 #include "detail/args.hpp"
-#include "detail/isa.hpp"
 #include "detail/kernels.hpp"
 #include "detail/parallel.hpp"
 #include "philox.hpp"

@@ -17,13 +17,15 @@
 // again (the counter is 64 bits wide), exhausted() is true, and every later draw
 // of one element or more is an error until a seek.
 
+// First, so that an unsupported standard or flag is the first error (isa.hpp).
+#include "detail/isa.hpp"
+
 #include <array>
 #include <cstdint>
 #include <stdexcept>
 #include <string>
 
 #include "detail/args.hpp"
-#include "detail/isa.hpp"
 #include "detail/noise.hpp"
 #include "detail/philox.hpp"
 

@@ -20,3 +20,17 @@
 #if defined(__FAST_MATH__) || (defined(__FINITE_MATH_ONLY__) && __FINITE_MATH_ONLY__)
 #error "relaxcat needs IEEE arithmetic: no -ffast-math or -ffinite-math-only"
 #endif
+
+// The headers use C++17 (if constexpr, hexadecimal float literals, among
+// others); an older standard would fail deep inside them with dozens of
+// unrelated errors (a fresh-user review, building by hand with -std=c++14).
+// distribution.hpp and philox.hpp include this header before any other. MSVC reports
+// its standard in _MSVC_LANG, __cplusplus only under /Zc:__cplusplus.
+#if defined(_MSVC_LANG)
+#define RELAXCAT_CPLUSPLUS _MSVC_LANG
+#else
+#define RELAXCAT_CPLUSPLUS __cplusplus
+#endif
+#if RELAXCAT_CPLUSPLUS < 201703L
+#error "relaxcat needs C++17 or later (for example -std=c++17)"
+#endif
