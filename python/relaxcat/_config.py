@@ -34,16 +34,22 @@ def check_simd_environment() -> None:
 
 
 def config() -> dict:
-    """Version, build and run-time facts as a dict."""
+    """Version, build and run-time facts as a dict. ``RELAXCAT_SIMD`` is the
+    environment variable as set (None when it is not), ``build_type`` None for
+    a build that named none."""
+    import numpy
+
     return {
         "version": _core.__version__,
         "simd_level": _core.simd_level(),
         "available_simd_levels": list(_core.available_simd_levels()),
+        "RELAXCAT_SIMD": os.environ.get("RELAXCAT_SIMD"),
         "num_threads": _threads.get_num_threads(),
         "hardware_threads": _core.hardware_threads(),
         "compiler": _core.compiler,
-        "build_type": _core.build_type,
+        "build_type": _core.build_type or None,
         "python": sys.version.split()[0],
+        "numpy": numpy.__version__,
     }
 
 
@@ -55,4 +61,8 @@ def show_config() -> None:
     ``baseline``) forces a lower one.
     """
     for key, value in config().items():
+        if isinstance(value, list):
+            value = ", ".join(value)
+        elif value is None:
+            value = "(not set)"
         print(f"{key:>22}: {value}")

@@ -332,17 +332,14 @@ def gumbel_softmax(logits, temperature, hard=False, axis=-1, rng=None):
         Unnormalised log-probabilities, finite or ``-inf`` (masked), categories
         along ``axis``. float32 stays float32; other kinds as in the classes.
     temperature : float or array_like
-        Positive and finite; an array broadcasts with ``logits`` without the
-        category axis, or has all of the logits' axes with length 1 at the
-        category axis (``keepdims``), whichever axis that is. Otherwise it is
-        read as the distribution reads it for the logits moved to the last
-        axis, where a temperature with all their axes and length 1 at the last
-        is read per row too (for ``axis=0`` and logits (4, 5), T of shape
-        (5, 1)); :func:`gumbel_softmax_vjp` reads the same forms. Such a
-        temperature is refused where NumPy broadcasting, as torch's
-        ``gumbel_softmax`` applies it, would vary it along the category axis
-        instead (logits (4, 4) at ``axis=0`` with T of shape (4, 1)): no
-        temperature can vary by category, and the two readings differ.
+        Positive and finite. An array broadcasts with ``logits`` without the
+        category axis (the distribution's batch shape, not NumPy broadcasting
+        against the whole logits: for logits (3, 3), T of shape (3,) gives row
+        ``i`` the temperature ``T[i]``), or has all of the logits' axes with
+        length 1 at the category axis (``keepdims``), whichever axis that is.
+        One with all of their axes and another length there is refused: a
+        temperature cannot vary by category. :func:`gumbel_softmax_vjp` reads
+        the same forms.
     hard : bool
         If True, return ``HardSample(hard, soft)``: the one-hot of the argmax of
         the soft sample (ties to the lowest index; masked categories are never
@@ -381,9 +378,10 @@ def gumbel_softmax(logits, temperature, hard=False, axis=-1, rng=None):
             f"logits must have at least one category along axis {axis}, got shape "
             f"{arr.shape}"
         )
-    _refuse_category_temperature(_temperature_shape(temperature), arr.shape, axis)
+    t_shape = _temperature_shape(temperature)
+    _check_full_rank_temperature(t_shape, arr.shape, axis)
     rows_t = _without_category_axis(temperature, arr.ndim, axis)
-    given_shape = None  # the temperature's shape, when its rows are checked here
+    given_shape = t_shape  # None for a masked or ragged one: the class names it
     if rows_t is not temperature:
         # Checked as given (in the logits' dtype, as the distribution will), so
         # that a message names its own shape and indices.
@@ -391,9 +389,6 @@ def gumbel_softmax(logits, temperature, hard=False, axis=-1, rng=None):
             temperature, "temperature", arr.dtype, check_range=False
         )
         v.check_temperature(given, temperature)
-        given_shape = given.shape
-    elif _reads_as_given(temperature, arr.ndim):
-        given_shape = np.shape(temperature)
     if given_shape is not None:
         _check_batch_rank(len(np.shape(rows_t)), "temperature")  # broadcast_shapes
         try:
@@ -441,45 +436,24 @@ def _without_category_axis(temperature, ndim: int, axis: int):
     return temperature
 
 
-def _refuse_category_temperature(t_shape, shape, axis: int, what="logits"):
-    """Refuses a temperature that the two readings of gumbel_softmax take in two
-    ways: one with every axis of ``shape`` (the logits or sample as given) and
-    length 1 at the last, read per row of the moved logits, which NumPy
-    broadcasting (torch's ``gumbel_softmax`` included) would instead stretch
-    along the category axis ``axis`` (a fresh-user review: logits (4, 4) at
-    axis 0 with T (4, 1) gave column b the temperature T[b], where torch scales
-    category b by it). Where NumPy cannot broadcast it, only the per-row reading
-    remains, and it stands."""
-    ndim = len(shape)
-    if (
-        t_shape is None
-        or axis == ndim - 1
-        or len(t_shape) != ndim
-        or t_shape[-1] != 1
-        or t_shape[axis] == 1
-    ):
+def _check_full_rank_temperature(t_shape, shape, axis: int, what="logits"):
+    """Refuses a temperature with every axis of ``shape`` (the logits or sample as
+    given) but not length 1 at the category axis ``axis``. Such a temperature
+    had also been read per row of the logits moved to the last axis when its
+    last length was 1, which NumPy broadcasting (torch's ``gumbel_softmax``
+    included) reads along the category axis instead (a fresh-user review:
+    logits (4, 4) at axis 0 with T (4, 1) gave column b the temperature T[b],
+    where torch scales category b by it)."""
+    if t_shape is None or len(t_shape) != len(shape) or t_shape[axis] == 1:
         return
-    try:
-        np.broadcast_shapes(t_shape, shape)
-    except ValueError:
-        return
-    per_row = list(t_shape[:-1])
-    per_row.insert(axis, 1)
+    rows = shape[:axis] + shape[axis + 1 :]
+    keep = shape[:axis] + (1,) + shape[axis + 1 :]
     raise ValueError(
-        f"temperature of shape {t_shape} is ambiguous for {what} of shape {shape} "
-        f"with categories along axis {axis}: NumPy broadcasting would vary it along "
-        f"the category axis, which a temperature cannot, and relaxcat would read it "
-        f"per row of {what} moved to the last axis; for one temperature per row "
-        f"give shape {tuple(per_row)} (length 1 at axis {axis})"
+        f"temperature of shape {t_shape} has every axis of {what} {shape}, so it "
+        f"needs length 1 at the category axis {axis} (keepdims), got "
+        f"{t_shape[axis]}: a temperature cannot vary by category; for one per row "
+        f"give shape {keep} or {rows}"
     )
-
-
-def _reads_as_given(temperature, ndim: int) -> bool:
-    """Whether the distribution reads ``temperature`` as broadcasting with the
-    batch shape: not a masked or ragged array, nor one with ``ndim`` axes and a
-    last of length 1 (read per row, with a message of its own)."""
-    shape = _temperature_shape(temperature)
-    return shape is not None and not (len(shape) == ndim and shape[-1] == 1)
 
 
 def _axis(axis, ndim: int) -> int:
@@ -528,16 +502,14 @@ def gumbel_softmax_vjp(sample_soft, grad, temperature, axis=-1):
             f"grad must broadcast to the sample's shape {given_shape}, "
             f"got {np.shape(grad)}"
         ) from None
+    # The shape first, as gumbel_softmax checks it: a temperature with the
+    # sample's axes is read per row only with length 1 at the category axis.
+    _check_full_rank_temperature(
+        _temperature_shape(temperature), given_shape, axis, "sample_soft"
+    )
     t = v.as_float_array(temperature, "temperature", x.dtype, check_range=False)
     v.check_temperature(t, temperature)
-    _refuse_category_temperature(t.shape, given_shape, axis, "sample_soft")
-    # A temperature with the sample's axes and length 1 at the category axis is
-    # read per row (keepdims), as gumbel_softmax reads it; so is one with length 1
-    # at the last axis, which gumbel_softmax's distribution reads per row of the
-    # moved logits.
     t_rows = _without_category_axis(t, x.ndim, axis)
-    if t_rows is t and t.ndim == x.ndim and t.shape[-1] == 1:
-        t_rows = t[..., 0]
     _check_batch_rank(t_rows.ndim, "temperature")
     try:
         rows = np.broadcast_shapes(t_rows.shape, x.shape[:-1])

@@ -113,10 +113,12 @@ def as_array(value, name: str) -> np.ndarray:
     kind = arr.dtype.kind
     if kind not in "biuf":
         got = "None" if value is None else f"dtype {arr.dtype}"
-        if kind == "O" and arr.ndim == 0 and value is not None:
-            # One object NumPy could not read as numbers (a generator, a
-            # Decimal): its type says more than "dtype object" (a fifth review).
-            got = type(value).__name__
+        if kind in "OUSV" and arr.ndim == 0 and not isinstance(value, np.ndarray):
+            # One object that is not a number (a generator, a Decimal, a str):
+            # its type says more than "dtype object" or "dtype <U2" (a fifth
+            # review). A 0-d array keeps its dtype ("got ndarray" would say
+            # nothing).
+            got = "None" if value is None else type(value).__name__
         raise TypeError(
             f"{name} must be a real number or an array of real numbers, got {got}"
             + (_object_hint(arr) if kind == "O" and value is not None else "")

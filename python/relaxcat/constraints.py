@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._validation import rounded_to, simplex_tolerance
+from ._validation import as_array, rounded_to, simplex_tolerance
 
 __all__ = ["Constraint", "positive", "real_vector", "simplex", "log_simplex"]
 
@@ -25,9 +25,23 @@ class Constraint:
         return f"{type(self).__name__[1:]}()"
 
 
+def _values(value, vectors: bool) -> np.ndarray:
+    """``value`` as an array of real numbers, with a clear TypeError for any other
+    kind (a complex number, None, a string) and, for a constraint on vectors, a
+    ValueError for a 0-d value (a second look at a fifth fresh-user review:
+    ``simplex.check(0)`` raised IndexError, ``positive.check(None)`` a bare ufunc
+    TypeError, and ``positive.check(1 + 1j)`` returned True)."""
+    arr = as_array(value, "value")
+    if vectors and arr.ndim == 0:
+        raise ValueError(
+            "value must have a category axis (one dimension or more), got a 0-d array"
+        )
+    return arr
+
+
 class _Positive(Constraint):
     def check(self, value):
-        value = np.asarray(value)
+        value = _values(value, False)
         return np.isfinite(value) & (value > 0)
 
 
@@ -37,7 +51,7 @@ class _RealVector(Constraint):
     event_dim = 1
 
     def check(self, value):
-        value = np.asarray(value)
+        value = _values(value, True)
         return np.all(~np.isnan(value) & (value != np.inf), axis=-1)
 
 
@@ -53,7 +67,7 @@ class _Simplex(Constraint):
     event_dim = 1
 
     def check(self, value):
-        value = np.asarray(value)
+        value = _values(value, True)
         tol = _tolerance(value)
         ok = np.all(np.isfinite(value) & (value >= 0), axis=-1)
         return ok & (np.abs(value.sum(axis=-1, dtype=np.float64) - 1.0) <= tol)
@@ -63,7 +77,7 @@ class _LogSimplex(Constraint):
     event_dim = 1
 
     def check(self, value):
-        value = np.asarray(value)
+        value = _values(value, True)
         tol = _tolerance(value)
         ok = np.all(~np.isnan(value) & (value != np.inf), axis=-1)
         total = np.exp(value.astype(np.float64)).sum(axis=-1)

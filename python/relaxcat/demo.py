@@ -624,6 +624,12 @@ def batch_indices(n: int, batch_size: int, rng: np.random.Generator):
 # The demo
 
 
+# What run() writes into its folder.
+RESULTS_FILE = "results.json"
+FIGURE_FILE = "digits_vae.png"
+OUTPUT_FILES = (RESULTS_FILE, FIGURE_FILE)
+
+
 def run(
     settings: Settings,
     out_dir: str,
@@ -729,10 +735,10 @@ def _run(settings, out_dir, log, progress):
         f"{results['held_out_elbo_discrete']:.3f})"
     )
 
-    figure_path = os.path.join(out_dir, "digits_vae.png")
+    figure_path = os.path.join(out_dir, FIGURE_FILE)
     _plot(trainer.params, history, test_images, final_t, settings.seed, figure_path)
     results["wall_time_s"] = time.perf_counter() - started
-    with open(os.path.join(out_dir, "results.json"), "w") as f:
+    with open(os.path.join(out_dir, RESULTS_FILE), "w") as f:
         json.dump(results, f, indent=2)
     log(
         f"wrote {figure_path} and results.json in {results['wall_time_s']:.1f} s "
@@ -864,14 +870,41 @@ def missing_extras() -> list[str]:
     return missing
 
 
-def _unwritable(out_dir: str) -> str:
-    """Why ``out_dir`` cannot take the demo's files (made if missing), or ''."""
-    try:
-        os.makedirs(out_dir, exist_ok=True)
-    except OSError as exc:
-        return exc.strerror or str(exc)
+def _unwritable(out_dir: str, create: bool = True) -> str:
+    """Why ``out_dir`` cannot take the demo's files, or ''. With ``create`` the
+    folder is made if missing; without, only its nearest existing parent is
+    looked at, so that nothing is made before the other checks pass. A file the
+    demo writes that stands there as a folder, or cannot be written, counts too
+    (a second look at a fifth fresh-user review: ``digits_vae.png`` as a folder
+    ended the run, after training, in a traceback)."""
+    if not out_dir:
+        return "the path is empty"
+    if "\0" in out_dir:
+        return "embedded null byte"
+    if create:
+        try:
+            os.makedirs(out_dir, exist_ok=True)
+        except OSError as exc:
+            return exc.strerror or str(exc)
+    elif not os.path.exists(out_dir):
+        parent = os.path.dirname(os.path.abspath(out_dir))
+        while not os.path.exists(parent):
+            parent = os.path.dirname(parent)
+        if not os.path.isdir(parent):
+            return f"{parent} is not a folder"
+        return (
+            "" if os.access(parent, os.W_OK | os.X_OK) else f"{parent} is not writable"
+        )
+    if not os.path.isdir(out_dir):
+        return "not a folder"
     if not os.access(out_dir, os.W_OK | os.X_OK):
         return "not writable"
+    for name in OUTPUT_FILES:
+        path = os.path.join(out_dir, name)
+        if os.path.isdir(path):
+            return f"{name} there is a folder"
+        if os.path.exists(path) and not os.access(path, os.W_OK):
+            return f"{name} there is not writable"
     return ""
 
 
@@ -905,16 +938,20 @@ def main(argv: Sequence[str] | None = None, args=None) -> int:
         # The figure's samples take the seed as relaxcat's int seed.
         print(f"--seed must be in [0, 2**64), got {args.seed}", file=sys.stderr)
         return 1
-    missing = missing_extras()
-    if missing:
-        print(
-            f'relaxcat demo needs {", ".join(missing)}: pip install "relaxcat[demo]"',
-            file=sys.stderr,
-        )
-        return 1
     # Before training, not after it: a folder that cannot be written would
-    # otherwise cost the whole run.
-    problem = _unwritable(args.out)
+    # otherwise cost the whole run. Looked at first without making it, so that
+    # a missing package leaves no folder behind, then made.
+    problem = _unwritable(args.out, create=False)
+    if not problem:
+        missing = missing_extras()
+        if missing:
+            print(
+                f"relaxcat demo needs {', '.join(missing)}: pip install "
+                '"relaxcat[demo]"',
+                file=sys.stderr,
+            )
+            return 1
+        problem = _unwritable(args.out, create=True)
     if problem:
         print(f"--out {args.out!r} cannot hold the results: {problem}", file=sys.stderr)
         return 1

@@ -71,7 +71,11 @@ def _int_shape(shape, name: str) -> tuple:
         shape = shape[()]  # a 0-d array is its scalar (not iterable)
     if _is_int(shape):
         shape = (shape,)
-    if isinstance(shape, (str, bytes)) or not hasattr(shape, "__iter__"):
+    if isinstance(shape, (str, bytes, set, frozenset, dict)) or not hasattr(
+        shape, "__iter__"
+    ):
+        # A set or dict has no order to read a shape in (a second look at a
+        # fifth fresh-user review: rsample({3, 2}) gave shape (2, 3, 3)).
         raise TypeError(f"{name} must be a tuple of ints, got {type(shape).__name__}")
     lead = tuple(shape)
     for n in lead:

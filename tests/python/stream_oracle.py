@@ -36,17 +36,24 @@ def oracle_gumbels(key, stream, first, n):
     return -np.log(-np.log(u))
 
 
-def oracle_gumbels_f32(key, stream, first, n):
-    """The documented float noise: q in NumPy float32 (the same two roundings),
-    then -log(-log u) in float64 from q without rounding u."""
+def _float_q(key, stream, first, n):
+    """The float noise's q (float32, its two roundings) and top bits of
+    elements first .. first + n - 1."""
     words = np.empty(n, dtype=np.uint32)
     blocks = {}
     for j in range(n):
         i = first + j
         words[j] = _block(blocks, key, stream, i >> 2)[i % 4]
     m = (words & np.uint32(0x7FFFFFFF)).astype(np.float32)
-    q = ((m + np.float32(0.5)) * np.float32(2.0**-32)).astype(np.float64)
-    top = (words >> np.uint32(31)) == 1
+    q = (m + np.float32(0.5)) * np.float32(2.0**-32)
+    return q, (words >> np.uint32(31)) == 1
+
+
+def oracle_gumbels_f32(key, stream, first, n):
+    """The documented float noise: q in NumPy float32 (the same two roundings),
+    then -log(-log u) in float64 from q without rounding u."""
+    q32, top = _float_q(key, stream, first, n)
+    q = q32.astype(np.float64)
     e = np.where(top, -np.log(q), -np.log1p(-q))
     return -np.log(e)
 
@@ -92,3 +99,48 @@ def readme_gumbels(key, stream, first, n):
     -log(-log u) with readme_log, so the bits must match the library's."""
     u = _double_uniforms(key, stream, first, n)
     return -readme_log(-readme_log(u))
+
+
+def _f32(x):
+    return np.float32(x)
+
+
+def _readme_logf_parts(k, f):
+    """The float32 log of the README's float noise from its reduction (k, f):
+    every step a float32 operation, in the README's order."""
+    p1, p2, p3, p4 = (
+        _f32(0xAAAAAA * 2.0**-24),
+        _f32(0xCCCE13 * 2.0**-25),
+        _f32(0x91E9EE * 2.0**-25),
+        _f32(0xF89E26 * 2.0**-26),
+    )
+    h = f * f / _f32(2)
+    s = f / (_f32(2) + f)
+    z = s * s
+    w = z * z
+    r = z * (p1 + w * p3) + w * (p2 + w * p4)
+    dk = k.astype(np.float32)
+    ln2_hi, ln2_lo = (
+        _f32(float.fromhex("0x1.62e3p-1")),
+        _f32(float.fromhex("0x1.2fefa2p-17")),
+    )
+    return dk * ln2_hi - ((h - (s * (h + r) + dk * ln2_lo)) - f)
+
+
+def _readme_logf_split(x):
+    b = x.view(np.uint32) + np.uint32(0x3F800000 - 0x3F3504F3)
+    k = (b >> np.uint32(23)).astype(np.int32) - 127
+    f = ((b & np.uint32(0x7FFFFF)) + np.uint32(0x3F3504F3)).view(np.float32) - _f32(1)
+    return k, f
+
+
+def readme_gumbels_f32(key, stream, first, n):
+    """The float noise exactly as the README defines it, in NumPy float32."""
+    q, top = _float_q(key, stream, first, n)
+    kq, fq = _readme_logf_split(q)
+    near_one = q <= _f32(0.29289322)
+    k = np.where(top, kq, np.where(near_one, 0, -1)).astype(np.int32)
+    f = np.where(top, fq, np.where(near_one, -q, _f32(1) - _f32(2) * q))
+    e = -_readme_logf_parts(k, f.astype(np.float32))
+    ke, fe = _readme_logf_split(e.astype(np.float32))
+    return -_readme_logf_parts(ke, fe)

@@ -3,6 +3,7 @@ properties, ``expand``, probs versus logits, and the small edge shapes."""
 
 from __future__ import annotations
 
+import os
 import re
 
 import numpy as np
@@ -616,6 +617,16 @@ def test_show_config_prints_the_simd_level_in_use(capsys):
     level_line = [ln for ln in out.splitlines() if ln.strip().startswith("simd_level")]
     assert level_line and level_line[0].split(":")[1].strip() == _core.simd_level()
     assert relaxcat.__version__ in out
+    # The levels as a list in words, the variable that forces one, NumPy's
+    # version (a second look at the fifth review).
+    fields = dict(
+        (part.strip() for part in line.split(":", 1))
+        for line in out.splitlines()
+        if ":" in line
+    )
+    assert fields["available_simd_levels"] == ", ".join(_core.available_simd_levels())
+    assert fields["RELAXCAT_SIMD"] == os.environ.get("RELAXCAT_SIMD", "(not set)")
+    assert fields["numpy"] == np.__version__
     # The compiler by name and version (a fifth review: GCC's "12.2.0" alone).
     compiler = [ln for ln in out.splitlines() if ln.strip().startswith("compiler")]
     assert compiler and re.fullmatch(

@@ -267,6 +267,51 @@ def test_demo_with_an_unusable_out_folder_fails_before_training(
     assert err.count("\n") == 1
 
 
+# A second look at the fifth review: a bad --out was reported only once the
+# demo's extras were installed, a figure path that is a folder failed after
+# training, and a null byte ended in a traceback. Each is one line now, with
+# no folder made and no training started, with or without the extras.
+@pytest.mark.parametrize("extras", [[], ["tqdm"]])
+@pytest.mark.parametrize(
+    "layout,out,says",
+    [
+        ("file", "{tmp}/file", "not a folder"),
+        ("file", "{tmp}/file/x", "{tmp}/file is not a folder"),
+        ("figure_dir", "{tmp}/out", "digits_vae.png there is a folder"),
+        ("none", "", "the path is empty"),
+        ("none", "a\0b", "embedded null byte"),
+    ],
+)
+def test_demo_refuses_an_unusable_out_in_one_line_before_anything(
+    tmp_path, monkeypatch, capsys, extras, layout, out, says
+):
+    monkeypatch.setattr(demo, "run", lambda *a, **k: pytest.fail("training started"))
+    monkeypatch.setattr(demo, "missing_extras", lambda: extras)
+    if layout == "file":
+        (tmp_path / "file").write_text("")
+    elif layout == "figure_dir":
+        (tmp_path / "out" / "digits_vae.png").mkdir(parents=True)
+    out = out.format(tmp=tmp_path)
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    assert demo.main(["--out", out]) == 1
+    err = capsys.readouterr().err
+    assert (
+        err
+        == f"--out {out!r} cannot hold the results: " + says.format(tmp=tmp_path) + "\n"
+    )
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before
+
+
+def test_demo_makes_no_folder_when_its_extras_are_missing(
+    tmp_path, monkeypatch, capsys
+):
+    monkeypatch.setattr(demo, "run", lambda *a, **k: pytest.fail("training started"))
+    monkeypatch.setattr(demo, "missing_extras", lambda: ["tqdm"])
+    assert demo.main(["--out", str(tmp_path / "new" / "deeper")]) == 1
+    assert "relaxcat demo needs tqdm" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()
+
+
 @pytest.mark.parametrize(
     "argv,says",
     [

@@ -919,14 +919,57 @@ def test_negative_sample_shape_is_rejected(shape):
     )
 
 
-@pytest.mark.parametrize("shape", [None, 2.5, "ab"])
+# A set or dict has no order (a second look at a fifth fresh-user review:
+# rsample({3, 2}) gave shape (2, 3, 3)); expand's batch_shape is read alike.
+@pytest.mark.parametrize("shape", [None, 2.5, "ab", {3, 2}, frozenset({2}), {3: 1}])
 def test_sample_shape_of_a_bad_kind_is_a_type_error(shape):
     d = _dist(R)
     check_raises(
         TypeError,
-        r"sample_shape must be a tuple of ints, got ",
+        rf"^sample_shape must be a tuple of ints, got {type(shape).__name__}$",
         lambda: d.rsample(shape, rng=0),
     )
+    check_raises(
+        TypeError,
+        rf"^expand: batch_shape must be a tuple of ints, got {type(shape).__name__}$",
+        lambda: d.expand(shape),
+    )
+
+
+# The constraints' checks took np.asarray of anything (the second look at a
+# fifth review): simplex.check(0) raised IndexError, positive.check(None) a
+# bare ufunc TypeError, and positive.check(1 + 1j) returned True.
+def test_constraint_checks_refuse_what_is_not_real_numbers():
+    from relaxcat import constraints
+
+    every = (
+        constraints.positive,
+        constraints.real_vector,
+        constraints.simplex,
+        constraints.log_simplex,
+    )
+    for c in every:
+        for bad, got in [(None, "None"), (1 + 1j, "dtype complex128"), ("ab", "str")]:
+            check_raises(
+                TypeError,
+                rf"^value must be a real number or an array of real numbers, got "
+                rf"{got}$",
+                lambda c=c, bad=bad: c.check(bad),
+            )
+    for c in every[1:]:
+        check_raises(
+            ValueError,
+            r"^value must have a category axis \(one dimension or more\), got a 0-d "
+            r"array$",
+            lambda c=c: c.check(0),
+        )
+    # Bools and ints are numbers here as everywhere.
+    assert constraints.positive.check(np.array([True, False])).tolist() == [True, False]
+    assert constraints.simplex.check(np.array([[1, 0], [1, 1]])).tolist() == [
+        True,
+        False,
+    ]
+    assert bool(constraints.real_vector.check([True, False]))
 
 
 @pytest.mark.parametrize("shape", [(2.7,), (2, 1.5), (np.float64(3.0),)])
@@ -1522,25 +1565,36 @@ def test_gumbel_softmax_names_shapes_as_given(axis):
 
 # A fifth fresh-user review: logits (4, 4) at axis 0 with T (4, 1) were read per
 # row of the moved logits (column b got T[b]) where NumPy broadcasting, and
-# torch's gumbel_softmax, stretch T along the category axis. Both readings fit
-# such a shape, so it is refused, and the message gives the keepdims shape that
-# asks for the per-row reading unambiguously.
+# torch's gumbel_softmax, stretch T along the category axis. A temperature with
+# every axis of the logits is now read only with length 1 at the category axis
+# (keepdims); any other length there is refused, with the shapes that give one
+# temperature per row. (A second look: the first fix refused only the shapes
+# both readings fit, and suggested shapes that were then refused.)
 @pytest.mark.parametrize(
-    "shape,t_shape,axis,per_row",
-    [((4, 4), (4, 1), 0, (1, 4)), ((2, 3, 3), (2, 3, 1), 1, (2, 1, 3))],
+    "shape,t_shape,axis",
+    [
+        ((4, 4), (4, 1), 0),
+        ((4, 5), (5, 1), 0),
+        ((2, 3, 4), (2, 3, 1), 0),
+        ((2, 3, 3), (2, 3, 1), 1),
+        ((3, 4), (3, 4), 1),
+        ((4,), (4,), 0),
+    ],
 )
-def test_gumbel_softmax_refuses_a_temperature_numpy_would_read_by_category(
-    shape, t_shape, axis, per_row
+def test_gumbel_softmax_reads_a_full_rank_temperature_only_as_keepdims(
+    shape, t_shape, axis
 ):
     rng = np.random.default_rng(5)
     logits = rng.standard_normal(shape)
     t = rng.uniform(0.5, 2.0, t_shape)
+    keep = shape[:axis] + (1,) + shape[axis + 1 :]
+    rows = shape[:axis] + shape[axis + 1 :]
     message = (
-        rf"^temperature of shape {re.escape(str(t_shape))} is ambiguous for "
-        rf"{{what}} of shape {re.escape(str(shape))} with categories along axis "
-        rf"{axis}: .* per row of {{what}} moved to the last axis; for one "
-        rf"temperature per row give shape {re.escape(str(per_row))} \(length 1 at "
-        rf"axis {axis}\)$"
+        rf"^temperature of shape {re.escape(str(t_shape))} has every axis of "
+        rf"{{what}} {re.escape(str(shape))}, so it needs length 1 at the category "
+        rf"axis {axis} \(keepdims\), got {t_shape[axis]}: a temperature cannot vary "
+        rf"by category; for one per row give shape {re.escape(str(keep))} or "
+        rf"{re.escape(str(rows))}$"
     )
     check_raises(
         ValueError,
@@ -1549,13 +1603,7 @@ def test_gumbel_softmax_refuses_a_temperature_numpy_would_read_by_category(
         logits,
         t,
     )
-    # The shape the message offers reads the temperature per row, as the
-    # distribution of the moved logits reads t.
-    keep = np.expand_dims(t[..., 0], axis)
-    assert keep.shape == per_row
-    x = relaxcat.gumbel_softmax(logits, keep, axis=axis, rng=1)
-    want = R(t, logits=np.moveaxis(logits, axis, -1)).rsample(rng=1)
-    np.testing.assert_array_equal(x, np.moveaxis(want, -1, axis))
+    x = relaxcat.gumbel_softmax(logits, 0.7, axis=axis, rng=1)
     check_raises(
         ValueError,
         message.format(what="sample_soft"),
@@ -1563,6 +1611,25 @@ def test_gumbel_softmax_refuses_a_temperature_numpy_would_read_by_category(
         x,
         t,
     )
+    # Both shapes offered are read per row, as the class reads the rows'
+    # temperatures for the logits moved to the last axis.
+    per_row = rng.uniform(0.5, 2.0, rows)
+    want = R(per_row, logits=np.moveaxis(logits, axis, -1)).rsample(rng=1)
+    for given in (per_row.reshape(keep), per_row):
+        got = relaxcat.gumbel_softmax(logits, given, axis=axis, rng=1)
+        np.testing.assert_array_equal(got, np.moveaxis(want, -1, axis))
+
+
+def test_gumbel_softmax_checks_a_temperatures_shape_before_its_values():
+    # The second look: the forward call named the shape and the VJP the value.
+    t = np.array([[1.0], [0.0], [3.0], [4.0]])
+    x = relaxcat.gumbel_softmax(np.zeros((4, 4)), 1.0, axis=0, rng=1)
+    for call in (
+        lambda: relaxcat.gumbel_softmax(np.zeros((4, 4)), t, axis=0, rng=1),
+        lambda: relaxcat.gumbel_softmax_vjp(x, np.ones_like(x), t, axis=0),
+    ):
+        with pytest.raises(ValueError, match=r"^temperature of shape \(4, 1\) has"):
+            call()
 
 
 # Third fresh-user review of this session: dtypes and values as given.
@@ -1693,6 +1760,14 @@ def test_one_object_that_is_not_a_number_is_named_by_its_type():
             rf"{shown}$",
             lambda given=given: R(given, logits=[0.0, 1.0]),
         )
+    # A 0-d object array is named by its dtype, as before (the second look:
+    # the first version of this said "got ndarray").
+    check_raises(
+        TypeError,
+        r"^logits must be a real number or an array of real numbers, got dtype "
+        r"object$",
+        lambda: R(1.0, logits=np.array(Decimal(1), dtype=object)),
+    )
 
 
 def test_none_is_named_as_none():

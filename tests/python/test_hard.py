@@ -146,6 +146,9 @@ def test_gumbel_softmax_reads_a_keepdims_temperature_on_any_axis():
     np.testing.assert_array_equal(g.temperature[:, 0, :], flat.temperature)
     np.testing.assert_array_equal(g.logits, flat.logits)
     with pytest.raises(ValueError, match="would enlarge"):
+        relaxcat.gumbel_softmax(logits, np.ones((2, 1, 3, 5)), axis=1)
+    # Every axis of the logits, but not length 1 at the category axis.
+    with pytest.raises(ValueError, match=r"needs length 1 at the category axis 1"):
         relaxcat.gumbel_softmax(logits, np.ones((2, 3, 5)), axis=1)
     # A second review: messages name the temperature as given, a masked one is
     # refused, and the VJP takes the per-row form the forward call takes.
@@ -165,16 +168,19 @@ def test_gumbel_softmax_reads_a_keepdims_temperature_on_any_axis():
         relaxcat.gumbel_softmax(
             np.zeros((2, 3)), np.ma.array([[1.0], [2.0]], mask=[[0], [1]]), rng=1
         )
+    # One temperature per column of logits whose categories run down axis 0:
+    # keepdims, shape (1, 5); the gradient keeps that shape. (Shape (5, 1) had
+    # been read so too, in the moved layout; it is refused now, test_errors.)
     lg = rng.standard_normal((4, 5))
-    t5 = rng.uniform(0.5, 2.0, (5, 1))
+    t5 = rng.uniform(0.5, 2.0, (1, 5))
     x5 = relaxcat.gumbel_softmax(lg, t5, axis=0, rng=2)
     g5 = relaxcat.gumbel_softmax_vjp(x5, np.ones_like(x5), t5, axis=0)
-    assert g5.temperature.shape == (5, 1)
-    ref = relaxcat.RelaxedOneHotCategorical(t5, logits=lg.T).rsample_vjp(
+    assert g5.temperature.shape == (1, 5)
+    ref = relaxcat.RelaxedOneHotCategorical(t5[0], logits=lg.T).rsample_vjp(
         x5.T, np.ones_like(x5.T)
     )
     np.testing.assert_array_equal(g5.logits, ref.logits.T)
-    np.testing.assert_array_equal(g5.temperature, ref.temperature)
+    np.testing.assert_array_equal(g5.temperature[0], ref.temperature)
 
 
 def test_gumbel_softmax_float32_and_bad_input():
@@ -184,7 +190,10 @@ def test_gumbel_softmax_float32_and_bad_input():
         relaxcat.gumbel_softmax(np.zeros(4), 0.0)
     with pytest.raises(ValueError, match="axis must be in"):
         relaxcat.gumbel_softmax(np.zeros(4), 1.0, axis=1)
-    with pytest.raises(ValueError, match="would enlarge"):
+    # One row of logits: a temperature of one axis is "every axis" of them.
+    with pytest.raises(ValueError, match=r"give shape \(1,\) or \(\)$"):
         relaxcat.gumbel_softmax(np.zeros(4), np.ones(3), rng=0)
+    with pytest.raises(ValueError, match="would enlarge"):
+        relaxcat.gumbel_softmax(np.zeros(4), np.ones((2, 3)), rng=0)
     with pytest.raises(ValueError, match="sample_soft must sum to 1"):
         relaxcat.gumbel_softmax_vjp(np.array([0.5, 0.6]), np.ones(2), 1.0)

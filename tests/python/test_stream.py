@@ -22,7 +22,12 @@ import sys
 import numpy as np
 import pytest
 from conftest import DATA, LEVELS
-from stream_oracle import oracle_gumbels, oracle_gumbels_f32, readme_gumbels
+from stream_oracle import (
+    oracle_gumbels,
+    oracle_gumbels_f32,
+    readme_gumbels,
+    readme_gumbels_f32,
+)
 
 import relaxcat
 from relaxcat import _core
@@ -255,6 +260,22 @@ def test_double_noise_is_the_readme_log_bit_for_bit(simd_level, key, stream, fir
     got = _core.gumbels(key, stream, first, n)
     want = readme_gumbels(key, stream, first, n)
     assert np.array_equal(got.view(np.uint64), want.view(np.uint64))
+
+
+@pytest.mark.parametrize(
+    "key,stream,first,n",
+    [(5, 0, 0, 5000), (2024, 0, 54705852 - 10, 21), (2**64 - 1, 2**64 - 1, 2**62, 999)],
+)
+def test_float_noise_is_the_readme_recipe_bit_for_bit(
+    simd_level, key, stream, first, n
+):
+    # The float noise as the README spells it, in NumPy float32. Element
+    # 54705852 of key 2024 has q = 0.29289323091 (a second look at the fifth
+    # review): equal to the float32 threshold, above the decimal 0.29289322, so
+    # it follows the README's "compared in float32".
+    got = _core.gumbels(key, stream, first, n, float32=True)
+    want = readme_gumbels_f32(key, stream, first, n)
+    assert np.array_equal(got.view(np.uint32), want.view(np.uint32))
 
 
 def test_float_noise_matches_the_oracle_in_both_tails_and_both_halves(simd_level):
