@@ -71,10 +71,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv`` (default ``sys.argv[1:]``) and run; returns the exit status."""
     parser = _build_parser()
     args = parser.parse_args(argv)
+    handler = getattr(args, "handler", None)
+    if args.cmake_dir and handler is not None:
+        # "--cmake-dir demo --epochs 0" had printed the folder and ignored the
+        # rest (a second look at a fifth fresh-user review).
+        parser.error("--cmake-dir takes no subcommand")
     if args.cmake_dir:
         print(cmake_dir())
         return 0
-    handler = getattr(args, "handler", None)
     if handler is None:
         parser.print_help(sys.stderr)
         return 2

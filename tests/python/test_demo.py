@@ -334,6 +334,15 @@ def test_demo_refuses_bad_numbers_in_one_line_before_training(
     assert capsys.readouterr().err == says + "\n"
 
 
+def test_cli_cmake_dir_with_a_subcommand_is_an_error(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["--cmake-dir", "demo", "--epochs", "0"])
+    assert exit_info.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.endswith("error: --cmake-dir takes no subcommand\n")
+
+
 def test_cli_cmake_dir_prints_the_cmake_folder_inside_the_package(capsys):
     assert cli_main(["--cmake-dir"]) == 0
     printed = capsys.readouterr().out.strip()

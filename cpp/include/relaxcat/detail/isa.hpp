@@ -34,3 +34,4 @@
 #if RELAXCAT_CPLUSPLUS < 201703L
 #error "relaxcat needs C++17 or later (for example -std=c++17)"
 #endif
+#undef RELAXCAT_CPLUSPLUS
