@@ -112,13 +112,16 @@ def as_array(value, name: str) -> np.ndarray:
             raise ValueError(msg) from None
     kind = arr.dtype.kind
     if kind not in "biuf":
-        got = "None" if value is None else f"dtype {arr.dtype}"
-        if kind in "OUSV" and arr.ndim == 0 and not isinstance(value, np.ndarray):
+        if value is None:
+            got = "None"
+        elif kind in "OUSV" and arr.ndim == 0 and not isinstance(value, np.ndarray):
             # One object that is not a number (a generator, a Decimal, a str):
             # its type says more than "dtype object" or "dtype <U2" (a fifth
             # review). A 0-d array keeps its dtype ("got ndarray" would say
             # nothing).
-            got = "None" if value is None else type(value).__name__
+            got = type(value).__name__
+        else:
+            got = f"dtype {arr.dtype}"
         raise TypeError(
             f"{name} must be a real number or an array of real numbers, got {got}"
             + (_object_hint(arr) if kind == "O" and value is not None else "")

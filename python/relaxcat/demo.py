@@ -741,7 +741,7 @@ def _run(settings, out_dir, log, progress):
     with open(os.path.join(out_dir, RESULTS_FILE), "w") as f:
         json.dump(results, f, indent=2)
     log(
-        f"wrote {figure_path} and results.json in {results['wall_time_s']:.1f} s "
+        f"wrote {figure_path} and {RESULTS_FILE} in {results['wall_time_s']:.1f} s "
         f"(training {train_time:.1f} s)"
     )
     return results
