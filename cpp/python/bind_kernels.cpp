@@ -34,10 +34,10 @@ using detail::RowShape;
 // (detail::stream_holds, as Philox::holds checks in the C++ API).
 void check_stream_room(const std::string& fn, uint64_t first, uint64_t n) {
     if (!detail::stream_holds(first, n))
-        value_error(fn + ": this draw of " + std::to_string(n) +
-                    (n == 1 ? " element" : " elements") + " from element " +
-                    std::to_string(first) + " would run past the end of " +
-                    "the stream (2^64 elements; " + std::to_string(~first + 1) +
+        value_error(fn + ": this draw of " + detail::element_count(n) +
+                    " from element " + std::to_string(first) +
+                    " would run past the end of " + "the stream (2^64 elements; " +
+                    std::to_string(~first + 1) +
                     (~first + 1 == 1 ? " remains)" : " remain)"));
 }
 

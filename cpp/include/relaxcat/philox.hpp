@@ -94,7 +94,7 @@ inline void check_noise_room(const char* fn, const Philox& gen, int64_t n) {
                                     std::to_string(n));
     if (gen.holds(static_cast<uint64_t>(n))) return;
     const std::string draw = std::string(fn) + ": gen must hold this draw of " +
-                             std::to_string(n) + (n == 1 ? " element" : " elements");
+                             element_count(static_cast<uint64_t>(n));
     if (gen.exhausted())
         throw std::invalid_argument(
             draw +
@@ -111,9 +111,9 @@ inline void check_noise_call(const char* fn, const Philox& gen, int64_t n,
                              const void* out) {
     check_noise_room(fn, gen, n);
     if (n > 0 && out == nullptr)
-        throw std::invalid_argument(
-            std::string(fn) + ": out must not be null for a draw of " +
-            std::to_string(n) + (n == 1 ? " element" : " elements"));
+        throw std::invalid_argument(std::string(fn) +
+                                    ": out must not be null for a draw of " +
+                                    element_count(static_cast<uint64_t>(n)));
 }
 }  // namespace RELAXCAT_ISA_NAMESPACE
 }  // namespace detail

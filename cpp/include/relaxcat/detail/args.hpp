@@ -8,6 +8,7 @@
 #include <atomic>
 #include <algorithm>
 #include <cstdint>
+#include <string>
 #include <type_traits>
 
 namespace relaxcat {
@@ -50,6 +51,11 @@ constexpr int kRestSums = 7;
 // elements: a draw never wraps around (the SIMD levels would not agree there).
 constexpr bool stream_holds(uint64_t first, uint64_t n) {
     return n == 0 || n - 1 <= ~first;
+}
+
+// "1 element", "n elements": the size of a draw in the stream's messages.
+inline std::string element_count(uint64_t n) {
+    return std::to_string(n) + (n == 1 ? " element" : " elements");
 }
 
 // Where the Gumbel noise of a call comes from: Philox4x32-10 under (key, stream),
