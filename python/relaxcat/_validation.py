@@ -54,11 +54,15 @@ def as_shown(arr: np.ndarray, x) -> str:
     return str(arr.dtype.type(x)) if arr.dtype.kind == "f" else str(float(x))
 
 
+def first_entry(arr: np.ndarray, mask: np.ndarray):
+    """The first entry of ``arr`` that ``mask`` flags (the entry of a 0-d one)."""
+    return arr[tuple(np.argwhere(mask)[0])] if arr.ndim else arr[()]
+
+
 def first_value(arr: np.ndarray, mask: np.ndarray) -> str:
     """The first flagged entry as its dtype shows it (for messages): a float32
     -1e-30 is "-1e-30", not the "-1.0000000031710769e-30" it widens to."""
-    x = arr[tuple(np.argwhere(mask)[0])] if arr.ndim else arr[()]
-    return as_shown(arr, x)
+    return as_shown(arr, first_entry(arr, mask))
 
 
 def _object_hint(arr: np.ndarray) -> str:
@@ -206,7 +210,7 @@ def check_temperature(t: np.ndarray, given=None) -> None:
         if given.dtype.kind in "biu":
             # A bool or an integer as the caller wrote it: "got False", not
             # the 0.0 it becomes (a fifth fresh-user review).
-            x = given[tuple(np.argwhere(bad)[0])] if given.ndim else given[()]
+            x = first_entry(given, bad)
             shown = bool(x) if given.dtype.kind == "b" else int(x)
             raise ValueError(
                 f"temperature must be positive and finite, got {shown}{first_bad(bad)}"
